@@ -1,0 +1,336 @@
+//! Consumer configuration, with the defaults of the design and validation that names the field
+//! and the rule it broke.
+//!
+//! ```
+//! use std::time::Duration;
+//! use kinsumer_core::config::{Config, ConfigError};
+//!
+//! let config = Config::new("orders-app").with_client_id("worker-1");
+//! assert!(config.validate().is_ok());
+//! assert_eq!(config.lease_ttl, Duration::from_secs(10));
+//!
+//! // A heartbeat that cannot beat twice within the lease TTL is rejected, by name.
+//! let mut bad = config.clone();
+//! bad.heartbeat_interval = Duration::from_secs(6);
+//! let err = bad.validate().unwrap_err();
+//! assert!(matches!(err, ConfigError::Invalid { field: "heartbeat_interval", .. }));
+//! ```
+
+use std::time::Duration;
+
+use crate::position::InitialPosition;
+
+/// What to do when a stored checkpoint fell off the stream's retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrimmedPolicy {
+    /// Resume at the oldest retained record, with a warning (the default).
+    ResumeAtTrimHorizon,
+    /// Stop the shard with an error: an operator must reset it.
+    Fail,
+}
+
+/// How records handed out by [`crate::Consumer::records`] are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// The caller calls [`crate::Record::ack`] after processing (the default).
+    Explicit,
+    /// A record is acked when the caller drops it — after processing, not when it is handed
+    /// out, so a crash mid-processing still redelivers it.
+    OnDrop,
+}
+
+/// An invalid configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field broke a rule.
+    #[error("invalid config: `{field}` {rule}")]
+    Invalid {
+        /// The field's name.
+        field: &'static str,
+        /// The rule it broke, with the value.
+        rule: String,
+    },
+}
+
+/// Knobs that break the engine on purpose, so tests can show each invariant check catches a
+/// broken engine. Never set these in production.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineFaults {
+    /// Take children before their parents finished.
+    pub ignore_parents: bool,
+    /// Commit the position handed out instead of the acked watermark.
+    pub commit_unacked: bool,
+    /// Drop the first record after every take (a gap).
+    pub skip_first_record: bool,
+    /// Deliver every batch twice within a tenure.
+    pub deliver_twice: bool,
+    /// Take every eligible shard instead of the balanced share.
+    pub greedy: bool,
+}
+
+/// Everything a consumer needs to know besides its source and store.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The application: a group of clients sharing the work (a namespace in every store).
+    pub application: String,
+    /// This client's stable id; default `hostname-pid-random`.
+    pub client_id: String,
+    /// How often this client bumps its heartbeat counter (default 2 s).
+    pub heartbeat_interval: Duration,
+    /// How long a client's counter may stand still before others consider it dead (default 10 s).
+    pub lease_ttl: Duration,
+    /// A client whose own heartbeat has failed for `lease_ttl - safety_margin` stops handing out
+    /// records and drops its leases before anyone may take them (default 2 s).
+    pub safety_margin: Duration,
+    /// How often the acked watermark is written, if it moved (default 1 s).
+    pub commit_interval: Duration,
+    /// The least time between two reads of one shard (default 200 ms: Kinesis allows 5 per
+    /// second per shard, shared by every application on the stream).
+    pub poll_interval: Duration,
+    /// The most records one read asks for (default 10,000, Kinesis's maximum).
+    pub max_records_per_read: usize,
+    /// How often client rows are read to notice joins and leaves, and how often a client polls a
+    /// lease it waits for during a handoff (default 200 ms).
+    pub membership_poll_interval: Duration,
+    /// How often every lease row is read and the assignment recomputed (default 2 s).
+    pub rebalance_interval: Duration,
+    /// How often the stream's shards are listed to find new ones (default 30 s; also after
+    /// every shard end).
+    pub shard_sync_interval: Duration,
+    /// How long a handoff or shutdown waits for records already handed out to be acked before
+    /// it releases with what is acked (default 5 s).
+    pub drain_timeout: Duration,
+    /// The most un-acked records one shard may have fetched (default 10,000).
+    pub max_unacked_records: usize,
+    /// The most un-acked bytes one shard may have fetched (default 16 MiB).
+    pub max_unacked_bytes: usize,
+    /// Where a root shard with no checkpoint starts (default `TrimHorizon`).
+    pub initial_position: InitialPosition,
+    /// What to do when a checkpoint fell off retention.
+    pub on_trimmed: TrimmedPolicy,
+    /// How records of the record stream are acked.
+    pub ack_mode: AckMode,
+    /// The longest back-off after repeated errors (default 10 s).
+    pub max_backoff: Duration,
+    /// Seed of the jitter RNG; `None` seeds from the OS. Set it for reproducible simulations.
+    pub rng_seed: Option<u64>,
+    #[doc(hidden)]
+    pub faults: EngineFaults,
+}
+
+impl Config {
+    /// The defaults of the design, for `application`, with a generated client id.
+    pub fn new(application: impl Into<String>) -> Self {
+        Self {
+            application: application.into(),
+            client_id: default_client_id(),
+            heartbeat_interval: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(10),
+            safety_margin: Duration::from_secs(2),
+            commit_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            max_records_per_read: 10_000,
+            membership_poll_interval: Duration::from_millis(200),
+            rebalance_interval: Duration::from_secs(2),
+            shard_sync_interval: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
+            max_unacked_records: 10_000,
+            max_unacked_bytes: 16 << 20,
+            initial_position: InitialPosition::TrimHorizon,
+            on_trimmed: TrimmedPolicy::ResumeAtTrimHorizon,
+            ack_mode: AckMode::Explicit,
+            max_backoff: Duration::from_secs(10),
+            rng_seed: None,
+            faults: EngineFaults::default(),
+        }
+    }
+
+    /// The same config with this client id.
+    pub fn with_client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// Checks every rule; the first broken one is returned, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, rule: String) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { field, rule })
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        };
+        if !name_ok(&self.application) {
+            return invalid(
+                "application",
+                format!(
+                    "must be 1-128 characters of [A-Za-z0-9-_.:], got {:?}",
+                    self.application
+                ),
+            );
+        }
+        if !name_ok(&self.client_id) {
+            return invalid(
+                "client_id",
+                format!(
+                    "must be 1-128 characters of [A-Za-z0-9-_.:], got {:?}",
+                    self.client_id
+                ),
+            );
+        }
+        let positive = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("lease_ttl", self.lease_ttl),
+            ("commit_interval", self.commit_interval),
+            ("poll_interval", self.poll_interval),
+            ("membership_poll_interval", self.membership_poll_interval),
+            ("rebalance_interval", self.rebalance_interval),
+            ("shard_sync_interval", self.shard_sync_interval),
+            ("max_backoff", self.max_backoff),
+        ];
+        for (field, value) in positive {
+            if value.is_zero() {
+                return invalid(field, "must be greater than zero".into());
+            }
+        }
+        if self.heartbeat_interval * 2 >= self.lease_ttl {
+            return invalid(
+                "heartbeat_interval",
+                format!(
+                    "must be less than lease_ttl / 2 (got {:?} with lease_ttl {:?})",
+                    self.heartbeat_interval, self.lease_ttl
+                ),
+            );
+        }
+        if self.safety_margin + self.heartbeat_interval >= self.lease_ttl {
+            return invalid(
+                "safety_margin",
+                format!(
+                    "plus heartbeat_interval must be less than lease_ttl (got {:?} + {:?} with lease_ttl {:?})",
+                    self.safety_margin, self.heartbeat_interval, self.lease_ttl
+                ),
+            );
+        }
+        if self.membership_poll_interval >= self.lease_ttl {
+            return invalid(
+                "membership_poll_interval",
+                format!("must be less than lease_ttl ({:?})", self.lease_ttl),
+            );
+        }
+        if !(1..=10_000).contains(&self.max_records_per_read) {
+            return invalid(
+                "max_records_per_read",
+                format!(
+                    "must be between 1 and 10000 (got {})",
+                    self.max_records_per_read
+                ),
+            );
+        }
+        if self.max_unacked_records == 0 {
+            return invalid("max_unacked_records", "must be at least 1".into());
+        }
+        if self.max_unacked_bytes < 1 << 20 {
+            return invalid(
+                "max_unacked_bytes",
+                format!(
+                    "must be at least 1 MiB, the largest Kinesis record (got {})",
+                    self.max_unacked_bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `hostname-pid-random`, from what the OS offers without extra dependencies.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        crate::rng::os_seed() as u32
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(c: &Config) -> &'static str {
+        match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            Ok(()) => "ok",
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let c = Config::new("app");
+        assert_eq!(field_of(&c), "ok");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.commit_interval, Duration::from_secs(1));
+        assert!(c.poll_interval >= Duration::from_millis(200));
+        assert!(c.client_id.split('-').count() >= 3, "{}", c.client_id);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let base = Config::new("app").with_client_id("c1");
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("application", Box::new(|c| c.application = String::new())),
+            ("application", Box::new(|c| c.application = "a b".into())),
+            ("client_id", Box::new(|c| c.client_id = "x/y".into())),
+            (
+                "heartbeat_interval",
+                Box::new(|c| c.heartbeat_interval = Duration::ZERO),
+            ),
+            (
+                "heartbeat_interval",
+                Box::new(|c| c.heartbeat_interval = Duration::from_secs(5)),
+            ),
+            ("lease_ttl", Box::new(|c| c.lease_ttl = Duration::ZERO)),
+            (
+                "safety_margin",
+                Box::new(|c| c.safety_margin = Duration::from_secs(8)),
+            ),
+            (
+                "commit_interval",
+                Box::new(|c| c.commit_interval = Duration::ZERO),
+            ),
+            ("poll_interval", Box::new(|c| c.poll_interval = Duration::ZERO)),
+            (
+                "max_records_per_read",
+                Box::new(|c| c.max_records_per_read = 10_001),
+            ),
+            ("max_records_per_read", Box::new(|c| c.max_records_per_read = 0)),
+            ("max_unacked_records", Box::new(|c| c.max_unacked_records = 0)),
+            ("max_unacked_bytes", Box::new(|c| c.max_unacked_bytes = 10)),
+            (
+                "membership_poll_interval",
+                Box::new(|c| c.membership_poll_interval = Duration::from_secs(60)),
+            ),
+        ];
+        for (field, break_it) in cases {
+            let mut c = base.clone();
+            break_it(&mut c);
+            assert_eq!(field_of(&c), field);
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(msg.contains(field), "{msg}");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! # kinsumer-core
+//!
+//! The protocol of kinsumer, and nothing that talks to a server: the two seams
+//! ([`ShardSource`], [`LeaseStore`]), the configuration, and the consumer engine.
+//!
+//! How the parts fit, one concept per module:
+//! - [`position`] — sequence numbers, record positions, checkpoints, start positions;
+//! - [`source`] — the `ShardSource` seam (where records come from);
+//! - [`store`] — the `LeaseStore` seam (where ownership and progress live);
+//! - [`membership`] — liveness from observed heartbeat counters, immune to clock skew;
+//! - [`assignment`] — the pure, balanced, sticky shard → client function;
+//! - `shard` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
+//!   release or finish;
+//! - [`consumer`] — the public API and the supervisor that runs all of the above;
+//! - [`config`], [`error`], [`rng`].
+
+pub mod assignment;
+pub mod config;
+pub mod membership;
+pub mod position;
+pub mod rng;
+pub mod source;
+pub mod store;
+
+pub use config::{AckMode, Config, ConfigError, TrimmedPolicy};
+pub use position::{Checkpoint, InitialPosition, Position, SequenceNumber};
+pub use source::{Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord};
+pub use store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};

@@ -1,0 +1,194 @@
+//! The `ShardSource` seam: where records come from.
+//!
+//! A source is bound to one stream. It lists the stream's shards (paging hidden) and opens a
+//! [`ShardReader`] on one shard at a [`Checkpoint`]. A reader hides iterators: when one expires it
+//! re-opens right after the last record it returned, never at the horizon by accident.
+//!
+//! `kinsumer_testkit::MemoryStream` is the in-memory implementation; `kinsumer-kinesis` maps the
+//! same contract onto Amazon Kinesis. `kinsumer_testkit::conformance::shard_source` checks it.
+//!
+//! ```
+//! use kinsumer_core::source::{HashRange, ShardId, ShardInfo};
+//!
+//! let parent = ShardInfo::root(ShardId::from("shard-0"), HashRange::FULL).closed();
+//! assert!(parent.parents.is_empty() && !parent.open);
+//! assert!(HashRange::FULL.contains(u128::MAX));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::position::{Checkpoint, Position};
+
+/// A shard's id, cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(Arc<str>);
+
+impl ShardId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ShardId {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for ShardId {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An inclusive range of 128-bit hash keys owned by a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HashRange {
+    /// First hash key (inclusive).
+    pub start: u128,
+    /// Last hash key (inclusive).
+    pub end: u128,
+}
+
+impl HashRange {
+    /// The whole key space, as owned by a one-shard stream.
+    pub const FULL: HashRange = HashRange {
+        start: 0,
+        end: u128::MAX,
+    };
+
+    /// Whether `key` falls in this range.
+    pub fn contains(&self, key: u128) -> bool {
+        self.start <= key && key <= self.end
+    }
+}
+
+/// What a listing says about one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard's id.
+    pub id: ShardId,
+    /// 0 parents for a root shard, 1 after a split, 2 after a merge.
+    pub parents: Vec<ShardId>,
+    /// The hash keys this shard owns.
+    pub hash_range: HashRange,
+    /// `false` once the shard was split or merged: it ends, and has children.
+    pub open: bool,
+}
+
+impl ShardInfo {
+    /// An open shard with no parents.
+    pub fn root(id: ShardId, hash_range: HashRange) -> Self {
+        Self {
+            id,
+            parents: Vec::new(),
+            hash_range,
+            open: true,
+        }
+    }
+
+    /// The same shard, marked closed.
+    pub fn closed(mut self) -> Self {
+        self.open = false;
+        self
+    }
+}
+
+/// One record as the source delivers it (a KPL aggregate is already split into user records).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// The payload.
+    pub data: Bytes,
+    /// The partition key the producer gave.
+    pub partition_key: String,
+    /// Sequence and sub-sequence number.
+    pub position: Position,
+    /// When the stream accepted the record (milliseconds since the Unix epoch).
+    pub arrival_ms: u64,
+}
+
+/// One read from a shard.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Records in shard order (possibly empty).
+    pub records: Vec<SourceRecord>,
+    /// How far the reader is behind the tip of the shard, when the source knows.
+    pub millis_behind_latest: Option<u64>,
+    /// `Some(children)` when the reader reached the end of a closed shard: no record follows.
+    pub end: Option<Vec<ShardId>>,
+}
+
+/// An error from a source, classified so the engine knows what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The source refused for rate; back off and retry.
+    #[error("throttled by the source: {0}")]
+    Throttled(String),
+    /// A passing failure (network, 5xx); retry.
+    #[error("transient source error: {0}")]
+    Transient(String),
+    /// The shard no longer exists in the stream (it left retention).
+    #[error("shard {0} no longer exists in the stream")]
+    ShardGone(ShardId),
+    /// The requested position fell off the stream's retention.
+    #[error("position {position} of shard {shard} is older than the stream's retention")]
+    Trimmed {
+        /// The shard.
+        shard: ShardId,
+        /// The position that is gone.
+        position: String,
+    },
+    /// Nothing will fix this by retrying (stream deleted, access denied, bad configuration).
+    #[error("fatal source error: {0}")]
+    Fatal(String),
+}
+
+impl SourceError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SourceError::Throttled(_) | SourceError::Transient(_))
+    }
+}
+
+/// Where records come from: one stream's shards.
+#[async_trait]
+pub trait ShardSource: Send + Sync + 'static {
+    /// The stream's name; lease rows are keyed by it.
+    fn stream_name(&self) -> &str;
+
+    /// Every shard of the stream still in retention, open and closed, with parents.
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError>;
+
+    /// Opens a reader on `shard`, starting at `from` (`After(p)` starts at the first record
+    /// after `p`; `ShardEnd` gives a reader whose first batch reports the end).
+    async fn open(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+    ) -> Result<Box<dyn ShardReader>, SourceError>;
+}
+
+/// A cursor over one shard.
+#[async_trait]
+pub trait ShardReader: Send {
+    /// Reads the next batch of at most `max_records` records (the source's own limits apply
+    /// too). Returns an empty batch when nothing new is there yet.
+    async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError>;
+}

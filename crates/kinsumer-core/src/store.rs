@@ -1,0 +1,323 @@
+//! The `LeaseStore` seam: where ownership and progress live.
+//!
+//! A store is bound to one *application* (its namespace) and holds two kinds of rows:
+//! - one [`ClientRow`] per live client, whose `counter` the client bumps on every heartbeat;
+//! - one [`Lease`] per (stream, shard), with an owner, a fencing `token`, a checkpoint and a
+//!   `finished` mark.
+//!
+//! Every operation is atomic on one row. The fenced operations (`checkpoint`, `release`,
+//! `finish`) succeed only while the row's owner and token still equal the caller's [`Tenure`],
+//! and fail with [`StoreError::LeaseLost`] otherwise — never silently. `take` succeeds only if
+//! the stored token still equals the token the caller read. A store never judges time: it stores
+//! counters, and the engine judges liveness on its own monotonic clock.
+//!
+//! The contract is written once, as `kinsumer_testkit::conformance::lease_store`, and every
+//! backend's test suite runs it against a real server.
+//!
+//! ```
+//! use kinsumer_core::store::{ClientId, Lease, Tenure};
+//! use kinsumer_core::source::ShardId;
+//!
+//! let lease = Lease::new(ShardId::from("shard-1"), vec![]);
+//! assert_eq!(lease.token, 0);
+//! assert!(lease.owner.is_none() && !lease.finished);
+//!
+//! // Holding a lease means holding a tenure: the owner and the token it was taken with.
+//! let tenure = Tenure { shard: lease.shard.clone(), owner: ClientId::from("a"), token: 1 };
+//! assert_eq!(tenure.to_string(), "shard-1@a#1");
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::position::Checkpoint;
+use crate::source::ShardId;
+
+/// A client's stable id (a process, or one `Consumer` value).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ClientId {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for ClientId {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client's membership row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRow {
+    /// The client.
+    pub id: ClientId,
+    /// Bumped by every heartbeat; liveness is "this changed recently, on my clock".
+    pub counter: u64,
+}
+
+/// One shard's lease row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard.
+    pub shard: ShardId,
+    /// The shard's parents (from the listing at creation), so eligibility needs no listing.
+    pub parents: Vec<ShardId>,
+    /// The client holding it, if any.
+    pub owner: Option<ClientId>,
+    /// The fencing token: +1 on every `take`.
+    pub token: u64,
+    /// Where the next reader starts; `None` until the first commit.
+    pub checkpoint: Option<Checkpoint>,
+    /// Set by `finish` once the shard was read to its end and everything was processed.
+    pub finished: bool,
+}
+
+impl Lease {
+    /// The row `create_if_absent` writes: unowned, token 0, no checkpoint.
+    pub fn new(shard: ShardId, parents: Vec<ShardId>) -> Self {
+        Self {
+            shard,
+            parents,
+            owner: None,
+            token: 0,
+            checkpoint: None,
+            finished: false,
+        }
+    }
+
+    /// The tenure this row grants, if it has an owner.
+    pub fn tenure(&self) -> Option<Tenure> {
+        self.owner.as_ref().map(|owner| Tenure {
+            shard: self.shard.clone(),
+            owner: owner.clone(),
+            token: self.token,
+        })
+    }
+}
+
+/// The right to write a lease: held from a successful `take` until the lease is released,
+/// finished or lost.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tenure {
+    /// The shard.
+    pub shard: ShardId,
+    /// Who holds it.
+    pub owner: ClientId,
+    /// The token `take` set.
+    pub token: u64,
+}
+
+impl fmt::Display for Tenure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}#{}", self.shard, self.owner, self.token)
+    }
+}
+
+/// An error from a lease store, classified.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The lease's owner or token is no longer the caller's (or `take` lost the race).
+    #[error("lease on shard {shard} is lost: another owner or token holds it")]
+    LeaseLost {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The lease row does not exist.
+    #[error("no lease for shard {shard}")]
+    NotFound {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The store refused for rate; back off and retry.
+    #[error("lease store throttled: {0}")]
+    Throttled(String),
+    /// A passing failure, or an outcome that is unknown (a timeout after sending); retry, and
+    /// re-read to learn what happened.
+    #[error("transient lease store error: {0}")]
+    Transient(String),
+    /// A row that does not parse.
+    #[error("corrupt row at {key}: {reason}")]
+    Corrupt {
+        /// The store's key of the row.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Nothing will fix this by retrying (missing table, access denied, bad configuration).
+    #[error("fatal lease store error: {0}")]
+    Fatal(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Throttled(_) | StoreError::Transient(_))
+    }
+}
+
+/// Where ownership and progress live, for one application. See the module docs for the
+/// contract; every method is one atomic operation on one row.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Bumps `client`'s counter (creating its row at 1) and returns the new value.
+    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError>;
+
+    /// Every client row.
+    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError>;
+
+    /// Removes `client`'s row (a graceful leave). Removing a missing row is not an error.
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError>;
+
+    /// Every lease row of `stream`.
+    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError>;
+
+    /// One lease row, if it exists.
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError>;
+
+    /// Creates the row [`Lease::new`] describes unless one exists; returns the row now stored.
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError>;
+
+    /// Sets `owner` and `token = expected_token + 1` if the stored token equals
+    /// `expected_token` and the lease is not finished; returns the new row. Otherwise
+    /// `LeaseLost` (or `NotFound`).
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError>;
+
+    /// Stores `checkpoint` while `tenure` still holds the lease.
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError>;
+
+    /// Clears the owner (keeping the token) and stores `checkpoint` if given, while `tenure`
+    /// still holds the lease.
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError>;
+
+    /// Marks the lease finished with checkpoint `ShardEnd`, keeping owner and token (so a
+    /// repeated `finish` by the same tenure succeeds), while `tenure` still holds the lease.
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError>;
+
+    /// Deletes the row if it is finished (a shard that left the stream). Deleting a missing row
+    /// is not an error; deleting an unfinished one is `LeaseLost`.
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError>;
+
+    /// Overwrites the checkpoint of an **unowned** lease (an operator's reset); `LeaseLost` if
+    /// a client owns it, so a reset never races a live reader.
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
+    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+        (**self).heartbeat(client).await
+    }
+    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        (**self).clients().await
+    }
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
+        (**self).deregister(client).await
+    }
+    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+        (**self).leases(stream).await
+    }
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        (**self).lease(stream, shard).await
+    }
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError> {
+        (**self).create_if_absent(stream, shard, parents).await
+    }
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError> {
+        (**self).take(stream, shard, owner, expected_token).await
+    }
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        (**self).checkpoint(stream, tenure, checkpoint).await
+    }
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        (**self).release(stream, tenure, checkpoint).await
+    }
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
+        (**self).finish(stream, tenure).await
+    }
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
+        (**self).delete_finished(stream, shard).await
+    }
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        (**self)
+            .reset_checkpoint(stream, shard, expected_token, checkpoint)
+            .await
+    }
+}
