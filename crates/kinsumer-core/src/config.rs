@@ -291,7 +291,8 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         let base = Config::new("app").with_client_id("c1");
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("application", Box::new(|c| c.application = String::new())),
             ("application", Box::new(|c| c.application = "a b".into())),
             ("client_id", Box::new(|c| c.client_id = "x/y".into())),

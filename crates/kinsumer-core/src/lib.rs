@@ -16,11 +16,19 @@
 
 pub mod assignment;
 pub mod config;
+pub mod consumer;
+pub mod error;
 pub mod membership;
 pub mod position;
+pub mod record;
 pub mod rng;
+mod shard;
 pub mod source;
 pub mod store;
+
+pub use consumer::{BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle};
+pub use error::ConsumerError;
+pub use record::{Record, ShardBatch};
 
 pub use config::{AckMode, Config, ConfigError, TrimmedPolicy};
 pub use position::{Checkpoint, InitialPosition, Position, SequenceNumber};

@@ -1,0 +1,962 @@
+//! The public API — [`Consumer`] — and the supervisor that runs the protocol for it.
+//!
+//! A consumer is built from a [`Config`], a [`ShardSource`] and a [`LeaseStore`], then started
+//! in one of two ways:
+//! - [`Consumer::records`]: a `futures::Stream` of [`Record`]s, each acked by the caller
+//!   (or on drop, with [`AckMode::OnDrop`](crate::AckMode::OnDrop));
+//! - [`Consumer::run`]: a [`BatchHandler`] called concurrently across shards and in order within
+//!   one; a batch is acked when the handler returns `Ok`, and retried when it fails.
+//!
+//! Once started, the supervisor heartbeats, watches who is alive, computes the shared
+//! assignment, takes the leases assigned to it, hands off the ones assigned elsewhere, and runs
+//! one tenure per held lease ([`crate::shard`]). [`Consumer::shutdown`] stops fetching, drains,
+//! commits, releases every lease and deregisters; dropping a started consumer without it is a
+//! crash: its leases expire after `lease_ttl` and the records since its last commit are
+//! delivered again by the next owner.
+//!
+//! ```
+//! use futures::StreamExt;
+//! use kinsumer_core::{Config, Consumer};
+//! use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stream = MemoryStream::new("orders", 2);
+//! for i in 0..10 {
+//!     stream.put(&format!("customer-{i}"), format!("order {i}"))?;
+//! }
+//! let config = Config::new("billing").with_client_id("worker-1");
+//! let mut consumer = Consumer::new(config, stream.clone(), MemoryLeaseStore::new())?;
+//! let mut records = consumer.records()?;
+//! let mut seen = 0;
+//! while let Some(record) = records.next().await {
+//!     let record = record?;
+//!     seen += 1;
+//!     record.ack(); // after processing: the checkpoint only moves past acked records
+//!     if seen == 10 {
+//!         break;
+//!     }
+//! }
+//! consumer.shutdown().await?; // drain, commit, release, deregister
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::{Instant, sleep};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::assignment::assign;
+use crate::config::Config;
+use crate::error::ConsumerError;
+use crate::membership::Membership;
+use crate::position::{Checkpoint, Position};
+use crate::record::{AckTracker, Record, ShardBatch};
+use crate::rng::{Rng, os_seed};
+use crate::shard::{Outcome, backoff_delay, run_tenure};
+use crate::source::{ShardId, ShardSource, SourceError};
+use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
+
+/// What a [`BatchHandler`] may fail with; the batch is retried with back-off.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Processes batches of one shard at a time. Called concurrently for different shards and in
+/// order within one; a batch is acked when this returns `Ok` and retried when it fails.
+///
+/// Any `Fn(ShardBatch) -> impl Future<Output = Result<(), HandlerError>>` is a handler.
+#[async_trait]
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Processes one batch.
+    async fn handle(&self, batch: ShardBatch) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut> BatchHandler for F
+where
+    F: Fn(ShardBatch) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    async fn handle(&self, batch: ShardBatch) -> Result<(), HandlerError> {
+        (self)(batch).await
+    }
+}
+
+/// How records leave the engine.
+pub(crate) enum Delivery {
+    Stream(mpsc::Sender<Record>),
+    Handler(Arc<dyn BatchHandler>),
+}
+
+/// This client's own heartbeat health, shared with the record stream so a self-fenced client
+/// stops handing out records even while its supervisor is stuck.
+#[derive(Debug)]
+pub(crate) struct Health {
+    ttl_minus_margin: std::time::Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Health {
+    fn new(config: &Config) -> Self {
+        Self {
+            ttl_minus_margin: config.lease_ttl - config.safety_margin,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, u64)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a heartbeat that succeeded and was sent at `sent`. A success after a gap long
+    /// enough to have fenced us starts a new epoch: everything fetched before is stale.
+    fn heartbeat_ok(&self, sent: Instant) {
+        let mut s = self.lock();
+        if let Some(prev) = s.0
+            && sent.saturating_duration_since(prev) >= self.ttl_minus_margin
+        {
+            s.1 += 1;
+            warn!("heartbeat recovered after a gap: all leases held before are dropped");
+        }
+        s.0 = Some(s.0.map_or(sent, |prev| prev.max(sent)));
+    }
+
+    fn is_fenced(&self, now: Instant) -> bool {
+        self.lock()
+            .0
+            .is_none_or(|ok| now.saturating_duration_since(ok) >= self.ttl_minus_margin)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.lock().1
+    }
+
+    /// Whether a record fetched in `epoch` may be handed out now.
+    pub(crate) fn may_hand_out(&self, epoch: u64) -> bool {
+        !self.is_fenced(Instant::now()) && self.epoch() == epoch
+    }
+}
+
+/// What one held shard looks like, for [`StatusHandle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The shard.
+    pub shard: ShardId,
+    /// The fencing token of this tenure.
+    pub token: u64,
+    /// Records fetched in this tenure.
+    pub fetched: u64,
+    /// The last `millis_behind_latest` the source reported.
+    pub millis_behind_latest: Option<u64>,
+    /// The watermark (the last record up to which all are acked).
+    pub watermark: Option<Position>,
+    /// A handoff is draining this shard.
+    pub releasing: bool,
+}
+
+/// A live view of one consumer: the leases it holds and how they are doing.
+#[derive(Clone, Debug, Default)]
+pub struct StatusHandle {
+    board: Arc<Mutex<BTreeMap<ShardId, ShardStatus>>>,
+    trackers: Arc<Mutex<BTreeMap<ShardId, Arc<AckTracker>>>>,
+}
+
+impl StatusHandle {
+    /// The shards this consumer holds now, with their progress.
+    pub fn shards(&self) -> Vec<ShardStatus> {
+        let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        let trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+        board
+            .values()
+            .map(|s| {
+                let mut s = s.clone();
+                s.watermark = trackers.get(&s.shard).and_then(|t| t.watermark());
+                s
+            })
+            .collect()
+    }
+
+    fn update(&self, shard: &ShardId, f: impl FnOnce(&mut ShardStatus)) {
+        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = board.get_mut(shard) {
+            f(s);
+        }
+    }
+
+    fn insert(&self, tenure: &Tenure, tracker: Arc<AckTracker>) {
+        let status = ShardStatus {
+            shard: tenure.shard.clone(),
+            token: tenure.token,
+            fetched: 0,
+            millis_behind_latest: None,
+            watermark: None,
+            releasing: false,
+        };
+        self.board
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenure.shard.clone(), status);
+        self.trackers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenure.shard.clone(), tracker);
+    }
+
+    fn remove(&self, shard: &ShardId) {
+        self.board
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(shard);
+        self.trackers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(shard);
+    }
+}
+
+/// Everything the supervisor and its tenures share.
+pub(crate) struct Engine {
+    pub(crate) config: Config,
+    pub(crate) source: Arc<dyn ShardSource>,
+    pub(crate) store: Arc<dyn LeaseStore>,
+    pub(crate) stream: String,
+    pub(crate) me: ClientId,
+    pub(crate) delivery: Delivery,
+    pub(crate) health: Arc<Health>,
+    status: StatusHandle,
+    rng: Mutex<Rng>,
+}
+
+impl Engine {
+    /// The delay before retry number `attempt`, with seeded jitter.
+    pub(crate) fn backoff(&self, attempt: u32) -> std::time::Duration {
+        let jitter = self.rng.lock().unwrap_or_else(|e| e.into_inner()).unit();
+        backoff_delay(attempt, self.config.max_backoff, jitter)
+    }
+
+    pub(crate) fn may_hand_out(&self, epoch: u64) -> bool {
+        self.health.may_hand_out(epoch)
+    }
+
+    pub(crate) fn note_fetch(&self, shard: &ShardId, records: usize, behind: Option<u64>) {
+        self.status.update(shard, |s| {
+            s.fetched += records as u64;
+            if behind.is_some() {
+                s.millis_behind_latest = behind;
+            }
+        });
+    }
+}
+
+/// Asks a running consumer to shut down gracefully; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown: stop fetching, drain, commit, release, deregister.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The supervisor's task; aborted (a crash, as far as the fleet can tell) when dropped.
+struct Running(tokio::task::JoinHandle<Result<(), ConsumerError>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A member of a consumer fleet. See the module docs.
+pub struct Consumer {
+    config: Config,
+    source: Arc<dyn ShardSource>,
+    store: Arc<dyn LeaseStore>,
+    shutdown: Arc<watch::Sender<bool>>,
+    status: StatusHandle,
+    running: Option<Running>,
+    started: bool,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("application", &self.config.application)
+            .field("client_id", &self.config.client_id)
+            .field("stream", &self.source.stream_name())
+            .field("started", &self.started)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// A consumer of `source`'s stream with leases in `store`; checks the config first.
+    pub fn new(
+        config: Config,
+        source: impl ShardSource,
+        store: impl LeaseStore,
+    ) -> Result<Self, ConsumerError> {
+        Self::from_shared(config, Arc::new(source), Arc::new(store))
+    }
+
+    /// [`Consumer::new`] for a source and store already shared behind `Arc`s.
+    pub fn from_shared(
+        config: Config,
+        source: Arc<dyn ShardSource>,
+        store: Arc<dyn LeaseStore>,
+    ) -> Result<Self, ConsumerError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            source,
+            store,
+            shutdown: Arc::new(watch::channel(false).0),
+            status: StatusHandle::default(),
+            running: None,
+            started: false,
+        })
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> &str {
+        &self.config.client_id
+    }
+
+    /// A handle that shuts this consumer down gracefully (for use with [`Consumer::run`]).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// A live view of the leases this consumer holds.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    fn start(&mut self, delivery: Delivery) -> Result<Arc<Health>, ConsumerError> {
+        if self.started {
+            return Err(ConsumerError::AlreadyStarted);
+        }
+        self.started = true;
+        let health = Arc::new(Health::new(&self.config));
+        let seed = self.config.rng_seed.unwrap_or_else(os_seed);
+        let engine = Arc::new(Engine {
+            config: self.config.clone(),
+            source: self.source.clone(),
+            store: self.store.clone(),
+            stream: self.source.stream_name().to_string(),
+            me: ClientId::from(self.config.client_id.as_str()),
+            delivery,
+            health: health.clone(),
+            status: self.status.clone(),
+            rng: Mutex::new(Rng::new(seed)),
+        });
+        let span = info_span!("consumer", app = %self.config.application, client = %self.config.client_id, stream = %engine.stream);
+        let task = tokio::spawn(supervise(engine, self.shutdown.subscribe()).instrument(span));
+        self.running = Some(Running(task));
+        Ok(health)
+    }
+
+    /// Starts the consumer and returns its records as a stream. The stream ends after
+    /// [`Consumer::shutdown`], or with one `Err` if the consumer stopped on a fatal error.
+    /// Must be called inside a tokio runtime.
+    pub fn records(&mut self) -> Result<Records, ConsumerError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let health = self.start(Delivery::Stream(tx))?;
+        Ok(Records { rx, health })
+    }
+
+    /// Starts the consumer with a batch handler and runs until a [`ShutdownHandle`] stops it
+    /// (then `Ok`) or a fatal error does (then that error).
+    pub async fn run(mut self, handler: impl BatchHandler) -> Result<(), ConsumerError> {
+        self.start(Delivery::Handler(Arc::new(handler)))?;
+        self.join().await
+    }
+
+    /// Stops fetching, waits up to `drain_timeout` for handed-out records to be acked, commits,
+    /// releases every lease and deregisters. Returns the error that stopped the consumer, if one
+    /// did.
+    pub async fn shutdown(mut self) -> Result<(), ConsumerError> {
+        self.shutdown.send_replace(true);
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<(), ConsumerError> {
+        let Some(running) = self.running.as_mut() else {
+            return Ok(());
+        };
+        let result = match (&mut running.0).await {
+            Ok(r) => r,
+            Err(e) => Err(ConsumerError::Panicked(e.to_string())),
+        };
+        self.running = None;
+        result
+    }
+}
+
+/// The records of a started consumer. See [`Consumer::records`].
+pub struct Records {
+    rx: mpsc::Receiver<Record>,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Records {
+    type Item = Result<Record, ConsumerError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(mut record)) => {
+                    // Hand out only records whose tenure is still ours: after a handoff or a
+                    // self-fence, the next owner delivers them.
+                    if self.health.may_hand_out(record.epoch)
+                        && record.tracker.hand_out(record.index)
+                    {
+                        return Poll::Ready(Some(Ok(record)));
+                    }
+                    record.done = true;
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// One held lease.
+struct Held {
+    tenure: Tenure,
+    tracker: Arc<AckTracker>,
+    release: watch::Sender<bool>,
+    task: AbortHandle,
+}
+
+/// The supervisor's view of the world between ticks.
+struct Supervisor {
+    engine: Arc<Engine>,
+    membership: Membership,
+    leases: BTreeMap<ShardId, Lease>,
+    held: BTreeMap<ShardId, Held>,
+    /// Task id → shard, to attribute a panicked tenure.
+    task_shard: BTreeMap<tokio::task::Id, ShardId>,
+    /// Shards assigned to us but still held by a live client that is handing them off.
+    waiting: BTreeSet<ShardId>,
+    /// Shards whose tenure failed: not before this instant, after this many failures.
+    retry: BTreeMap<ShardId, (Instant, u32)>,
+    last_full: Option<Instant>,
+    last_sync: Option<Instant>,
+    need_full: bool,
+    need_sync: bool,
+    epoch_seen: u64,
+}
+
+type Tenures = JoinSet<(ShardId, Outcome)>;
+
+fn is_fatal(e: &ConsumerError) -> bool {
+    matches!(
+        e,
+        ConsumerError::Source(SourceError::Fatal(_))
+            | ConsumerError::Source(SourceError::Trimmed { .. })
+            | ConsumerError::Store(StoreError::Fatal(_))
+    )
+}
+
+/// The supervisor: register, then tick until shutdown or a fatal error.
+async fn supervise(
+    engine: Arc<Engine>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConsumerError> {
+    let cfg = engine.config.clone();
+    // Register before anything else, so others see us before we take a lease.
+    let mut attempt = 0;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let sent = Instant::now();
+        match engine.store.heartbeat(&engine.me).await {
+            Ok(_) => {
+                engine.health.heartbeat_ok(sent);
+                break;
+            }
+            Err(StoreError::Fatal(m)) => return Err(StoreError::Fatal(m).into()),
+            Err(e) => {
+                attempt += 1;
+                warn!(error = %e, "registering failed; retrying");
+                sleep(engine.backoff(attempt)).await;
+            }
+        }
+    }
+    info!("registered");
+    let heartbeat = tokio::spawn(heartbeat_loop(engine.clone()));
+    let _heartbeat = AbortGuard(heartbeat.abort_handle());
+
+    let mut sup = Supervisor {
+        membership: Membership::new(cfg.lease_ttl),
+        leases: BTreeMap::new(),
+        held: BTreeMap::new(),
+        task_shard: BTreeMap::new(),
+        waiting: BTreeSet::new(),
+        retry: BTreeMap::new(),
+        last_full: None,
+        last_sync: None,
+        need_full: true,
+        need_sync: true,
+        epoch_seen: engine.health.epoch(),
+        engine,
+    };
+    let mut tasks: Tenures = JoinSet::new();
+    let mut tick = tokio::time::interval(cfg.membership_poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break Ok(());
+                }
+            }
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                if let Err(e) = sup.on_tenure_end(joined) {
+                    break Err(e);
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = sup.step(&mut tasks).await {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    if let Err(e) = &result {
+        warn!(error = %e, "stopping on a fatal error");
+    }
+    sup.shutdown(&mut tasks).await;
+    result
+}
+
+struct AbortGuard(AbortHandle);
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Bumps our counter every `heartbeat_interval`, on its own task so a slow handler never
+/// delays it.
+async fn heartbeat_loop(engine: Arc<Engine>) {
+    loop {
+        let sent = Instant::now();
+        match engine.store.heartbeat(&engine.me).await {
+            Ok(_) => engine.health.heartbeat_ok(sent),
+            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+        tokio::time::sleep_until(sent + engine.config.heartbeat_interval).await;
+    }
+}
+
+impl Supervisor {
+    fn now_alive(&self, now: Instant) -> Vec<ClientId> {
+        let mut live = self.membership.alive(now);
+        if !live.contains(&self.engine.me) {
+            live.push(self.engine.me.clone());
+            live.sort();
+        }
+        live
+    }
+
+    /// One tick: check our own health, read the client rows, and rebalance when needed.
+    async fn step(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
+        let now = Instant::now();
+        let health = self.engine.health.clone();
+        let epoch = health.epoch();
+        if health.is_fenced(now) || epoch != self.epoch_seen {
+            if !self.held.is_empty() {
+                warn!(
+                    held = self.held.len(),
+                    "self-fenced: own heartbeat failing; dropping every lease without writing"
+                );
+                for shard in self.held.keys().cloned().collect::<Vec<_>>() {
+                    self.drop_held(&shard);
+                }
+            }
+            self.waiting.clear();
+            self.epoch_seen = epoch;
+            self.need_full = true;
+            if health.is_fenced(now) {
+                return Ok(());
+            }
+        }
+
+        match self.engine.store.clients().await {
+            Ok(rows) => {
+                if self.membership.observe(&rows, now) {
+                    self.need_full = true;
+                }
+            }
+            Err(e) => return self.tolerate(e.into(), "reading clients"),
+        }
+        let cfg = self.engine.config.clone();
+        if self.need_sync
+            || self
+                .last_sync
+                .is_none_or(|t| now.duration_since(t) >= cfg.shard_sync_interval)
+        {
+            if let Err(e) = self.sync_shards().await {
+                return self.tolerate(e, "syncing shards");
+            }
+            self.last_sync = Some(now);
+            self.need_sync = false;
+            self.need_full = true;
+        }
+        if self.need_full
+            || self
+                .last_full
+                .is_none_or(|t| now.duration_since(t) >= cfg.rebalance_interval)
+        {
+            if let Err(e) = self.rebalance(tasks).await {
+                return self.tolerate(e, "rebalancing");
+            }
+            self.last_full = Some(now);
+            self.need_full = false;
+        } else if !self.waiting.is_empty() {
+            self.poll_waiting(tasks).await?;
+        }
+        Ok(())
+    }
+
+    /// Fatal errors stop the consumer; anything else is logged and retried on a later tick.
+    fn tolerate(&mut self, e: ConsumerError, doing: &str) -> Result<(), ConsumerError> {
+        if is_fatal(&e) {
+            return Err(e);
+        }
+        warn!(error = %e, "{doing} failed; retrying on the next tick");
+        self.need_full = true;
+        Ok(())
+    }
+
+    /// Creates leases for new shards (parents first) and deletes finished leases of shards that
+    /// left the stream.
+    async fn sync_shards(&mut self) -> Result<(), ConsumerError> {
+        let store = &self.engine.store;
+        let stream = &self.engine.stream;
+        let shards = self.engine.source.list_shards().await?;
+        let existing: BTreeMap<ShardId, Lease> = store
+            .leases(stream)
+            .await?
+            .into_iter()
+            .map(|l| (l.shard.clone(), l))
+            .collect();
+        let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
+        // Parents before children, so a child's lease never exists without its parents'.
+        let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
+        let mut pending: Vec<_> = shards
+            .iter()
+            .filter(|s| !created.contains(&s.id))
+            .collect();
+        pending.sort_by(|a, b| a.id.cmp(&b.id));
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for shard in pending {
+                let parents_ready = shard
+                    .parents
+                    .iter()
+                    .all(|p| created.contains(p) || !listed.contains(p));
+                if parents_ready {
+                    store
+                        .create_if_absent(stream, &shard.id, &shard.parents)
+                        .await?;
+                    debug!(shard = %shard.id, "lease created");
+                    created.insert(shard.id.clone());
+                } else {
+                    rest.push(shard);
+                }
+            }
+            if rest.len() == before {
+                break; // a parent cycle cannot happen in Kinesis; never loop forever on it
+            }
+            pending = rest;
+        }
+        for lease in existing.values() {
+            if lease.finished && !listed.contains(&lease.shard) {
+                store.delete_finished(stream, &lease.shard).await?;
+                debug!(shard = %lease.shard, "finished lease of a shard gone from the stream deleted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every lease, computes the shared assignment and acts on it.
+    async fn rebalance(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
+        let now = Instant::now();
+        let me = self.engine.me.clone();
+        self.leases = self
+            .engine
+            .store
+            .leases(&self.engine.stream)
+            .await?
+            .into_iter()
+            .map(|l| (l.shard.clone(), l))
+            .collect();
+        let live = self.now_alive(now);
+        let faults = &self.engine.config.faults;
+        let eligible: Vec<ShardId> = self
+            .leases
+            .values()
+            .filter(|l| !l.finished)
+            .filter(|l| {
+                faults.ignore_parents
+                    || l.parents
+                        .iter()
+                        .all(|p| self.leases.get(p).is_none_or(|pl| pl.finished))
+            })
+            .map(|l| l.shard.clone())
+            .collect();
+        let current: BTreeMap<ShardId, ClientId> = eligible
+            .iter()
+            .filter_map(|s| {
+                let owner = self.leases.get(s)?.owner.clone()?;
+                live.contains(&owner).then(|| (s.clone(), owner))
+            })
+            .collect();
+        let plan = if faults.greedy {
+            eligible.iter().map(|s| (s.clone(), me.clone())).collect()
+        } else {
+            assign(&live, &eligible, &current)
+        };
+
+        // Tenures the store says are no longer ours end now, without another write.
+        let lost: Vec<ShardId> = self
+            .held
+            .iter()
+            .filter(|(s, h)| {
+                self.leases
+                    .get(*s)
+                    .is_none_or(|l| l.owner.as_ref() != Some(&me) || l.token != h.tenure.token)
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in lost {
+            info!(shard = %shard, "lease taken over by another client");
+            self.drop_held(&shard);
+        }
+        // Hand off what is now assigned elsewhere.
+        for (shard, held) in &self.held {
+            if plan.get(shard) != Some(&me) && !*held.release.borrow() {
+                info!(shard = %shard, to = ?plan.get(shard), "handing off");
+                held.release.send_replace(true);
+                self.engine.status.update(shard, |s| s.releasing = true);
+            }
+        }
+        // Take what is ours.
+        self.waiting.clear();
+        let mine: Vec<ShardId> = plan
+            .iter()
+            .filter(|(s, c)| **c == me && !self.held.contains_key(*s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in mine {
+            let Some(lease) = self.leases.get(&shard).cloned() else {
+                continue;
+            };
+            self.consider(lease, now, tasks).await;
+        }
+        Ok(())
+    }
+
+    /// Between full reads, polls only the leases we wait for in a handoff, so a graceful
+    /// handoff completes within a few `membership_poll_interval`s.
+    async fn poll_waiting(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
+        let now = Instant::now();
+        for shard in self.waiting.clone() {
+            match self.engine.store.lease(&self.engine.stream, &shard).await {
+                Ok(Some(lease)) => {
+                    self.leases.insert(shard.clone(), lease.clone());
+                    self.consider(lease, now, tasks).await;
+                }
+                Ok(None) => {
+                    self.waiting.remove(&shard);
+                    self.need_sync = true;
+                }
+                Err(e) => return self.tolerate(e.into(), "polling a lease"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `lease` if it is free, its owner is dead, or it is already ours; otherwise waits.
+    async fn consider(&mut self, lease: Lease, now: Instant, tasks: &mut Tenures) {
+        let me = &self.engine.me;
+        let free = match &lease.owner {
+            None => true,
+            Some(owner) => owner == me || !self.membership.is_alive(owner, now),
+        };
+        if !free {
+            self.waiting.insert(lease.shard.clone());
+            return;
+        }
+        self.waiting.remove(&lease.shard);
+        if lease.finished {
+            return;
+        }
+        if self.retry.get(&lease.shard).is_some_and(|(at, _)| *at > now) {
+            return;
+        }
+        let store = &self.engine.store;
+        match store
+            .take(&self.engine.stream, &lease.shard, me, lease.token)
+            .await
+        {
+            Ok(taken) => self.start_tenure(taken, lease.owner.as_ref(), tasks),
+            Err(StoreError::LeaseLost { .. }) => self.need_full = true,
+            Err(StoreError::NotFound { .. }) => self.need_sync = true,
+            // An ambiguous take may have succeeded: the next full read shows us as owner,
+            // and we take it again from there (the token moves on, fencing the first).
+            Err(e) => {
+                debug!(shard = %lease.shard, error = %e, "take failed");
+                self.need_full = true;
+            }
+        }
+    }
+
+    fn start_tenure(&mut self, lease: Lease, previous: Option<&ClientId>, tasks: &mut Tenures) {
+        let Some(tenure) = lease.tenure() else {
+            return;
+        };
+        let start = match &lease.checkpoint {
+            Some(cp) => cp.clone(),
+            // A child starts at its horizon, so nothing after its parents' end is skipped.
+            None if !lease.parents.is_empty() => Checkpoint::TrimHorizon,
+            None => self.engine.config.initial_position.into(),
+        };
+        info!(tenure = %tenure, from = %start, previous = ?previous, "lease taken");
+        let cfg = &self.engine.config;
+        let tracker = Arc::new(AckTracker::new(
+            cfg.max_unacked_records,
+            cfg.max_unacked_bytes,
+        ));
+        let (release, release_rx) = watch::channel(false);
+        let epoch = self.engine.health.epoch();
+        let span = info_span!("tenure", shard = %tenure.shard, token = tenure.token);
+        let fut = run_tenure(
+            self.engine.clone(),
+            tenure.clone(),
+            start,
+            tracker.clone(),
+            epoch,
+            release_rx,
+        );
+        let shard = tenure.shard.clone();
+        let handle = tasks.spawn(async move { (shard, fut.await) }.instrument(span));
+        self.task_shard.insert(handle.id(), tenure.shard.clone());
+        self.engine.status.insert(&tenure, tracker.clone());
+        self.held.insert(
+            tenure.shard.clone(),
+            Held {
+                tenure,
+                tracker,
+                release,
+                task: handle,
+            },
+        );
+    }
+
+    /// Ends a tenure at once, with no further write (lost, or self-fenced).
+    fn drop_held(&mut self, shard: &ShardId) {
+        if let Some(held) = self.held.remove(shard) {
+            held.tracker.revoke();
+            held.task.abort();
+            self.engine.status.remove(shard);
+        }
+    }
+
+    fn on_tenure_end(
+        &mut self,
+        joined: Result<(tokio::task::Id, (ShardId, Outcome)), tokio::task::JoinError>,
+    ) -> Result<(), ConsumerError> {
+        let (id, shard, outcome) = match joined {
+            Ok((id, (shard, outcome))) => (id, shard, outcome),
+            Err(e) if e.is_cancelled() => {
+                self.task_shard.remove(&e.id());
+                return Ok(()); // we aborted it ourselves
+            }
+            Err(e) => {
+                let Some(shard) = self.task_shard.get(&e.id()).cloned() else {
+                    return Ok(());
+                };
+                (
+                    e.id(),
+                    shard,
+                    Outcome::Failed(ConsumerError::Panicked(e.to_string())),
+                )
+            }
+        };
+        self.task_shard.remove(&id);
+        // A tenure of this shard that we already dropped may end after a newer one started.
+        if self.held.get(&shard).is_some_and(|h| h.task.id() != id) {
+            return Ok(());
+        }
+        if let Some(held) = self.held.remove(&shard) {
+            held.tracker.revoke();
+        }
+        self.engine.status.remove(&shard);
+        self.need_full = true;
+        match outcome {
+            Outcome::Finished => {
+                self.retry.remove(&shard);
+                self.need_sync = true;
+            }
+            Outcome::Released | Outcome::Lost => {}
+            Outcome::Failed(e) if is_fatal(&e) => return Err(e),
+            Outcome::Failed(e) => {
+                let failures = self.retry.get(&shard).map_or(0, |(_, n)| *n) + 1;
+                let delay = self.engine.backoff(failures);
+                warn!(shard = %shard, error = %e, failures, retry_in_ms = delay.as_millis() as u64, "shard failed; restarting it");
+                self.retry.insert(shard, (Instant::now() + delay, failures));
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: every tenure drains, commits and releases; then deregister.
+    async fn shutdown(&mut self, tasks: &mut Tenures) {
+        for held in self.held.values() {
+            held.release.send_replace(true);
+        }
+        while let Some(joined) = tasks.join_next_with_id().await {
+            if let Ok((_, (shard, outcome))) = joined {
+                debug!(shard = %shard, outcome = ?outcome, "tenure ended in shutdown");
+            }
+        }
+        for shard in self.held.keys().cloned().collect::<Vec<_>>() {
+            self.engine.status.remove(&shard);
+        }
+        self.held.clear();
+        for attempt in 1..=3 {
+            match self.engine.store.deregister(&self.engine.me).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "deregister failed");
+                    sleep(self.engine.backoff(attempt)).await;
+                }
+            }
+        }
+        info!("shut down");
+    }
+}

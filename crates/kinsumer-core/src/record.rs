@@ -1,0 +1,356 @@
+//! Records handed to the caller, their acknowledgements, and the watermark they make.
+//!
+//! Every record fetched in one lease tenure gets an entry in that tenure's [`AckTracker`], in
+//! shard order. An entry goes *fetched → handed out → acked*. The **watermark** is the position
+//! of the last entry of the acked prefix: every record up to it is processed, so it — and only
+//! it — is written as the checkpoint. Acks may arrive in any order.
+//!
+//! The tracker also bounds memory: fetching pauses while the un-acked records or bytes of the
+//! tenure are at their limits. When the tenure ends (handoff, lost lease, self-fencing) the
+//! tracker is *revoked*: records not yet handed out are dropped instead of delivered, because the
+//! next owner will deliver them.
+//!
+//! ```
+//! use kinsumer_core::record::AckTracker;
+//! use kinsumer_core::position::{Position, SequenceNumber};
+//!
+//! let t = AckTracker::new(100, 1 << 20);
+//! let pos = |n| Position::new(SequenceNumber::from_u128(n), 0);
+//! let a = t.register(pos(1), 10);
+//! let b = t.register(pos(2), 10);
+//! assert!(t.hand_out(a) && t.hand_out(b));
+//! t.ack(b);
+//! assert_eq!(t.watermark(), None); // 1 is not acked yet: the watermark cannot pass it
+//! t.ack(a);
+//! assert_eq!(t.watermark(), Some(pos(2)));
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::config::AckMode;
+use crate::position::{Position, SequenceNumber};
+use crate::source::{ShardId, SourceRecord};
+
+#[derive(Debug)]
+struct Entry {
+    position: Position,
+    bytes: usize,
+    handed_out: bool,
+    acked: bool,
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    /// Index of `pending[0]`.
+    base: u64,
+    pending: VecDeque<Entry>,
+    watermark: Option<Position>,
+    last_registered: Option<Position>,
+    unacked_records: usize,
+    unacked_bytes: usize,
+    /// Handed out and not yet acked: what a drain waits for.
+    outstanding: usize,
+    revoked: bool,
+}
+
+/// The acknowledgement book of one lease tenure. See the module docs.
+#[derive(Debug)]
+pub struct AckTracker {
+    state: Mutex<AckState>,
+    max_records: usize,
+    max_bytes: usize,
+    /// Woken on every ack, so the fetcher (space) and a drain (outstanding) can re-check.
+    changed: Notify,
+}
+
+impl AckTracker {
+    /// A tracker that counts as full at `max_records` un-acked records or `max_bytes` bytes.
+    pub fn new(max_records: usize, max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(AckState::default()),
+            max_records,
+            max_bytes,
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        // A poisoned lock only means another thread panicked mid-update of plain counters;
+        // the book is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a fetched record; returns its index.
+    pub fn register(&self, position: Position, bytes: usize) -> u64 {
+        let mut s = self.lock();
+        let index = s.base + s.pending.len() as u64;
+        s.last_registered = Some(position.clone());
+        s.pending.push_back(Entry {
+            position,
+            bytes,
+            handed_out: false,
+            acked: false,
+        });
+        s.unacked_records += 1;
+        s.unacked_bytes += bytes;
+        index
+    }
+
+    /// Marks records `first..first+count` as handed to the caller, unless the tenure was revoked
+    /// (then nothing is marked and `false` is returned: the records must not be delivered).
+    pub fn hand_out_range(&self, first: u64, count: u64) -> bool {
+        let mut s = self.lock();
+        if s.revoked {
+            return false;
+        }
+        for i in first..first + count {
+            if let Some(e) = i
+                .checked_sub(s.base)
+                .and_then(|k| usize::try_from(k).ok())
+                .and_then(|k| s.pending.get_mut(k))
+                && !e.handed_out
+                && !e.acked
+            {
+                e.handed_out = true;
+                s.outstanding += 1;
+            }
+        }
+        true
+    }
+
+    /// [`Self::hand_out_range`] for one record.
+    pub fn hand_out(&self, index: u64) -> bool {
+        self.hand_out_range(index, 1)
+    }
+
+    /// Acks records `first..first+count`; acking twice is harmless.
+    pub fn ack_range(&self, first: u64, count: u64) {
+        let mut s = self.lock();
+        for i in first..first + count {
+            let Some(k) = i
+                .checked_sub(s.base)
+                .and_then(|k| usize::try_from(k).ok())
+            else {
+                continue; // already below the watermark
+            };
+            let Some(e) = s.pending.get_mut(k) else {
+                continue;
+            };
+            if e.acked {
+                continue;
+            }
+            e.acked = true;
+            let (bytes, handed_out) = (e.bytes, e.handed_out);
+            s.unacked_records -= 1;
+            s.unacked_bytes -= bytes;
+            if handed_out {
+                s.outstanding -= 1;
+            }
+        }
+        while s.pending.front().is_some_and(|e| e.acked) {
+            if let Some(e) = s.pending.pop_front() {
+                s.watermark = Some(e.position);
+                s.base += 1;
+            }
+        }
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// [`Self::ack_range`] for one record.
+    pub fn ack(&self, index: u64) {
+        self.ack_range(index, 1);
+    }
+
+    /// The position up to which every record is acked.
+    pub fn watermark(&self) -> Option<Position> {
+        self.lock().watermark.clone()
+    }
+
+    /// The last record fetched (handed out or not).
+    pub fn last_registered(&self) -> Option<Position> {
+        self.lock().last_registered.clone()
+    }
+
+    /// Whether un-acked records or bytes are at their limits.
+    pub fn is_full(&self) -> bool {
+        let s = self.lock();
+        s.unacked_records >= self.max_records || s.unacked_bytes >= self.max_bytes
+    }
+
+    /// How many more records may be fetched now.
+    pub fn room(&self) -> usize {
+        let s = self.lock();
+        self.max_records.saturating_sub(s.unacked_records)
+    }
+
+    /// Records handed out and not acked.
+    pub fn outstanding(&self) -> usize {
+        self.lock().outstanding
+    }
+
+    /// Records fetched and not acked.
+    pub fn unacked(&self) -> usize {
+        self.lock().unacked_records
+    }
+
+    /// Stops further hand-outs; the tenure is ending.
+    pub fn revoke(&self) {
+        self.lock().revoked = true;
+        self.changed.notify_one();
+    }
+
+    /// Waits for the next ack (or revoke). Callers re-check their condition in a loop.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// A record handed out by [`crate::Consumer::records`]: the data, where it came from, and the
+/// handle that acknowledges it.
+pub struct Record {
+    pub(crate) inner: SourceRecord,
+    pub(crate) shard: ShardId,
+    pub(crate) tracker: Arc<AckTracker>,
+    pub(crate) index: u64,
+    pub(crate) mode: AckMode,
+    /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
+    pub(crate) epoch: u64,
+    /// Set once acked or once it must never ack (not handed out).
+    pub(crate) done: bool,
+}
+
+impl Record {
+    /// The payload.
+    pub fn data(&self) -> &Bytes {
+        &self.inner.data
+    }
+
+    /// The partition key the producer gave.
+    pub fn partition_key(&self) -> &str {
+        &self.inner.partition_key
+    }
+
+    /// The Kinesis sequence number.
+    pub fn sequence_number(&self) -> &SequenceNumber {
+        &self.inner.position.sequence
+    }
+
+    /// The index inside a KPL aggregate (0 for plain records).
+    pub fn sub_sequence_number(&self) -> u64 {
+        self.inner.position.sub_sequence
+    }
+
+    /// Sequence and sub-sequence number together.
+    pub fn position(&self) -> &Position {
+        &self.inner.position
+    }
+
+    /// The shard it came from.
+    pub fn shard_id(&self) -> &ShardId {
+        &self.shard
+    }
+
+    /// When the stream accepted it (ms since the Unix epoch).
+    pub fn arrival_ms(&self) -> u64 {
+        self.inner.arrival_ms
+    }
+
+    /// The record as the source delivered it.
+    pub fn source_record(&self) -> &SourceRecord {
+        &self.inner
+    }
+
+    /// Marks the record processed. The checkpoint moves past it once every earlier record of
+    /// its shard is acked too.
+    pub fn ack(mut self) {
+        self.tracker.ack(self.index);
+        self.done = true;
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.done && self.mode == AckMode::OnDrop {
+            self.tracker.ack(self.index);
+        }
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads may hold secrets: show their size, not their content.
+        f.debug_struct("Record")
+            .field("shard", &self.shard)
+            .field("position", &self.inner.position)
+            .field("partition_key", &self.inner.partition_key)
+            .field("bytes", &self.inner.data.len())
+            .finish()
+    }
+}
+
+/// A batch for a [`crate::consumer::BatchHandler`]: consecutive records of one shard. The
+/// whole batch is acked when the handler returns `Ok`.
+#[derive(Clone, Debug)]
+pub struct ShardBatch {
+    /// The shard.
+    pub shard: ShardId,
+    /// Records in shard order.
+    pub records: Vec<SourceRecord>,
+    /// How far behind the tip the reader was when it fetched this batch.
+    pub millis_behind_latest: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(n: u128) -> Position {
+        Position::new(SequenceNumber::from_u128(n), 0)
+    }
+
+    #[test]
+    fn watermark_is_the_acked_prefix() {
+        let t = AckTracker::new(10, 1000);
+        let ids: Vec<u64> = (1..=5).map(|n| t.register(pos(n), 1)).collect();
+        assert!(t.hand_out_range(ids[0], 5));
+        assert_eq!(t.outstanding(), 5);
+        for i in [4, 2, 1] {
+            t.ack(ids[i]);
+        }
+        assert_eq!(t.watermark(), None);
+        t.ack(ids[0]);
+        assert_eq!(t.watermark(), Some(pos(3)));
+        t.ack(ids[3]);
+        t.ack(ids[3]);
+        assert_eq!(t.watermark(), Some(pos(5)));
+        assert_eq!((t.outstanding(), t.unacked()), (0, 0));
+    }
+
+    #[test]
+    fn bounds_count_records_and_bytes() {
+        let t = AckTracker::new(3, 100);
+        let a = t.register(pos(1), 60);
+        assert!(!t.is_full());
+        t.register(pos(2), 50);
+        assert!(t.is_full(), "110 bytes >= 100");
+        t.ack(a);
+        assert!(!t.is_full());
+        assert_eq!(t.room(), 2);
+    }
+
+    #[test]
+    fn revoked_records_are_not_handed_out() {
+        let t = AckTracker::new(3, 100);
+        let a = t.register(pos(1), 1);
+        t.revoke();
+        assert!(!t.hand_out(a));
+        assert_eq!(t.outstanding(), 0);
+    }
+}

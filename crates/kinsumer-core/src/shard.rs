@@ -1,0 +1,451 @@
+//! One lease tenure of one shard: read → deliver → ack/watermark → commit → release or finish.
+//!
+//! The supervisor ([`crate::consumer`]) takes a lease and runs [`run_tenure`] for it. Two tasks
+//! make a tenure:
+//! - the **fetcher** opens a reader at the stored checkpoint, reads at most once per
+//!   `poll_interval`, registers each record in the tenure's [`AckTracker`] and delivers it; it
+//!   pauses while the tracker is full and backs off on throttling and transient errors;
+//! - the **driver** (this function) commits the watermark every `commit_interval` when it moved,
+//!   and ends the tenure: on a handoff it stops the fetcher, waits up to `drain_timeout` for
+//!   handed-out records to be acked, then releases with the watermark; at the end of a closed
+//!   shard it waits until every record is acked, then finishes the lease.
+//!
+//! Every write is fenced by the tenure's token; `LeaseLost` ends the tenure at once, without
+//! another write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{debug, info, warn};
+
+use crate::config::TrimmedPolicy;
+use crate::consumer::{Delivery, Engine};
+use crate::error::ConsumerError;
+use crate::position::Checkpoint;
+use crate::record::{AckTracker, Record, ShardBatch};
+use crate::source::{Batch, ShardId, ShardReader, SourceError};
+use crate::store::{StoreError, Tenure};
+
+/// How a tenure ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The shard was read to its end, everything acked, and the lease finished.
+    Finished,
+    /// The lease was handed back with the watermark (handoff or shutdown).
+    Released,
+    /// Another tenure holds the lease now; nothing more was written.
+    Lost,
+    /// Something failed; the supervisor restarts the shard with back-off, or stops the consumer
+    /// when the error is fatal.
+    Failed(ConsumerError),
+}
+
+/// Aborts a spawned task when dropped, so no task outlives the tenure that started it.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why the fetcher stopped.
+#[derive(Debug)]
+enum FetchEnd {
+    /// The reader reached the end of a closed shard.
+    Ended,
+    /// The shard left the stream's retention.
+    Gone,
+    /// A failure no retry fixes.
+    Failed(ConsumerError),
+}
+
+/// Runs one tenure until it ends. `release` turning `true` asks for a graceful handoff.
+pub(crate) async fn run_tenure(
+    engine: Arc<Engine>,
+    tenure: Tenure,
+    start: Checkpoint,
+    tracker: Arc<AckTracker>,
+    epoch: u64,
+    mut release: watch::Receiver<bool>,
+) -> Outcome {
+    let cfg = &engine.config;
+    let mut committed = start.clone();
+
+    let mut guards = Vec::new();
+    let delivery = match &engine.delivery {
+        Delivery::Stream(tx) => Sink::Stream(tx.clone()),
+        Delivery::Handler(handler) => {
+            let (tx, rx) = mpsc::channel(1);
+            let worker = tokio::spawn(handler_worker(
+                engine.clone(),
+                handler.clone(),
+                tracker.clone(),
+                epoch,
+                rx,
+            ));
+            guards.push(AbortOnDrop(worker.abort_handle()));
+            Sink::Handler(tx)
+        }
+    };
+    let mut fetcher = tokio::spawn(fetch_loop(
+        engine.clone(),
+        tenure.shard.clone(),
+        start,
+        tracker.clone(),
+        epoch,
+        delivery,
+    ));
+    let fetcher_guard = AbortOnDrop(fetcher.abort_handle());
+
+    let mut tick = tokio::time::interval_at(
+        Instant::now() + cfg.commit_interval,
+        cfg.commit_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ended = false;
+
+    loop {
+        if ended && tracker.unacked() == 0 {
+            return finish(&engine, &tenure).await;
+        }
+        tokio::select! {
+            biased;
+            changed = release.changed() => {
+                if changed.is_err() || *release.borrow() {
+                    drop(fetcher_guard);
+                    return release_lease(&engine, &tenure, &tracker, &committed).await;
+                }
+            }
+            _ = tick.tick() => {
+                match commit(&engine, &tenure, &tracker, &mut committed).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost { .. }) => {
+                        info!(tenure = %tenure, "lease lost on commit");
+                        tracker.revoke();
+                        return Outcome::Lost;
+                    }
+                    Err(e) if e.is_retryable() => debug!(tenure = %tenure, error = %e, "commit failed; retrying next tick"),
+                    Err(e) => {
+                        tracker.revoke();
+                        return Outcome::Failed(e.into());
+                    }
+                }
+            }
+            joined = &mut fetcher, if !ended => match joined {
+                Ok(FetchEnd::Ended) => ended = true,
+                Ok(FetchEnd::Gone) => {
+                    warn!(tenure = %tenure, "shard left the stream's retention before it was read to its end; finishing its lease");
+                    tracker.revoke();
+                    return finish(&engine, &tenure).await;
+                }
+                Ok(FetchEnd::Failed(e)) => {
+                    tracker.revoke();
+                    return Outcome::Failed(e);
+                }
+                Err(e) => {
+                    tracker.revoke();
+                    return Outcome::Failed(ConsumerError::Panicked(e.to_string()));
+                }
+            },
+            _ = tracker.changed(), if ended => {}
+        }
+    }
+}
+
+/// Writes the watermark if it moved since the last commit.
+async fn commit(
+    engine: &Engine,
+    tenure: &Tenure,
+    tracker: &AckTracker,
+    committed: &mut Checkpoint,
+) -> Result<(), StoreError> {
+    let position = if engine.config.faults.commit_unacked {
+        tracker.last_registered()
+    } else {
+        tracker.watermark()
+    };
+    let Some(position) = position else {
+        return Ok(());
+    };
+    let next = Checkpoint::After(position);
+    if next == *committed {
+        return Ok(());
+    }
+    engine
+        .store
+        .checkpoint(&engine.stream, tenure, &next)
+        .await?;
+    debug!(tenure = %tenure, checkpoint = %next, "checkpoint");
+    *committed = next;
+    Ok(())
+}
+
+/// Graceful handoff: no more hand-outs, wait for what is out to be acked, release with the
+/// watermark.
+async fn release_lease(
+    engine: &Engine,
+    tenure: &Tenure,
+    tracker: &AckTracker,
+    committed: &Checkpoint,
+) -> Outcome {
+    let started = Instant::now();
+    tracker.revoke();
+    let deadline = started + engine.config.drain_timeout;
+    while tracker.outstanding() > 0 {
+        tokio::select! {
+            biased;
+            _ = sleep_until(deadline) => {
+                warn!(tenure = %tenure, outstanding = tracker.outstanding(), "drain timed out; releasing with what is acked");
+                break;
+            }
+            _ = tracker.changed() => {}
+        }
+    }
+    let checkpoint = tracker
+        .watermark()
+        .map(Checkpoint::After)
+        .filter(|c| c != committed);
+    let mut attempt = 0;
+    loop {
+        match engine
+            .store
+            .release(&engine.stream, tenure, checkpoint.as_ref())
+            .await
+        {
+            Ok(()) => {
+                info!(tenure = %tenure, drained_ms = started.elapsed().as_millis() as u64, "released");
+                return Outcome::Released;
+            }
+            // A retry after an ambiguous release lands here too: either way the lease is no
+            // longer ours, and whatever was not committed is redelivered by the next owner.
+            Err(StoreError::LeaseLost { .. }) => return Outcome::Lost,
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                attempt += 1;
+                sleep(engine.backoff(attempt)).await;
+            }
+            Err(e) => {
+                warn!(tenure = %tenure, error = %e, "release failed; the lease expires with this client instead");
+                return Outcome::Lost;
+            }
+        }
+    }
+}
+
+/// The shard is read to its end and every record acked: mark the lease finished.
+async fn finish(engine: &Engine, tenure: &Tenure) -> Outcome {
+    let mut attempt = 0;
+    loop {
+        // `finish` keeps owner and token, so retrying after an ambiguous outcome is safe.
+        match engine.store.finish(&engine.stream, tenure).await {
+            Ok(()) => {
+                info!(tenure = %tenure, "shard finished");
+                return Outcome::Finished;
+            }
+            Err(StoreError::LeaseLost { .. }) => return Outcome::Lost,
+            Err(e) if e.is_retryable() => {
+                attempt += 1;
+                sleep(engine.backoff(attempt)).await;
+            }
+            Err(e) => return Outcome::Failed(e.into()),
+        }
+    }
+}
+
+/// Where the fetcher puts records.
+enum Sink {
+    Stream(mpsc::Sender<Record>),
+    Handler(mpsc::Sender<(u64, u64, ShardBatch)>),
+}
+
+/// What the fetcher does after an error.
+enum Next {
+    Retry,
+    Reopen(Checkpoint),
+    Stop(FetchEnd),
+}
+
+fn on_error(engine: &Engine, shard: &ShardId, e: SourceError) -> Next {
+    match e {
+        SourceError::Throttled(_) | SourceError::Transient(_) => Next::Retry,
+        SourceError::ShardGone(_) => Next::Stop(FetchEnd::Gone),
+        SourceError::Trimmed { .. } => match engine.config.on_trimmed {
+            TrimmedPolicy::ResumeAtTrimHorizon => {
+                warn!(shard = %shard, error = %e, "checkpoint fell off retention; resuming at TRIM_HORIZON");
+                Next::Reopen(Checkpoint::TrimHorizon)
+            }
+            TrimmedPolicy::Fail => Next::Stop(FetchEnd::Failed(e.into())),
+        },
+        SourceError::Fatal(_) => Next::Stop(FetchEnd::Failed(e.into())),
+    }
+}
+
+async fn fetch_loop(
+    engine: Arc<Engine>,
+    shard: ShardId,
+    start: Checkpoint,
+    tracker: Arc<AckTracker>,
+    epoch: u64,
+    sink: Sink,
+) -> FetchEnd {
+    let cfg = &engine.config;
+    let mut from = start;
+    let mut attempt = 0u32;
+    let mut skip_first = cfg.faults.skip_first_record;
+    'open: loop {
+        let mut reader: Box<dyn ShardReader> = match engine.source.open(&shard, &from).await {
+            Ok(r) => r,
+            Err(e) => match on_error(&engine, &shard, e) {
+                Next::Retry => {
+                    attempt += 1;
+                    sleep(engine.backoff(attempt)).await;
+                    continue 'open;
+                }
+                Next::Reopen(cp) => {
+                    from = cp;
+                    continue 'open;
+                }
+                Next::Stop(end) => return end,
+            },
+        };
+        let mut last_call: Option<Instant> = None;
+        loop {
+            while tracker.is_full() {
+                tracker.changed().await;
+            }
+            if let Some(t) = last_call {
+                sleep_until(t + cfg.poll_interval).await;
+            }
+            last_call = Some(Instant::now());
+            let max = cfg.max_records_per_read.min(tracker.room().max(1));
+            let batch = match reader.next_batch(max).await {
+                Ok(b) => {
+                    attempt = 0;
+                    b
+                }
+                Err(e) => match on_error(&engine, &shard, e) {
+                    Next::Retry => {
+                        attempt += 1;
+                        sleep(engine.backoff(attempt)).await;
+                        continue;
+                    }
+                    Next::Reopen(cp) => {
+                        from = cp;
+                        continue 'open;
+                    }
+                    Next::Stop(end) => return end,
+                },
+            };
+            let Batch {
+                mut records,
+                millis_behind_latest,
+                end,
+            } = batch;
+            if skip_first && !records.is_empty() {
+                records.remove(0);
+                skip_first = false;
+            }
+            engine.note_fetch(&shard, records.len(), millis_behind_latest);
+            let times = if cfg.faults.deliver_twice { 2 } else { 1 };
+            for _ in 0..times {
+                if !deliver(&engine, &shard, &tracker, epoch, &sink, &records, millis_behind_latest).await {
+                    // The caller dropped the record stream: nothing more can be delivered.
+                    std::future::pending::<()>().await;
+                }
+            }
+            if end.is_some() {
+                return FetchEnd::Ended;
+            }
+        }
+    }
+}
+
+/// Registers `records` with the tracker and hands them to the sink. `false` if the sink is gone.
+async fn deliver(
+    engine: &Engine,
+    shard: &ShardId,
+    tracker: &Arc<AckTracker>,
+    epoch: u64,
+    sink: &Sink,
+    records: &[crate::source::SourceRecord],
+    millis_behind_latest: Option<u64>,
+) -> bool {
+    if records.is_empty() {
+        return true;
+    }
+    match sink {
+        Sink::Stream(tx) => {
+            for r in records {
+                let index = tracker.register(r.position.clone(), r.data.len());
+                let record = Record {
+                    inner: r.clone(),
+                    shard: shard.clone(),
+                    tracker: tracker.clone(),
+                    index,
+                    mode: engine.config.ack_mode,
+                    epoch,
+                    done: false,
+                };
+                if tx.send(record).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+        Sink::Handler(tx) => {
+            let mut first = None;
+            for r in records {
+                let i = tracker.register(r.position.clone(), r.data.len());
+                first.get_or_insert(i);
+            }
+            let batch = ShardBatch {
+                shard: shard.clone(),
+                records: records.to_vec(),
+                millis_behind_latest,
+            };
+            tx.send((first.unwrap_or(0), records.len() as u64, batch))
+                .await
+                .is_ok()
+        }
+    }
+}
+
+/// Calls the batch handler for one tenure, in order, retrying a failed batch with back-off
+/// (a batch is never skipped), and acks each batch the handler accepted.
+async fn handler_worker(
+    engine: Arc<Engine>,
+    handler: Arc<dyn crate::consumer::BatchHandler>,
+    tracker: Arc<AckTracker>,
+    epoch: u64,
+    mut rx: mpsc::Receiver<(u64, u64, ShardBatch)>,
+) {
+    while let Some((first, count, batch)) = rx.recv().await {
+        if !engine.may_hand_out(epoch) || !tracker.hand_out_range(first, count) {
+            return;
+        }
+        let mut attempt = 0;
+        loop {
+            match handler.handle(batch.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    let delay = engine.backoff(attempt);
+                    warn!(shard = %batch.shard, error = %e, retry_in_ms = delay.as_millis() as u64, "batch handler failed; retrying the same batch");
+                    sleep(delay).await;
+                }
+            }
+        }
+        tracker.ack_range(first, count);
+    }
+}
+
+/// Exponential back-off with jitter: `base * 2^attempt`, capped, with up to half taken off.
+pub(crate) fn backoff_delay(attempt: u32, max: Duration, jitter: f64) -> Duration {
+    let base = Duration::from_millis(100);
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let capped = exp.min(max);
+    capped.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
+}
