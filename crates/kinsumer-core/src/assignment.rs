@@ -150,7 +150,10 @@ mod tests {
             let plan = assign(&clients, &shards, &BTreeMap::new());
             assert_eq!(plan.len(), s);
             let c = counts(&plan, &clients);
-            assert!(c.iter().max().unwrap() - c.iter().min().unwrap() <= 1, "{c:?}");
+            assert!(
+                c.iter().max().unwrap() - c.iter().min().unwrap() <= 1,
+                "{c:?}"
+            );
         }
     }
 

@@ -313,13 +313,22 @@ mod tests {
                 "commit_interval",
                 Box::new(|c| c.commit_interval = Duration::ZERO),
             ),
-            ("poll_interval", Box::new(|c| c.poll_interval = Duration::ZERO)),
+            (
+                "poll_interval",
+                Box::new(|c| c.poll_interval = Duration::ZERO),
+            ),
             (
                 "max_records_per_read",
                 Box::new(|c| c.max_records_per_read = 10_001),
             ),
-            ("max_records_per_read", Box::new(|c| c.max_records_per_read = 0)),
-            ("max_unacked_records", Box::new(|c| c.max_unacked_records = 0)),
+            (
+                "max_records_per_read",
+                Box::new(|c| c.max_records_per_read = 0),
+            ),
+            (
+                "max_unacked_records",
+                Box::new(|c| c.max_unacked_records = 0),
+            ),
             ("max_unacked_bytes", Box::new(|c| c.max_unacked_bytes = 10)),
             (
                 "membership_poll_interval",

@@ -98,50 +98,79 @@ pub(crate) enum Delivery {
 
 /// This client's own heartbeat health, shared with the record stream so a self-fenced client
 /// stops handing out records even while its supervisor is stuck.
+///
+/// Fencing advances an *epoch*: records fetched in an older epoch are never handed out, and
+/// the supervisor drops every tenure started before it. So once a client noticed it may have
+/// been declared dead, nothing it fetched before reaches the caller.
 #[derive(Debug)]
 pub(crate) struct Health {
     ttl_minus_margin: std::time::Duration,
-    state: Mutex<(Option<Instant>, u64)>,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// When the last successful heartbeat was *sent* (the earliest it could have been applied).
+    last_ok: Option<Instant>,
+    epoch: u64,
+    /// Fencing was observed and the epoch advanced for it; cleared by a fresh heartbeat.
+    fenced: bool,
 }
 
 impl Health {
     fn new(config: &Config) -> Self {
         Self {
             ttl_minus_margin: config.lease_ttl - config.safety_margin,
-            state: Mutex::new((None, 0)),
+            state: Mutex::new(HealthState::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a heartbeat that succeeded and was sent at `sent`. A success after a gap long
-    /// enough to have fenced us starts a new epoch: everything fetched before is stale.
-    fn heartbeat_ok(&self, sent: Instant) {
-        let mut s = self.lock();
-        if let Some(prev) = s.0
-            && sent.saturating_duration_since(prev) >= self.ttl_minus_margin
-        {
-            s.1 += 1;
-            warn!("heartbeat recovered after a gap: all leases held before are dropped");
-        }
-        s.0 = Some(s.0.map_or(sent, |prev| prev.max(sent)));
-    }
-
-    fn is_fenced(&self, now: Instant) -> bool {
-        self.lock()
-            .0
+    fn expired(&self, s: &HealthState, now: Instant) -> bool {
+        s.last_ok
             .is_none_or(|ok| now.saturating_duration_since(ok) >= self.ttl_minus_margin)
     }
 
+    /// Checks for fencing at `now`, advancing the epoch the first time it is seen.
+    fn check(&self, s: &mut HealthState, now: Instant) -> bool {
+        if s.last_ok.is_some() && self.expired(s, now) {
+            if !s.fenced {
+                s.fenced = true;
+                s.epoch += 1;
+                warn!("self-fenced: own heartbeat has not succeeded for lease_ttl - safety_margin");
+            }
+            return true;
+        }
+        s.last_ok.is_none()
+    }
+
+    /// Records a heartbeat that succeeded and was sent at `sent`.
+    fn heartbeat_ok(&self, sent: Instant) {
+        let mut s = self.lock();
+        // A success after a gap long enough to have fenced us counts as fencing too.
+        self.check(&mut s, sent);
+        s.last_ok = Some(s.last_ok.map_or(sent, |prev| prev.max(sent)));
+        if !self.expired(&s, Instant::now()) {
+            s.fenced = false;
+        }
+    }
+
+    fn is_fenced(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        self.check(&mut s, now)
+    }
+
     fn epoch(&self) -> u64 {
-        self.lock().1
+        self.lock().epoch
     }
 
     /// Whether a record fetched in `epoch` may be handed out now.
     pub(crate) fn may_hand_out(&self, epoch: u64) -> bool {
-        !self.is_fenced(Instant::now()) && self.epoch() == epoch
+        let mut s = self.lock();
+        !self.check(&mut s, Instant::now()) && s.epoch == epoch
     }
 }
 
@@ -665,10 +694,7 @@ impl Supervisor {
         let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
         // Parents before children, so a child's lease never exists without its parents'.
         let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
-        let mut pending: Vec<_> = shards
-            .iter()
-            .filter(|s| !created.contains(&s.id))
-            .collect();
+        let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
         pending.sort_by(|a, b| a.id.cmp(&b.id));
         while !pending.is_empty() {
             let before = pending.len();
@@ -764,6 +790,28 @@ impl Supervisor {
                 self.engine.status.update(shard, |s| s.releasing = true);
             }
         }
+        // Leases the store says are ours but no tenure runs (after a self-fence, an ambiguous
+        // take, or a restart under the same id): `consider` below takes back those planned for
+        // us; the others are handed back at once, or their new owner would wait for a handoff
+        // that never comes.
+        let stale: Vec<Tenure> = self
+            .leases
+            .values()
+            .filter(|l| !l.finished && !self.held.contains_key(&l.shard))
+            .filter(|l| l.owner.as_ref() == Some(&me) && plan.get(&l.shard) != Some(&me))
+            .filter_map(Lease::tenure)
+            .collect();
+        for tenure in stale {
+            match self
+                .engine
+                .store
+                .release(&self.engine.stream, &tenure, None)
+                .await
+            {
+                Ok(()) => info!(tenure = %tenure, "released a lease no tenure of ours was running"),
+                Err(e) => debug!(tenure = %tenure, error = %e, "releasing a stale lease failed"),
+            }
+        }
         // Take what is ours.
         self.waiting.clear();
         let mine: Vec<ShardId> = plan
@@ -815,7 +863,11 @@ impl Supervisor {
         if lease.finished {
             return;
         }
-        if self.retry.get(&lease.shard).is_some_and(|(at, _)| *at > now) {
+        if self
+            .retry
+            .get(&lease.shard)
+            .is_some_and(|(at, _)| *at > now)
+        {
             return;
         }
         let store = &self.engine.store;

@@ -26,11 +26,15 @@ mod shard;
 pub mod source;
 pub mod store;
 
-pub use consumer::{BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle};
+pub use consumer::{
+    BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle,
+};
 pub use error::ConsumerError;
 pub use record::{Record, ShardBatch};
 
 pub use config::{AckMode, Config, ConfigError, TrimmedPolicy};
 pub use position::{Checkpoint, InitialPosition, Position, SequenceNumber};
-pub use source::{Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord};
+pub use source::{
+    Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord,
+};
 pub use store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};

@@ -278,7 +278,14 @@ mod tests {
         for cp in cps {
             assert_eq!(cp.to_string().parse::<Checkpoint>(), Ok(cp.clone()));
         }
-        for bad in ["", "AFTER:1", "AFTER:x/1", "AFTER:1/-1", "AT_TIMESTAMP:", "later"] {
+        for bad in [
+            "",
+            "AFTER:1",
+            "AFTER:x/1",
+            "AFTER:1/-1",
+            "AT_TIMESTAMP:",
+            "later",
+        ] {
             assert!(bad.parse::<Checkpoint>().is_err(), "{bad} should not parse");
         }
     }

@@ -133,10 +133,7 @@ impl AckTracker {
     pub fn ack_range(&self, first: u64, count: u64) {
         let mut s = self.lock();
         for i in first..first + count {
-            let Some(k) = i
-                .checked_sub(s.base)
-                .and_then(|k| usize::try_from(k).ok())
-            else {
+            let Some(k) = i.checked_sub(s.base).and_then(|k| usize::try_from(k).ok()) else {
                 continue; // already below the watermark
             };
             let Some(e) = s.pending.get_mut(k) else {
@@ -220,6 +217,8 @@ pub struct Record {
     pub(crate) tracker: Arc<AckTracker>,
     pub(crate) index: u64,
     pub(crate) mode: AckMode,
+    /// The fencing token of the tenure that delivered it.
+    pub(crate) token: u64,
     /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
     pub(crate) epoch: u64,
     /// Set once acked or once it must never ack (not handed out).
@@ -260,6 +259,12 @@ impl Record {
     /// When the stream accepted it (ms since the Unix epoch).
     pub fn arrival_ms(&self) -> u64 {
         self.inner.arrival_ms
+    }
+
+    /// The fencing token of the lease tenure that delivered this record. It grows with every
+    /// change of owner, so an external system can reject writes from a stale owner.
+    pub fn lease_token(&self) -> u64 {
+        self.token
     }
 
     /// The record as the source delivered it.
@@ -303,6 +308,8 @@ pub struct ShardBatch {
     pub shard: ShardId,
     /// Records in shard order.
     pub records: Vec<SourceRecord>,
+    /// The fencing token of the lease tenure that delivered the batch.
+    pub lease_token: u64,
     /// How far behind the tip the reader was when it fetched this batch.
     pub millis_behind_latest: Option<u64>,
 }

@@ -93,7 +93,7 @@ pub(crate) async fn run_tenure(
     };
     let mut fetcher = tokio::spawn(fetch_loop(
         engine.clone(),
-        tenure.shard.clone(),
+        tenure.clone(),
         start,
         tracker.clone(),
         epoch,
@@ -101,10 +101,8 @@ pub(crate) async fn run_tenure(
     ));
     let fetcher_guard = AbortOnDrop(fetcher.abort_handle());
 
-    let mut tick = tokio::time::interval_at(
-        Instant::now() + cfg.commit_interval,
-        cfg.commit_interval,
-    );
+    let mut tick =
+        tokio::time::interval_at(Instant::now() + cfg.commit_interval, cfg.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ended = false;
 
@@ -285,20 +283,21 @@ fn on_error(engine: &Engine, shard: &ShardId, e: SourceError) -> Next {
 
 async fn fetch_loop(
     engine: Arc<Engine>,
-    shard: ShardId,
+    tenure: Tenure,
     start: Checkpoint,
     tracker: Arc<AckTracker>,
     epoch: u64,
     sink: Sink,
 ) -> FetchEnd {
     let cfg = &engine.config;
+    let shard = &tenure.shard;
     let mut from = start;
     let mut attempt = 0u32;
     let mut skip_first = cfg.faults.skip_first_record;
     'open: loop {
-        let mut reader: Box<dyn ShardReader> = match engine.source.open(&shard, &from).await {
+        let mut reader: Box<dyn ShardReader> = match engine.source.open(shard, &from).await {
             Ok(r) => r,
-            Err(e) => match on_error(&engine, &shard, e) {
+            Err(e) => match on_error(&engine, shard, e) {
                 Next::Retry => {
                     attempt += 1;
                     sleep(engine.backoff(attempt)).await;
@@ -326,7 +325,7 @@ async fn fetch_loop(
                     attempt = 0;
                     b
                 }
-                Err(e) => match on_error(&engine, &shard, e) {
+                Err(e) => match on_error(&engine, shard, e) {
                     Next::Retry => {
                         attempt += 1;
                         sleep(engine.backoff(attempt)).await;
@@ -348,10 +347,20 @@ async fn fetch_loop(
                 records.remove(0);
                 skip_first = false;
             }
-            engine.note_fetch(&shard, records.len(), millis_behind_latest);
+            engine.note_fetch(shard, records.len(), millis_behind_latest);
             let times = if cfg.faults.deliver_twice { 2 } else { 1 };
             for _ in 0..times {
-                if !deliver(&engine, &shard, &tracker, epoch, &sink, &records, millis_behind_latest).await {
+                if !deliver(
+                    &engine,
+                    &tenure,
+                    &tracker,
+                    epoch,
+                    &sink,
+                    &records,
+                    millis_behind_latest,
+                )
+                .await
+                {
                     // The caller dropped the record stream: nothing more can be delivered.
                     std::future::pending::<()>().await;
                 }
@@ -366,7 +375,7 @@ async fn fetch_loop(
 /// Registers `records` with the tracker and hands them to the sink. `false` if the sink is gone.
 async fn deliver(
     engine: &Engine,
-    shard: &ShardId,
+    tenure: &Tenure,
     tracker: &Arc<AckTracker>,
     epoch: u64,
     sink: &Sink,
@@ -382,7 +391,8 @@ async fn deliver(
                 let index = tracker.register(r.position.clone(), r.data.len());
                 let record = Record {
                     inner: r.clone(),
-                    shard: shard.clone(),
+                    shard: tenure.shard.clone(),
+                    token: tenure.token,
                     tracker: tracker.clone(),
                     index,
                     mode: engine.config.ack_mode,
@@ -402,8 +412,9 @@ async fn deliver(
                 first.get_or_insert(i);
             }
             let batch = ShardBatch {
-                shard: shard.clone(),
+                shard: tenure.shard.clone(),
                 records: records.to_vec(),
+                lease_token: tenure.token,
                 millis_behind_latest,
             };
             tx.send((first.unwrap_or(0), records.len() as u64, batch))

@@ -1,1 +1,8 @@
-
+//! # kinsumer-dynamo — not implemented yet
+//!
+//! This crate will hold the DynamoDB `LeaseStore` over `aws-sdk-dynamodb`: a translation of the contract in
+//! `kinsumer_core` to its server and nothing more (the protocol lives in the core).
+//!
+//! **It exports nothing today.** It exists so that the workspace layout and the facade's
+//! `dynamo` Cargo feature are in place; the work is tracked in issue #4. Until then, use
+//! `kinsumer_testkit`'s in-memory implementations.

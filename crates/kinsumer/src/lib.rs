@@ -1,1 +1,34 @@
+//! # kinsumer
+//!
+//! Consume a sharded stream — Amazon Kinesis Data Streams first — from a fleet of processes:
+//! each shard is read by one live process at a time, progress is checkpointed in a pluggable
+//! lease store, and nothing is lost on crashes, deploys or resharding.
+//!
+//! This facade re-exports [`kinsumer_core`] and, behind Cargo features, the backends:
+//! `testkit` (in-memory stream and store, simulation), `kinesis`, `dynamo`, `redis`,
+//! `postgres`.
+//!
+//! The README follows (its examples are compiled as doctests with the `testkit` feature).
+#![cfg_attr(feature = "testkit", doc = include_str!("../../../README.md"))]
 
+pub use kinsumer_core::*;
+
+/// In-memory stream and lease store, fault injection, conformance suites and the simulation.
+#[cfg(feature = "testkit")]
+pub use kinsumer_testkit as testkit;
+
+/// Amazon Kinesis source (not implemented yet: issue #3).
+#[cfg(feature = "kinesis")]
+pub use kinsumer_kinesis as kinesis;
+
+/// DynamoDB lease store (not implemented yet: issue #4).
+#[cfg(feature = "dynamo")]
+pub use kinsumer_dynamo as dynamo;
+
+/// Redis lease store (not implemented yet: issue #5).
+#[cfg(feature = "redis")]
+pub use kinsumer_redis as redis;
+
+/// PostgreSQL lease store (not implemented yet: issue #6).
+#[cfg(feature = "postgres")]
+pub use kinsumer_postgres as postgres;

@@ -1,0 +1,713 @@
+//! [`MemoryLeaseStore`]: the [`LeaseStore`] contract in memory, with fault injection and a
+//! history of every applied write for invariant checkers.
+//!
+//! One store is one application. Every operation takes one lock, so each is atomic, exactly as
+//! the contract asks of a real server's conditional write. On top of that it can misbehave on
+//! purpose ([`StoreFaults`]): fail before applying, apply and then report a failure (an
+//! *ambiguous* write, like a timeout after sending), add latency, or ignore fencing altogether
+//! — a deliberately broken store, to prove a simulation's checks notice.
+//!
+//! ```
+//! use kinsumer_core::position::Checkpoint;
+//! use kinsumer_core::source::ShardId;
+//! use kinsumer_core::store::{ClientId, LeaseStore, StoreError};
+//! use kinsumer_testkit::memory_store::{MemoryLeaseStore, StoreOp};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryLeaseStore::new();
+//! let shard = ShardId::from("shardId-000000000000");
+//! store.create_if_absent("orders", &shard, &[]).await?;
+//!
+//! let lease = store.take("orders", &shard, &ClientId::from("a"), 0).await?;
+//! let tenure = lease.tenure().ok_or("taken lease has an owner")?;
+//! store.checkpoint("orders", &tenure, &Checkpoint::TrimHorizon).await?;
+//!
+//! // Once another client takes the lease, the old tenure is fenced off.
+//! store.take("orders", &shard, &ClientId::from("b"), 1).await?;
+//! let late = store.checkpoint("orders", &tenure, &Checkpoint::TrimHorizon).await;
+//! assert!(matches!(late, Err(StoreError::LeaseLost { .. })));
+//!
+//! // The history shows the applied writes, in order.
+//! let ops: Vec<StoreOp> = store.history().iter().map(|e| e.op).collect();
+//! assert_eq!(ops, [StoreOp::Create, StoreOp::Take, StoreOp::Checkpoint, StoreOp::Take]);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::rng::Rng;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+
+/// A global logical clock shared by the components of a test, so their events interleave in
+/// one order. Cheap to clone: clones share the counter.
+///
+/// ```
+/// use kinsumer_testkit::memory_store::EventClock;
+///
+/// let clock = EventClock::new();
+/// let shared = clock.clone();
+/// assert_eq!(clock.tick(), 1);
+/// assert_eq!(shared.tick(), 2);
+/// assert_eq!(clock.now(), 2);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct EventClock(Arc<AtomicU64>);
+
+impl EventClock {
+    /// A clock at 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Advances the clock and returns the new time (the first tick is 1).
+    pub fn tick(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The last time handed out (0 before the first tick).
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Faults a [`MemoryLeaseStore`] injects, each drawn from its seeded RNG. `Default` injects
+/// none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreFaults {
+    /// Probability that an operation fails with `Transient` without being applied.
+    pub error_rate: f64,
+    /// Probability that a write is performed and then reported as `Transient` whatever its
+    /// outcome — the caller cannot tell whether it happened, as after a timeout.
+    pub ambiguous_rate: f64,
+    /// Every operation first sleeps a uniformly drawn time in `min..=max`.
+    pub latency: (Duration, Duration),
+    /// `take`, `checkpoint`, `release` and `finish` skip their owner/token checks: a broken
+    /// store, for proving that invariant checks catch one.
+    pub ignore_fencing: bool,
+}
+
+/// Which write a [`StoreEvent`] records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StoreOp {
+    /// `create_if_absent` created the row.
+    Create,
+    /// `take`.
+    Take,
+    /// `checkpoint`.
+    Checkpoint,
+    /// `release`.
+    Release,
+    /// `finish`.
+    Finish,
+    /// `delete_finished` deleted the row.
+    Delete,
+    /// `reset_checkpoint`.
+    Reset,
+}
+
+/// One applied write to a lease row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreEvent {
+    /// When, on the store's [`EventClock`].
+    pub at: u64,
+    /// The stream.
+    pub stream: String,
+    /// The shard.
+    pub shard: ShardId,
+    /// What was written.
+    pub op: StoreOp,
+    /// What the caller presented: its tenure for the fenced ops; for `take`, the new owner with
+    /// the token it expected; `None` for the others.
+    pub claimed: Option<Tenure>,
+    /// The row before (`None` if it did not exist).
+    pub before: Option<Lease>,
+    /// The row after (`None` once deleted).
+    pub after: Option<Lease>,
+    /// The write was applied but reported to the caller as failed.
+    pub ambiguous: bool,
+}
+
+/// Requests a [`MemoryLeaseStore`] served, per operation (including failed ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// `heartbeat` calls.
+    pub heartbeat: u64,
+    /// `clients` calls.
+    pub clients: u64,
+    /// `deregister` calls.
+    pub deregister: u64,
+    /// `leases` calls.
+    pub leases: u64,
+    /// `lease` calls.
+    pub lease: u64,
+    /// `create_if_absent` calls.
+    pub create_if_absent: u64,
+    /// `take` calls.
+    pub take: u64,
+    /// `checkpoint` calls.
+    pub checkpoint: u64,
+    /// `release` calls.
+    pub release: u64,
+    /// `finish` calls.
+    pub finish: u64,
+    /// `delete_finished` calls.
+    pub delete_finished: u64,
+    /// `reset_checkpoint` calls.
+    pub reset_checkpoint: u64,
+    /// Calls failed by an injected error (not applied).
+    pub injected_errors: u64,
+    /// Writes reported as failed whatever their outcome.
+    pub ambiguous_writes: u64,
+}
+
+impl StoreStats {
+    /// Read requests: `clients`, `leases`, `lease`.
+    pub fn reads(&self) -> u64 {
+        self.clients + self.leases + self.lease
+    }
+
+    /// Write requests: every other operation.
+    pub fn writes(&self) -> u64 {
+        self.heartbeat
+            + self.deregister
+            + self.create_if_absent
+            + self.take
+            + self.checkpoint
+            + self.release
+            + self.finish
+            + self.delete_finished
+            + self.reset_checkpoint
+    }
+
+    /// All requests.
+    pub fn requests(&self) -> u64 {
+        self.reads() + self.writes()
+    }
+}
+
+/// The store's operations, for counting and for fault decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Heartbeat,
+    Clients,
+    Deregister,
+    Leases,
+    Lease,
+    CreateIfAbsent,
+    Take,
+    Checkpoint,
+    Release,
+    Finish,
+    DeleteFinished,
+    ResetCheckpoint,
+}
+
+impl Method {
+    fn is_write(self) -> bool {
+        !matches!(self, Method::Clients | Method::Leases | Method::Lease)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Heartbeat => "heartbeat",
+            Method::Clients => "clients",
+            Method::Deregister => "deregister",
+            Method::Leases => "leases",
+            Method::Lease => "lease",
+            Method::CreateIfAbsent => "create_if_absent",
+            Method::Take => "take",
+            Method::Checkpoint => "checkpoint",
+            Method::Release => "release",
+            Method::Finish => "finish",
+            Method::DeleteFinished => "delete_finished",
+            Method::ResetCheckpoint => "reset_checkpoint",
+        }
+    }
+
+    fn counter(self, stats: &mut StoreStats) -> &mut u64 {
+        match self {
+            Method::Heartbeat => &mut stats.heartbeat,
+            Method::Clients => &mut stats.clients,
+            Method::Deregister => &mut stats.deregister,
+            Method::Leases => &mut stats.leases,
+            Method::Lease => &mut stats.lease,
+            Method::CreateIfAbsent => &mut stats.create_if_absent,
+            Method::Take => &mut stats.take,
+            Method::Checkpoint => &mut stats.checkpoint,
+            Method::Release => &mut stats.release,
+            Method::Finish => &mut stats.finish,
+            Method::DeleteFinished => &mut stats.delete_finished,
+            Method::ResetCheckpoint => &mut stats.reset_checkpoint,
+        }
+    }
+}
+
+/// An in-memory [`LeaseStore`] for one application. Cheap to clone: clones share the store.
+///
+/// See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct MemoryLeaseStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    clock: EventClock,
+    state: Mutex<StoreState>,
+}
+
+#[derive(Debug)]
+struct StoreState {
+    clients: BTreeMap<ClientId, u64>,
+    /// stream → shard → row.
+    leases: BTreeMap<String, BTreeMap<ShardId, Lease>>,
+    faults: StoreFaults,
+    rng: Rng,
+    history: Vec<StoreEvent>,
+    stats: StoreStats,
+}
+
+/// What one operation's closure sees: the rows, whether fencing is on, and where to log.
+struct Txn<'a> {
+    state: &'a mut StoreState,
+    clock: &'a EventClock,
+    fencing: bool,
+    ambiguous: bool,
+}
+
+impl Txn<'_> {
+    fn record(
+        &mut self,
+        stream: &str,
+        shard: &ShardId,
+        op: StoreOp,
+        claimed: Option<Tenure>,
+        before: Option<Lease>,
+        after: Option<Lease>,
+    ) {
+        let event = StoreEvent {
+            at: self.clock.tick(),
+            stream: stream.to_owned(),
+            shard: shard.clone(),
+            op,
+            claimed,
+            before,
+            after,
+            ambiguous: self.ambiguous,
+        };
+        self.state.history.push(event);
+    }
+
+    fn row_mut(&mut self, stream: &str, shard: &ShardId) -> Result<&mut Lease, StoreError> {
+        self.state
+            .leases
+            .get_mut(stream)
+            .and_then(|rows| rows.get_mut(shard))
+            .ok_or_else(|| StoreError::NotFound {
+                shard: shard.clone(),
+            })
+    }
+
+    /// A fenced write: finds the row, checks the tenure, applies `change`, logs the event.
+    fn fenced(
+        &mut self,
+        stream: &str,
+        tenure: &Tenure,
+        op: StoreOp,
+        change: impl FnOnce(&mut Lease),
+    ) -> Result<(), StoreError> {
+        let fencing = self.fencing;
+        let row = self.row_mut(stream, &tenure.shard)?;
+        if fencing && !(row.owner.as_ref() == Some(&tenure.owner) && row.token == tenure.token) {
+            return Err(lease_lost(&tenure.shard));
+        }
+        let before = row.clone();
+        change(row);
+        let after = row.clone();
+        self.record(
+            stream,
+            &tenure.shard,
+            op,
+            Some(tenure.clone()),
+            Some(before),
+            Some(after),
+        );
+        Ok(())
+    }
+}
+
+fn lease_lost(shard: &ShardId) -> StoreError {
+    StoreError::LeaseLost {
+        shard: shard.clone(),
+    }
+}
+
+impl Default for MemoryLeaseStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLeaseStore {
+    /// An empty store with its own [`EventClock`] and fault RNG seed 0.
+    pub fn new() -> Self {
+        Self::with_clock(EventClock::new())
+    }
+
+    /// An empty store that stamps its history with a shared `clock`.
+    pub fn with_clock(clock: EventClock) -> Self {
+        let state = StoreState {
+            clients: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            faults: StoreFaults::default(),
+            rng: Rng::new(0),
+            history: Vec::new(),
+            stats: StoreStats::default(),
+        };
+        Self {
+            shared: Arc::new(Shared {
+                clock,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// Seeds the fault RNG; chain it on a constructor:
+    /// `MemoryLeaseStore::with_clock(clock).with_seed(7)`. (Clones share the RNG.)
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.lock().rng = Rng::new(seed);
+        self
+    }
+
+    /// The clock stamping the history.
+    pub fn clock(&self) -> &EventClock {
+        &self.shared.clock
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreState> {
+        // Every update is a single step under the lock, so a poisoned lock holds consistent
+        // data and is still usable.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the injected faults; takes effect on the next call.
+    pub fn set_faults(&self, faults: StoreFaults) {
+        self.lock().faults = faults;
+    }
+
+    /// The faults currently injected.
+    pub fn faults(&self) -> StoreFaults {
+        self.lock().faults.clone()
+    }
+
+    /// The request counters so far.
+    pub fn stats(&self) -> StoreStats {
+        self.lock().stats
+    }
+
+    /// A copy of every applied write to a lease row, in order.
+    pub fn history(&self) -> Vec<StoreEvent> {
+        self.lock().history.clone()
+    }
+
+    /// The lease rows of `stream` as stored now, without faults or counting (for checkers).
+    pub fn peek_leases(&self, stream: &str) -> Vec<Lease> {
+        self.lock()
+            .leases
+            .get(stream)
+            .map(|rows| rows.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The client rows as stored now, without faults or counting (for checkers).
+    pub fn peek_clients(&self) -> Vec<ClientRow> {
+        client_rows(&self.lock())
+    }
+
+    /// Runs one operation: counts it, draws and sleeps its latency, maybe fails it before
+    /// applying, applies it atomically, and maybe reports an applied write as failed.
+    async fn call<T>(
+        &self,
+        method: Method,
+        apply: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (latency, fail, ambiguous) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            *method.counter(&mut state.stats) += 1;
+            let latency = draw_latency(state);
+            let fail = state.rng.chance(state.faults.error_rate);
+            let ambiguous =
+                !fail && method.is_write() && state.rng.chance(state.faults.ambiguous_rate);
+            if fail {
+                state.stats.injected_errors += 1;
+            } else if ambiguous {
+                state.stats.ambiguous_writes += 1;
+            }
+            (latency, fail, ambiguous)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if fail {
+            return Err(StoreError::Transient(format!(
+                "injected error in {} (not applied)",
+                method.name()
+            )));
+        }
+        let outcome = {
+            let mut state = self.lock();
+            let fencing = !state.faults.ignore_fencing;
+            let mut txn = Txn {
+                state: &mut state,
+                clock: &self.shared.clock,
+                fencing,
+                ambiguous,
+            };
+            apply(&mut txn)
+        };
+        if ambiguous {
+            return Err(StoreError::Transient(format!(
+                "ambiguous outcome of {}: the reply was lost",
+                method.name()
+            )));
+        }
+        outcome
+    }
+}
+
+fn draw_latency(state: &mut StoreState) -> Duration {
+    let (a, b) = state.faults.latency;
+    let (min, max) = if a <= b { (a, b) } else { (b, a) };
+    let spread = u64::try_from((max - min).as_nanos()).unwrap_or(u64::MAX);
+    if spread == 0 {
+        return min;
+    }
+    min + Duration::from_nanos(state.rng.below(spread.saturating_add(1)))
+}
+
+fn client_rows(state: &StoreState) -> Vec<ClientRow> {
+    state
+        .clients
+        .iter()
+        .map(|(id, counter)| ClientRow {
+            id: id.clone(),
+            counter: *counter,
+        })
+        .collect()
+}
+
+#[async_trait]
+impl LeaseStore for MemoryLeaseStore {
+    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+        self.call(Method::Heartbeat, |txn| {
+            let counter = txn.state.clients.entry(client.clone()).or_insert(0);
+            *counter += 1;
+            Ok(*counter)
+        })
+        .await
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        self.call(Method::Clients, |txn| Ok(client_rows(txn.state)))
+            .await
+    }
+
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
+        self.call(Method::Deregister, |txn| {
+            txn.state.clients.remove(client);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+        self.call(Method::Leases, |txn| {
+            Ok(txn
+                .state
+                .leases
+                .get(stream)
+                .map(|rows| rows.values().cloned().collect())
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        self.call(Method::Lease, |txn| {
+            Ok(txn
+                .state
+                .leases
+                .get(stream)
+                .and_then(|rows| rows.get(shard))
+                .cloned())
+        })
+        .await
+    }
+
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError> {
+        self.call(Method::CreateIfAbsent, |txn| {
+            let rows = txn.state.leases.entry(stream.to_owned()).or_default();
+            if let Some(existing) = rows.get(shard) {
+                return Ok(existing.clone());
+            }
+            let row = Lease::new(shard.clone(), parents.to_vec());
+            rows.insert(shard.clone(), row.clone());
+            txn.record(
+                stream,
+                shard,
+                StoreOp::Create,
+                None,
+                None,
+                Some(row.clone()),
+            );
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError> {
+        self.call(Method::Take, |txn| {
+            let fencing = txn.fencing;
+            let row = txn.row_mut(stream, shard)?;
+            if row.finished || (fencing && row.token != expected_token) {
+                return Err(lease_lost(shard));
+            }
+            let token = row
+                .token
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{stream}/{shard}"),
+                    reason: "the fencing token is at u64::MAX".to_owned(),
+                })?;
+            let before = row.clone();
+            row.owner = Some(owner.clone());
+            row.token = token;
+            let after = row.clone();
+            let claimed = Tenure {
+                shard: shard.clone(),
+                owner: owner.clone(),
+                token: expected_token,
+            };
+            txn.record(
+                stream,
+                shard,
+                StoreOp::Take,
+                Some(claimed),
+                Some(before),
+                Some(after.clone()),
+            );
+            Ok(after)
+        })
+        .await
+    }
+
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.call(Method::Checkpoint, |txn| {
+            txn.fenced(stream, tenure, StoreOp::Checkpoint, |row| {
+                row.checkpoint = Some(checkpoint.clone());
+            })
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        self.call(Method::Release, |txn| {
+            txn.fenced(stream, tenure, StoreOp::Release, |row| {
+                row.owner = None;
+                if let Some(checkpoint) = checkpoint {
+                    row.checkpoint = Some(checkpoint.clone());
+                }
+            })
+        })
+        .await
+    }
+
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
+        self.call(Method::Finish, |txn| {
+            txn.fenced(stream, tenure, StoreOp::Finish, |row| {
+                row.finished = true;
+                row.checkpoint = Some(Checkpoint::ShardEnd);
+            })
+        })
+        .await
+    }
+
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
+        self.call(Method::DeleteFinished, |txn| {
+            let Some(rows) = txn.state.leases.get_mut(stream) else {
+                return Ok(());
+            };
+            match rows.get(shard) {
+                None => return Ok(()),
+                Some(row) if !row.finished => return Err(lease_lost(shard)),
+                Some(_) => {}
+            }
+            let before = rows.remove(shard);
+            txn.record(stream, shard, StoreOp::Delete, None, before, None);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.call(Method::ResetCheckpoint, |txn| {
+            let row = txn.row_mut(stream, shard)?;
+            if row.owner.is_some() || row.token != expected_token {
+                return Err(lease_lost(shard));
+            }
+            let before = row.clone();
+            row.checkpoint = Some(checkpoint.clone());
+            let after = row.clone();
+            txn.record(
+                stream,
+                shard,
+                StoreOp::Reset,
+                None,
+                Some(before),
+                Some(after),
+            );
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,998 @@
+//! The deterministic simulation: a fleet of real [`Consumer`]s on a [`MemoryStream`] and a
+//! [`MemoryLeaseStore`], under tokio's paused clock, with faults — then every invariant of the
+//! design is checked.
+//!
+//! A [`Scenario`] is drawn from a seed: how many shards, clients and records, and a timeline of
+//! events — crashes, graceful leaves, joins, pauses longer than the lease TTL, splits and merges
+//! during rebalancing, windows of store errors and *ambiguous* writes, throttling, transient
+//! read errors and expired iterators. Each client's clock runs a little fast or slow (all of its
+//! intervals scale), which is what clock skew does to a process that only reads a monotonic
+//! clock. After the run, [`Report::violations`] lists every broken invariant:
+//!
+//! - every record produced is delivered and acked;
+//! - within one lease tenure a shard's records are delivered in strictly increasing order;
+//! - a tenure starts right after the checkpoint it took the lease with (never beyond: no gap);
+//! - no record of a child shard is delivered before its parents are finished;
+//! - no checkpoint, release or finish is written by anyone but the current owner and token;
+//! - no checkpoint moves backwards;
+//! - at the end every eligible shard is owned by a live client, balanced to within one.
+//!
+//! Runs replay exactly: one thread, the paused clock, seeded randomness, no wall clock and no
+//! `HashMap` order anywhere. A failing seed prints the command that replays it.
+//!
+//! ```
+//! use kinsumer_testkit::sim::{Scenario, run};
+//!
+//! let report = run(&Scenario::from_seed(7));
+//! assert!(report.violations.is_empty(), "{report}");
+//! assert!(report.produced > 0 && report.delivered >= report.produced);
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kinsumer_core::config::EngineFaults;
+use kinsumer_core::position::{Checkpoint, Position};
+use kinsumer_core::rng::{Rng, stable_hash};
+use kinsumer_core::source::{ShardId, ShardSource, SourceRecord};
+use kinsumer_core::store::{ClientId, Lease, LeaseStore};
+use kinsumer_core::{Config, Consumer, ShardBatch, ShutdownHandle};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::faults::{Gate, GatedSource, GatedStore};
+use crate::memory_store::{EventClock, MemoryLeaseStore, StoreEvent, StoreFaults, StoreOp};
+use crate::memory_stream::{MemoryStream, MemoryStreamConfig, SourceFaults};
+
+/// Something that happens to the fleet or its services at a point of simulated time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A client vanishes without releasing anything (`kill -9`).
+    Crash,
+    /// A client shuts down gracefully.
+    Leave,
+    /// A new client joins.
+    Join,
+    /// A client's process stops for this long (GC pause, SIGSTOP), then goes on.
+    Pause(Duration),
+    /// An open shard splits in two.
+    Split,
+    /// Two adjacent open shards merge.
+    Merge,
+    /// For this long the store fails calls and reports applied writes as failed.
+    StoreFaults {
+        /// How long.
+        duration: Duration,
+        /// Share of calls failed without being applied.
+        error_rate: f64,
+        /// Share of writes applied but reported failed.
+        ambiguous_rate: f64,
+    },
+    /// For this long the stream throttles, fails reads and expires iterators.
+    SourceFaults {
+        /// How long.
+        duration: Duration,
+        /// Share of reads throttled.
+        throttle_rate: f64,
+        /// Share of calls failed.
+        error_rate: f64,
+        /// Share of reads that find their iterator expired.
+        expiry_rate: f64,
+    },
+}
+
+/// One simulated run, fully determined by its fields.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Seeds every random choice of the run.
+    pub seed: u64,
+    /// Shards at the start.
+    pub shards: usize,
+    /// Clients at the start.
+    pub clients: usize,
+    /// Records the producer writes.
+    pub records: usize,
+    /// Over how long they are written.
+    pub produce_for: Duration,
+    /// What happens when (from the start of the run).
+    pub events: Vec<(Duration, Event)>,
+    /// Consume through `Consumer::run` with a batch handler instead of the record stream.
+    pub batch_handler: bool,
+    /// Every record takes 30–100 ms to process, so records pile up un-acked.
+    pub slow_handler: bool,
+    /// Each client's clock rate may be off by up to this fraction (0.05 = ±5 %).
+    pub max_clock_drift: f64,
+    /// Deliberate engine bugs (to prove the checks catch them).
+    pub engine_faults: EngineFaults,
+    /// A deliberately broken store that ignores fencing.
+    pub store_ignores_fencing: bool,
+}
+
+impl Scenario {
+    /// A calm run: no events, one shard per client.
+    pub fn calm(seed: u64, shards: usize, clients: usize, records: usize) -> Self {
+        Self {
+            seed,
+            shards,
+            clients,
+            records,
+            produce_for: Duration::from_secs(20),
+            events: Vec::new(),
+            batch_handler: false,
+            slow_handler: false,
+            max_clock_drift: 0.0,
+            engine_faults: EngineFaults::default(),
+            store_ignores_fencing: false,
+        }
+    }
+
+    /// A scenario drawn from `seed`: 1–4 shards, 2–4 clients, 100–400 records over 30 s, and
+    /// 2–6 events in the first 45 s; 30 % consume with a batch handler, 15 % with a slow one.
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = Rng::new(stable_hash(&[b"scenario", &seed.to_le_bytes()]));
+        let mut s = Self::calm(
+            seed,
+            1 + rng.below(4) as usize,
+            2 + rng.below(3) as usize,
+            100 + rng.below(301) as usize,
+        );
+        s.produce_for = Duration::from_secs(30);
+        s.batch_handler = rng.chance(0.3);
+        s.slow_handler = rng.chance(0.15);
+        s.max_clock_drift = 0.05;
+        let events = 2 + rng.below(5);
+        for _ in 0..events {
+            let at = Duration::from_millis(rng.below(45_000));
+            let event = match rng.below(9) {
+                0 => Event::Crash,
+                1 => Event::Leave,
+                2 => Event::Join,
+                3 => Event::Pause(Duration::from_millis(3_000 + rng.below(17_000))),
+                4 => Event::Split,
+                5 => Event::Merge,
+                6 => Event::StoreFaults {
+                    duration: Duration::from_millis(2_000 + rng.below(10_000)),
+                    error_rate: 0.05 + 0.2 * rng.unit(),
+                    ambiguous_rate: 0.05 + 0.15 * rng.unit(),
+                },
+                7 => Event::SourceFaults {
+                    duration: Duration::from_millis(2_000 + rng.below(10_000)),
+                    throttle_rate: 0.3 * rng.unit(),
+                    error_rate: 0.2 * rng.unit(),
+                    expiry_rate: 0.2 * rng.unit(),
+                },
+                _ => {
+                    // Reshard while the fleet is rebalancing: a join and a split together.
+                    s.events.push((at, Event::Join));
+                    Event::Split
+                }
+            };
+            s.events.push((at, event));
+        }
+        s.events.sort_by_key(|(at, _)| *at);
+        s
+    }
+
+    /// The one-line command that replays this scenario's seed.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "KINSUMER_SIM_SEED={} cargo test -p kinsumer-testkit --test sim -- replay_one_seed --nocapture",
+            self.seed
+        )
+    }
+}
+
+/// Which invariant a [`Violation`] broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// A produced record was never delivered and acked.
+    EveryRecordAcked,
+    /// Within one tenure, a record was delivered at or before the previous one.
+    OrderWithinTenure,
+    /// A tenure's first record was not the one right after its starting checkpoint.
+    NoGap,
+    /// A child shard's record was delivered before a parent was finished.
+    ParentsFirst,
+    /// A write was applied for a tenure that did not hold the lease.
+    FencedWrites,
+    /// A checkpoint moved backwards.
+    CheckpointMonotonic,
+    /// At the end, an eligible shard had no live owner, or the load was not balanced.
+    Balanced,
+    /// The consumer reported an error or did not finish in time.
+    Liveness,
+}
+
+/// One broken invariant, with what showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which.
+    pub invariant: Invariant,
+    /// The evidence.
+    pub detail: String,
+}
+
+/// One delivery the simulated handler saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// When, on the store's event clock (so it orders against store writes).
+    pub at: u64,
+    /// Who.
+    pub client: String,
+    /// Which shard.
+    pub shard: ShardId,
+    /// Under which tenure.
+    pub token: u64,
+    /// Which record.
+    pub position: Position,
+}
+
+/// What a run did and what it broke.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The scenario that ran.
+    pub scenario: Scenario,
+    /// Records written.
+    pub produced: usize,
+    /// Deliveries (including redeliveries).
+    pub delivered: usize,
+    /// Deliveries of a record already delivered before.
+    pub duplicates: usize,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+    /// A digest of every delivery and store write: equal digests mean identical runs.
+    pub trace_digest: u64,
+    /// Every broken invariant.
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// Whether any violation is of `invariant`.
+    pub fn broke(&self, invariant: Invariant) -> bool {
+        self.violations.iter().any(|v| v.invariant == invariant)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {}: produced {}, delivered {}, duplicates {}, {:?} simulated, {} violation(s)",
+            self.scenario.seed,
+            self.produced,
+            self.delivered,
+            self.duplicates,
+            self.sim_time,
+            self.violations.len()
+        )?;
+        for v in self.violations.iter().take(10) {
+            writeln!(f, "  {:?}: {}", v.invariant, v.detail)?;
+        }
+        if !self.violations.is_empty() {
+            writeln!(f, "  scenario: {:?}", self.scenario)?;
+            writeln!(f, "  replay: {}", self.scenario.replay_command())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `scenario` on a fresh current-thread runtime with the paused clock.
+pub fn run(scenario: &Scenario) -> Report {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_async(scenario.clone())),
+        Err(e) => Report {
+            scenario: scenario.clone(),
+            produced: 0,
+            delivered: 0,
+            duplicates: 0,
+            sim_time: Duration::ZERO,
+            trace_digest: 0,
+            violations: vec![Violation {
+                invariant: Invariant::Liveness,
+                detail: format!("could not build a runtime: {e}"),
+            }],
+        },
+    }
+}
+
+/// The record id the producer wrote into each record's data.
+fn record_id(r: &SourceRecord) -> Option<u64> {
+    Some(u64::from_be_bytes(r.data.get(..8)?.try_into().ok()?))
+}
+
+type Log = Arc<Mutex<Vec<Delivery>>>;
+type Acked = Arc<Mutex<BTreeSet<u64>>>;
+type Errors = Arc<Mutex<Vec<String>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the simulated application does with a record: log it, take a while, ack it.
+#[derive(Clone)]
+struct App {
+    client: String,
+    clock: EventClock,
+    gate: Gate,
+    log: Log,
+    acked: Acked,
+}
+
+impl App {
+    fn deliver(&self, shard: &ShardId, token: u64, record: &SourceRecord) {
+        lock(&self.log).push(Delivery {
+            at: self.clock.tick(),
+            client: self.client.clone(),
+            shard: shard.clone(),
+            token,
+            position: record.position.clone(),
+        });
+    }
+
+    fn ack(&self, record: &SourceRecord) {
+        if let Some(id) = record_id(record) {
+            lock(&self.acked).insert(id);
+        }
+    }
+}
+
+/// How long the application takes for one record: mostly quick, sometimes slow.
+fn processing_time(rng: &mut Rng, slow: bool) -> Duration {
+    if slow {
+        Duration::from_millis(30 + rng.below(70))
+    } else if rng.chance(0.02) {
+        Duration::from_millis(500 + rng.below(2_500))
+    } else {
+        Duration::from_millis(rng.below(20))
+    }
+}
+
+struct Member {
+    id: String,
+    gate: Gate,
+    consumer: Option<Consumer>,
+    shutdown: Option<ShutdownHandle>,
+    worker: JoinHandle<()>,
+    /// Not crashed and not left.
+    in_fleet: bool,
+}
+
+struct World {
+    scenario: Scenario,
+    rng: Rng,
+    stream: MemoryStream,
+    store: MemoryLeaseStore,
+    clock: EventClock,
+    log: Log,
+    acked: Acked,
+    errors: Errors,
+    members: Vec<Member>,
+    leaving: Vec<JoinHandle<()>>,
+    next_client: usize,
+}
+
+impl World {
+    fn config(&mut self, id: &str) -> Config {
+        let mut c = Config::new("sim").with_client_id(id);
+        let drift = 1.0 + self.scenario.max_clock_drift * (2.0 * self.rng.unit() - 1.0);
+        for d in [
+            &mut c.heartbeat_interval,
+            &mut c.lease_ttl,
+            &mut c.safety_margin,
+            &mut c.commit_interval,
+            &mut c.poll_interval,
+            &mut c.membership_poll_interval,
+            &mut c.rebalance_interval,
+            &mut c.shard_sync_interval,
+            &mut c.drain_timeout,
+        ] {
+            *d = d.mul_f64(drift);
+        }
+        c.shard_sync_interval = Duration::from_secs(10).mul_f64(drift);
+        c.max_unacked_records = 200;
+        c.rng_seed = Some(self.rng.next_u64());
+        c.faults = self.scenario.engine_faults.clone();
+        c
+    }
+
+    fn join(&mut self) {
+        let id = format!("client-{:02}", self.next_client);
+        self.next_client += 1;
+        let config = self.config(&id);
+        let gate = Gate::new();
+        let source: Arc<dyn ShardSource> =
+            Arc::new(GatedSource::new(self.stream.clone(), gate.clone()));
+        let store: Arc<dyn LeaseStore> =
+            Arc::new(GatedStore::new(self.store.clone(), gate.clone()));
+        let app = App {
+            client: id.clone(),
+            clock: self.clock.clone(),
+            gate: gate.clone(),
+            log: self.log.clone(),
+            acked: self.acked.clone(),
+        };
+        let mut rng = Rng::new(self.rng.next_u64());
+        let slow = self.scenario.slow_handler;
+        let errors = self.errors.clone();
+        let mut consumer = match Consumer::from_shared(config, source, store) {
+            Ok(c) => c,
+            Err(e) => {
+                lock(&errors).push(format!("{id}: {e}"));
+                return;
+            }
+        };
+        let (worker, consumer, shutdown) = if self.scenario.batch_handler {
+            let shutdown = consumer.shutdown_handle();
+            let rng = Arc::new(Mutex::new(rng));
+            let handler = move |batch: ShardBatch| {
+                let app = app.clone();
+                let rng = rng.clone();
+                async move {
+                    app.gate.wait_open().await;
+                    let (fail, time) = {
+                        let mut r = lock(&rng);
+                        let fail = r.chance(0.03);
+                        let time: Duration = batch
+                            .records
+                            .iter()
+                            .map(|_| processing_time(&mut r, slow))
+                            .sum();
+                        (fail, time)
+                    };
+                    sleep(time).await;
+                    app.gate.wait_open().await;
+                    if fail {
+                        return Err("simulated handler failure".into());
+                    }
+                    for r in &batch.records {
+                        app.deliver(&batch.shard, batch.lease_token, r);
+                        app.ack(r);
+                    }
+                    Ok(())
+                }
+            };
+            let id2 = id.clone();
+            let worker = tokio::spawn(async move {
+                if let Err(e) = consumer.run(handler).await {
+                    lock(&errors).push(format!("{id2}: {e}"));
+                }
+            });
+            (worker, None, Some(shutdown))
+        } else {
+            let mut records = match consumer.records() {
+                Ok(r) => r,
+                Err(e) => {
+                    lock(&errors).push(format!("{id}: {e}"));
+                    return;
+                }
+            };
+            let id2 = id.clone();
+            let worker = tokio::spawn(async move {
+                while let Some(item) = records.next().await {
+                    let record = match item {
+                        Ok(r) => r,
+                        Err(e) => {
+                            lock(&errors).push(format!("{id2}: {e}"));
+                            break;
+                        }
+                    };
+                    app.gate.wait_open().await;
+                    app.deliver(
+                        record.shard_id(),
+                        record.lease_token(),
+                        record.source_record(),
+                    );
+                    sleep(processing_time(&mut rng, slow)).await;
+                    app.gate.wait_open().await;
+                    app.ack(record.source_record());
+                    record.ack();
+                }
+            });
+            (worker, Some(consumer), None)
+        };
+        self.members.push(Member {
+            id,
+            gate,
+            consumer,
+            shutdown,
+            worker,
+            in_fleet: true,
+        });
+    }
+
+    fn pick_member(&mut self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].in_fleet)
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        Some(live[self.rng.below(live.len() as u64) as usize])
+    }
+
+    fn crash(&mut self) {
+        // Keep at least one member, or nothing would be left to finish the work.
+        if self.members.iter().filter(|m| m.in_fleet).count() < 2 {
+            return;
+        }
+        if let Some(i) = self.pick_member() {
+            let m = &mut self.members[i];
+            m.in_fleet = false;
+            m.worker.abort();
+            m.consumer = None; // dropping a started consumer aborts it: a crash
+            m.shutdown = None;
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.members.iter().filter(|m| m.in_fleet).count() < 2 {
+            return;
+        }
+        if let Some(i) = self.pick_member() {
+            let m = &mut self.members[i];
+            m.in_fleet = false;
+            m.gate.resume();
+            if let Some(h) = m.shutdown.take() {
+                h.shutdown();
+            }
+            if let Some(c) = m.consumer.take() {
+                let errors = self.errors.clone();
+                let id = m.id.clone();
+                self.leaving.push(tokio::spawn(async move {
+                    if let Err(e) = c.shutdown().await {
+                        lock(&errors).push(format!("{id} leaving: {e}"));
+                    }
+                }));
+            }
+        }
+    }
+
+    fn pause(&mut self, duration: Duration) {
+        if let Some(i) = self.pick_member() {
+            let gate = self.members[i].gate.clone();
+            gate.pause();
+            tokio::spawn(async move {
+                sleep(duration).await;
+                gate.resume();
+            });
+        }
+    }
+
+    fn split(&mut self) {
+        let open: Vec<_> = self
+            .stream
+            .shards()
+            .into_iter()
+            .filter(|s| s.open)
+            .collect();
+        if open.is_empty() || open.len() >= 8 {
+            return;
+        }
+        let s = &open[self.rng.below(open.len() as u64) as usize];
+        let r = s.hash_range;
+        let mid = r.start + (r.end - r.start) / 2 + 1;
+        let _ = self.stream.split(&s.id, mid);
+    }
+
+    fn merge(&mut self) {
+        let mut open: Vec<_> = self
+            .stream
+            .shards()
+            .into_iter()
+            .filter(|s| s.open)
+            .collect();
+        open.sort_by_key(|s| s.hash_range.start);
+        if open.len() < 2 {
+            return;
+        }
+        let i = self.rng.below(open.len() as u64 - 1) as usize;
+        let _ = self.stream.merge(&open[i].id, &open[i + 1].id);
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Crash => self.crash(),
+            Event::Leave => self.leave(),
+            Event::Join => self.join(),
+            Event::Pause(d) => self.pause(*d),
+            Event::Split => self.split(),
+            Event::Merge => self.merge(),
+            Event::StoreFaults {
+                duration,
+                error_rate,
+                ambiguous_rate,
+            } => {
+                let store = self.store.clone();
+                let mut faults = store.faults();
+                faults.error_rate = *error_rate;
+                faults.ambiguous_rate = *ambiguous_rate;
+                store.set_faults(faults);
+                let duration = *duration;
+                tokio::spawn(async move {
+                    sleep(duration).await;
+                    let mut faults = store.faults();
+                    faults.error_rate = 0.0;
+                    faults.ambiguous_rate = 0.0;
+                    store.set_faults(faults);
+                });
+            }
+            Event::SourceFaults {
+                duration,
+                throttle_rate,
+                error_rate,
+                expiry_rate,
+            } => {
+                let stream = self.stream.clone();
+                stream.set_faults(SourceFaults {
+                    throttle_rate: *throttle_rate,
+                    error_rate: *error_rate,
+                    iterator_expiry_rate: *expiry_rate,
+                    ..SourceFaults::default()
+                });
+                let duration = *duration;
+                tokio::spawn(async move {
+                    sleep(duration).await;
+                    stream.set_faults(SourceFaults::default());
+                });
+            }
+        }
+    }
+}
+
+async fn run_async(scenario: Scenario) -> Report {
+    let start = Instant::now();
+    let clock = EventClock::new();
+    let stream = MemoryStream::with_config(
+        "sim-stream",
+        scenario.shards,
+        MemoryStreamConfig {
+            seed: stable_hash(&[b"stream", &scenario.seed.to_le_bytes()]),
+            ..MemoryStreamConfig::default()
+        },
+    );
+    let store = MemoryLeaseStore::with_clock(clock.clone())
+        .with_seed(stable_hash(&[b"store", &scenario.seed.to_le_bytes()]));
+    store.set_faults(StoreFaults {
+        ignore_fencing: scenario.store_ignores_fencing,
+        ..StoreFaults::default()
+    });
+    let mut world = World {
+        rng: Rng::new(stable_hash(&[b"world", &scenario.seed.to_le_bytes()])),
+        scenario: scenario.clone(),
+        stream: stream.clone(),
+        store: store.clone(),
+        clock,
+        log: Log::default(),
+        acked: Acked::default(),
+        errors: Errors::default(),
+        members: Vec::new(),
+        leaving: Vec::new(),
+        next_client: 0,
+    };
+    for _ in 0..scenario.clients {
+        world.join();
+    }
+
+    // The producer: record i carries i, under one of 16 partition keys.
+    let producer = {
+        let stream = stream.clone();
+        let mut rng = Rng::new(stable_hash(&[b"producer", &scenario.seed.to_le_bytes()]));
+        let (n, over) = (scenario.records, scenario.produce_for);
+        tokio::spawn(async move {
+            let step = over / (n.max(1) as u32);
+            for i in 0..n as u64 {
+                sleep(step.mul_f64(2.0 * rng.unit())).await;
+                let key = format!("key-{}", rng.below(16));
+                let mut data = i.to_be_bytes().to_vec();
+                data.extend_from_slice(b" payload");
+                // Every shard may be closed for an instant during a reshard; retry then.
+                while stream.put(&key, data.clone()).is_err() {
+                    sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+
+    for (at, event) in scenario.events.clone() {
+        sleep_until(start + at).await;
+        world.apply(&event);
+    }
+    let _ = producer.await;
+    // Calm: no more faults, everyone awake, and at least one member.
+    sleep(Duration::from_secs(25)).await;
+    store.set_faults(StoreFaults {
+        ignore_fencing: scenario.store_ignores_fencing,
+        ..StoreFaults::default()
+    });
+    stream.set_faults(SourceFaults::default());
+    for m in &world.members {
+        m.gate.resume();
+    }
+    if !world.members.iter().any(|m| m.in_fleet) {
+        world.join();
+    }
+
+    let produced: BTreeMap<u64, (ShardId, Position)> = stream
+        .all_records()
+        .into_iter()
+        .flat_map(|(shard, records)| {
+            records
+                .into_iter()
+                .filter_map(move |r| Some((record_id(&r)?, (shard.clone(), r.position))))
+        })
+        .collect();
+    let mut violations = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = {
+            let acked = lock(&world.acked);
+            produced.keys().all(|id| acked.contains(id))
+        };
+        if done {
+            break;
+        }
+        if Instant::now() >= deadline {
+            violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: "not every record was acked within 600 s of calm".into(),
+            });
+            break;
+        }
+        sleep(Duration::from_secs(1)).await;
+    }
+    // Let the fleet settle, then look at the final assignment.
+    sleep(Duration::from_secs(30)).await;
+    let live: Vec<ClientId> = world
+        .members
+        .iter()
+        .filter(|m| m.in_fleet)
+        .map(|m| ClientId::from(m.id.as_str()))
+        .collect();
+    let final_leases = store.peek_leases(stream.name());
+    check_balance(&final_leases, &live, &mut violations);
+
+    for m in &mut world.members {
+        if let Some(h) = m.shutdown.take() {
+            h.shutdown();
+        }
+        if let Some(c) = m.consumer.take() {
+            let _ = c.shutdown().await;
+        }
+    }
+    for m in &mut world.members {
+        if m.in_fleet {
+            let _ = (&mut m.worker).await;
+        }
+    }
+    for h in world.leaving.drain(..) {
+        let _ = h.await;
+    }
+    let sim_time = start.elapsed();
+
+    let log = lock(&world.log).clone();
+    let acked = lock(&world.acked).clone();
+    let history = store.history();
+    for e in lock(&world.errors).iter() {
+        violations.push(Violation {
+            invariant: Invariant::Liveness,
+            detail: format!("consumer error: {e}"),
+        });
+    }
+    check_delivery(&produced, &acked, &mut violations);
+    check_tenures(&stream, &log, &history, &mut violations);
+    check_writes(&history, &mut violations);
+
+    let mut seen = BTreeSet::new();
+    let duplicates = log
+        .iter()
+        .filter(|d| !seen.insert((d.shard.clone(), d.position.clone())))
+        .count();
+    let trace_digest = digest(&log, &history);
+    Report {
+        scenario,
+        produced: produced.len(),
+        delivered: log.len(),
+        duplicates,
+        sim_time,
+        trace_digest,
+        violations,
+    }
+}
+
+fn digest(log: &[Delivery], history: &[StoreEvent]) -> u64 {
+    let mut h = 0u64;
+    for d in log {
+        let line = format!(
+            "{} {} {} {} {:?}",
+            d.at, d.client, d.shard, d.token, d.position
+        );
+        h = stable_hash(&[&h.to_le_bytes(), line.as_bytes()]);
+    }
+    for e in history {
+        let line = format!(
+            "{} {:?} {} {:?} {:?}",
+            e.at, e.op, e.shard, e.claimed, e.after
+        );
+        h = stable_hash(&[&h.to_le_bytes(), line.as_bytes()]);
+    }
+    h
+}
+
+fn check_delivery(
+    produced: &BTreeMap<u64, (ShardId, Position)>,
+    acked: &BTreeSet<u64>,
+    violations: &mut Vec<Violation>,
+) {
+    let missing: Vec<_> = produced
+        .iter()
+        .filter(|(id, _)| !acked.contains(id))
+        .take(5)
+        .collect();
+    if !missing.is_empty() {
+        violations.push(Violation {
+            invariant: Invariant::EveryRecordAcked,
+            detail: format!(
+                "{} record(s) never acked, e.g. {missing:?}",
+                produced.keys().filter(|id| !acked.contains(id)).count()
+            ),
+        });
+    }
+}
+
+/// Order within a tenure, no gap at a tenure's start, parents before children.
+fn check_tenures(
+    stream: &MemoryStream,
+    log: &[Delivery],
+    history: &[StoreEvent],
+    violations: &mut Vec<Violation>,
+) {
+    // The checkpoint each tenure started from: the row as `take` found it.
+    let mut started_from: BTreeMap<(ShardId, u64), Option<Checkpoint>> = BTreeMap::new();
+    let mut finished_at: BTreeMap<ShardId, u64> = BTreeMap::new();
+    for e in history {
+        match (e.op, &e.after) {
+            (StoreOp::Take, Some(after)) => {
+                let cp = e.before.as_ref().and_then(|b| b.checkpoint.clone());
+                started_from.insert((e.shard.clone(), after.token), cp);
+            }
+            (StoreOp::Finish, Some(_)) => {
+                finished_at.entry(e.shard.clone()).or_insert(e.at);
+            }
+            _ => {}
+        }
+    }
+    let parents: BTreeMap<ShardId, Vec<ShardId>> = stream
+        .shards()
+        .into_iter()
+        .map(|s| (s.id, s.parents))
+        .collect();
+    let mut last: BTreeMap<(ShardId, u64), Position> = BTreeMap::new();
+    for d in log {
+        let key = (d.shard.clone(), d.token);
+        match last.get(&key) {
+            Some(prev) if *prev >= d.position => violations.push(Violation {
+                invariant: Invariant::OrderWithinTenure,
+                detail: format!(
+                    "{} tenure #{} delivered {:?} after {:?} (client {})",
+                    d.shard, d.token, d.position, prev, d.client
+                ),
+            }),
+            Some(_) => {}
+            None => {
+                // The first delivery of a tenure must be the record right after its checkpoint.
+                let records = stream.records(&d.shard);
+                let expected = match started_from.get(&key) {
+                    Some(Some(Checkpoint::After(p))) => records
+                        .iter()
+                        .find(|r| r.position > *p)
+                        .map(|r| &r.position),
+                    Some(None) | Some(Some(Checkpoint::TrimHorizon)) => {
+                        records.first().map(|r| &r.position)
+                    }
+                    _ => None,
+                };
+                if expected != Some(&d.position) {
+                    violations.push(Violation {
+                        invariant: Invariant::NoGap,
+                        detail: format!(
+                            "{} tenure #{} started at {:?}; the checkpoint it took ({:?}) says {:?}",
+                            d.shard,
+                            d.token,
+                            d.position,
+                            started_from.get(&key),
+                            expected
+                        ),
+                    });
+                }
+            }
+        }
+        last.insert(key, d.position.clone());
+        for p in parents.get(&d.shard).into_iter().flatten() {
+            if finished_at.get(p).is_none_or(|at| *at > d.at) {
+                violations.push(Violation {
+                    invariant: Invariant::ParentsFirst,
+                    detail: format!(
+                        "{} delivered {:?} before its parent {} finished",
+                        d.shard, d.position, p
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Fenced writes only by the holder; checkpoints never backwards.
+fn check_writes(history: &[StoreEvent], violations: &mut Vec<Violation>) {
+    let mut last: BTreeMap<ShardId, Checkpoint> = BTreeMap::new();
+    for e in history {
+        if matches!(
+            e.op,
+            StoreOp::Checkpoint | StoreOp::Release | StoreOp::Finish
+        ) {
+            let holder = e.before.as_ref().and_then(Lease::tenure);
+            if e.claimed.is_none() || holder != e.claimed {
+                violations.push(Violation {
+                    invariant: Invariant::FencedWrites,
+                    detail: format!(
+                        "{:?} on {} by {:?} while the lease was held by {:?}",
+                        e.op, e.shard, e.claimed, holder
+                    ),
+                });
+            }
+        }
+        if e.op == StoreOp::Reset {
+            last.remove(&e.shard);
+            continue;
+        }
+        if let Some(cp) = e.after.as_ref().and_then(|a| a.checkpoint.clone()) {
+            if let Some(prev) = last.get(&e.shard)
+                && !cp.is_not_before(prev)
+            {
+                violations.push(Violation {
+                    invariant: Invariant::CheckpointMonotonic,
+                    detail: format!("{} checkpoint moved from {prev} back to {cp}", e.shard),
+                });
+            }
+            last.insert(e.shard.clone(), cp);
+        }
+    }
+}
+
+/// Every eligible lease owned by a live client, and the counts within one of each other.
+fn check_balance(leases: &[Lease], live: &[ClientId], violations: &mut Vec<Violation>) {
+    let by_shard: BTreeMap<&ShardId, &Lease> = leases.iter().map(|l| (&l.shard, l)).collect();
+    let eligible: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| !l.finished)
+        .filter(|l| {
+            l.parents
+                .iter()
+                .all(|p| by_shard.get(p).is_none_or(|pl| pl.finished))
+        })
+        .collect();
+    let mut counts: BTreeMap<&ClientId, usize> = live.iter().map(|c| (c, 0)).collect();
+    for l in &eligible {
+        match l.owner.as_ref().and_then(|o| counts.get_mut(o)) {
+            Some(n) => *n += 1,
+            None => violations.push(Violation {
+                invariant: Invariant::Balanced,
+                detail: format!("{} is owned by {:?}, not a live client", l.shard, l.owner),
+            }),
+        }
+    }
+    if let (Some(max), Some(min)) = (counts.values().max(), counts.values().min())
+        && max - min > 1
+    {
+        violations.push(Violation {
+            invariant: Invariant::Balanced,
+            detail: format!("unbalanced final assignment: {counts:?}"),
+        });
+    }
+}
