@@ -9,7 +9,7 @@
 //!
 //! Once started, the supervisor heartbeats, watches who is alive, computes the shared
 //! assignment, takes the leases assigned to it, hands off the ones assigned elsewhere, and runs
-//! one tenure per held lease ([`crate::shard`]). [`Consumer::shutdown`] stops fetching, drains,
+//! one tenure per held lease (the `shard` module). [`Consumer::shutdown`] stops fetching, drains,
 //! commits, releases every lease and deregisters; dropping a started consumer without it is a
 //! crash: its leases expire after `lease_ttl` and the records since its last commit are
 //! delivered again by the next owner.

@@ -186,9 +186,34 @@ pub trait ShardSource: Send + Sync + 'static {
 }
 
 /// A cursor over one shard.
+///
+/// - Records come in strictly increasing position order, each once.
+/// - The last records of a closed shard may come in the same batch as `end`, or before it.
+/// - If records after the reader's position fell off retention (it was too slow), the read
+///   fails with [`SourceError::Trimmed`] rather than skipping silently; the engine's
+///   `TrimmedPolicy` decides what happens next.
+/// - An expired iterator is the reader's own business: it re-opens right after the last record
+///   it returned (or at its start if it returned none) and the caller never sees it.
 #[async_trait]
 pub trait ShardReader: Send {
-    /// Reads the next batch of at most `max_records` records (the source's own limits apply
-    /// too). Returns an empty batch when nothing new is there yet.
+    /// Reads the next batch of at most `max_records` records (at least 1 is asked for; the
+    /// source's own limits apply too). Returns an empty batch when nothing new is there yet.
     async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError>;
+}
+
+#[async_trait]
+impl<T: ShardSource + ?Sized> ShardSource for Arc<T> {
+    fn stream_name(&self) -> &str {
+        (**self).stream_name()
+    }
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        (**self).list_shards().await
+    }
+    async fn open(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+    ) -> Result<Box<dyn ShardReader>, SourceError> {
+        (**self).open(shard, from).await
+    }
 }

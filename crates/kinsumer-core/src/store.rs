@@ -7,7 +7,8 @@
 //!
 //! Every operation is atomic on one row. The fenced operations (`checkpoint`, `release`,
 //! `finish`) succeed only while the row's owner and token still equal the caller's [`Tenure`],
-//! and fail with [`StoreError::LeaseLost`] otherwise — never silently. `take` succeeds only if
+//! and fail with [`StoreError::LeaseLost`] otherwise — never silently. A finished lease is
+//! final: `checkpoint` and `release` on it fail with `LeaseLost` too. `take` succeeds only if
 //! the stored token still equals the token the caller read. A store never judges time: it stores
 //! counters, and the engine judges liveness on its own monotonic clock.
 //!
@@ -217,7 +218,7 @@ pub trait LeaseStore: Send + Sync + 'static {
         expected_token: u64,
     ) -> Result<Lease, StoreError>;
 
-    /// Stores `checkpoint` while `tenure` still holds the lease.
+    /// Stores `checkpoint` while `tenure` still holds the lease and it is not finished.
     async fn checkpoint(
         &self,
         stream: &str,
@@ -226,7 +227,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Clears the owner (keeping the token) and stores `checkpoint` if given, while `tenure`
-    /// still holds the lease.
+    /// still holds the lease and it is not finished.
     async fn release(
         &self,
         stream: &str,

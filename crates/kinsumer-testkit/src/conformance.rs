@@ -513,12 +513,28 @@ async fn finish_marks_shard_end_and_is_idempotent<S: LeaseStore>(store: &S) {
     );
     let other = Tenure {
         owner: ClientId::from("b"),
-        ..tenure
+        ..tenure.clone()
     };
     assert_lease_lost(
         CHECK,
         "finish by another owner",
         store.finish(stream, &other).await,
+    );
+    // A finished lease is final: not even its own tenure may move it off SHARD_END.
+    assert_lease_lost(
+        CHECK,
+        "checkpoint after finish",
+        store.checkpoint(stream, &tenure, &after("78", 0)).await,
+    );
+    assert_lease_lost(
+        CHECK,
+        "release after finish",
+        store.release(stream, &tenure, Some(&after("78", 0))).await,
+    );
+    assert_eq!(
+        row(CHECK, store, stream, &id).await,
+        finished,
+        "lease_store conformance [{CHECK}]: writes after finish change nothing"
     );
 }
 

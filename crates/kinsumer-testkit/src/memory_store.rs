@@ -330,6 +330,10 @@ impl Txn<'_> {
         if fencing && !(row.owner.as_ref() == Some(&tenure.owner) && row.token == tenure.token) {
             return Err(lease_lost(&tenure.shard));
         }
+        // A finished lease is final: only a repeated `finish` of the same tenure succeeds.
+        if fencing && row.finished && op != StoreOp::Finish {
+            return Err(lease_lost(&tenure.shard));
+        }
         let before = row.clone();
         change(row);
         let after = row.clone();

@@ -1,0 +1,321 @@
+//! The consumer API end to end, on the in-memory stream and store under the paused clock.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use kinsumer_core::position::{Checkpoint, InitialPosition};
+use kinsumer_core::source::{Batch, ShardId, ShardInfo, ShardReader, ShardSource, SourceError};
+use kinsumer_core::store::LeaseStore;
+use kinsumer_core::{AckMode, Config, ConfigError, Consumer, ConsumerError, ShardBatch};
+use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
+use tokio::time::sleep;
+
+fn config(client: &str) -> Config {
+    Config::new("app").with_client_id(client)
+}
+
+fn fill(stream: &MemoryStream, n: u64) {
+    for i in 0..n {
+        stream
+            .put(&format!("key-{}", i % 13), i.to_be_bytes().to_vec())
+            .expect("put");
+    }
+}
+
+fn id_of(data: &[u8]) -> u64 {
+    u64::from_be_bytes(data[..8].try_into().expect("8 bytes"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_stream_delivers_everything_in_shard_order_and_shutdown_releases() {
+    let stream = MemoryStream::new("s", 3);
+    fill(&stream, 300);
+    let store = MemoryLeaseStore::new();
+    let mut consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("first start");
+    let mut seen = BTreeSet::new();
+    let mut last: std::collections::BTreeMap<ShardId, _> = Default::default();
+    while seen.len() < 300 {
+        let r = records.next().await.expect("open").expect("no error");
+        if let Some(prev) = last.insert(r.shard_id().clone(), r.position().clone()) {
+            assert!(prev < *r.position(), "shard order");
+        }
+        seen.insert(id_of(r.data()));
+        r.ack();
+    }
+    consumer.shutdown().await.expect("clean shutdown");
+    // Every lease released at its last record, and the client deregistered.
+    for lease in store.peek_leases("s") {
+        assert_eq!(lease.owner, None, "{lease:?}");
+        let last = stream
+            .records(&lease.shard)
+            .last()
+            .map(|r| r.position.clone());
+        assert_eq!(lease.checkpoint, last.map(Checkpoint::After), "{lease:?}");
+    }
+    assert!(store.peek_clients().is_empty());
+    assert!(
+        records.next().await.is_none(),
+        "the stream ends after shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_checkpoint_never_passes_an_unacked_record() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 10);
+    let store = MemoryLeaseStore::new();
+    let mut consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let r = records.next().await.expect("open").expect("ok");
+        if i == 3 {
+            held.push(r); // processed later
+        } else {
+            r.ack();
+        }
+    }
+    sleep(Duration::from_secs(3)).await; // several commit intervals
+    let lease = &store.peek_leases("s")[0];
+    let third = stream.records(&lease.shard)[2].position.clone();
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(third)));
+    held.pop().expect("held").ack();
+    sleep(Duration::from_secs(2)).await;
+    let lease = &store.peek_leases("s")[0];
+    let tenth = stream.records(&lease.shard)[9].position.clone();
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(tenth)));
+    consumer.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_on_drop_acks_after_processing() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 5);
+    let store = MemoryLeaseStore::new();
+    let mut c = config("a");
+    c.ack_mode = AckMode::OnDrop;
+    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    for _ in 0..5 {
+        let r = records.next().await.expect("open").expect("ok");
+        drop(r);
+    }
+    sleep(Duration::from_secs(2)).await;
+    let lease = &store.peek_leases("s")[0];
+    let last = stream.records(&lease.shard)[4].position.clone();
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(last)));
+    consumer.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_handler_runs_in_order_and_retries_a_failed_batch() {
+    let stream = MemoryStream::new("s", 2);
+    fill(&stream, 200);
+    let store = MemoryLeaseStore::new();
+    let consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let stop = consumer.shutdown_handle();
+    let seen = Arc::new(Mutex::new(Vec::<(ShardId, u64)>::new()));
+    let failed_once = Arc::new(Mutex::new(false));
+    let handler = {
+        let seen = seen.clone();
+        let failed_once = failed_once.clone();
+        move |batch: ShardBatch| {
+            let seen = seen.clone();
+            let failed_once = failed_once.clone();
+            async move {
+                let mut f = failed_once.lock().expect("lock");
+                if !*f {
+                    *f = true;
+                    return Err("the first batch fails once".into());
+                }
+                let mut s = seen.lock().expect("lock");
+                for r in &batch.records {
+                    s.push((batch.shard.clone(), id_of(&r.data)));
+                }
+                Ok(())
+            }
+        }
+    };
+    let run = tokio::spawn(consumer.run(handler));
+    while seen.lock().expect("lock").len() < 200 {
+        sleep(Duration::from_millis(100)).await;
+    }
+    stop.shutdown();
+    run.await.expect("joined").expect("clean stop");
+    let seen = seen.lock().expect("lock").clone();
+    let ids: BTreeSet<u64> = seen.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.len(), 200, "every record, the failed batch included");
+    assert_eq!(
+        seen.len(),
+        200,
+        "a failed batch is retried, not delivered twice on success"
+    );
+    for lease in store.peek_leases("s") {
+        assert!(lease.owner.is_none());
+        assert!(lease.checkpoint.is_some());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_config_is_a_typed_error_and_a_consumer_starts_once() {
+    let stream = MemoryStream::new("s", 1);
+    let mut c = config("a");
+    c.lease_ttl = Duration::from_secs(3);
+    let err = Consumer::new(c, stream.clone(), MemoryLeaseStore::new()).expect_err("invalid");
+    assert!(matches!(
+        err,
+        ConsumerError::Config(ConfigError::Invalid {
+            field: "heartbeat_interval",
+            ..
+        })
+    ));
+    let mut consumer = Consumer::new(config("a"), stream, MemoryLeaseStore::new()).expect("valid");
+    let _records = consumer.records().expect("first");
+    assert!(matches!(
+        consumer.records(),
+        Err(ConsumerError::AlreadyStarted)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_position_latest_skips_old_records_but_children_start_at_their_horizon() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 50); // before the consumer: skipped under LATEST
+    let store = MemoryLeaseStore::new();
+    let mut c = config("a");
+    c.initial_position = InitialPosition::Latest;
+    c.shard_sync_interval = Duration::from_secs(1);
+    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    sleep(Duration::from_secs(3)).await;
+    for i in 100..110u64 {
+        stream.put("k", i.to_be_bytes().to_vec()).expect("put");
+    }
+    let parent = stream.shards()[0].clone();
+    let mid = parent.hash_range.end / 2;
+    stream.split(&parent.id, mid).expect("split");
+    for i in 200..260u64 {
+        stream
+            .put(&format!("k{i}"), i.to_be_bytes().to_vec())
+            .expect("put");
+    }
+    let mut ids = BTreeSet::new();
+    while ids.len() < 70 {
+        let r = tokio::time::timeout(Duration::from_secs(60), records.next())
+            .await
+            .expect("records keep coming")
+            .expect("open")
+            .expect("ok");
+        ids.insert(id_of(r.data()));
+        r.ack();
+    }
+    assert!(
+        ids.iter().all(|i| *i >= 100),
+        "nothing from before the start"
+    );
+    assert_eq!(
+        ids.len(),
+        70,
+        "every record after the start, children included"
+    );
+    consumer.shutdown().await.expect("shutdown");
+}
+
+/// A source whose readers panic on their first read, once per shard.
+struct PanicsOnce {
+    inner: MemoryStream,
+    panicked: Arc<Mutex<BTreeSet<ShardId>>>,
+}
+
+struct PanickyReader {
+    inner: Box<dyn ShardReader>,
+    shard: ShardId,
+    panicked: Arc<Mutex<BTreeSet<ShardId>>>,
+}
+
+#[async_trait]
+impl ShardReader for PanickyReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError> {
+        if self
+            .panicked
+            .lock()
+            .expect("lock")
+            .insert(self.shard.clone())
+        {
+            panic!("a bug in a reader");
+        }
+        self.inner.next_batch(max).await
+    }
+}
+
+#[async_trait]
+impl ShardSource for PanicsOnce {
+    fn stream_name(&self) -> &str {
+        self.inner.stream_name()
+    }
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        self.inner.list_shards().await
+    }
+    async fn open(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+    ) -> Result<Box<dyn ShardReader>, SourceError> {
+        Ok(Box::new(PanickyReader {
+            inner: self.inner.open(shard, from).await?,
+            shard: shard.clone(),
+            panicked: self.panicked.clone(),
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_shard_is_restarted_not_left_dead() {
+    let stream = MemoryStream::new("s", 2);
+    fill(&stream, 40);
+    let source = PanicsOnce {
+        inner: stream.clone(),
+        panicked: Default::default(),
+    };
+    let store = MemoryLeaseStore::new();
+    let mut consumer = Consumer::new(config("a"), source, store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    let mut ids = BTreeSet::new();
+    while ids.len() < 40 {
+        let r = tokio::time::timeout(Duration::from_secs(60), records.next())
+            .await
+            .expect("the shards recover")
+            .expect("open")
+            .expect("ok");
+        ids.insert(id_of(r.data()));
+        r.ack();
+    }
+    // Each restart took the lease again, so the token moved past the first tenure.
+    assert!(store.peek_leases("s").iter().all(|l| l.token >= 2));
+    consumer.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetching_pauses_at_the_unacked_bound() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 5_000);
+    let store = MemoryLeaseStore::new();
+    let mut c = config("a");
+    c.max_unacked_records = 100;
+    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    let first = records.next().await.expect("open").expect("ok");
+    sleep(Duration::from_secs(10)).await; // a stalled handler
+    let fetched = stream.stats().records_returned;
+    assert!(
+        fetched <= 100,
+        "fetched {fetched} with 100 allowed un-acked"
+    );
+    drop(first);
+    consumer.shutdown().await.expect("shutdown");
+    let _ = store.leases("s").await.expect("readable");
+}
