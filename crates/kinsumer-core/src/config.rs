@@ -67,6 +67,8 @@ pub struct EngineFaults {
     pub deliver_twice: bool,
     /// Take every eligible shard instead of the balanced share.
     pub greedy: bool,
+    /// Release with the checkpoint the tenure started from, not the watermark.
+    pub release_stale_checkpoint: bool,
 }
 
 /// Everything a consumer needs to know besides its source and store.

@@ -260,6 +260,8 @@ pub(crate) struct Engine {
     pub(crate) me: ClientId,
     pub(crate) delivery: Delivery,
     pub(crate) health: Arc<Health>,
+    /// The fatal error that stopped the consumer, for the record stream to yield.
+    stopped_by: Arc<Mutex<Option<ConsumerError>>>,
     status: StatusHandle,
     rng: Mutex<Rng>,
 }
@@ -370,12 +372,16 @@ impl Consumer {
         self.status.clone()
     }
 
-    fn start(&mut self, delivery: Delivery) -> Result<Arc<Health>, ConsumerError> {
+    fn start(
+        &mut self,
+        delivery: Delivery,
+    ) -> Result<(Arc<Health>, Arc<Mutex<Option<ConsumerError>>>), ConsumerError> {
         if self.started {
             return Err(ConsumerError::AlreadyStarted);
         }
         self.started = true;
         let health = Arc::new(Health::new(&self.config));
+        let stopped_by = Arc::new(Mutex::new(None));
         let seed = self.config.rng_seed.unwrap_or_else(os_seed);
         let engine = Arc::new(Engine {
             config: self.config.clone(),
@@ -385,13 +391,14 @@ impl Consumer {
             me: ClientId::from(self.config.client_id.as_str()),
             delivery,
             health: health.clone(),
+            stopped_by: stopped_by.clone(),
             status: self.status.clone(),
             rng: Mutex::new(Rng::new(seed)),
         });
         let span = info_span!("consumer", app = %self.config.application, client = %self.config.client_id, stream = %engine.stream);
         let task = tokio::spawn(supervise(engine, self.shutdown.subscribe()).instrument(span));
         self.running = Some(Running(task));
-        Ok(health)
+        Ok((health, stopped_by))
     }
 
     /// Starts the consumer and returns its records as a stream. The stream ends after
@@ -399,8 +406,12 @@ impl Consumer {
     /// Must be called inside a tokio runtime.
     pub fn records(&mut self) -> Result<Records, ConsumerError> {
         let (tx, rx) = mpsc::channel(1024);
-        let health = self.start(Delivery::Stream(tx))?;
-        Ok(Records { rx, health })
+        let (health, stopped_by) = self.start(Delivery::Stream(tx))?;
+        Ok(Records {
+            rx,
+            health,
+            stopped_by,
+        })
     }
 
     /// Starts the consumer with a batch handler and runs until a [`ShutdownHandle`] stops it
@@ -435,6 +446,7 @@ impl Consumer {
 pub struct Records {
     rx: mpsc::Receiver<Record>,
     health: Arc<Health>,
+    stopped_by: Arc<Mutex<Option<ConsumerError>>>,
 }
 
 impl std::fmt::Debug for Records {
@@ -459,7 +471,14 @@ impl Stream for Records {
                     }
                     record.done = true;
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    let fatal = self
+                        .stopped_by
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    return Poll::Ready(fatal.map(Err));
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -571,10 +590,14 @@ async fn supervise(
             }
         }
     };
-    if let Err(e) = &result {
-        warn!(error = %e, "stopping on a fatal error");
-    }
     sup.shutdown(&mut tasks).await;
+    if let Err(e) = &result {
+        warn!(error = %e, "stopped on a fatal error");
+        *sup.engine
+            .stopped_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+    }
     result
 }
 

@@ -74,6 +74,7 @@ pub(crate) async fn run_tenure(
 ) -> Outcome {
     let cfg = &engine.config;
     let mut committed = start.clone();
+    let started_from = start.clone();
 
     let mut guards = Vec::new();
     let delivery = match &engine.delivery {
@@ -115,6 +116,10 @@ pub(crate) async fn run_tenure(
             changed = release.changed() => {
                 if changed.is_err() || *release.borrow() {
                     drop(fetcher_guard);
+                    if cfg.faults.release_stale_checkpoint {
+                        let _ = engine.store.release(&engine.stream, &tenure, Some(&started_from)).await;
+                        return Outcome::Released;
+                    }
                     return release_lease(&engine, &tenure, &tracker, &committed).await;
                 }
             }

@@ -319,3 +319,111 @@ async fn fetching_pauses_at_the_unacked_bound() {
     consumer.shutdown().await.expect("shutdown");
     let _ = store.leases("s").await.expect("readable");
 }
+
+/// A source whose stream was deleted: every call is fatal.
+struct Deleted;
+
+#[async_trait]
+impl ShardSource for Deleted {
+    fn stream_name(&self) -> &str {
+        "gone"
+    }
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        Err(SourceError::Fatal("stream gone does not exist".into()))
+    }
+    async fn open(&self, _: &ShardId, _: &Checkpoint) -> Result<Box<dyn ShardReader>, SourceError> {
+        Err(SourceError::Fatal("stream gone does not exist".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_error_stops_the_consumer_and_says_why() {
+    let store = MemoryLeaseStore::new();
+    let mut consumer = Consumer::new(config("a"), Deleted, store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    let item = tokio::time::timeout(Duration::from_secs(60), records.next())
+        .await
+        .expect("the stream ends");
+    match item {
+        Some(Err(ConsumerError::Source(SourceError::Fatal(why)))) => {
+            assert!(why.contains("does not exist"), "{why}")
+        }
+        other => panic!("expected the fatal error, got {other:?}"),
+    }
+    assert!(records.next().await.is_none());
+    let err = consumer.shutdown().await.expect_err("the same error");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        store.peek_clients().is_empty(),
+        "deregistered on the way out"
+    );
+}
+
+/// Reads `records` in a task, logging (time, id) of each record handed out, acking each.
+fn drain_into(
+    mut records: kinsumer_core::Records,
+    log: Arc<Mutex<Vec<(tokio::time::Instant, u64)>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(Ok(r)) = records.next().await {
+            log.lock()
+                .expect("lock")
+                .push((tokio::time::Instant::now(), id_of(r.data())));
+            r.ack();
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_cut_off_from_its_store_stops_before_anyone_takes_over() {
+    use kinsumer_testkit::{Gate, GatedStore};
+    let stream = MemoryStream::new("s", 1);
+    let store = MemoryLeaseStore::new();
+    let gate = Gate::new();
+    let mut a = Consumer::new(
+        config("a"),
+        stream.clone(),
+        GatedStore::new(store.clone(), gate.clone()),
+    )
+    .expect("valid");
+    let a_log = Arc::new(Mutex::new(Vec::new()));
+    let a_task = drain_into(a.records().expect("start"), a_log.clone());
+    sleep(Duration::from_secs(3)).await; // a holds the shard
+    let mut b = Consumer::new(config("b"), stream.clone(), store.clone()).expect("valid");
+    let b_log = Arc::new(Mutex::new(Vec::new()));
+    let b_task = drain_into(b.records().expect("start"), b_log.clone());
+
+    // a's store calls hang from now on; its reader keeps fetching.
+    let cut = tokio::time::Instant::now();
+    gate.pause();
+    for i in 0..400u64 {
+        stream.put("k", i.to_be_bytes().to_vec()).expect("put");
+        sleep(Duration::from_millis(100)).await;
+    }
+    sleep(Duration::from_secs(5)).await;
+
+    let a_log = a_log.lock().expect("lock").clone();
+    let b_log = b_log.lock().expect("lock").clone();
+    let a_last = a_log
+        .last()
+        .map(|(t, _)| *t)
+        .expect("a delivered before the cut");
+    let b_first = b_log.first().map(|(t, _)| *t).expect("b took over");
+    // a stops within lease_ttl - safety_margin (8 s) of its last heartbeat, before b starts.
+    assert!(
+        a_last < cut + Duration::from_secs(8),
+        "a handed out records too late"
+    );
+    assert!(
+        a_last < b_first,
+        "a and b overlapped: {a_last:?} vs {b_first:?}"
+    );
+    let all: BTreeSet<u64> = a_log.iter().chain(&b_log).map(|(_, id)| *id).collect();
+    assert_eq!(all.len(), 400, "nothing lost across the takeover");
+
+    gate.resume();
+    b.shutdown().await.expect("b shuts down");
+    drop(a);
+    a_task.abort();
+    let _ = b_task.await;
+}

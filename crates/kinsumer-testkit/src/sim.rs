@@ -70,6 +70,8 @@ pub enum Event {
         error_rate: f64,
         /// Share of writes applied but reported failed.
         ambiguous_rate: f64,
+        /// Each call takes up to this long.
+        max_latency: Duration,
     },
     /// For this long the stream throttles, fails reads and expires iterators.
     SourceFaults {
@@ -81,6 +83,8 @@ pub enum Event {
         error_rate: f64,
         /// Share of reads that find their iterator expired.
         expiry_rate: f64,
+        /// Each call takes up to this long.
+        max_latency: Duration,
     },
 }
 
@@ -157,12 +161,14 @@ impl Scenario {
                     duration: Duration::from_millis(2_000 + rng.below(10_000)),
                     error_rate: 0.05 + 0.2 * rng.unit(),
                     ambiguous_rate: 0.05 + 0.15 * rng.unit(),
+                    max_latency: Duration::from_millis(rng.below(400)),
                 },
                 7 => Event::SourceFaults {
                     duration: Duration::from_millis(2_000 + rng.below(10_000)),
                     throttle_rate: 0.3 * rng.unit(),
                     error_rate: 0.2 * rng.unit(),
                     expiry_rate: 0.2 * rng.unit(),
+                    max_latency: Duration::from_millis(rng.below(400)),
                 },
                 _ => {
                     // Reshard while the fleet is rebalancing: a join and a split together.
@@ -608,19 +614,20 @@ impl World {
                 duration,
                 error_rate,
                 ambiguous_rate,
+                max_latency,
             } => {
                 let store = self.store.clone();
-                let mut faults = store.faults();
-                faults.error_rate = *error_rate;
-                faults.ambiguous_rate = *ambiguous_rate;
-                store.set_faults(faults);
+                let calm = store.faults();
+                store.set_faults(StoreFaults {
+                    error_rate: *error_rate,
+                    ambiguous_rate: *ambiguous_rate,
+                    latency: (Duration::ZERO, *max_latency),
+                    ..calm.clone()
+                });
                 let duration = *duration;
                 tokio::spawn(async move {
                     sleep(duration).await;
-                    let mut faults = store.faults();
-                    faults.error_rate = 0.0;
-                    faults.ambiguous_rate = 0.0;
-                    store.set_faults(faults);
+                    store.set_faults(calm);
                 });
             }
             Event::SourceFaults {
@@ -628,13 +635,14 @@ impl World {
                 throttle_rate,
                 error_rate,
                 expiry_rate,
+                max_latency,
             } => {
                 let stream = self.stream.clone();
                 stream.set_faults(SourceFaults {
                     throttle_rate: *throttle_rate,
                     error_rate: *error_rate,
                     iterator_expiry_rate: *expiry_rate,
-                    ..SourceFaults::default()
+                    latency: (Duration::ZERO, *max_latency),
                 });
                 let duration = *duration;
                 tokio::spawn(async move {

@@ -215,6 +215,19 @@ fn catches_an_engine_that_does_not_balance() {
 }
 
 #[test]
+fn catches_an_engine_that_moves_a_checkpoint_back() {
+    let mut s = busy(7);
+    s.engine_faults = EngineFaults {
+        release_stale_checkpoint: true,
+        ..EngineFaults::default()
+    };
+    // A join makes the first client hand a shard off mid-stream.
+    s.events
+        .push((std::time::Duration::from_secs(12), Event::Join));
+    assert_caught(s, Invariant::CheckpointMonotonic);
+}
+
+#[test]
 fn catches_a_store_that_ignores_fencing() {
     let mut s = busy(6);
     s.records = 800;
