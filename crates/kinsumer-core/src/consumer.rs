@@ -251,6 +251,9 @@ impl StatusHandle {
     }
 }
 
+/// Where the supervisor leaves the fatal error that stopped it, for the record stream.
+type StoppedBy = Arc<Mutex<Option<ConsumerError>>>;
+
 /// Everything the supervisor and its tenures share.
 pub(crate) struct Engine {
     pub(crate) config: Config,
@@ -261,7 +264,7 @@ pub(crate) struct Engine {
     pub(crate) delivery: Delivery,
     pub(crate) health: Arc<Health>,
     /// The fatal error that stopped the consumer, for the record stream to yield.
-    stopped_by: Arc<Mutex<Option<ConsumerError>>>,
+    stopped_by: StoppedBy,
     status: StatusHandle,
     rng: Mutex<Rng>,
 }
@@ -375,7 +378,7 @@ impl Consumer {
     fn start(
         &mut self,
         delivery: Delivery,
-    ) -> Result<(Arc<Health>, Arc<Mutex<Option<ConsumerError>>>), ConsumerError> {
+    ) -> Result<(Arc<Health>, StoppedBy), ConsumerError> {
         if self.started {
             return Err(ConsumerError::AlreadyStarted);
         }
@@ -446,7 +449,7 @@ impl Consumer {
 pub struct Records {
     rx: mpsc::Receiver<Record>,
     health: Arc<Health>,
-    stopped_by: Arc<Mutex<Option<ConsumerError>>>,
+    stopped_by: StoppedBy,
 }
 
 impl std::fmt::Debug for Records {
