@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kinsumer::rng::Rng;
 use kinsumer::testkit::{MemoryLeaseStore, MemoryStream};
 use kinsumer::{Config, Consumer, ShardId, StatusHandle};
@@ -144,6 +144,121 @@ fn fmt_secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// The live view: a progress bar over acked records, one line per consumer (shards held, lag,
+/// records fetched), and events printed above them. Without a terminal it prints a status line
+/// every two seconds instead.
+struct View {
+    multi: MultiProgress,
+    total: ProgressBar,
+    lines: BTreeMap<String, ProgressBar>,
+    plain: bool,
+    last_plain: Option<Instant>,
+}
+
+impl View {
+    fn new(records: u64) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        let plain = multi.is_hidden();
+        let total = multi.add(ProgressBar::new(records));
+        total.set_style(
+            ProgressStyle::with_template("{elapsed:>4} [{bar:32}] {pos}/{len} acked  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Self {
+            multi,
+            total,
+            lines: BTreeMap::new(),
+            plain,
+            last_plain: None,
+        }
+    }
+
+    fn event(&self, at: Duration, line: String) {
+        let line = format!("[{:>6.2} s] {line}", at.as_secs_f64());
+        if self.plain {
+            println!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(line) = self.lines.remove(id) {
+            line.finish_and_clear();
+            self.multi.remove(&line);
+        }
+    }
+
+    fn update(&mut self, acked: u64, produced: u64, members: &[Member]) {
+        self.total.set_position(acked);
+        let rate = acked as f64 / self.total.elapsed().as_secs_f64().max(0.001);
+        self.total
+            .set_message(format!("{rate:>6.0} records/s  produced {produced}"));
+        let mut rows = Vec::new();
+        for m in members {
+            let shards = m.status.shards();
+            let names: Vec<String> = shards
+                .iter()
+                .map(|s| {
+                    let short = s
+                        .shard
+                        .as_str()
+                        .trim_start_matches("shardId-")
+                        .trim_start_matches('0');
+                    let short = if short.is_empty() { "0" } else { short };
+                    if s.releasing {
+                        format!("{short}\u{2192}")
+                    } else {
+                        short.to_string()
+                    }
+                })
+                .collect();
+            let lag = shards
+                .iter()
+                .filter_map(|s| s.millis_behind_latest)
+                .max()
+                .unwrap_or(0);
+            let fetched: u64 = shards.iter().map(|s| s.fetched).sum();
+            let row = format!(
+                "{:<11} shards [{}]  lag {lag} ms  fetched {fetched} this tenure",
+                m.id,
+                names.join(" ")
+            );
+            if !self.plain {
+                let line = self.lines.entry(m.id.clone()).or_insert_with(|| {
+                    let bar = self.multi.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("  {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar
+                });
+                line.set_message(row.clone());
+            }
+            rows.push(row);
+        }
+        if self.plain
+            && self
+                .last_plain
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+        {
+            self.last_plain = Some(Instant::now());
+            println!("acked {acked}/{produced}");
+            for row in rows {
+                println!("  {row}");
+            }
+        }
+    }
+
+    fn finish(self) {
+        for line in self.lines.values() {
+            line.finish_and_clear();
+        }
+        self.total.finish_and_clear();
+    }
+}
+
 /// Runs the demo; returns the process exit code (0 when nothing was lost).
 pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
     let records = if args.short {
@@ -151,15 +266,18 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
     } else {
         args.records
     };
-    let seconds = args
-        .seconds
-        .unwrap_or(if args.short { 6 } else { 20 })
-        .max(1);
-    if args.shards == 0 || args.shards > 64 {
+    let seconds = args.seconds.unwrap_or(if args.short { 6 } else { 20 });
+    if !(1..=3600).contains(&seconds) {
+        return Err("--seconds must be between 1 and 3600".into());
+    }
+    if !(1..=64).contains(&args.shards) {
         return Err("--shards must be between 1 and 64".into());
     }
-    if args.consumers == 0 || args.consumers > 32 {
+    if !(1..=32).contains(&args.consumers) {
         return Err("--consumers must be between 1 and 32".into());
+    }
+    if !(1..=10_000_000).contains(&records) {
+        return Err("--records must be between 1 and 10000000".into());
     }
     let stream = MemoryStream::new("demo-stream", args.shards);
     let store = MemoryLeaseStore::new();
@@ -167,42 +285,36 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
     let mut rng = Rng::new(args.seed);
     let mut members: Vec<Member> = Vec::new();
     let mut next = 0;
-    let mut add = |members: &mut Vec<Member>, rng: &mut Rng| -> anyhow_like::Result<()> {
+    let mut add = |members: &mut Vec<Member>, rng: &mut Rng| -> anyhow_like::Result<String> {
         let id = format!("consumer-{next}");
         next += 1;
-        members.push(start_member(id, &stream, &store, &ledger, rng.next_u64())?);
-        Ok(())
+        members.push(start_member(
+            id.clone(),
+            &stream,
+            &store,
+            &ledger,
+            rng.next_u64(),
+        )?);
+        Ok(id)
     };
     for _ in 0..args.consumers {
         add(&mut members, &mut rng)?;
     }
 
-    let bar = ProgressBar::with_draw_target(Some(records), ProgressDrawTarget::stderr_with_hz(5));
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} acked  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let log = |bar: &ProgressBar, line: String| {
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
-    };
-    log(
-        &bar,
-        format!(
-            "demo: {} shards, {} consumers, {records} records over {seconds} s (seed {})",
-            args.shards, args.consumers, args.seed
-        ),
+    let mut view = View::new(records);
+    println!(
+        "demo: {} shards, {} consumers, {records} records over {seconds} s (seed {}); lease TTL 3 s",
+        args.shards, args.consumers, args.seed
     );
 
     // The producer, at an even rate over `seconds`.
     let started = Instant::now();
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let producer = {
         let stream = stream.clone();
+        let produced = produced.clone();
         let mut rng = Rng::new(args.seed ^ 0x9e37);
-        let step = Duration::from_secs(seconds).div_f64(records.max(1) as f64);
+        let step = Duration::from_secs(seconds).div_f64(records as f64);
         tokio::spawn(async move {
             let mut written = 0u64;
             while written < records {
@@ -212,9 +324,12 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
                     let key = format!("user-{}", rng.below(1000));
                     let mut data = written.to_be_bytes().to_vec();
                     data.extend_from_slice(b" demo payload");
+                    // Counted before the put, so the view never shows more acked than produced.
+                    produced.store(written + 1, std::sync::atomic::Ordering::Relaxed);
                     if stream.put(&key, data).is_ok() {
                         written += 1;
                     } else {
+                        produced.store(written, std::sync::atomic::Ordering::Relaxed);
                         break; // a shard closing mid-reshard: retry on the next tick
                     }
                 }
@@ -245,26 +360,23 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
                         let r = s.hash_range;
                         let mid = r.start + (r.end - r.start) / 2 + 1;
                         match stream.split(&s.id, mid) {
-                            Ok((a, b)) => log(
-                                &bar,
-                                format!("[{}] split {} into {a} and {b}", fmt_secs(elapsed), s.id),
-                            ),
-                            Err(e) => log(&bar, format!("split failed: {e}")),
+                            Ok((a, b)) => {
+                                view.event(elapsed, format!("split {} into {a} and {b}", s.id))
+                            }
+                            Err(e) => view.event(elapsed, format!("split failed: {e}")),
                         }
                     }
                 }
                 "join" => {
-                    add(&mut members, &mut rng)?;
-                    let id = members.last().map(|m| m.id.clone()).unwrap_or_default();
-                    log(&bar, format!("[{}] {id} joins", fmt_secs(elapsed)));
+                    let id = add(&mut members, &mut rng)?;
+                    view.event(elapsed, format!("{id} joins"));
                 }
-                "leave" | "crash" => {
-                    if members.len() < 2 {
-                        continue;
-                    }
+                _ if members.len() < 2 => {}
+                kind => {
                     let m = members.remove(0);
+                    view.remove(&m.id);
                     let now = Instant::now();
-                    let kind = if what == "leave" {
+                    let label = if kind == "leave" {
                         "graceful handoff"
                     } else {
                         "crash failover"
@@ -272,14 +384,11 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
                     {
                         let mut l = lock(&ledger);
                         for s in m.status.shards() {
-                            l.timing.insert(s.shard, (m.id.clone(), now, kind));
+                            l.timing.insert(s.shard, (m.id.clone(), now, label));
                         }
                     }
-                    if what == "leave" {
-                        log(
-                            &bar,
-                            format!("[{}] {} leaves gracefully", fmt_secs(elapsed), m.id),
-                        );
+                    if kind == "leave" {
+                        view.event(elapsed, format!("{} leaves gracefully", m.id));
                         if let Some(c) = m.consumer {
                             let worker = m.worker;
                             leaving.push(tokio::spawn(async move {
@@ -288,41 +397,34 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
                             }));
                         }
                     } else {
-                        log(
-                            &bar,
-                            format!("[{}] {} crashes (no release)", fmt_secs(elapsed), m.id),
+                        view.event(
+                            elapsed,
+                            format!(
+                                "{} crashes (no release; its leases expire after the TTL)",
+                                m.id
+                            ),
                         );
                         m.worker.abort();
                         drop(m.consumer);
                     }
                 }
-                _ => {}
             }
         }
         let (acked, timing_left) = {
             let l = lock(&ledger);
             (l.acked.len() as u64, l.timing.len())
         };
-        bar.set_position(acked);
-        let view: Vec<String> = members
-            .iter()
-            .map(|m| {
-                let shards = m.status.shards();
-                let lag = shards
-                    .iter()
-                    .filter_map(|s| s.millis_behind_latest)
-                    .max()
-                    .unwrap_or(0);
-                format!("{}:{} shards (lag {lag} ms)", m.id, shards.len())
-            })
-            .collect();
-        bar.set_message(view.join("  "));
+        view.update(
+            acked,
+            produced.load(std::sync::atomic::Ordering::Relaxed),
+            &members,
+        );
         if producer.is_finished() && acked >= records && step == script.len() && timing_left == 0 {
             break;
         }
         if Instant::now() >= deadline {
-            log(
-                &bar,
+            view.event(
+                started.elapsed(),
                 "timed out waiting for every record to be acked".into(),
             );
             break;
@@ -330,19 +432,21 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
         sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    bar.finish_and_clear();
+    view.finish();
 
-    // Final view of who owns what, then a graceful shutdown of everyone left.
-    println!("final owners:");
-    for m in &members {
-        let mut shards: Vec<String> = m
-            .status
-            .shards()
-            .iter()
-            .map(|s| s.shard.to_string())
-            .collect();
-        shards.sort();
-        println!("  {:<12} {}", m.id, shards.join(", "));
+    // The lease table as the store holds it, then a graceful shutdown of everyone left.
+    println!("leases (shard, owner, fencing token, checkpoint):");
+    for lease in store.peek_leases(stream.name()) {
+        let owner = lease.owner.as_ref().map_or("-", |o| o.as_str());
+        let checkpoint = lease
+            .checkpoint
+            .map_or_else(|| "-".to_string(), |c| c.to_string());
+        let note = if lease.finished { "  (finished)" } else { "" };
+        println!(
+            "  {:<21} {owner:<11} #{:<3} {checkpoint}{note}",
+            lease.shard.as_str(),
+            lease.token
+        );
     }
     for m in members {
         if let Some(c) = m.consumer {
@@ -355,9 +459,8 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
     }
 
     let l = lock(&ledger);
-    let produced = records;
     let delivered: u64 = l.deliveries.values().map(|n| u64::from(*n)).sum();
-    let lost = (0..produced).filter(|id| !l.acked.contains(id)).count();
+    let lost = (0..records).filter(|id| !l.acked.contains(id)).count();
     let duplicates = delivered - l.deliveries.len() as u64;
     let handoffs: Vec<String> = l
         .handoffs
@@ -368,7 +471,7 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
         })
         .collect();
     println!(
-        "summary: produced {produced}, delivered {delivered}, lost {lost}, duplicates {duplicates}, {:.0} records/s; {}",
+        "summary: produced {records}, delivered {delivered}, lost {lost}, duplicates {duplicates}, {:.0} records/s; {}",
         delivered as f64 / elapsed.as_secs_f64(),
         handoffs.join("; ")
     );

@@ -375,10 +375,7 @@ impl Consumer {
         self.status.clone()
     }
 
-    fn start(
-        &mut self,
-        delivery: Delivery,
-    ) -> Result<(Arc<Health>, StoppedBy), ConsumerError> {
+    fn start(&mut self, delivery: Delivery) -> Result<(Arc<Health>, StoppedBy), ConsumerError> {
         if self.started {
             return Err(ConsumerError::AlreadyStarted);
         }
