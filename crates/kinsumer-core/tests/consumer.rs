@@ -427,3 +427,50 @@ async fn a_client_cut_off_from_its_store_stops_before_anyone_takes_over() {
     a_task.abort();
     let _ = b_task.await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_lease_is_deleted_once_its_shard_leaves_retention() {
+    use kinsumer_testkit::MemoryStreamConfig;
+    let stream = MemoryStream::with_config(
+        "s",
+        1,
+        MemoryStreamConfig {
+            retention: Duration::from_secs(120),
+            ..MemoryStreamConfig::default()
+        },
+    );
+    fill(&stream, 20);
+    let parent = stream.shards()[0].clone();
+    let (left, right) = stream
+        .split(&parent.id, parent.hash_range.end / 2)
+        .expect("split");
+    let store = MemoryLeaseStore::new();
+    let mut c = config("a");
+    c.shard_sync_interval = Duration::from_secs(5);
+    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    for _ in 0..20 {
+        records.next().await.expect("open").expect("ok").ack();
+    }
+    sleep(Duration::from_secs(10)).await;
+    let parent_lease = store
+        .peek_leases("s")
+        .into_iter()
+        .find(|l| l.shard == parent.id)
+        .expect("the parent's lease stays while the shard is retained");
+    assert!(parent_lease.finished);
+    // Past retention the parent leaves the stream, and its lease goes with it.
+    sleep(Duration::from_secs(180)).await;
+    let shards: BTreeSet<ShardId> = store
+        .peek_leases("s")
+        .into_iter()
+        .map(|l| l.shard)
+        .collect();
+    assert_eq!(shards, BTreeSet::from([left.clone(), right.clone()]));
+    // The children are still read.
+    stream.put("k", 99u64.to_be_bytes().to_vec()).expect("put");
+    let r = records.next().await.expect("open").expect("ok");
+    assert_eq!(id_of(r.data()), 99);
+    r.ack();
+    consumer.shutdown().await.expect("shutdown");
+}
