@@ -20,12 +20,15 @@ use std::time::Duration;
 
 use crate::position::InitialPosition;
 
+/// The longest any configured duration may be.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// What to do when a stored checkpoint fell off the stream's retention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrimmedPolicy {
     /// Resume at the oldest retained record, with a warning (the default).
     ResumeAtTrimHorizon,
-    /// Stop the shard with an error: an operator must reset it.
+    /// Stop the consumer with an error naming the shard: an operator decides, and resets it.
     Fail,
 }
 
@@ -115,6 +118,9 @@ pub struct Config {
     pub ack_mode: AckMode,
     /// The longest back-off after repeated errors (default 10 s).
     pub max_backoff: Duration,
+    /// A store or source call that takes longer fails as transient (default 10 s), so a hung
+    /// connection cannot freeze rebalancing or shutdown.
+    pub call_timeout: Duration,
     /// Seed of the jitter RNG; `None` seeds from the OS. Set it for reproducible simulations.
     pub rng_seed: Option<u64>,
     #[doc(hidden)]
@@ -143,6 +149,7 @@ impl Config {
             on_trimmed: TrimmedPolicy::ResumeAtTrimHorizon,
             ack_mode: AckMode::Explicit,
             max_backoff: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(10),
             rng_seed: None,
             faults: EngineFaults::default(),
         }
@@ -183,19 +190,26 @@ impl Config {
                 ),
             );
         }
-        let positive = [
+        let durations = [
             ("heartbeat_interval", self.heartbeat_interval),
             ("lease_ttl", self.lease_ttl),
+            ("safety_margin", self.safety_margin),
             ("commit_interval", self.commit_interval),
             ("poll_interval", self.poll_interval),
             ("membership_poll_interval", self.membership_poll_interval),
             ("rebalance_interval", self.rebalance_interval),
             ("shard_sync_interval", self.shard_sync_interval),
+            ("drain_timeout", self.drain_timeout),
             ("max_backoff", self.max_backoff),
+            ("call_timeout", self.call_timeout),
         ];
-        for (field, value) in positive {
-            if value.is_zero() {
+        for (field, value) in durations {
+            if value.is_zero() && field != "drain_timeout" {
                 return invalid(field, "must be greater than zero".into());
+            }
+            // Bounded so that no deadline computed from it can overflow.
+            if value > MAX_DURATION {
+                return invalid(field, format!("must be at most one day (got {value:?})"));
             }
         }
         if self.heartbeat_interval * 2 >= self.lease_ttl {
@@ -318,6 +332,22 @@ mod tests {
             (
                 "poll_interval",
                 Box::new(|c| c.poll_interval = Duration::ZERO),
+            ),
+            (
+                "safety_margin",
+                Box::new(|c| c.safety_margin = Duration::ZERO),
+            ),
+            (
+                "drain_timeout",
+                Box::new(|c| c.drain_timeout = Duration::MAX),
+            ),
+            (
+                "heartbeat_interval",
+                Box::new(|c| c.heartbeat_interval = Duration::MAX),
+            ),
+            (
+                "call_timeout",
+                Box::new(|c| c.call_timeout = Duration::ZERO),
             ),
             (
                 "max_records_per_read",

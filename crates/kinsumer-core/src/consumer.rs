@@ -65,6 +65,7 @@ use crate::rng::{Rng, os_seed};
 use crate::shard::{Outcome, backoff_delay, run_tenure};
 use crate::source::{ShardId, ShardSource, SourceError};
 use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
+use crate::timed::{TimedSource, TimedStore};
 
 /// What a [`BatchHandler`] may fail with; the batch is retried with back-off.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -385,8 +386,14 @@ impl Consumer {
         let seed = self.config.rng_seed.unwrap_or_else(os_seed);
         let engine = Arc::new(Engine {
             config: self.config.clone(),
-            source: self.source.clone(),
-            store: self.store.clone(),
+            source: Arc::new(TimedSource {
+                inner: self.source.clone(),
+                limit: self.config.call_timeout,
+            }),
+            store: Arc::new(TimedStore {
+                inner: self.store.clone(),
+                limit: self.config.call_timeout,
+            }),
             stream: self.source.stream_name().to_string(),
             me: ClientId::from(self.config.client_id.as_str()),
             delivery,
@@ -467,9 +474,9 @@ impl Stream for Records {
                     if self.health.may_hand_out(record.epoch)
                         && record.tracker.hand_out(record.index)
                     {
+                        record.done = false;
                         return Poll::Ready(Some(Ok(record)));
                     }
-                    record.done = true;
                 }
                 Poll::Ready(None) => {
                     let fatal = self
@@ -530,7 +537,7 @@ async fn supervise(
 ) -> Result<(), ConsumerError> {
     let cfg = engine.config.clone();
     // Register before anything else, so others see us before we take a lease.
-    let mut attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -543,7 +550,7 @@ async fn supervise(
             }
             Err(StoreError::Fatal(m)) => return Err(StoreError::Fatal(m).into()),
             Err(e) => {
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
                 warn!(error = %e, "registering failed; retrying");
                 sleep(engine.backoff(attempt)).await;
             }
@@ -551,7 +558,7 @@ async fn supervise(
     }
     info!("registered");
     let heartbeat = tokio::spawn(heartbeat_loop(engine.clone()));
-    let _heartbeat = AbortGuard(heartbeat.abort_handle());
+    let heartbeat_guard = AbortGuard(heartbeat.abort_handle());
 
     let mut sup = Supervisor {
         membership: Membership::new(cfg.lease_ttl),
@@ -590,7 +597,7 @@ async fn supervise(
             }
         }
     };
-    sup.shutdown(&mut tasks).await;
+    sup.shutdown(&mut tasks, heartbeat, heartbeat_guard).await;
     if let Err(e) = &result {
         warn!(error = %e, "stopped on a fatal error");
         *sup.engine
@@ -763,6 +770,7 @@ impl Supervisor {
             .into_iter()
             .map(|l| (l.shard.clone(), l))
             .collect();
+        self.reap_dead_clients(now).await;
         let live = self.now_alive(now);
         let faults = &self.engine.config.faults;
         let eligible: Vec<ShardId> = self
@@ -849,6 +857,23 @@ impl Supervisor {
             self.consider(lease, now, tasks).await;
         }
         Ok(())
+    }
+
+    /// Deletes the rows of clients dead for three lease TTLs, so crashed clients do not linger
+    /// as ghosts that every newcomer counts as alive for its first TTL. Safe even if the client
+    /// was only paused: its next heartbeat re-creates the row.
+    async fn reap_dead_clients(&mut self, now: Instant) {
+        let long_dead = self.engine.config.lease_ttl * 3;
+        for (client, age) in self.membership.ages(now) {
+            if age >= long_dead && client != self.engine.me {
+                match self.engine.store.deregister(&client).await {
+                    Ok(()) => info!(client = %client, "removed the row of a long-dead client"),
+                    Err(e) => {
+                        debug!(client = %client, error = %e, "removing a dead client's row failed")
+                    }
+                }
+            }
+        }
     }
 
     /// Between full reads, polls only the leases we wait for in a handoff, so a graceful
@@ -997,7 +1022,9 @@ impl Supervisor {
                 self.retry.remove(&shard);
                 self.need_sync = true;
             }
-            Outcome::Released | Outcome::Lost => {}
+            Outcome::Released | Outcome::Lost => {
+                self.retry.remove(&shard);
+            }
             Outcome::Failed(e) if is_fatal(&e) => return Err(e),
             Outcome::Failed(e) => {
                 let failures = self.retry.get(&shard).map_or(0, |(_, n)| *n) + 1;
@@ -1010,19 +1037,44 @@ impl Supervisor {
     }
 
     /// Graceful shutdown: every tenure drains, commits and releases; then deregister.
-    async fn shutdown(&mut self, tasks: &mut Tenures) {
+    /// Bounded: tenures get `drain_timeout` plus a few store calls to drain, commit and
+    /// release; whatever has not ended by then is abandoned, and its lease expires as after a
+    /// crash (at-least-once still holds).
+    async fn shutdown(
+        &mut self,
+        tasks: &mut Tenures,
+        heartbeat: tokio::task::JoinHandle<()>,
+        heartbeat_guard: AbortGuard,
+    ) {
         for held in self.held.values() {
             held.release.send_replace(true);
         }
-        while let Some(joined) = tasks.join_next_with_id().await {
-            if let Ok((_, (shard, outcome))) = joined {
-                debug!(shard = %shard, outcome = ?outcome, "tenure ended in shutdown");
+        let cfg = &self.engine.config;
+        let deadline = Instant::now() + cfg.drain_timeout + cfg.call_timeout * 3;
+        loop {
+            tokio::select! {
+                biased;
+                joined = tasks.join_next_with_id() => match joined {
+                    Some(Ok((_, (shard, outcome)))) => {
+                        debug!(shard = %shard, outcome = ?outcome, "tenure ended in shutdown");
+                    }
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(left = tasks.len(), "shutdown deadline passed; abandoning leases that did not release");
+                    tasks.abort_all();
+                    break;
+                }
             }
         }
         for shard in self.held.keys().cloned().collect::<Vec<_>>() {
             self.engine.status.remove(&shard);
         }
         self.held.clear();
+        // Stop heartbeating before deregistering, so no late heartbeat re-creates our row.
+        drop(heartbeat_guard);
+        let _ = heartbeat.await;
         for attempt in 1..=3 {
             match self.engine.store.deregister(&self.engine.me).await {
                 Ok(()) => break,

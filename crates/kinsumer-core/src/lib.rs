@@ -25,6 +25,7 @@ pub mod rng;
 mod shard;
 pub mod source;
 pub mod store;
+mod timed;
 
 pub use consumer::{
     BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle,

@@ -175,16 +175,27 @@ impl AckTracker {
         self.lock().last_registered.clone()
     }
 
-    /// Whether un-acked records or bytes are at their limits.
+    /// Whether the records since the watermark, or the un-acked bytes, are at their limits.
+    /// Records are counted from the watermark, not just the un-acked ones, so one record never
+    /// acked cannot let the book behind it grow without bound.
     pub fn is_full(&self) -> bool {
         let s = self.lock();
-        s.unacked_records >= self.max_records || s.unacked_bytes >= self.max_bytes
+        s.pending.len() >= self.max_records || s.unacked_bytes >= self.max_bytes
     }
 
     /// How many more records may be fetched now.
     pub fn room(&self) -> usize {
         let s = self.lock();
-        self.max_records.saturating_sub(s.unacked_records)
+        self.max_records.saturating_sub(s.pending.len())
+    }
+
+    /// The first record not yet acked: the one holding the watermark back.
+    pub fn oldest_unacked(&self) -> Option<Position> {
+        self.lock()
+            .pending
+            .iter()
+            .find(|e| !e.acked)
+            .map(|e| e.position.clone())
     }
 
     /// Records handed out and not acked.
@@ -221,7 +232,8 @@ pub struct Record {
     pub(crate) token: u64,
     /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
     pub(crate) epoch: u64,
-    /// Set once acked or once it must never ack (not handed out).
+    /// Whether this record must not ack itself on drop: until it is handed out (a record
+    /// dropped in a channel or by an aborted fetcher was never processed), and once acked.
     pub(crate) done: bool,
 }
 
@@ -282,7 +294,8 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if !self.done && self.mode == AckMode::OnDrop {
+        // A record dropped while its task panics was not processed: never ack it.
+        if !self.done && self.mode == AckMode::OnDrop && !std::thread::panicking() {
             self.tracker.ack(self.index);
         }
     }
@@ -350,6 +363,24 @@ mod tests {
         t.ack(a);
         assert!(!t.is_full());
         assert_eq!(t.room(), 2);
+    }
+
+    #[test]
+    fn one_unacked_record_bounds_the_book_behind_it() {
+        let t = AckTracker::new(3, 1000);
+        let first = t.register(pos(1), 1);
+        for n in 2..=3 {
+            let i = t.register(pos(n), 1);
+            t.ack(i);
+        }
+        assert!(
+            t.is_full(),
+            "3 records since the watermark, 2 of them acked"
+        );
+        assert_eq!(t.oldest_unacked(), Some(pos(1)));
+        t.ack(first);
+        assert!(!t.is_full());
+        assert_eq!(t.watermark(), Some(pos(3)));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::OptionFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -52,6 +53,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long fetching may pause on a full buffer before a warning names the record holding it.
+const STALL_WARNING: Duration = Duration::from_secs(60);
+
 /// Why the fetcher stopped.
 #[derive(Debug)]
 enum FetchEnd {
@@ -73,12 +77,25 @@ pub(crate) async fn run_tenure(
     mut release: watch::Receiver<bool>,
 ) -> Outcome {
     let cfg = &engine.config;
-    let mut committed = start.clone();
     let started_from = start.clone();
+    // LATEST means "from now"; written down as the time it was resolved, so that if this tenure
+    // ends before its first commit, the next owner does not resolve it again later and skip
+    // what arrived in between.
+    let start = match start {
+        Checkpoint::Latest => {
+            let now = Checkpoint::AtTimestamp(engine.source.now_ms());
+            match engine.store.checkpoint(&engine.stream, &tenure, &now).await {
+                Ok(()) => now,
+                Err(StoreError::LeaseLost { .. }) => return Outcome::Lost,
+                Err(e) => return Outcome::Failed(e.into()),
+            }
+        }
+        other => other,
+    };
+    let mut committed = start.clone();
 
-    let mut guards = Vec::new();
-    let delivery = match &engine.delivery {
-        Delivery::Stream(tx) => Sink::Stream(tx.clone()),
+    let (delivery, mut worker) = match &engine.delivery {
+        Delivery::Stream(tx) => (Sink::Stream(tx.clone()), None),
         Delivery::Handler(handler) => {
             let (tx, rx) = mpsc::channel(1);
             let worker = tokio::spawn(handler_worker(
@@ -88,10 +105,10 @@ pub(crate) async fn run_tenure(
                 epoch,
                 rx,
             ));
-            guards.push(AbortOnDrop(worker.abort_handle()));
-            Sink::Handler(tx)
+            (Sink::Handler(tx), Some(worker))
         }
     };
+    let _worker_guard = worker.as_ref().map(|w| AbortOnDrop(w.abort_handle()));
     let mut fetcher = tokio::spawn(fetch_loop(
         engine.clone(),
         tenure.clone(),
@@ -114,7 +131,12 @@ pub(crate) async fn run_tenure(
         tokio::select! {
             biased;
             changed = release.changed() => {
-                if changed.is_err() || *release.borrow() {
+                if changed.is_err() {
+                    // The supervisor dropped this tenure (lost, or self-fenced): no more writes.
+                    tracker.revoke();
+                    return Outcome::Lost;
+                }
+                if *release.borrow() {
                     drop(fetcher_guard);
                     if cfg.faults.release_stale_checkpoint {
                         let _ = engine.store.release(&engine.stream, &tenure, Some(&started_from)).await;
@@ -138,12 +160,20 @@ pub(crate) async fn run_tenure(
                     }
                 }
             }
+            joined = OptionFuture::from(worker.as_mut()), if worker.is_some() => {
+                worker = None;
+                if let Some(Err(e)) = joined {
+                    // A panicking handler: restart the shard (the batch is retried, never skipped).
+                    tracker.revoke();
+                    return Outcome::Failed(ConsumerError::Panicked(format!("batch handler: {e}")));
+                }
+            }
             joined = &mut fetcher, if !ended => match joined {
                 Ok(FetchEnd::Ended) => ended = true,
                 Ok(FetchEnd::Gone) => {
-                    warn!(tenure = %tenure, "shard left the stream's retention before it was read to its end; finishing its lease");
-                    tracker.revoke();
-                    return finish(&engine, &tenure).await;
+                    // Deliver and ack what was read before finishing, as at a shard's end.
+                    warn!(tenure = %tenure, "shard left the stream's retention before it was read to its end");
+                    ended = true;
                 }
                 Ok(FetchEnd::Failed(e)) => {
                     tracker.revoke();
@@ -212,7 +242,7 @@ async fn release_lease(
         .watermark()
         .map(Checkpoint::After)
         .filter(|c| c != committed);
-    let mut attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
         match engine
             .store
@@ -227,7 +257,7 @@ async fn release_lease(
             // longer ours, and whatever was not committed is redelivered by the next owner.
             Err(StoreError::LeaseLost { .. }) => return Outcome::Lost,
             Err(e) if e.is_retryable() && attempt < 5 => {
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
                 sleep(engine.backoff(attempt)).await;
             }
             Err(e) => {
@@ -240,7 +270,7 @@ async fn release_lease(
 
 /// The shard is read to its end and every record acked: mark the lease finished.
 async fn finish(engine: &Engine, tenure: &Tenure) -> Outcome {
-    let mut attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
         // `finish` keeps owner and token, so retrying after an ambiguous outcome is safe.
         match engine.store.finish(&engine.stream, tenure).await {
@@ -250,7 +280,7 @@ async fn finish(engine: &Engine, tenure: &Tenure) -> Outcome {
             }
             Err(StoreError::LeaseLost { .. }) => return Outcome::Lost,
             Err(e) if e.is_retryable() => {
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
                 sleep(engine.backoff(attempt)).await;
             }
             Err(e) => return Outcome::Failed(e.into()),
@@ -296,6 +326,10 @@ async fn fetch_loop(
 ) -> FetchEnd {
     let cfg = &engine.config;
     let shard = &tenure.shard;
+    let mut last_position = match &start {
+        Checkpoint::After(p) => Some(p.clone()),
+        _ => None,
+    };
     let mut from = start;
     let mut attempt = 0u32;
     let mut skip_first = cfg.faults.skip_first_record;
@@ -304,11 +338,13 @@ async fn fetch_loop(
             Ok(r) => r,
             Err(e) => match on_error(&engine, shard, e) {
                 Next::Retry => {
-                    attempt += 1;
+                    attempt = attempt.saturating_add(1);
                     sleep(engine.backoff(attempt)).await;
                     continue 'open;
                 }
                 Next::Reopen(cp) => {
+                    attempt = attempt.saturating_add(1);
+                    sleep(engine.backoff(attempt)).await;
                     from = cp;
                     continue 'open;
                 }
@@ -317,8 +353,20 @@ async fn fetch_loop(
         };
         let mut last_call: Option<Instant> = None;
         loop {
+            let paused_at = Instant::now();
+            let mut warned = false;
             while tracker.is_full() {
-                tracker.changed().await;
+                let waited = paused_at.elapsed();
+                if !warned && waited >= STALL_WARNING {
+                    warned = true;
+                    warn!(
+                        shard = %shard,
+                        oldest_unacked = ?tracker.oldest_unacked(),
+                        waited_s = waited.as_secs(),
+                        "fetching paused: an un-acked record holds the checkpoint back (was a record dropped without ack()?)"
+                    );
+                }
+                let _ = tokio::time::timeout(STALL_WARNING, tracker.changed()).await;
             }
             if let Some(t) = last_call {
                 sleep_until(t + cfg.poll_interval).await;
@@ -332,11 +380,13 @@ async fn fetch_loop(
                 }
                 Err(e) => match on_error(&engine, shard, e) {
                     Next::Retry => {
-                        attempt += 1;
+                        attempt = attempt.saturating_add(1);
                         sleep(engine.backoff(attempt)).await;
                         continue;
                     }
                     Next::Reopen(cp) => {
+                        attempt = attempt.saturating_add(1);
+                        sleep(engine.backoff(attempt)).await;
                         from = cp;
                         continue 'open;
                     }
@@ -348,6 +398,18 @@ async fn fetch_loop(
                 millis_behind_latest,
                 end,
             } = batch;
+            // Never deliver a record at or before one already delivered in this tenure (a
+            // source that replays after a re-open would otherwise break shard order).
+            if let Some(last) = &last_position {
+                let before = records.len();
+                records.retain(|r| r.position > *last);
+                if records.len() < before {
+                    warn!(shard = %shard, dropped = before - records.len(), "source replayed records already delivered; skipped them");
+                }
+            }
+            if let Some(r) = records.last() {
+                last_position = Some(r.position.clone());
+            }
             if skip_first && !records.is_empty() {
                 records.remove(0);
                 skip_first = false;
@@ -366,7 +428,13 @@ async fn fetch_loop(
                 )
                 .await
                 {
-                    // The caller dropped the record stream: nothing more can be delivered.
+                    if matches!(sink, Sink::Handler(_)) {
+                        // The handler worker is gone (it panicked); the driver restarts us.
+                        return FetchEnd::Failed(ConsumerError::Panicked(
+                            "batch handler stopped".into(),
+                        ));
+                    }
+                    // The caller dropped the record stream: idle until shutdown.
                     std::future::pending::<()>().await;
                 }
             }
@@ -402,7 +470,7 @@ async fn deliver(
                     index,
                     mode: engine.config.ack_mode,
                     epoch,
-                    done: false,
+                    done: true, // armed only when the record stream hands it out
                 };
                 if tx.send(record).await.is_err() {
                     return false;
@@ -442,12 +510,12 @@ async fn handler_worker(
         if !engine.may_hand_out(epoch) || !tracker.hand_out_range(first, count) {
             return;
         }
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
             match handler.handle(batch.clone()).await {
                 Ok(()) => break,
                 Err(e) => {
-                    attempt += 1;
+                    attempt = attempt.saturating_add(1);
                     let delay = engine.backoff(attempt);
                     warn!(shard = %batch.shard, error = %e, retry_in_ms = delay.as_millis() as u64, "batch handler failed; retrying the same batch");
                     sleep(delay).await;

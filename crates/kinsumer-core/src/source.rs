@@ -173,6 +173,16 @@ pub trait ShardSource: Send + Sync + 'static {
     /// The stream's name; lease rows are keyed by it.
     fn stream_name(&self) -> &str;
 
+    /// The time on the stream's clock, in ms since the Unix epoch: what `AtTimestamp` compares
+    /// arrival times with. The engine writes it as the checkpoint when it starts a shard at
+    /// `Latest`, so a takeover before the first commit resumes from there. Defaults to this
+    /// host's wall clock (Kinesis stamps arrivals with the service's).
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
     /// Every shard of the stream still in retention, open and closed, with parents.
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError>;
 
@@ -205,6 +215,9 @@ pub trait ShardReader: Send {
 impl<T: ShardSource + ?Sized> ShardSource for Arc<T> {
     fn stream_name(&self) -> &str {
         (**self).stream_name()
+    }
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
     }
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
         (**self).list_shards().await

@@ -185,6 +185,7 @@ async fn bad_config_is_a_typed_error_and_a_consumer_starts_once() {
 async fn initial_position_latest_skips_old_records_but_children_start_at_their_horizon() {
     let stream = MemoryStream::new("s", 1);
     fill(&stream, 50); // before the consumer: skipped under LATEST
+    sleep(Duration::from_millis(5)).await; // LATEST has millisecond resolution
     let store = MemoryLeaseStore::new();
     let mut c = config("a");
     c.initial_position = InitialPosition::Latest;
@@ -473,4 +474,153 @@ async fn a_finished_lease_is_deleted_once_its_shard_leaves_retention() {
     assert_eq!(id_of(r.data()), 99);
     r.ack();
     consumer.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_on_drop_never_acks_records_that_were_not_handed_out() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 500);
+    let store = MemoryLeaseStore::new();
+    let mut c = config("a");
+    c.ack_mode = AckMode::OnDrop;
+    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    {
+        let mut records = consumer.records().expect("start");
+        for _ in 0..10 {
+            drop(records.next().await.expect("open").expect("ok")); // processed
+        }
+        sleep(Duration::from_millis(500)).await; // more records wait in the channel
+    } // the stream is dropped with records in it: they were never processed
+    consumer.shutdown().await.expect("shutdown");
+    let lease = &store.peek_leases("s")[0];
+    let tenth = stream.records(&lease.shard)[9].position.clone();
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(tenth)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_batch_handler_restarts_its_shard_and_skips_nothing() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 50);
+    let store = MemoryLeaseStore::new();
+    let consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let stop = consumer.shutdown_handle();
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let panicked = Arc::new(Mutex::new(false));
+    let handler = {
+        let (seen, panicked) = (seen.clone(), panicked.clone());
+        move |batch: ShardBatch| {
+            let (seen, panicked) = (seen.clone(), panicked.clone());
+            async move {
+                if !std::mem::replace(&mut *panicked.lock().expect("lock"), true) {
+                    panic!("a bug in the handler");
+                }
+                let mut s = seen.lock().expect("lock");
+                s.extend(batch.records.iter().map(|r| id_of(&r.data)));
+                Ok(())
+            }
+        }
+    };
+    let run = tokio::spawn(consumer.run(handler));
+    for _ in 0..600 {
+        if seen.lock().expect("lock").len() == 50 {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 50, "the shard recovered");
+    stop.shutdown();
+    run.await.expect("joined").expect("clean stop");
+    assert!(
+        store.peek_leases("s")[0].token >= 2,
+        "restarted under a new tenure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_before_the_first_commit_at_latest_loses_nothing() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 5); // before anyone started: not wanted under LATEST
+    sleep(Duration::from_millis(5)).await;
+    let store = MemoryLeaseStore::new();
+    let latest = |id: &str| {
+        let mut c = config(id);
+        c.initial_position = InitialPosition::Latest;
+        c
+    };
+    let mut a = Consumer::new(latest("a"), stream.clone(), store.clone()).expect("valid");
+    let mut a_records = a.records().expect("start");
+    sleep(Duration::from_millis(500)).await; // a opened the shard at LATEST
+    stream.put("k", 100u64.to_be_bytes().to_vec()).expect("put");
+    let r = a_records.next().await.expect("open").expect("ok");
+    assert_eq!(id_of(r.data()), 100);
+    drop((r, a_records, a)); // a crashes before acking or committing anything
+    let mut b = Consumer::new(latest("b"), stream.clone(), store.clone()).expect("valid");
+    let mut b_records = b.records().expect("start");
+    sleep(Duration::from_secs(1)).await;
+    stream.put("k", 101u64.to_be_bytes().to_vec()).expect("put");
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let r = tokio::time::timeout(Duration::from_secs(60), b_records.next())
+            .await
+            .expect("b takes over")
+            .expect("open")
+            .expect("ok");
+        ids.push(id_of(r.data()));
+        r.ack();
+    }
+    assert_eq!(
+        ids,
+        vec![100, 101],
+        "b resumes where a started, not at b's own LATEST"
+    );
+    b.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_never_acked_bounds_what_is_fetched_behind_it() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 3_000);
+    let store = MemoryLeaseStore::new();
+    let mut c = config("a");
+    c.max_unacked_records = 100;
+    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    drop(records.next().await.expect("open").expect("ok")); // dropped, never acked
+    for _ in 0..99 {
+        records.next().await.expect("open").expect("ok").ack();
+    }
+    sleep(Duration::from_secs(30)).await;
+    let fetched = stream.stats().records_returned;
+    assert!(
+        fetched <= 100,
+        "fetched {fetched} behind one un-acked record"
+    );
+    consumer.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_of_long_dead_clients_are_removed() {
+    let stream = MemoryStream::new("s", 2);
+    let store = MemoryLeaseStore::new();
+    let mut a = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let _a_records = a.records().expect("start");
+    let mut b = Consumer::new(config("b"), stream.clone(), store.clone()).expect("valid");
+    let _b_records = b.records().expect("start");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(store.peek_clients().len(), 2);
+    drop(a); // crash: its row stays behind
+    sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        store.peek_clients().len(),
+        2,
+        "dead, but not yet for three TTLs"
+    );
+    sleep(Duration::from_secs(25)).await;
+    let rows: Vec<String> = store
+        .peek_clients()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(rows, vec!["b".to_string()]);
+    b.shutdown().await.expect("shutdown");
 }

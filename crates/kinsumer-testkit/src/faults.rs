@@ -245,6 +245,10 @@ impl<S: ShardSource> ShardSource for GatedSource<S> {
         self.inner.stream_name()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
         self.gate.around(self.inner.list_shards()).await
     }

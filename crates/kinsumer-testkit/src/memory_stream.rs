@@ -746,6 +746,10 @@ impl ShardSource for MemoryStream {
         self.name()
     }
 
+    fn now_ms(&self) -> u64 {
+        MemoryStream::now_ms(self)
+    }
+
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
         let (latency, injected) = {
             let mut state = self.lock();

@@ -39,7 +39,7 @@ use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::rng::{Rng, stable_hash};
 use kinsumer_core::source::{ShardId, ShardSource, SourceRecord};
 use kinsumer_core::store::{ClientId, Lease, LeaseStore};
-use kinsumer_core::{Config, Consumer, ShardBatch, ShutdownHandle};
+use kinsumer_core::{AckMode, Config, Consumer, ShardBatch, ShutdownHandle};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -107,6 +107,11 @@ pub struct Scenario {
     pub batch_handler: bool,
     /// Every record takes 30–100 ms to process, so records pile up un-acked.
     pub slow_handler: bool,
+    /// Record-stream consumers ack by dropping records (`AckMode::OnDrop`).
+    pub ack_on_drop: bool,
+    /// The clients' `call_timeout`. A paused client's calls hang until this passes; a long one
+    /// lets a call made during the pause land after it, as a real process pause does.
+    pub call_timeout: Duration,
     /// Each client's clock rate may be off by up to this fraction (0.05 = ±5 %).
     pub max_clock_drift: f64,
     /// Deliberate engine bugs (to prove the checks catch them).
@@ -127,6 +132,8 @@ impl Scenario {
             events: Vec::new(),
             batch_handler: false,
             slow_handler: false,
+            ack_on_drop: false,
+            call_timeout: Duration::from_secs(10),
             max_clock_drift: 0.0,
             engine_faults: EngineFaults::default(),
             store_ignores_fencing: false,
@@ -146,6 +153,10 @@ impl Scenario {
         s.produce_for = Duration::from_secs(30);
         s.batch_handler = rng.chance(0.3);
         s.slow_handler = rng.chance(0.15);
+        s.ack_on_drop = rng.chance(0.3);
+        if rng.chance(0.5) {
+            s.call_timeout = Duration::from_secs(60);
+        }
         s.max_clock_drift = 0.05;
         let events = 2 + rng.below(5);
         for _ in 0..events {
@@ -404,6 +415,10 @@ impl World {
         c.shard_sync_interval = Duration::from_secs(10).mul_f64(drift);
         c.max_unacked_records = 200;
         c.rng_seed = Some(self.rng.next_u64());
+        c.call_timeout = self.scenario.call_timeout;
+        if self.scenario.ack_on_drop {
+            c.ack_mode = AckMode::OnDrop;
+        }
         c.faults = self.scenario.engine_faults.clone();
         c
     }
@@ -426,6 +441,7 @@ impl World {
         };
         let mut rng = Rng::new(self.rng.next_u64());
         let slow = self.scenario.slow_handler;
+        let on_drop = self.scenario.ack_on_drop;
         let errors = self.errors.clone();
         let mut consumer = match Consumer::from_shared(config, source, store) {
             Ok(c) => c,
@@ -498,7 +514,11 @@ impl World {
                     sleep(processing_time(&mut rng, slow)).await;
                     app.gate.wait_open().await;
                     app.ack(record.source_record());
-                    record.ack();
+                    if on_drop {
+                        drop(record);
+                    } else {
+                        record.ack();
+                    }
                 }
             });
             (worker, Some(consumer), None)

@@ -231,6 +231,7 @@ fn catches_an_engine_that_moves_a_checkpoint_back() {
 fn catches_a_store_that_ignores_fencing() {
     let mut s = busy(6);
     s.records = 800;
+    s.call_timeout = std::time::Duration::from_secs(60); // calls made while paused land late
     s.store_ignores_fencing = true;
     s.events.push((
         std::time::Duration::from_secs(10),
