@@ -58,6 +58,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::assignment::assign;
 use crate::config::Config;
 use crate::error::ConsumerError;
+use crate::layer::{Layered, Timeout};
 use crate::membership::Membership;
 use crate::position::{Checkpoint, Position};
 use crate::record::{AckTracker, Record, ShardBatch};
@@ -65,7 +66,6 @@ use crate::rng::{Rng, os_seed};
 use crate::shard::{Outcome, backoff_delay, run_tenure};
 use crate::source::{ShardId, ShardSource, SourceError};
 use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
-use crate::timed::{TimedSource, TimedStore};
 
 /// What a [`BatchHandler`] may fail with; the batch is retried with back-off.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -386,14 +386,14 @@ impl Consumer {
         let seed = self.config.rng_seed.unwrap_or_else(os_seed);
         let engine = Arc::new(Engine {
             config: self.config.clone(),
-            source: Arc::new(TimedSource {
-                inner: self.source.clone(),
-                limit: self.config.call_timeout,
-            }),
-            store: Arc::new(TimedStore {
-                inner: self.store.clone(),
-                limit: self.config.call_timeout,
-            }),
+            source: Arc::new(Layered::new(
+                self.source.clone(),
+                Timeout(self.config.call_timeout),
+            )),
+            store: Arc::new(Layered::new(
+                self.store.clone(),
+                Timeout(self.config.call_timeout),
+            )),
             stream: self.source.stream_name().to_string(),
             me: ClientId::from(self.config.client_id.as_str()),
             delivery,

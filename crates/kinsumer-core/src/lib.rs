@@ -12,12 +12,14 @@
 //! - `shard` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
 //!   release or finish;
 //! - [`consumer`] — the public API and the supervisor that runs all of the above;
+//! - [`layer`] — one place to wrap every store and source call (timeouts, test faults);
 //! - [`config`], [`error`], [`rng`].
 
 pub mod assignment;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod layer;
 pub mod membership;
 pub mod position;
 pub mod record;
@@ -25,7 +27,6 @@ pub mod rng;
 mod shard;
 pub mod source;
 pub mod store;
-mod timed;
 
 pub use consumer::{
     BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle,

@@ -32,15 +32,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-
-use async_trait::async_trait;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use kinsumer_core::layer::{Layer, Layered};
+use kinsumer_core::source::SourceError;
+use kinsumer_core::store::StoreError;
 use tokio::sync::Notify;
-
-use kinsumer_core::position::Checkpoint;
-use kinsumer_core::source::{Batch, ShardId, ShardInfo, ShardReader, ShardSource, SourceError};
-use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
 
 /// A shared pause switch, open when created. Cheap to clone: clones share the switch.
 ///
@@ -93,9 +90,9 @@ impl Gate {
             opened.await;
         }
     }
+}
 
-    /// Runs `call` between two waits for the gate: a paused process neither sends nor sees
-    /// the reply.
+impl Gate {
     async fn around<F: Future>(&self, call: F) -> F::Output {
         self.wait_open().await;
         let output = call.await;
@@ -104,189 +101,30 @@ impl Gate {
     }
 }
 
-/// A [`LeaseStore`] whose every call waits for a [`Gate`] before and after.
-#[derive(Clone, Debug)]
-pub struct GatedStore<S> {
-    inner: S,
-    gate: Gate,
-}
-
-impl<S: LeaseStore> GatedStore<S> {
-    /// Wraps `inner` behind `gate`.
-    pub fn new(inner: S, gate: Gate) -> Self {
-        Self { inner, gate }
+/// A gate is a [`Layer`]: every call waits for it to be open before it is sent and before
+/// its result is seen — a paused process neither sends nor sees the reply.
+impl Layer for Gate {
+    async fn store_call<'a, T: Send + 'a>(
+        &'a self,
+        _op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> Result<T, StoreError> {
+        self.around(call).await
     }
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
-    /// The gate.
-    pub fn gate(&self) -> &Gate {
-        &self.gate
+    async fn source_call<'a, T: Send + 'a>(
+        &'a self,
+        _op: &'static str,
+        call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
+    ) -> Result<T, SourceError> {
+        self.around(call).await
     }
 }
 
-#[async_trait]
-impl<S: LeaseStore> LeaseStore for GatedStore<S> {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
-        self.gate.around(self.inner.heartbeat(client)).await
-    }
+/// A [`LeaseStore`](kinsumer_core::store::LeaseStore) whose every call waits for a [`Gate`]
+/// before and after: `GatedStore::new(store, gate)`.
+pub type GatedStore<S> = Layered<Gate, S>;
 
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        self.gate.around(self.inner.clients()).await
-    }
-
-    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
-        self.gate.around(self.inner.deregister(client)).await
-    }
-
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
-        self.gate.around(self.inner.leases(stream)).await
-    }
-
-    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
-        self.gate.around(self.inner.lease(stream, shard)).await
-    }
-
-    async fn create_if_absent(
-        &self,
-        stream: &str,
-        shard: &ShardId,
-        parents: &[ShardId],
-    ) -> Result<Lease, StoreError> {
-        let call = self.inner.create_if_absent(stream, shard, parents);
-        self.gate.around(call).await
-    }
-
-    async fn take(
-        &self,
-        stream: &str,
-        shard: &ShardId,
-        owner: &ClientId,
-        expected_token: u64,
-    ) -> Result<Lease, StoreError> {
-        let call = self.inner.take(stream, shard, owner, expected_token);
-        self.gate.around(call).await
-    }
-
-    async fn checkpoint(
-        &self,
-        stream: &str,
-        tenure: &Tenure,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), StoreError> {
-        let call = self.inner.checkpoint(stream, tenure, checkpoint);
-        self.gate.around(call).await
-    }
-
-    async fn release(
-        &self,
-        stream: &str,
-        tenure: &Tenure,
-        checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), StoreError> {
-        let call = self.inner.release(stream, tenure, checkpoint);
-        self.gate.around(call).await
-    }
-
-    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
-        self.gate.around(self.inner.finish(stream, tenure)).await
-    }
-
-    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
-        let call = self.inner.delete_finished(stream, shard);
-        self.gate.around(call).await
-    }
-
-    async fn reset_checkpoint(
-        &self,
-        stream: &str,
-        shard: &ShardId,
-        expected_token: u64,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), StoreError> {
-        let call = self
-            .inner
-            .reset_checkpoint(stream, shard, expected_token, checkpoint);
-        self.gate.around(call).await
-    }
-}
-
-/// A [`ShardSource`] whose every call — and every read of the readers it opens — waits for a
-/// [`Gate`] before and after.
-#[derive(Clone, Debug)]
-pub struct GatedSource<S> {
-    inner: S,
-    gate: Gate,
-}
-
-impl<S: ShardSource> GatedSource<S> {
-    /// Wraps `inner` behind `gate`.
-    pub fn new(inner: S, gate: Gate) -> Self {
-        Self { inner, gate }
-    }
-
-    /// The wrapped source.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
-    /// The gate.
-    pub fn gate(&self) -> &Gate {
-        &self.gate
-    }
-}
-
-#[async_trait]
-impl<S: ShardSource> ShardSource for GatedSource<S> {
-    fn stream_name(&self) -> &str {
-        self.inner.stream_name()
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.inner.now_ms()
-    }
-
-    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
-        self.gate.around(self.inner.list_shards()).await
-    }
-
-    async fn open(
-        &self,
-        shard: &ShardId,
-        from: &Checkpoint,
-    ) -> Result<Box<dyn ShardReader>, SourceError> {
-        let reader = self.gate.around(self.inner.open(shard, from)).await?;
-        Ok(Box::new(GatedReader::new(reader, self.gate.clone())))
-    }
-}
-
-/// A [`ShardReader`] whose every read waits for a [`Gate`] before and after.
-pub struct GatedReader {
-    inner: Box<dyn ShardReader>,
-    gate: Gate,
-}
-
-impl GatedReader {
-    /// Wraps `inner` behind `gate`.
-    pub fn new(inner: Box<dyn ShardReader>, gate: Gate) -> Self {
-        Self { inner, gate }
-    }
-}
-
-impl std::fmt::Debug for GatedReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatedReader")
-            .field("gate", &self.gate)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl ShardReader for GatedReader {
-    async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError> {
-        self.gate.around(self.inner.next_batch(max_records)).await
-    }
-}
+/// A [`ShardSource`](kinsumer_core::source::ShardSource) whose every call, and every read of
+/// its readers, waits for a [`Gate`] before and after: `GatedSource::new(source, gate)`.
+pub type GatedSource<S> = Layered<Gate, S>;

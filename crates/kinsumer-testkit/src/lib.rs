@@ -49,7 +49,7 @@ pub mod memory_store;
 pub mod memory_stream;
 pub mod sim;
 
-pub use faults::{Gate, GatedReader, GatedSource, GatedStore};
+pub use faults::{Gate, GatedSource, GatedStore};
 pub use memory_store::{
     EventClock, MemoryLeaseStore, StoreEvent, StoreFaults, StoreOp, StoreStats,
 };
