@@ -301,8 +301,9 @@ enum Next {
     Stop(FetchEnd),
 }
 
-fn on_error(engine: &Engine, shard: &ShardId, e: SourceError) -> Next {
-    match e {
+/// Classifies a source error and, for the ones to try again, backs off first.
+async fn recover(engine: &Engine, shard: &ShardId, e: SourceError, attempt: &mut u32) -> Next {
+    let next = match e {
         SourceError::Throttled(_) | SourceError::Transient(_) => Next::Retry,
         SourceError::ShardGone(_) => Next::Stop(FetchEnd::Gone),
         SourceError::Trimmed { .. } => match engine.config.on_trimmed {
@@ -313,7 +314,12 @@ fn on_error(engine: &Engine, shard: &ShardId, e: SourceError) -> Next {
             TrimmedPolicy::Fail => Next::Stop(FetchEnd::Failed(e.into())),
         },
         SourceError::Fatal(_) => Next::Stop(FetchEnd::Failed(e.into())),
+    };
+    if !matches!(next, Next::Stop(_)) {
+        *attempt = attempt.saturating_add(1);
+        sleep(engine.backoff(*attempt)).await;
     }
+    next
 }
 
 async fn fetch_loop(
@@ -336,15 +342,9 @@ async fn fetch_loop(
     'open: loop {
         let mut reader: Box<dyn ShardReader> = match engine.source.open(shard, &from).await {
             Ok(r) => r,
-            Err(e) => match on_error(&engine, shard, e) {
-                Next::Retry => {
-                    attempt = attempt.saturating_add(1);
-                    sleep(engine.backoff(attempt)).await;
-                    continue 'open;
-                }
+            Err(e) => match recover(&engine, shard, e, &mut attempt).await {
+                Next::Retry => continue 'open,
                 Next::Reopen(cp) => {
-                    attempt = attempt.saturating_add(1);
-                    sleep(engine.backoff(attempt)).await;
                     from = cp;
                     continue 'open;
                 }
@@ -378,15 +378,9 @@ async fn fetch_loop(
                     attempt = 0;
                     b
                 }
-                Err(e) => match on_error(&engine, shard, e) {
-                    Next::Retry => {
-                        attempt = attempt.saturating_add(1);
-                        sleep(engine.backoff(attempt)).await;
-                        continue;
-                    }
+                Err(e) => match recover(&engine, shard, e, &mut attempt).await {
+                    Next::Retry => continue,
                     Next::Reopen(cp) => {
-                        attempt = attempt.saturating_add(1);
-                        sleep(engine.backoff(attempt)).await;
                         from = cp;
                         continue 'open;
                     }
