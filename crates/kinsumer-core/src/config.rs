@@ -72,6 +72,8 @@ pub struct EngineFaults {
     pub greedy: bool,
     /// Release with the checkpoint the tenure started from, not the watermark.
     pub release_stale_checkpoint: bool,
+    /// Never self-fence: keep handing out records and writing while the own heartbeat fails.
+    pub no_self_fencing: bool,
 }
 
 /// Everything a consumer needs to know besides its source and store.
@@ -98,7 +100,9 @@ pub struct Config {
     /// How often client rows are read to notice joins and leaves, and how often a client polls a
     /// lease it waits for during a handoff (default 200 ms).
     pub membership_poll_interval: Duration,
-    /// How often every lease row is read and the assignment recomputed (default 2 s).
+    /// How often every lease row is read and the assignment recomputed even when no client
+    /// joined, left or died (those trigger it at once); default 5 s. It is how a client learns
+    /// of leases other clients created (children after a reshard).
     pub rebalance_interval: Duration,
     /// How often the stream's shards are listed to find new ones (default 30 s; also after
     /// every shard end).
@@ -140,7 +144,7 @@ impl Config {
             poll_interval: Duration::from_millis(200),
             max_records_per_read: 10_000,
             membership_poll_interval: Duration::from_millis(200),
-            rebalance_interval: Duration::from_secs(2),
+            rebalance_interval: Duration::from_secs(5),
             shard_sync_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             max_unacked_records: 10_000,

@@ -106,6 +106,8 @@ pub(crate) enum Delivery {
 #[derive(Debug)]
 pub(crate) struct Health {
     ttl_minus_margin: std::time::Duration,
+    /// `EngineFaults::no_self_fencing`: a broken engine, for tests.
+    never_fence: bool,
     state: Mutex<HealthState>,
 }
 
@@ -122,6 +124,7 @@ impl Health {
     fn new(config: &Config) -> Self {
         Self {
             ttl_minus_margin: config.lease_ttl - config.safety_margin,
+            never_fence: config.faults.no_self_fencing,
             state: Mutex::new(HealthState::default()),
         }
     }
@@ -137,6 +140,9 @@ impl Health {
 
     /// Checks for fencing at `now`, advancing the epoch the first time it is seen.
     fn check(&self, s: &mut HealthState, now: Instant) -> bool {
+        if self.never_fence {
+            return s.last_ok.is_none();
+        }
         if s.last_ok.is_some() && self.expired(s, now) {
             if !s.fenced {
                 s.fenced = true;
@@ -517,6 +523,8 @@ struct Supervisor {
     need_full: bool,
     need_sync: bool,
     epoch_seen: u64,
+    /// The live clients at the last tick, to notice deaths without waiting for a full read.
+    last_alive: Vec<ClientId>,
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
@@ -572,6 +580,7 @@ async fn supervise(
         need_full: true,
         need_sync: true,
         epoch_seen: engine.health.epoch(),
+        last_alive: Vec::new(),
         engine,
     };
     let mut tasks: Tenures = JoinSet::new();
@@ -630,8 +639,8 @@ async fn heartbeat_loop(engine: Arc<Engine>) {
 }
 
 impl Supervisor {
-    fn now_alive(&self, now: Instant) -> Vec<ClientId> {
-        let mut live = self.membership.alive(now);
+    fn now_alive(&self) -> Vec<ClientId> {
+        let mut live = self.membership.alive();
         if !live.contains(&self.engine.me) {
             live.push(self.engine.me.clone());
             live.sort();
@@ -639,12 +648,13 @@ impl Supervisor {
         live
     }
 
-    /// One tick: check our own health, read the client rows, and rebalance when needed.
-    async fn step(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
-        let now = Instant::now();
+    /// Whether we are fenced now, dropping every held lease (without a write) the first time a
+    /// fence is seen. Checked before acting on anything read, since a read may have taken long.
+    fn fenced(&mut self) -> bool {
         let health = self.engine.health.clone();
+        let fenced = health.is_fenced(Instant::now());
         let epoch = health.epoch();
-        if health.is_fenced(now) || epoch != self.epoch_seen {
+        if fenced || epoch != self.epoch_seen {
             if !self.held.is_empty() {
                 warn!(
                     held = self.held.len(),
@@ -657,20 +667,31 @@ impl Supervisor {
             self.waiting.clear();
             self.epoch_seen = epoch;
             self.need_full = true;
-            if health.is_fenced(now) {
-                return Ok(());
-            }
         }
+        fenced
+    }
 
+    /// One tick: check our own health, read the client rows, and rebalance when needed.
+    async fn step(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
+        if self.fenced() {
+            return Ok(());
+        }
         match self.engine.store.clients().await {
             Ok(rows) => {
-                if self.membership.observe(&rows, now) {
+                // Observed when the reply arrived, not when the call started.
+                let joined_or_left = self.membership.observe(&rows, Instant::now());
+                // A join, a leave, or a death (judged on our clock, no read needed) rebalances
+                // at once; the periodic full read is only a safety net.
+                let alive = self.membership.alive();
+                if joined_or_left || alive != self.last_alive {
                     self.need_full = true;
+                    self.last_alive = alive;
                 }
             }
             Err(e) => return self.tolerate(e.into(), "reading clients"),
         }
         let cfg = self.engine.config.clone();
+        let now = Instant::now();
         if self.need_sync
             || self
                 .last_sync
@@ -760,7 +781,6 @@ impl Supervisor {
 
     /// Reads every lease, computes the shared assignment and acts on it.
     async fn rebalance(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
-        let now = Instant::now();
         let me = self.engine.me.clone();
         self.leases = self
             .engine
@@ -770,8 +790,11 @@ impl Supervisor {
             .into_iter()
             .map(|l| (l.shard.clone(), l))
             .collect();
-        self.reap_dead_clients(now).await;
-        let live = self.now_alive(now);
+        if self.fenced() {
+            return Ok(());
+        }
+        self.reap_dead_clients().await;
+        let live = self.now_alive();
         let faults = &self.engine.config.faults;
         let eligible: Vec<ShardId> = self
             .leases
@@ -854,7 +877,7 @@ impl Supervisor {
             let Some(lease) = self.leases.get(&shard).cloned() else {
                 continue;
             };
-            self.consider(lease, now, tasks).await;
+            self.consider(lease, Instant::now(), tasks).await;
         }
         Ok(())
     }
@@ -862,9 +885,9 @@ impl Supervisor {
     /// Deletes the rows of clients dead for three lease TTLs, so crashed clients do not linger
     /// as ghosts that every newcomer counts as alive for its first TTL. Safe even if the client
     /// was only paused: its next heartbeat re-creates the row.
-    async fn reap_dead_clients(&mut self, now: Instant) {
+    async fn reap_dead_clients(&mut self) {
         let long_dead = self.engine.config.lease_ttl * 3;
-        for (client, age) in self.membership.ages(now) {
+        for (client, age) in self.membership.ages() {
             if age >= long_dead && client != self.engine.me {
                 match self.engine.store.deregister(&client).await {
                     Ok(()) => info!(client = %client, "removed the row of a long-dead client"),
@@ -898,10 +921,10 @@ impl Supervisor {
 
     /// Takes `lease` if it is free, its owner is dead, or it is already ours; otherwise waits.
     async fn consider(&mut self, lease: Lease, now: Instant, tasks: &mut Tenures) {
-        let me = &self.engine.me;
+        let me = &self.engine.me.clone();
         let free = match &lease.owner {
             None => true,
-            Some(owner) => owner == me || !self.membership.is_alive(owner, now),
+            Some(owner) => owner == me || !self.membership.is_alive(owner),
         };
         if !free {
             self.waiting.insert(lease.shard.clone());
@@ -915,6 +938,7 @@ impl Supervisor {
             .retry
             .get(&lease.shard)
             .is_some_and(|(at, _)| *at > now)
+            || self.fenced()
         {
             return;
         }

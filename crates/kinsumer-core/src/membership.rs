@@ -6,6 +6,10 @@
 //! hosts cannot make a live client look dead. A newly seen client counts as just changed, so a
 //! client that just started waits one `lease_ttl` before declaring anyone dead.
 //!
+//! Death is judged *as of the last read*, not as of now: a counter is dead only if it was seen
+//! standing still across `lease_ttl` of reads. An observer that could not read for a while
+//! (paused, partitioned) therefore never concludes from its silence that others died.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tokio::time::Instant;
@@ -17,9 +21,10 @@
 //! let t0 = Instant::now();
 //! let row = |n| vec![ClientRow { id: ClientId::from("a"), counter: n }];
 //! m.observe(&row(1), t0);
-//! assert!(m.is_alive(&ClientId::from("a"), t0 + Duration::from_secs(9)));
+//! m.observe(&row(1), t0 + Duration::from_secs(9));
+//! assert!(m.is_alive(&ClientId::from("a")));
 //! m.observe(&row(1), t0 + Duration::from_secs(10));
-//! assert!(!m.is_alive(&ClientId::from("a"), t0 + Duration::from_secs(10)));
+//! assert!(!m.is_alive(&ClientId::from("a")));
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,6 +46,8 @@ struct Seen {
 pub struct Membership {
     ttl: Duration,
     seen: BTreeMap<ClientId, Seen>,
+    /// When the rows were last read.
+    observed_at: Option<Instant>,
 }
 
 impl Membership {
@@ -49,12 +56,14 @@ impl Membership {
         Self {
             ttl,
             seen: BTreeMap::new(),
+            observed_at: None,
         }
     }
 
-    /// Records a read of every client row at `now`. Rows that vanished (deregistered clients)
-    /// are forgotten. Returns `true` if the set of clients changed.
+    /// Records a read of every client row whose reply arrived at `now`. Rows that vanished
+    /// (deregistered clients) are forgotten. Returns `true` if the set of clients changed.
     pub fn observe(&mut self, rows: &[ClientRow], now: Instant) -> bool {
+        self.observed_at = Some(now);
         let before: Vec<ClientId> = self.seen.keys().cloned().collect();
         let mut next = BTreeMap::new();
         for row in rows {
@@ -71,27 +80,35 @@ impl Membership {
         !self.seen.keys().eq(before.iter())
     }
 
-    /// Whether `client` is alive at `now`: its row exists and its counter changed within ttl.
-    pub fn is_alive(&self, client: &ClientId, now: Instant) -> bool {
-        self.seen
-            .get(client)
-            .is_some_and(|s| now.saturating_duration_since(s.changed_at) < self.ttl)
+    /// How long `seen`'s counter has been seen standing still, as of the last read.
+    fn still_for(&self, seen: &Seen) -> Duration {
+        self.observed_at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(seen.changed_at)
+        })
     }
 
-    /// The live clients at `now`, sorted.
-    pub fn alive(&self, now: Instant) -> Vec<ClientId> {
+    /// Whether `client` is alive: its row exists and its counter was not seen standing still for
+    /// `ttl`.
+    pub fn is_alive(&self, client: &ClientId) -> bool {
+        self.seen
+            .get(client)
+            .is_some_and(|s| self.still_for(s) < self.ttl)
+    }
+
+    /// The live clients, sorted.
+    pub fn alive(&self) -> Vec<ClientId> {
         self.seen
             .keys()
-            .filter(|c| self.is_alive(c, now))
+            .filter(|c| self.is_alive(c))
             .cloned()
             .collect()
     }
 
-    /// Every client with a row, alive or not, with the time since its counter last changed.
-    pub fn ages(&self, now: Instant) -> Vec<(ClientId, Duration)> {
+    /// Every client with a row, alive or not, with how long its counter was seen standing still.
+    pub fn ages(&self) -> Vec<(ClientId, Duration)> {
         self.seen
             .iter()
-            .map(|(c, s)| (c.clone(), now.saturating_duration_since(s.changed_at)))
+            .map(|(c, s)| (c.clone(), self.still_for(s)))
             .collect()
     }
 }
@@ -119,8 +136,7 @@ mod tests {
             let now = t0 + Duration::from_secs(2 * i);
             assert!(!m.observe(&rows(&[("a", 1 + i), ("b", 5)]), now));
         }
-        let now = t0 + Duration::from_secs(12);
-        assert_eq!(m.alive(now), vec![ClientId::from("a")]);
+        assert_eq!(m.alive(), vec![ClientId::from("a")]);
     }
 
     #[test]
@@ -131,7 +147,8 @@ mod tests {
         m.observe(&rows(&[("a", 50)]), t0);
         let t1 = t0 + Duration::from_secs(9);
         m.observe(&rows(&[("a", 1)]), t1);
-        assert!(m.is_alive(&ClientId::from("a"), t1 + Duration::from_secs(9)));
+        m.observe(&rows(&[("a", 1)]), t1 + Duration::from_secs(9));
+        assert!(m.is_alive(&ClientId::from("a")));
     }
 
     #[test]
@@ -140,6 +157,21 @@ mod tests {
         let t0 = Instant::now();
         m.observe(&rows(&[("a", 1), ("b", 1)]), t0);
         assert!(m.observe(&rows(&[("a", 1)]), t0));
-        assert!(!m.is_alive(&ClientId::from("b"), t0));
+        assert!(!m.is_alive(&ClientId::from("b")));
+    }
+
+    #[test]
+    fn silence_of_the_observer_is_not_death_of_the_observed() {
+        // Read at 0 s, then nothing for 30 s (we were paused): the next read decides.
+        let mut m = Membership::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        m.observe(&rows(&[("a", 1)]), t0);
+        m.observe(&rows(&[("a", 7)]), t0 + Duration::from_secs(30));
+        assert!(m.is_alive(&ClientId::from("a")), "it moved while we slept");
+        m.observe(&rows(&[("a", 7)]), t0 + Duration::from_secs(35));
+        assert!(
+            m.is_alive(&ClientId::from("a")),
+            "5 s of stillness is not death"
+        );
     }
 }

@@ -47,6 +47,8 @@ use tokio::sync::Notify;
 #[derive(Clone, Debug, Default)]
 pub struct Gate {
     inner: Arc<GateInner>,
+    /// Gate only the calls of these names (`"heartbeat"`, `"read"`, ...); all when `None`.
+    only: Option<&'static [&'static str]>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +61,16 @@ impl Gate {
     /// An open gate.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A gate that holds only the calls named in `ops` — `Gate::for_ops(&["heartbeat"])`
+    /// stalls a client's heartbeats while everything else it does goes on. The names are those
+    /// a [`Layer`] sees: the `LeaseStore` and `ShardSource` method names, and `"read"`.
+    pub fn for_ops(ops: &'static [&'static str]) -> Self {
+        Self {
+            only: Some(ops),
+            ..Self::default()
+        }
     }
 
     /// Closes the gate: gated calls wait until [`Gate::resume`].
@@ -93,7 +105,10 @@ impl Gate {
 }
 
 impl Gate {
-    async fn around<F: Future>(&self, call: F) -> F::Output {
+    async fn around<F: Future>(&self, op: &'static str, call: F) -> F::Output {
+        if self.only.is_some_and(|only| !only.contains(&op)) {
+            return call.await;
+        }
         self.wait_open().await;
         let output = call.await;
         self.wait_open().await;
@@ -106,18 +121,18 @@ impl Gate {
 impl Layer for Gate {
     async fn store_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        op: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> Result<T, StoreError> {
-        self.around(call).await
+        self.around(op, call).await
     }
 
     async fn source_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        op: &'static str,
         call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
     ) -> Result<T, SourceError> {
-        self.around(call).await
+        self.around(op, call).await
     }
 }
 

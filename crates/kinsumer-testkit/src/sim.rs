@@ -58,6 +58,9 @@ pub enum Event {
     Join,
     /// A client's process stops for this long (GC pause, SIGSTOP), then goes on.
     Pause(Duration),
+    /// For this long a client's heartbeats and store reads hang while its writes still go
+    /// through: the others stop hearing from it, and it stops hearing from them.
+    HalfPartition(Duration),
     /// An open shard splits in two.
     Split,
     /// Two adjacent open shards merge.
@@ -165,7 +168,10 @@ impl Scenario {
                 0 => Event::Crash,
                 1 => Event::Leave,
                 2 => Event::Join,
-                3 => Event::Pause(Duration::from_millis(3_000 + rng.below(17_000))),
+                3 if rng.chance(0.5) => {
+                    Event::Pause(Duration::from_millis(3_000 + rng.below(17_000)))
+                }
+                3 => Event::HalfPartition(Duration::from_millis(3_000 + rng.below(17_000))),
                 4 => Event::Split,
                 5 => Event::Merge,
                 6 => Event::StoreFaults {
@@ -374,6 +380,7 @@ fn processing_time(rng: &mut Rng, slow: bool) -> Duration {
 struct Member {
     id: String,
     gate: Gate,
+    half_gate: Gate,
     consumer: Option<Consumer>,
     shutdown: Option<ShutdownHandle>,
     worker: JoinHandle<()>,
@@ -428,10 +435,13 @@ impl World {
         self.next_client += 1;
         let config = self.config(&id);
         let gate = Gate::new();
+        let half_gate = Gate::for_ops(&["heartbeat", "clients", "leases", "lease"]);
         let source: Arc<dyn ShardSource> =
             Arc::new(GatedSource::new(self.stream.clone(), gate.clone()));
-        let store: Arc<dyn LeaseStore> =
-            Arc::new(GatedStore::new(self.store.clone(), gate.clone()));
+        let store: Arc<dyn LeaseStore> = Arc::new(GatedStore::new(
+            GatedStore::new(self.store.clone(), half_gate.clone()),
+            gate.clone(),
+        ));
         let app = App {
             client: id.clone(),
             clock: self.clock.clone(),
@@ -526,6 +536,7 @@ impl World {
         self.members.push(Member {
             id,
             gate,
+            half_gate,
             consumer,
             shutdown,
             worker,
@@ -580,9 +591,14 @@ impl World {
         }
     }
 
-    fn pause(&mut self, duration: Duration) {
+    fn pause(&mut self, duration: Duration, half: bool) {
         if let Some(i) = self.pick_member() {
-            let gate = self.members[i].gate.clone();
+            let m = &self.members[i];
+            let gate = if half {
+                m.half_gate.clone()
+            } else {
+                m.gate.clone()
+            };
             gate.pause();
             tokio::spawn(async move {
                 sleep(duration).await;
@@ -627,7 +643,8 @@ impl World {
             Event::Crash => self.crash(),
             Event::Leave => self.leave(),
             Event::Join => self.join(),
-            Event::Pause(d) => self.pause(*d),
+            Event::Pause(d) => self.pause(*d, false),
+            Event::HalfPartition(d) => self.pause(*d, true),
             Event::Split => self.split(),
             Event::Merge => self.merge(),
             Event::StoreFaults {
@@ -742,6 +759,7 @@ async fn run_async(scenario: Scenario) -> Report {
     stream.set_faults(SourceFaults::default());
     for m in &world.members {
         m.gate.resume();
+        m.half_gate.resume();
     }
     if !world.members.iter().any(|m| m.in_fleet) {
         world.join();
