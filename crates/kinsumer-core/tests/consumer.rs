@@ -624,3 +624,34 @@ async fn rows_of_long_dead_clients_are_removed() {
     assert_eq!(rows, vec!["b".to_string()]);
     b.shutdown().await.expect("shutdown");
 }
+
+/// Idle store writes are one heartbeat per client per interval, whatever the shard count: no
+/// per-lease renewal. Counted on the memory store, under the paused clock.
+#[tokio::test(start_paused = true)]
+async fn idle_store_writes_grow_with_clients_not_shards() {
+    for shards in [10, 200] {
+        let stream = MemoryStream::new("s", shards);
+        let store = MemoryLeaseStore::new();
+        let mut fleet = Vec::new();
+        for id in ["a", "b", "c"] {
+            let mut c = Consumer::new(config(id), stream.clone(), store.clone()).expect("valid");
+            let records = c.records().expect("start");
+            fleet.push((c, records));
+        }
+        sleep(Duration::from_secs(60)).await; // settle: every lease taken, nothing to read
+        let before = store.stats();
+        sleep(Duration::from_secs(100)).await;
+        let after = store.stats();
+        let writes = after.writes() - before.writes();
+        let heartbeats = after.heartbeat - before.heartbeat;
+        // 3 clients, one heartbeat each every 2 s, over 100 s.
+        assert!((147..=153).contains(&heartbeats), "{heartbeats} heartbeats");
+        assert_eq!(
+            writes, heartbeats,
+            "{shards} shards: idle writes besides heartbeats"
+        );
+        for (c, _) in fleet {
+            c.shutdown().await.expect("shutdown");
+        }
+    }
+}
