@@ -655,3 +655,16 @@ async fn idle_store_writes_grow_with_clients_not_shards() {
         }
     }
 }
+
+/// A consumer, its record stream and its records can move between tasks and threads.
+#[test]
+fn the_public_types_are_send() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Consumer>();
+    send::<kinsumer_core::Records>();
+    send::<kinsumer_core::Record>();
+    send_sync::<kinsumer_core::ShutdownHandle>();
+    send_sync::<kinsumer_core::StatusHandle>();
+    send_sync::<ConsumerError>();
+}
