@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Starts the services the test suite needs, idempotently (they may already be running).
-#
-# Today every test runs in memory: the backends that need Redis, PostgreSQL, DynamoDB (moto)
-# and Kinesis (kinesis-local) are not implemented yet (issues #3-#6), and each will add its
-# service here when it lands, with a test that fails under CI=true if the service is missing.
+# Starts every service the test suite needs, idempotently (they may already be running):
+# each backend has its own scripts/services/NAME.sh, which installs its server if missing,
+# starts it if it is not answering, and waits until it answers.
 set -euo pipefail
-echo "services: none needed yet (all tests run in memory)"
+cd "$(dirname "$0")/.."
+shopt -s nullglob
+scripts=(scripts/services/*.sh)
+if [ ${#scripts[@]} -eq 0 ]; then
+  echo "services: none needed yet (all tests run in memory)"
+fi
+for s in "${scripts[@]}"; do
+  echo "services: $s"
+  bash "$s"
+done

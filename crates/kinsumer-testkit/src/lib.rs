@@ -12,7 +12,9 @@
 //! - [`faults`] — a [`Gate`] that pauses one client's calls, to simulate a process stalled
 //!   past its lease;
 //! - [`conformance`] — the contracts of both seams as plain async functions, which each
-//!   backend's tests run against a real server.
+//!   backend's tests run against a real server;
+//! - [`services`] — finding those servers (fail under `CI=true`, skip loudly elsewhere);
+//! - [`sim`] — the deterministic simulation of a whole fleet, with every invariant checked.
 //!
 //! Everything is deterministic: time is `tokio::time` (run under the paused clock), randomness
 //! comes from a caller-seeded [`Rng`](kinsumer_core::rng::Rng), and no order depends on a
@@ -47,6 +49,7 @@ pub mod conformance;
 pub mod faults;
 pub mod memory_store;
 pub mod memory_stream;
+pub mod services;
 pub mod sim;
 
 pub use faults::{Gate, GatedSource, GatedStore};

@@ -1,0 +1,51 @@
+//! Finding the real servers that backend integration tests run against.
+//!
+//! Every backend test asks [`require_service`] for its server's URL: the environment variable
+//! when set, else the default the project's `scripts/services/*.sh` starts. If nothing answers
+//! there, the test fails under `CI=true` — a missing service is a failure, never a silent pass —
+//! and otherwise skips with a loud message naming the variable to set.
+//!
+//! ```
+//! use kinsumer_testkit::services::authority;
+//! assert_eq!(authority("redis://user:pw@127.0.0.1:6379/0"), Some("127.0.0.1:6379".into()));
+//! assert_eq!(authority("http://localhost:4567"), Some("localhost:4567".into()));
+//! ```
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// The `host:port` of a URL, without scheme, credentials or path.
+pub fn authority(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split(['/', '?']).next()?;
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, h)| h);
+    host_port.contains(':').then(|| host_port.to_string())
+}
+
+/// Whether something accepts TCP connections at the URL's `host:port` within two seconds.
+pub fn reachable(url: &str) -> bool {
+    let Some(addrs) = authority(url).and_then(|a| a.to_socket_addrs().ok()) else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// The URL of `service` from `$var` (or `default`), if it answers. When it does not: panics
+/// under `CI=true`; otherwise prints a loud skip notice and returns `None`.
+pub fn require_service(service: &str, var: &str, default: &str) -> Option<String> {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    if reachable(&url) {
+        return Some(url);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{service} is not reachable at {url}: CI=true requires it (start it with scripts/services.sh, or set {var})"
+    );
+    eprintln!(
+        "\n*** SKIPPED: {service} is not reachable at {url}. Set {var} (or run scripts/services.sh) to run this test. ***\n"
+    );
+    None
+}
