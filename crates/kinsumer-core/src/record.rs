@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use crate::config::AckMode;
 use crate::position::{Position, SequenceNumber};
 use crate::source::{ShardId, SourceRecord};
+use crate::store::Tenure;
 
 #[derive(Debug)]
 struct Entry {
@@ -224,12 +225,10 @@ impl AckTracker {
 /// handle that acknowledges it.
 pub struct Record {
     pub(crate) inner: SourceRecord,
-    pub(crate) shard: ShardId,
+    pub(crate) tenure: Tenure,
     pub(crate) tracker: Arc<AckTracker>,
     pub(crate) index: u64,
     pub(crate) mode: AckMode,
-    /// The fencing token of the tenure that delivered it.
-    pub(crate) token: u64,
     /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
     pub(crate) epoch: u64,
     /// Whether this record must not ack itself on drop: until it is handed out (a record
@@ -265,7 +264,7 @@ impl Record {
 
     /// The shard it came from.
     pub fn shard_id(&self) -> &ShardId {
-        &self.shard
+        &self.tenure.shard
     }
 
     /// When the stream accepted it (ms since the Unix epoch).
@@ -276,7 +275,14 @@ impl Record {
     /// The fencing token of the lease tenure that delivered this record. It grows with every
     /// change of owner, so an external system can reject writes from a stale owner.
     pub fn lease_token(&self) -> u64 {
-        self.token
+        self.tenure.token
+    }
+
+    /// The lease tenure that delivered this record (shard, owner, token): what a store's
+    /// transactional checkpoint is fenced by, so an effect is committed only while the lease
+    /// is still this tenure's.
+    pub fn tenure(&self) -> &Tenure {
+        &self.tenure
     }
 
     /// The record as the source delivered it.
@@ -305,7 +311,7 @@ impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Payloads may hold secrets: show their size, not their content.
         f.debug_struct("Record")
-            .field("shard", &self.shard)
+            .field("tenure", &self.tenure)
             .field("position", &self.inner.position)
             .field("partition_key", &self.inner.partition_key)
             .field("bytes", &self.inner.data.len())
@@ -323,6 +329,8 @@ pub struct ShardBatch {
     pub records: Vec<SourceRecord>,
     /// The fencing token of the lease tenure that delivered the batch.
     pub lease_token: u64,
+    /// The lease tenure that delivered the batch (shard, owner, token).
+    pub tenure: Tenure,
     /// How far behind the tip the reader was when it fetched this batch.
     pub millis_behind_latest: Option<u64>,
 }

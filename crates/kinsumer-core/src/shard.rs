@@ -458,8 +458,7 @@ async fn deliver(
                 let index = tracker.register(r.position.clone(), r.data.len());
                 let record = Record {
                     inner: r.clone(),
-                    shard: tenure.shard.clone(),
-                    token: tenure.token,
+                    tenure: tenure.clone(),
                     tracker: tracker.clone(),
                     index,
                     mode: engine.config.ack_mode,
@@ -482,6 +481,7 @@ async fn deliver(
                 shard: tenure.shard.clone(),
                 records: records.to_vec(),
                 lease_token: tenure.token,
+                tenure: tenure.clone(),
                 millis_behind_latest,
             };
             tx.send((first.unwrap_or(0), records.len() as u64, batch))
