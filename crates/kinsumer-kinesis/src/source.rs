@@ -1,0 +1,401 @@
+//! [`KinesisSource`]: the `ShardSource` contract over ListShards, GetShardIterator and
+//! GetRecords.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
+use kinsumer_core::source::{
+    Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError,
+};
+
+use crate::kpl;
+
+/// Kinesis's largest `Limit` for one GetRecords call.
+const MAX_RECORDS_PER_CALL: usize = 10_000;
+
+/// A bad stream reference.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KinesisError {
+    /// The ARN does not name a Kinesis stream.
+    #[error(
+        "invalid stream ARN {arn:?}: expected arn:<partition>:kinesis:<region>:<account>:stream/<name>"
+    )]
+    InvalidArn {
+        /// The text given.
+        arn: String,
+    },
+}
+
+/// Counters a [`KinesisSource`] keeps, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct KinesisStats {
+    /// GetRecords calls made.
+    pub get_records_calls: AtomicU64,
+    /// Calls refused for rate (`ProvisionedThroughputExceeded`, KMS throttling).
+    pub throttled: AtomicU64,
+    /// Expired iterators replaced (GetRecords answered `ExpiredIteratorException`).
+    pub expired_iterators: AtomicU64,
+    /// Records with the KPL prefix that were not valid aggregates (delivered raw).
+    pub malformed_aggregates: AtomicU64,
+}
+
+/// How a request names the stream: by name, or by ARN (then the name is the ARN's last part).
+#[derive(Clone, Debug)]
+struct StreamRef {
+    name: String,
+    arn: Option<String>,
+}
+
+/// A Kinesis data stream as a [`ShardSource`]. Cheap to clone.
+///
+/// The caller builds the [`Client`] (credentials from the standard AWS chain, region, HTTP
+/// client and TLS of their choice); this crate forces none of it.
+#[derive(Clone, Debug)]
+pub struct KinesisSource {
+    client: Client,
+    stream: Arc<StreamRef>,
+    stats: Arc<KinesisStats>,
+}
+
+impl KinesisSource {
+    /// The stream named `stream`.
+    pub fn new(client: Client, stream: impl Into<String>) -> Self {
+        Self {
+            client,
+            stream: Arc::new(StreamRef {
+                name: stream.into(),
+                arn: None,
+            }),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The stream with this ARN (requests name it by ARN, as cross-account access needs).
+    pub fn from_arn(client: Client, arn: impl Into<String>) -> Result<Self, KinesisError> {
+        let arn = arn.into();
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let name = match parts.as_slice() {
+            ["arn", _, "kinesis", _, _, resource] => resource
+                .strip_prefix("stream/")
+                .filter(|n| !n.is_empty() && !n.contains('/')),
+            _ => None,
+        };
+        let Some(name) = name.map(str::to_string) else {
+            return Err(KinesisError::InvalidArn { arn });
+        };
+        Ok(Self {
+            client,
+            stream: Arc::new(StreamRef {
+                name,
+                arn: Some(arn),
+            }),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The source's counters.
+    pub fn stats(&self) -> &KinesisStats {
+        &self.stats
+    }
+}
+
+/// An error code of the Kinesis API, classified.
+fn classify<E, R>(err: &SdkError<E, R>, shard: Option<&ShardId>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let text = DisplayErrorContext(err).to_string();
+    match err.code() {
+        Some(
+            "ProvisionedThroughputExceededException"
+            | "KMSThrottlingException"
+            | "LimitExceededException"
+            | "ThrottlingException",
+        ) => SourceError::Throttled(text),
+        Some("ResourceNotFoundException") => match shard {
+            Some(shard) => SourceError::ShardGone(shard.clone()),
+            None => SourceError::Fatal(text),
+        },
+        Some(
+            "AccessDeniedException"
+            | "KMSAccessDeniedException"
+            | "KMSDisabledException"
+            | "KMSInvalidStateException"
+            | "KMSNotFoundException"
+            | "KMSOptInRequired"
+            | "InvalidArgumentException"
+            | "ValidationException"
+            | "UnrecognizedClientException",
+        ) => SourceError::Fatal(text),
+        // Network failures, timeouts, 5xx, and anything unknown: retry.
+        _ => SourceError::Transient(text),
+    }
+}
+
+fn parse_hash_key(text: &str, shard: &str) -> Result<u128, SourceError> {
+    text.parse().map_err(|_| {
+        SourceError::Fatal(format!(
+            "ListShards returned hash key {text:?} for {shard}, not a 128-bit integer"
+        ))
+    })
+}
+
+#[async_trait]
+impl ShardSource for KinesisSource {
+    fn stream_name(&self) -> &str {
+        &self.stream.name
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            // With a NextToken, ListShards refuses the stream name: one or the other.
+            let mut req = self.client.list_shards();
+            req = match (&next, &self.stream.arn) {
+                (Some(token), _) => req.next_token(token),
+                (None, Some(arn)) => req.stream_arn(arn),
+                (None, None) => req.stream_name(&self.stream.name),
+            };
+            let out = req.send().await.map_err(|e| classify(&e, None))?;
+            for s in out.shards() {
+                let range = s.hash_key_range().ok_or_else(|| {
+                    SourceError::Fatal(format!(
+                        "ListShards gave {} no hash key range",
+                        s.shard_id()
+                    ))
+                })?;
+                let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(ShardId::from)
+                    .collect();
+                shards.push(ShardInfo {
+                    id: ShardId::from(s.shard_id()),
+                    parents,
+                    hash_range: HashRange {
+                        start: parse_hash_key(range.starting_hash_key(), s.shard_id())?,
+                        end: parse_hash_key(range.ending_hash_key(), s.shard_id())?,
+                    },
+                    // Only the presence of an end matters (emulators report i64::MAX).
+                    open: s
+                        .sequence_number_range()
+                        .is_none_or(|r| r.ending_sequence_number().is_none()),
+                });
+            }
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => return Ok(shards),
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+    ) -> Result<Box<dyn ShardReader>, SourceError> {
+        let mut reader = KinesisReader {
+            source: self.clone(),
+            shard: shard.clone(),
+            start: from.clone(),
+            iterator: None,
+            skip_through: None,
+            expect_first: None,
+            last: None,
+            ended: matches!(from, Checkpoint::ShardEnd),
+        };
+        if !reader.ended {
+            reader.reopen(from.clone()).await?;
+        }
+        Ok(Box::new(reader))
+    }
+}
+
+/// A cursor over one shard. See the crate docs for how it starts, resumes and ends.
+struct KinesisReader {
+    source: KinesisSource,
+    shard: ShardId,
+    /// Where it was opened, to re-open there if an iterator expires before any record.
+    start: Checkpoint,
+    iterator: Option<String>,
+    /// Records at or before this position were delivered already (a resume inside an
+    /// aggregate, or after an expired iterator): skip them.
+    skip_through: Option<Position>,
+    /// After `After(p)`: the first record read must be `p`'s own; if it is later, `p` fell off
+    /// retention and what followed it may be gone.
+    expect_first: Option<SequenceNumber>,
+    last: Option<Position>,
+    ended: bool,
+}
+
+impl KinesisReader {
+    /// Gets a fresh iterator for `from`.
+    async fn reopen(&mut self, from: Checkpoint) -> Result<(), SourceError> {
+        let stream = &self.source.stream;
+        let mut req = self
+            .source
+            .client
+            .get_shard_iterator()
+            .shard_id(self.shard.as_str());
+        req = match &stream.arn {
+            Some(arn) => req.stream_arn(arn),
+            None => req.stream_name(&stream.name),
+        };
+        req = match &from {
+            Checkpoint::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            Checkpoint::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            Checkpoint::AtTimestamp(ms) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(
+                    i64::try_from(*ms).unwrap_or(i64::MAX),
+                )),
+            // AT, not AFTER: a resume inside a KPL aggregate must read that record again and
+            // skip the sub-records already processed.
+            Checkpoint::After(p) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(p.sequence.as_str()),
+            Checkpoint::ShardEnd => {
+                self.ended = true;
+                return Ok(());
+            }
+        };
+        let out = req.send().await.map_err(|e| {
+            match (&from, classify(&e, Some(&self.shard))) {
+                // A sequence number Kinesis no longer accepts: treat as fallen off retention,
+                // so the engine's TrimmedPolicy decides.
+                (Checkpoint::After(p), SourceError::Fatal(text))
+                    if e.code() == Some("InvalidArgumentException") =>
+                {
+                    SourceError::Trimmed {
+                        shard: self.shard.clone(),
+                        position: format!("{p} ({text})"),
+                    }
+                }
+                (_, other) => other,
+            }
+        })?;
+        if let Checkpoint::After(p) = &from {
+            self.skip_through = Some(p.clone());
+            self.expect_first = Some(p.sequence.clone());
+        }
+        self.iterator = out.shard_iterator().map(str::to_string);
+        if self.iterator.is_none() {
+            self.ended = true;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ShardReader for KinesisReader {
+    async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError> {
+        let Some(iterator) = self.iterator.clone().filter(|_| !self.ended) else {
+            return Ok(Batch {
+                end: Some(Vec::new()),
+                ..Batch::default()
+            });
+        };
+        let limit = max_records.clamp(1, MAX_RECORDS_PER_CALL) as i32;
+        let stats = &self.source.stats;
+        stats.get_records_calls.fetch_add(1, Ordering::Relaxed);
+        let mut req = self
+            .source
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit);
+        if let Some(arn) = &self.source.stream.arn {
+            req = req.stream_arn(arn);
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("ExpiredIteratorException") => {
+                // Re-open right after the last record returned, or where we started if none:
+                // never at the horizon by accident.
+                stats.expired_iterators.fetch_add(1, Ordering::Relaxed);
+                let from = self
+                    .last
+                    .clone()
+                    .map_or_else(|| self.start.clone(), Checkpoint::After);
+                debug!(shard = %self.shard, from = %from, "iterator expired; re-opening");
+                self.reopen(from).await?;
+                return Ok(Batch::default());
+            }
+            Err(e) => {
+                let err = classify(&e, Some(&self.shard));
+                if matches!(err, SourceError::Throttled(_)) {
+                    stats.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(err);
+            }
+        };
+
+        let mut records = Vec::with_capacity(out.records().len());
+        for r in out.records() {
+            let sequence: SequenceNumber = r.sequence_number().parse().map_err(|e| {
+                SourceError::Fatal(format!("GetRecords returned a bad sequence number: {e}"))
+            })?;
+            if let Some(expected) = self.expect_first.take()
+                && sequence > expected
+            {
+                return Err(SourceError::Trimmed {
+                    shard: self.shard.clone(),
+                    position: format!("{expected} (the first record still retained is {sequence})"),
+                });
+            }
+            let arrival_ms = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok())
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0);
+            let data = Bytes::copy_from_slice(r.data().as_ref());
+            let out = kpl::deaggregate(&sequence, r.partition_key(), data, arrival_ms);
+            if out.malformed {
+                stats.malformed_aggregates.fetch_add(1, Ordering::Relaxed);
+                warn!(shard = %self.shard, sequence = %sequence, "record has the KPL prefix but is not a valid aggregate; delivering it raw");
+            }
+            records.extend(
+                out.records
+                    .into_iter()
+                    .filter(|u| self.skip_through.as_ref().is_none_or(|s| u.position > *s)),
+            );
+        }
+        if let Some(last) = records.last() {
+            self.last = Some(last.position.clone());
+            self.skip_through = None;
+        }
+        let end = match out.next_shard_iterator() {
+            Some(next) => {
+                self.iterator = Some(next.to_string());
+                None
+            }
+            None => {
+                self.ended = true;
+                Some(
+                    out.child_shards()
+                        .iter()
+                        .map(|c| ShardId::from(c.shard_id()))
+                        .collect(),
+                )
+            }
+        };
+        Ok(Batch {
+            records,
+            millis_behind_latest: out
+                .millis_behind_latest()
+                .and_then(|m| u64::try_from(m).ok()),
+            end,
+        })
+    }
+}
