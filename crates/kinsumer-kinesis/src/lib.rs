@@ -38,7 +38,9 @@
 //! # }
 //! ```
 
+pub mod fan_out;
 pub mod kpl;
 mod source;
 
+pub use fan_out::FanOutOptions;
 pub use source::{KinesisError, KinesisSource, KinesisStats};

@@ -14,9 +14,10 @@ use tracing::{debug, warn};
 
 use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
 use kinsumer_core::source::{
-    Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError,
+    Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord,
 };
 
+use crate::fan_out::{FanOut, FanOutOptions};
 use crate::kpl;
 
 /// Kinesis's largest `Limit` for one GetRecords call.
@@ -46,13 +47,15 @@ pub struct KinesisStats {
     pub expired_iterators: AtomicU64,
     /// Records with the KPL prefix that were not valid aggregates (delivered raw).
     pub malformed_aggregates: AtomicU64,
+    /// SubscribeToShard calls (fan-out mode), the first and every resubscription.
+    pub subscriptions: AtomicU64,
 }
 
 /// How a request names the stream: by name, or by ARN (then the name is the ARN's last part).
 #[derive(Clone, Debug)]
-struct StreamRef {
-    name: String,
-    arn: Option<String>,
+pub(crate) struct StreamRef {
+    pub(crate) name: String,
+    pub(crate) arn: Option<String>,
 }
 
 /// A Kinesis data stream as a [`ShardSource`]. Cheap to clone.
@@ -61,9 +64,11 @@ struct StreamRef {
 /// client and TLS of their choice); this crate forces none of it.
 #[derive(Clone, Debug)]
 pub struct KinesisSource {
-    client: Client,
-    stream: Arc<StreamRef>,
-    stats: Arc<KinesisStats>,
+    pub(crate) client: Client,
+    pub(crate) stream: Arc<StreamRef>,
+    pub(crate) stats: Arc<KinesisStats>,
+    /// `Some` in enhanced fan-out mode.
+    fan_out: Option<Arc<FanOut>>,
 }
 
 impl KinesisSource {
@@ -76,6 +81,7 @@ impl KinesisSource {
                 arn: None,
             }),
             stats: Arc::default(),
+            fan_out: None,
         }
     }
 
@@ -99,7 +105,25 @@ impl KinesisSource {
                 arn: Some(arn),
             }),
             stats: Arc::default(),
+            fan_out: None,
         })
+    }
+
+    /// Reads through enhanced fan-out instead of polling: one stream consumer named
+    /// `options.consumer_name` (use the application's name: the same for every client of the fleet,
+    /// as Kinesis allows 20 per stream), registered on first use if missing, and one
+    /// SubscribeToShard per shard read. See [`fan_out`](crate::fan_out).
+    pub fn with_fan_out(mut self, options: impl Into<FanOutOptions>) -> Self {
+        self.fan_out = Some(Arc::new(FanOut::new(options.into())));
+        self
+    }
+
+    /// In fan-out mode, deregisters the stream consumer (when the application is retired).
+    pub async fn deregister_fan_out(&self) -> Result<(), SourceError> {
+        match &self.fan_out {
+            Some(fan_out) => fan_out.deregister(self).await,
+            None => Ok(()),
+        }
     }
 
     /// The source's counters.
@@ -109,7 +133,7 @@ impl KinesisSource {
 }
 
 /// An error code of the Kinesis API, classified.
-fn classify<E, R>(err: &SdkError<E, R>, shard: Option<&ShardId>) -> SourceError
+pub(crate) fn classify<E, R>(err: &SdkError<E, R>, shard: Option<&ShardId>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -205,14 +229,14 @@ impl ShardSource for KinesisSource {
         shard: &ShardId,
         from: &Checkpoint,
     ) -> Result<Box<dyn ShardReader>, SourceError> {
-        let mut reader = KinesisReader {
+        if let Some(fan_out) = &self.fan_out {
+            return fan_out.open(self, shard, from).await;
+        }
+        let mut reader = PollingReader {
             source: self.clone(),
-            shard: shard.clone(),
+            cursor: Cursor::new(shard.clone(), self.stats.clone()),
             start: from.clone(),
             iterator: None,
-            skip_through: None,
-            expect_first: None,
-            last: None,
             ended: matches!(from, Checkpoint::ShardEnd),
         };
         if !reader.ended {
@@ -222,73 +246,180 @@ impl ShardSource for KinesisSource {
     }
 }
 
-/// A cursor over one shard. See the crate docs for how it starts, resumes and ends.
-struct KinesisReader {
-    source: KinesisSource,
-    shard: ShardId,
-    /// Where it was opened, to re-open there if an iterator expires before any record.
-    start: Checkpoint,
-    iterator: Option<String>,
+/// What polling and fan-out readers share: turning the service's records into user records,
+/// skipping what was delivered already, and noticing a checkpoint that fell off retention.
+pub(crate) struct Cursor {
+    pub(crate) shard: ShardId,
+    stats: Arc<KinesisStats>,
     /// Records at or before this position were delivered already (a resume inside an
-    /// aggregate, or after an expired iterator): skip them.
+    /// aggregate, or after a re-open): skip them.
     skip_through: Option<Position>,
     /// After `After(p)`: the first record read must be `p`'s own; if it is later, `p` fell off
     /// retention and what followed it may be gone.
     expect_first: Option<SequenceNumber>,
+    /// The last record handed out.
     last: Option<Position>,
+}
+
+impl Cursor {
+    pub(crate) fn new(shard: ShardId, stats: Arc<KinesisStats>) -> Self {
+        Self {
+            shard,
+            stats,
+            skip_through: None,
+            expect_first: None,
+            last: None,
+        }
+    }
+
+    /// Notes that reading (re)starts at `from`.
+    pub(crate) fn starting_at(&mut self, from: &Checkpoint) {
+        if let Checkpoint::After(p) = from {
+            self.skip_through = Some(p.clone());
+            self.expect_first = Some(p.sequence.clone());
+        }
+    }
+
+    /// Where to re-open so that nothing is skipped or repeated: right after the last record
+    /// handed out, or at `start` if none was.
+    pub(crate) fn resume_point(&self, start: &Checkpoint) -> Checkpoint {
+        self.last
+            .clone()
+            .map_or_else(|| start.clone(), Checkpoint::After)
+    }
+
+    /// The user records in `records`, de-aggregated, minus those delivered already.
+    pub(crate) fn take(
+        &mut self,
+        records: &[aws_sdk_kinesis::types::Record],
+    ) -> Result<Vec<SourceRecord>, SourceError> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let sequence: SequenceNumber = r.sequence_number().parse().map_err(|e| {
+                SourceError::Fatal(format!("Kinesis returned a bad sequence number: {e}"))
+            })?;
+            if let Some(expected) = self.expect_first.take()
+                && sequence > expected
+            {
+                return Err(SourceError::Trimmed {
+                    shard: self.shard.clone(),
+                    position: format!("{expected} (the first record still retained is {sequence})"),
+                });
+            }
+            let arrival_ms = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok())
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0);
+            let data = Bytes::copy_from_slice(r.data().as_ref());
+            let users = kpl::deaggregate(&sequence, r.partition_key(), data, arrival_ms);
+            if users.malformed {
+                self.stats
+                    .malformed_aggregates
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(shard = %self.shard, sequence = %sequence, "record has the KPL prefix but is not a valid aggregate; delivering it raw");
+            }
+            out.extend(
+                users
+                    .records
+                    .into_iter()
+                    .filter(|u| self.skip_through.as_ref().is_none_or(|s| u.position > *s)),
+            );
+        }
+        if let Some(last) = out.last() {
+            self.last = Some(last.position.clone());
+            self.skip_through = None;
+        }
+        Ok(out)
+    }
+}
+
+/// The iterator type, and its sequence number or timestamp, that starts reading at `from`
+/// (`None` for `ShardEnd`). `After(seq/sub)` starts AT `seq`, not after it: a resume inside a
+/// KPL aggregate must read that record again and skip the sub-records already processed.
+pub(crate) fn start_of(
+    from: &Checkpoint,
+) -> Option<(ShardIteratorType, Option<String>, Option<DateTime>)> {
+    Some(match from {
+        Checkpoint::TrimHorizon => (ShardIteratorType::TrimHorizon, None, None),
+        Checkpoint::Latest => (ShardIteratorType::Latest, None, None),
+        Checkpoint::AtTimestamp(ms) => (
+            ShardIteratorType::AtTimestamp,
+            None,
+            Some(DateTime::from_millis(
+                i64::try_from(*ms).unwrap_or(i64::MAX),
+            )),
+        ),
+        Checkpoint::After(p) => (
+            ShardIteratorType::AtSequenceNumber,
+            Some(p.sequence.to_string()),
+            None,
+        ),
+        Checkpoint::ShardEnd => return None,
+    })
+}
+
+/// Classifies an error of a call that started reading at `from`: a starting sequence number
+/// Kinesis rejects means the checkpoint fell off retention — `Trimmed`, so the consumer's
+/// `TrimmedPolicy` decides.
+pub(crate) fn classify_start<E, R>(
+    err: &SdkError<E, R>,
+    from: &Checkpoint,
+    shard: &ShardId,
+) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match (from, classify(err, Some(shard))) {
+        (Checkpoint::After(p), SourceError::Fatal(text))
+            if err.code() == Some("InvalidArgumentException") =>
+        {
+            SourceError::Trimmed {
+                shard: shard.clone(),
+                position: format!("{p} ({text})"),
+            }
+        }
+        (_, other) => other,
+    }
+}
+
+/// A polling cursor over one shard. See the crate docs for how it starts, resumes and ends.
+struct PollingReader {
+    source: KinesisSource,
+    cursor: Cursor,
+    /// Where it was opened, to re-open there if an iterator expires before any record.
+    start: Checkpoint,
+    iterator: Option<String>,
     ended: bool,
 }
 
-impl KinesisReader {
+impl PollingReader {
     /// Gets a fresh iterator for `from`.
     async fn reopen(&mut self, from: Checkpoint) -> Result<(), SourceError> {
+        let Some((kind, sequence, timestamp)) = start_of(&from) else {
+            self.ended = true;
+            return Ok(());
+        };
         let stream = &self.source.stream;
+        let shard = &self.cursor.shard;
         let mut req = self
             .source
             .client
             .get_shard_iterator()
-            .shard_id(self.shard.as_str());
+            .shard_id(shard.as_str())
+            .shard_iterator_type(kind)
+            .set_starting_sequence_number(sequence)
+            .set_timestamp(timestamp);
         req = match &stream.arn {
             Some(arn) => req.stream_arn(arn),
             None => req.stream_name(&stream.name),
         };
-        req = match &from {
-            Checkpoint::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-            Checkpoint::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
-            Checkpoint::AtTimestamp(ms) => req
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(DateTime::from_millis(
-                    i64::try_from(*ms).unwrap_or(i64::MAX),
-                )),
-            // AT, not AFTER: a resume inside a KPL aggregate must read that record again and
-            // skip the sub-records already processed.
-            Checkpoint::After(p) => req
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(p.sequence.as_str()),
-            Checkpoint::ShardEnd => {
-                self.ended = true;
-                return Ok(());
-            }
-        };
-        let out = req.send().await.map_err(|e| {
-            match (&from, classify(&e, Some(&self.shard))) {
-                // A sequence number Kinesis no longer accepts: treat as fallen off retention,
-                // so the engine's TrimmedPolicy decides.
-                (Checkpoint::After(p), SourceError::Fatal(text))
-                    if e.code() == Some("InvalidArgumentException") =>
-                {
-                    SourceError::Trimmed {
-                        shard: self.shard.clone(),
-                        position: format!("{p} ({text})"),
-                    }
-                }
-                (_, other) => other,
-            }
-        })?;
-        if let Checkpoint::After(p) = &from {
-            self.skip_through = Some(p.clone());
-            self.expect_first = Some(p.sequence.clone());
-        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify_start(&e, &from, shard))?;
+        self.cursor.starting_at(&from);
         self.iterator = out.shard_iterator().map(str::to_string);
         if self.iterator.is_none() {
             self.ended = true;
@@ -298,7 +429,7 @@ impl KinesisReader {
 }
 
 #[async_trait]
-impl ShardReader for KinesisReader {
+impl ShardReader for PollingReader {
     async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError> {
         let Some(iterator) = self.iterator.clone().filter(|_| !self.ended) else {
             return Ok(Batch {
@@ -324,57 +455,20 @@ impl ShardReader for KinesisReader {
                 // Re-open right after the last record returned, or where we started if none:
                 // never at the horizon by accident.
                 stats.expired_iterators.fetch_add(1, Ordering::Relaxed);
-                let from = self
-                    .last
-                    .clone()
-                    .map_or_else(|| self.start.clone(), Checkpoint::After);
-                debug!(shard = %self.shard, from = %from, "iterator expired; re-opening");
+                let from = self.cursor.resume_point(&self.start);
+                debug!(shard = %self.cursor.shard, from = %from, "iterator expired; re-opening");
                 self.reopen(from).await?;
                 return Ok(Batch::default());
             }
             Err(e) => {
-                let err = classify(&e, Some(&self.shard));
+                let err = classify(&e, Some(&self.cursor.shard));
                 if matches!(err, SourceError::Throttled(_)) {
                     stats.throttled.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(err);
             }
         };
-
-        let mut records = Vec::with_capacity(out.records().len());
-        for r in out.records() {
-            let sequence: SequenceNumber = r.sequence_number().parse().map_err(|e| {
-                SourceError::Fatal(format!("GetRecords returned a bad sequence number: {e}"))
-            })?;
-            if let Some(expected) = self.expect_first.take()
-                && sequence > expected
-            {
-                return Err(SourceError::Trimmed {
-                    shard: self.shard.clone(),
-                    position: format!("{expected} (the first record still retained is {sequence})"),
-                });
-            }
-            let arrival_ms = r
-                .approximate_arrival_timestamp()
-                .and_then(|t| t.to_millis().ok())
-                .and_then(|ms| u64::try_from(ms).ok())
-                .unwrap_or(0);
-            let data = Bytes::copy_from_slice(r.data().as_ref());
-            let out = kpl::deaggregate(&sequence, r.partition_key(), data, arrival_ms);
-            if out.malformed {
-                stats.malformed_aggregates.fetch_add(1, Ordering::Relaxed);
-                warn!(shard = %self.shard, sequence = %sequence, "record has the KPL prefix but is not a valid aggregate; delivering it raw");
-            }
-            records.extend(
-                out.records
-                    .into_iter()
-                    .filter(|u| self.skip_through.as_ref().is_none_or(|s| u.position > *s)),
-            );
-        }
-        if let Some(last) = records.last() {
-            self.last = Some(last.position.clone());
-            self.skip_through = None;
-        }
+        let records = self.cursor.take(out.records())?;
         let end = match out.next_shard_iterator() {
             Some(next) => {
                 self.iterator = Some(next.to_string());

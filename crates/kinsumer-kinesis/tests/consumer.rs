@@ -18,8 +18,8 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use futures::StreamExt;
 use kinsumer_core::{Config, Consumer, Records};
-use kinsumer_kinesis::KinesisSource;
 use kinsumer_kinesis::kpl::{UserRecord, aggregate};
+use kinsumer_kinesis::{FanOutOptions, KinesisSource};
 use kinsumer_testkit::MemoryLeaseStore;
 use kinsumer_testkit::memory_store::{EventClock, StoreOp};
 
@@ -93,16 +93,58 @@ async fn resharding_under_load_loses_nothing_and_keeps_key_order() {
     let Some(endpoint) = common::endpoint() else {
         return;
     };
-    let client = common::client(&endpoint);
-    let stream = common::TestStream::create(&client, "reshard", 4).await;
+    reshard_under_load(&endpoint, "reshard", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_reshards_and_resubscribes_without_loss() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let mut options = FanOutOptions::new(common::unique_name("app"));
+    // Resubscribe every 6 s instead of every 5 minutes, so the test sees some. (Kinesis
+    // refuses a new subscription to a shard for a few seconds after the last one ended.)
+    options.resubscribe_after = Duration::from_secs(6);
+    let source = reshard_under_load(&endpoint, "fan-out", Some(options)).await;
+    let subscriptions = source.stats().subscriptions.load(Ordering::Relaxed);
+    assert!(
+        subscriptions > 8,
+        "only {subscriptions} subscriptions: no resubscription happened"
+    );
+    assert_eq!(
+        source.stats().get_records_calls.load(Ordering::Relaxed),
+        0,
+        "no polling"
+    );
+}
+
+/// Two consumers on a 4-shard stream while one shard splits and two others merge; checks that
+/// every record is delivered, per-key order holds across the reshard, and no child record comes
+/// before its parents finished. Returns the source, for its counters.
+async fn reshard_under_load(
+    endpoint: &str,
+    prefix: &str,
+    fan_out: Option<FanOutOptions>,
+) -> KinesisSource {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    let client = common::client(endpoint);
+    let stream = common::TestStream::create(&client, prefix, 4).await;
+    let mut source = KinesisSource::new(client.clone(), &stream.name);
+    if let Some(options) = fan_out {
+        source = source.with_fan_out(options);
+    }
     let clock = EventClock::new();
     let store = MemoryLeaseStore::with_clock(clock.clone());
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut consumers = Vec::new();
     let mut tasks = Vec::new();
     for id in ["a", "b"] {
-        let source = KinesisSource::new(client.clone(), &stream.name);
-        let mut c = Consumer::new(config(id), source, store.clone()).expect("valid");
+        let mut c = Consumer::new(config(id), source.clone(), store.clone()).expect("valid");
         tasks.push(collect(
             c.records().expect("start"),
             clock.clone(),
@@ -136,6 +178,11 @@ async fn resharding_under_load_loses_nothing_and_keeps_key_order() {
     for t in tasks {
         let _ = t.await;
     }
+    // Retiring the application removes its stream consumer (a no-op when polling).
+    source
+        .deregister_fan_out()
+        .await
+        .expect("deregister the stream consumer");
 
     let log = log.lock().expect("lock").clone();
     let distinct: BTreeSet<Bytes> = log.iter().map(|s| s.data.clone()).collect();
@@ -185,6 +232,7 @@ async fn resharding_under_load_loses_nothing_and_keeps_key_order() {
             );
         }
     }
+    source
 }
 
 /// Replaces some GetRecords responses with an error, as the service would send it.
