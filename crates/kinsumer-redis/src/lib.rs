@@ -1,8 +1,648 @@
-//! # kinsumer-redis — not implemented yet
+//! # kinsumer-redis
 //!
-//! This crate will hold the Redis `LeaseStore` over the `redis` crate: a translation of the contract in
-//! `kinsumer_core` to its server and nothing more (the protocol lives in the core).
+//! A [`LeaseStore`] on Redis (≥ 6.2; tested on 7.0), over the [`redis`] crate: the contract of
+//! [`kinsumer_core::store`] mapped onto Redis hashes and Lua scripts, and nothing more — the
+//! protocol lives in the core.
 //!
-//! **It exports nothing today.** It exists so that the workspace layout and the facade's
-//! `redis` Cargo feature are in place; the work is tracked in issue #5. Until then, use
-//! `kinsumer_testkit`'s in-memory implementations.
+//! ```no_run
+//! use kinsumer_core::{Config, Consumer};
+//! use kinsumer_redis::RedisLeaseStore;
+//! # use kinsumer_testkit::MemoryStream;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # let source = MemoryStream::new("orders", 4);
+//! // Every process of the fleet uses the same application name (and the same Redis).
+//! let store = RedisLeaseStore::connect("redis://127.0.0.1:6379/0", "billing").await?;
+//! let config = Config::new("billing");
+//! let mut consumer = Consumer::new(config, source, store)?;
+//! let records = consumer.records()?;
+//! # drop(records);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To share a connection or tune timeouts and reconnection, build the
+//! [`ConnectionManager`] yourself and pass it to [`RedisLeaseStore::new`].
+//!
+//! ## Key layout
+//!
+//! Every key of an application starts with `kinsumer:{<application>}:`. The braces are a Redis
+//! Cluster *hash tag*: all keys of one application hash to one slot, so each script's keys are
+//! on one node and the store works unchanged on a cluster. Different applications share nothing
+//! and spread over the slots.
+//!
+//! | key | type | field → value |
+//! |---|---|---|
+//! | `kinsumer:{billing}:clients` | hash | client id → heartbeat counter, e.g. `worker-1` → `17` |
+//! | `kinsumer:{billing}:leases:orders` | hash | shard id → lease row, e.g. `shardId-000000000001` → `{"owner":"worker-1","token":"3","checkpoint":"AFTER:49590338271490256608559692538361571095921575989136588898/0"}` |
+//!
+//! A lease row is a JSON object: `token` (a decimal string, so Lua never rounds it), `owner`,
+//! `checkpoint` (the text form of [`Checkpoint`]: `TRIM_HORIZON`,
+//! `LATEST`, `AT_TIMESTAMP:<ms>`, `AFTER:<seq>/<sub>`, `SHARD_END`), `finished: true` and
+//! `parents` (a list of shard ids). Absent fields mean none / false / empty: a new row is
+//! `{"token":"0"}`. Nothing has a TTL: the store never judges time, the engine does.
+//!
+//! Inspect or repair with `redis-cli`:
+//! `HGETALL kinsumer:{billing}:clients`, `HGET kinsumer:{billing}:leases:orders shardId-000000000001`.
+//!
+//! ## The contract on Redis
+//!
+//! | operation | Redis |
+//! |---|---|
+//! | `heartbeat` | `HINCRBY clients <client> 1` |
+//! | `clients` | `HGETALL clients` (one round trip) |
+//! | `deregister` | `HDEL clients <client>` |
+//! | `leases` | `HGETALL leases:<stream>` (one round trip, whatever the shard count) |
+//! | `lease` | `HGET leases:<stream> <shard>` |
+//! | `create_if_absent` | script: `HSETNX`, then `HGET` the row now stored |
+//! | `take` | script: token equal and not finished → set owner, token + 1 |
+//! | `checkpoint` / `release` / `finish` | one script: owner and token equal (and not finished, except a repeated `finish`) → write |
+//! | `delete_finished` | script: finished → `HDEL` |
+//! | `reset_checkpoint` | script: unowned and token equal → write |
+//!
+//! Every conditional write is one Lua script run with `EVALSHA` (reloaded automatically after
+//! a server restart emptied the script cache): Redis runs a script without interleaving any
+//! other command, so the check and the write are one atomic step, fenced by the token as the
+//! contract asks.
+//!
+//! ## Errors
+//!
+//! - A row that does not parse, or a key holding another type, is
+//!   [`StoreError::Corrupt`] naming the key and, for a hash, the field
+//!   (`kinsumer:{billing}:leases:orders shardId-000000000001`) — never a panic.
+//! - A refused or dropped connection, a timeout, `LOADING`, `READONLY`, `TRYAGAIN` and the like
+//!   are [`StoreError::Transient`]; authentication or ACL refusals and invalid configuration are
+//!   [`StoreError::Fatal`].
+//! - Reconnection is the [`ConnectionManager`]'s. A write whose reply was lost (the connection
+//!   dropped or timed out after sending) is *ambiguous*: the store re-reads the row and answers
+//!   `Ok` if the row shows the write (for `take`: owner is the caller and token is
+//!   `expected + 1`), and `Transient` otherwise, so the engine retries and learns the outcome.
+//!
+//! ## Durability: what survives a crash
+//!
+//! Redis acknowledges a write once it is applied in memory; what survives a crash is what its
+//! persistence wrote down. The store's guarantees are only as good as that:
+//!
+//! - **No persistence** (`appendonly no`, no `save`): a restart of Redis loses every lease and
+//!   checkpoint. The fleet starts over from its initial position: with `TrimHorizon` records
+//!   are delivered again, with `Latest` records written meanwhile are **skipped**.
+//! - **RDB snapshots only**: a crash loses the writes since the last snapshot. Checkpoints move
+//!   back (more duplicates), and so do tokens: a token handed out after the snapshot is handed
+//!   out **again**, and a client that had lost its lease holds it again (the row says so), so a
+//!   zombie's writes succeed once more. Fencing is broken for that window.
+//! - **AOF with `appendfsync everysec`** (Redis's default once AOF is on): a Redis process crash
+//!   loses nothing acknowledged; a machine crash or power loss loses about the last second,
+//!   with the same effects as above for that second.
+//! - **AOF with `appendfsync always`**: every write is on disk before it is acknowledged;
+//!   nothing acknowledged is lost. The store writes little (one heartbeat per client per
+//!   `heartbeat_interval`, checkpoints at most every `commit_interval` per shard), so the cost
+//!   is small. Tested: a fleet keeps going, and loses no record, across `kill -9` and a restart
+//!   of Redis.
+//!
+//! **Replication and failover.** Redis replicates asynchronously. If the primary acknowledges a
+//! `take` and dies before a replica received it, and Sentinel or Cluster promotes that
+//! replica, the row is back at the old owner and token: the same token is handed out twice, and
+//! the old owner — which the engine told to stop — is the owner again, so its late writes pass
+//! the fence. Checkpoints can move back too (duplicates only). `min-replicas-to-write 1` with
+//! `min-replicas-max-lag` narrows that window but does not close it, and `WAIT` after a write
+//! only tells that a replica received it, not that failover will pick that replica.
+//!
+//! **Recommended**: one primary with `appendonly yes` and `appendfsync always`, restarted in
+//! place by a supervisor (no automatic failover to an asynchronous replica); replicas, if any,
+//! for reading and backups. If you need automatic failover, set `min-replicas-to-write` and
+//! accept that a failover can break fencing for the writes of its last moments — or use a store
+//! with synchronous replication (PostgreSQL, DynamoDB).
+//!
+//! Also set `maxmemory-policy noeviction` (the default): an `allkeys-*` policy may evict a
+//! lease hash, which loses leases and checkpoints as a restart without persistence would.
+//!
+//! ## TLS
+//!
+//! `rediss://` URLs need the `tls-rustls` feature (rustls with the *ring* provider; the
+//! system's root certificates). Without it, no TLS stack is built, and a `rediss://` URL is a
+//! [`StoreError::Fatal`] saying which feature to enable.
+
+mod errors;
+mod row;
+mod scripts;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, ScriptInvocation};
+
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+
+use crate::errors::{classify, is_ambiguous};
+
+/// The [`LeaseStore`] of one application on Redis. Cheap to clone: clones share the
+/// connection. See the [crate docs](crate) for the key layout and the guarantees.
+#[derive(Clone)]
+pub struct RedisLeaseStore {
+    conn: ConnectionManager,
+    application: String,
+    prefix: String,
+}
+
+impl fmt::Debug for RedisLeaseStore {
+    // The connection (and so the URL, which may hold a password) is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLeaseStore")
+            .field("application", &self.application)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a conditional script answered.
+enum Reply {
+    Ok(Option<Vec<u8>>),
+    Lost,
+    NotFound,
+    Corrupt(String),
+}
+
+impl RedisLeaseStore {
+    /// A store for `application` over an existing connection.
+    ///
+    /// Fails with [`StoreError::Fatal`] if `application` is empty or contains `{` or `}` (it
+    /// is the keys' hash tag).
+    pub fn new(conn: ConnectionManager, application: &str) -> Result<Self, StoreError> {
+        check_application(application)?;
+        Ok(Self {
+            conn,
+            application: application.to_owned(),
+            prefix: format!("kinsumer:{{{application}}}:"),
+        })
+    }
+
+    /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` with the
+    /// `tls-rustls` feature) and returns a store for `application`.
+    ///
+    /// The connection reconnects on its own: each attempt times out after 2 s, retries back off
+    /// up to 1 s apart, and a command without a reply for 5 s fails as transient (the engine's
+    /// own `call_timeout` bounds every call too). An unreachable server is
+    /// [`StoreError::Transient`]; a bad URL or refused credentials [`StoreError::Fatal`]. The
+    /// URL is never included in an error or in `Debug` output.
+    pub async fn connect(url: &str, application: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            let hint = if url.starts_with("rediss:") && cfg!(not(feature = "tls-rustls")) {
+                " (rediss:// needs kinsumer-redis's `tls-rustls` feature)"
+            } else {
+                ""
+            };
+            StoreError::Fatal(format!("invalid Redis URL: {}{hint}", e.category()))
+        })?;
+        let address = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(5);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| match classify(&e, &address) {
+                StoreError::Transient(m) => {
+                    StoreError::Transient(format!("cannot connect to Redis at {address}: {m}"))
+                }
+                StoreError::Fatal(m) => {
+                    StoreError::Fatal(format!("cannot connect to Redis at {address}: {m}"))
+                }
+                other => other,
+            })?;
+        Self::new(conn, application)
+    }
+
+    /// The application this store serves.
+    pub fn application(&self) -> &str {
+        &self.application
+    }
+
+    /// The prefix of every key of the application: `kinsumer:{<application>}:`.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hash of client heartbeat counters: `kinsumer:{<application>}:clients`.
+    pub fn clients_key(&self) -> String {
+        format!("{}clients", self.prefix)
+    }
+
+    /// The hash of `stream`'s lease rows: `kinsumer:{<application>}:leases:<stream>`.
+    pub fn leases_key(&self, stream: &str) -> String {
+        format!("{}leases:{stream}", self.prefix)
+    }
+
+    /// How a lease row is named in errors: the hash key and the field, as `HGET` takes them.
+    fn row_name(&self, stream: &str, shard: &ShardId) -> String {
+        format!("{} {shard}", self.leases_key(stream))
+    }
+
+    fn corrupt(&self, stream: &str, shard: &ShardId, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            key: self.row_name(stream, shard),
+            reason,
+        }
+    }
+
+    fn decode(&self, stream: &str, shard: &ShardId, raw: &[u8]) -> Result<Lease, StoreError> {
+        row::decode(shard, raw).map_err(|reason| self.corrupt(stream, shard, reason))
+    }
+
+    /// Runs a conditional script on `stream`'s lease hash and reads its status reply.
+    async fn run(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<Reply, RedisError> {
+        let mut conn = self.conn.clone();
+        let parts: Vec<Vec<u8>> = invocation.invoke_async(&mut conn).await?;
+        let mut parts = parts.into_iter();
+        let status = parts.next().unwrap_or_default();
+        let detail = parts.next();
+        Ok(match status.as_slice() {
+            b"OK" => Reply::Ok(detail),
+            b"LOST" => Reply::Lost,
+            b"NOTFOUND" => Reply::NotFound,
+            b"CORRUPT" => Reply::Corrupt(
+                detail
+                    .map(|d| String::from_utf8_lossy(&d).into_owned())
+                    .unwrap_or_default(),
+            ),
+            other => Reply::Corrupt(format!(
+                "unexpected script reply {:?} for {}",
+                String::from_utf8_lossy(other),
+                self.row_name(stream, shard)
+            )),
+        })
+    }
+
+    /// Turns a script's reply into the contract's answer for `shard`: `OK`'s value, or the
+    /// refusal.
+    fn answer(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        reply: Reply,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match reply {
+            Reply::Ok(value) => Ok(value),
+            Reply::Lost => Err(StoreError::LeaseLost {
+                shard: shard.clone(),
+            }),
+            Reply::NotFound => Err(StoreError::NotFound {
+                shard: shard.clone(),
+            }),
+            Reply::Corrupt(reason) => Err(self.corrupt(stream, shard, reason)),
+        }
+    }
+
+    /// Settles a write whose outcome is unknown: re-reads the row and returns what `applied`
+    /// makes of it, or `Transient` (retry, and learn the outcome then).
+    async fn settle<T>(
+        &self,
+        op: &str,
+        stream: &str,
+        shard: &ShardId,
+        err: RedisError,
+        applied: impl FnOnce(Option<&Lease>) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let name = self.row_name(stream, shard);
+        if !is_ambiguous(&err) {
+            return Err(classify(&err, &name));
+        }
+        match self.lease(stream, shard).await {
+            Ok(row) => applied(row.as_ref()).ok_or_else(|| {
+                StoreError::Transient(format!(
+                    "{op} on {name}: the reply was lost ({err}) and the row does not show the \
+                     write; retry"
+                ))
+            }),
+            Err(StoreError::Corrupt { key, reason }) => Err(StoreError::Corrupt { key, reason }),
+            Err(reread) => Err(StoreError::Transient(format!(
+                "{op} on {name}: the reply was lost ({err}) and re-reading failed ({reread})"
+            ))),
+        }
+    }
+
+    /// A fenced write (`checkpoint` / `release` / `finish`), settled by `applied` when its
+    /// reply is lost.
+    async fn fenced(
+        &self,
+        op: &str,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+        applied: impl FnOnce(&Lease) -> bool,
+    ) -> Result<(), StoreError> {
+        let shard = &tenure.shard;
+        let checkpoint = checkpoint.map(ToString::to_string).unwrap_or_default();
+        let mut invocation = scripts::FENCED.prepare_invoke();
+        invocation
+            .key(self.leases_key(stream))
+            .arg(shard.as_str())
+            .arg(tenure.owner.as_str())
+            .arg(tenure.token.to_string())
+            .arg(op)
+            .arg(checkpoint);
+        match self.run(stream, shard, &invocation).await {
+            Ok(reply) => self.answer(stream, shard, reply).map(drop),
+            Err(err) => {
+                let holds = |row: &Lease| row.token == tenure.token && applied(row);
+                self.settle(op, stream, shard, err, |row| {
+                    row.filter(|r| holds(r)).map(|_| ())
+                })
+                .await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for RedisLeaseStore {
+    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+        let key = self.clients_key();
+        let name = format!("{key} {client}");
+        let mut conn = self.conn.clone();
+        let counter: i64 = redis::cmd("HINCRBY")
+            .arg(&key)
+            .arg(client.as_str())
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                // HINCRBY refuses only a value that is not an integer (or would overflow).
+                if e.code() == Some("ERR") {
+                    StoreError::Corrupt {
+                        key: name.clone(),
+                        reason: format!("the heartbeat counter cannot be incremented ({e})"),
+                    }
+                } else {
+                    // Not settled by re-reading: a counter bumped twice is harmless.
+                    classify(&e, &name)
+                }
+            })?;
+        u64::try_from(counter).map_err(|_| StoreError::Corrupt {
+            key: name,
+            reason: format!("the heartbeat counter is negative: {counter}"),
+        })
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let key = self.clients_key();
+        let mut conn = self.conn.clone();
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        let mut rows = fields
+            .into_iter()
+            .map(|(id, counter)| {
+                let id = String::from_utf8(id).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: format!("a client id is not UTF-8: {e}"),
+                })?;
+                let counter = std::str::from_utf8(&counter)
+                    .ok()
+                    .and_then(|c| c.parse::<u64>().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: format!("{key} {id}"),
+                        reason: format!(
+                            "the heartbeat counter {:?} is not an unsigned integer",
+                            String::from_utf8_lossy(&counter)
+                        ),
+                    })?;
+                Ok(ClientRow {
+                    id: ClientId::from(id),
+                    counter,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
+        let key = self.clients_key();
+        let mut conn = self.conn.clone();
+        // Idempotent: a lost reply is retried by the engine as any transient error.
+        let _removed: i64 = redis::cmd("HDEL")
+            .arg(&key)
+            .arg(client.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        Ok(())
+    }
+
+    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+        let key = self.leases_key(stream);
+        let mut conn = self.conn.clone();
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        let mut leases = fields
+            .into_iter()
+            .map(|(shard, raw)| {
+                let shard = String::from_utf8(shard).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: format!("a shard id is not UTF-8: {e}"),
+                })?;
+                self.decode(stream, &ShardId::from(shard), &raw)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        leases.sort_by(|a, b| a.shard.cmp(&b.shard));
+        Ok(leases)
+    }
+
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.leases_key(stream))
+            .arg(shard.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &self.row_name(stream, shard)))?;
+        raw.map(|raw| self.decode(stream, shard, &raw)).transpose()
+    }
+
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError> {
+        let new = row::encode(&Lease::new(shard.clone(), parents.to_vec()));
+        let mut conn = self.conn.clone();
+        let stored: Result<Option<Vec<u8>>, RedisError> = scripts::CREATE
+            .key(self.leases_key(stream))
+            .arg(shard.as_str())
+            .arg(new)
+            .invoke_async(&mut conn)
+            .await;
+        match stored {
+            Ok(Some(raw)) => self.decode(stream, shard, &raw),
+            Ok(None) => Err(StoreError::Transient(format!(
+                "create_if_absent on {}: the row vanished right after being written; retry",
+                self.row_name(stream, shard)
+            ))),
+            // Idempotent: whatever happened, the row now stored is the answer.
+            Err(err) => {
+                self.settle("create_if_absent", stream, shard, err, |row| row.cloned())
+                    .await
+            }
+        }
+    }
+
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError> {
+        let Some(next) = expected_token.checked_add(1) else {
+            return Err(self.corrupt(
+                stream,
+                shard,
+                "the fencing token is at u64::MAX and cannot grow".to_owned(),
+            ));
+        };
+        let mut invocation = scripts::TAKE.prepare_invoke();
+        invocation
+            .key(self.leases_key(stream))
+            .arg(shard.as_str())
+            .arg(owner.as_str())
+            .arg(expected_token.to_string())
+            .arg(next.to_string());
+        match self.run(stream, shard, &invocation).await {
+            Ok(reply) => match self.answer(stream, shard, reply)? {
+                Some(raw) => self.decode(stream, shard, &raw),
+                None => Err(self.corrupt(
+                    stream,
+                    shard,
+                    "the take script answered OK without the row".to_owned(),
+                )),
+            },
+            Err(err) => {
+                self.settle("take", stream, shard, err, |row| {
+                    row.filter(|r| r.owner.as_ref() == Some(owner) && r.token == next)
+                        .cloned()
+                })
+                .await
+            }
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.fenced("checkpoint", stream, tenure, Some(checkpoint), |row| {
+            row.owner.as_ref() == Some(&tenure.owner)
+                && !row.finished
+                && row.checkpoint.as_ref() == Some(checkpoint)
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        // Only this tenure's release leaves the row unowned at this token.
+        self.fenced("release", stream, tenure, checkpoint, |row| {
+            row.owner.is_none()
+                && !row.finished
+                && checkpoint.is_none_or(|cp| row.checkpoint.as_ref() == Some(cp))
+        })
+        .await
+    }
+
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
+        self.fenced("finish", stream, tenure, None, |row| {
+            row.owner.as_ref() == Some(&tenure.owner) && row.finished
+        })
+        .await
+    }
+
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
+        let mut invocation = scripts::DELETE_FINISHED.prepare_invoke();
+        invocation.key(self.leases_key(stream)).arg(shard.as_str());
+        match self.run(stream, shard, &invocation).await {
+            Ok(reply) => self.answer(stream, shard, reply).map(drop),
+            Err(err) => {
+                self.settle("delete_finished", stream, shard, err, |row| {
+                    row.is_none().then_some(())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let mut invocation = scripts::RESET.prepare_invoke();
+        invocation
+            .key(self.leases_key(stream))
+            .arg(shard.as_str())
+            .arg(expected_token.to_string())
+            .arg(checkpoint.to_string());
+        match self.run(stream, shard, &invocation).await {
+            Ok(reply) => self.answer(stream, shard, reply).map(drop),
+            Err(err) => {
+                self.settle("reset_checkpoint", stream, shard, err, |row| {
+                    row.filter(|r| {
+                        r.owner.is_none()
+                            && r.token == expected_token
+                            && r.checkpoint.as_ref() == Some(checkpoint)
+                    })
+                    .map(|_| ())
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// The application name is the keys' hash tag: it must be non-empty and brace-free.
+fn check_application(application: &str) -> Result<(), StoreError> {
+    if application.is_empty() || application.contains(['{', '}']) {
+        return Err(StoreError::Fatal(format!(
+            "invalid application name {application:?} for the Redis lease store: it must be \
+             non-empty and contain no '{{' or '}}' (it is the keys' hash tag)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_names_that_break_the_hash_tag_are_refused() {
+        for bad in ["", "a{b", "a}b"] {
+            let err = check_application(bad);
+            assert!(matches!(err, Err(StoreError::Fatal(_))), "{bad:?}: {err:?}");
+        }
+        assert!(check_application("billing-1.prod:eu").is_ok());
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! This facade re-exports [`kinsumer_core`] and, behind Cargo features, the backends:
 //! `testkit` (in-memory stream and store, simulation), `kinesis`, `dynamo`, `redis`,
-//! `postgres`.
+//! `postgres` (and `redis-tls`, `postgres-tls` for TLS to the store).
 //!
 //! The README follows (its examples are compiled as doctests with the `testkit` feature).
 #![cfg_attr(feature = "testkit", doc = include_str!("../../../README.md"))]
@@ -17,18 +17,18 @@ pub use kinsumer_core::*;
 #[cfg(feature = "testkit")]
 pub use kinsumer_testkit as testkit;
 
-/// Amazon Kinesis source (not implemented yet: issue #3).
+/// Amazon Kinesis as a source: polling or enhanced fan-out, KPL de-aggregation.
 #[cfg(feature = "kinesis")]
 pub use kinsumer_kinesis as kinesis;
 
-/// DynamoDB lease store (not implemented yet: issue #4).
+/// DynamoDB lease store (not implemented yet: issue #4; the crate exports nothing).
 #[cfg(feature = "dynamo")]
 pub use kinsumer_dynamo as dynamo;
 
-/// Redis lease store (not implemented yet: issue #5).
+/// Redis lease store (Lua scripts, one hash per application and stream).
 #[cfg(feature = "redis")]
 pub use kinsumer_redis as redis;
 
-/// PostgreSQL lease store (not implemented yet: issue #6).
+/// PostgreSQL lease store, with checkpoints inside your own transaction.
 #[cfg(feature = "postgres")]
 pub use kinsumer_postgres as postgres;

@@ -1,0 +1,719 @@
+//! [`PgLeaseStore`]: the `LeaseStore` contract translated to PostgreSQL statements.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
+use tracing::debug;
+
+use crate::config::PgStoreConfig;
+use crate::error::{is_ambiguous, is_retryable, map_sqlx};
+use crate::schema::{self, quote, validate_schema};
+use crate::sql::Statements;
+
+/// Statement counts of one store (all clones share them): what the store costs the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PgStoreStats {
+    /// Read-only statements sent (`clients`, `leases`, `lease`, re-reads).
+    pub reads: u64,
+    /// Writing statements sent (`heartbeat`, `take`, `checkpoint`, ... and `checkpoint_in`).
+    pub writes: u64,
+    /// Statements re-sent after a transient failure.
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    retries: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+struct Inner {
+    pool: PgPool,
+    application: String,
+    schema: String,
+    sql: Statements,
+    max_retries: u32,
+    retry_backoff: Duration,
+    counters: Counters,
+}
+
+/// A [`LeaseStore`] in PostgreSQL, for one application. Cheap to clone (clones share the pool).
+///
+/// See the [crate docs](crate) for the schema, the SQL of each operation, and the
+/// exactly-once pattern ([`PgLeaseStore::commit_with_checkpoint`]).
+#[derive(Clone)]
+pub struct PgLeaseStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PgLeaseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The pool's options hold the password: show only what is safe.
+        f.debug_struct("PgLeaseStore")
+            .field("application", &self.inner.application)
+            .field("schema", &self.inner.schema)
+            .field("pool_size", &self.inner.pool.size())
+            .finish()
+    }
+}
+
+/// The four bind values of a checkpoint: canonical text, kind, sequence and sub-sequence (the
+/// numbers as decimal text, cast to `numeric` in SQL).
+pub(crate) struct CpParams {
+    pub text: Option<String>,
+    pub kind: Option<i16>,
+    pub seq: Option<String>,
+    pub sub: Option<String>,
+}
+
+impl CpParams {
+    pub(crate) fn of(cp: Option<&Checkpoint>) -> Self {
+        let Some(cp) = cp else {
+            return Self {
+                text: None,
+                kind: None,
+                seq: None,
+                sub: None,
+            };
+        };
+        let (kind, seq, sub) = match cp {
+            Checkpoint::TrimHorizon => (0, None, None),
+            Checkpoint::Latest => (1, None, None),
+            Checkpoint::AtTimestamp(_) => (2, None, None),
+            Checkpoint::After(p) => (
+                3,
+                Some(p.sequence.as_str().to_owned()),
+                Some(p.sub_sequence.to_string()),
+            ),
+            Checkpoint::ShardEnd => (4, None, None),
+        };
+        Self {
+            text: Some(cp.to_string()),
+            kind: Some(kind),
+            seq,
+            sub,
+        }
+    }
+}
+
+/// A token as bound: tokens above `i64::MAX` cannot be stored, so they bind as -1, which no
+/// row holds (`CHECK (token >= 0)`): the write is refused as it should be.
+pub(crate) fn token_param(token: u64) -> i64 {
+    i64::try_from(token).unwrap_or(-1)
+}
+
+pub(crate) fn lease_lost(shard: &ShardId) -> StoreError {
+    StoreError::LeaseLost {
+        shard: shard.clone(),
+    }
+}
+
+fn not_found(shard: &ShardId) -> StoreError {
+    StoreError::NotFound {
+        shard: shard.clone(),
+    }
+}
+
+impl PgLeaseStore {
+    /// Connects a pool as `config` says and, if `config.migrate_on_connect`, runs
+    /// [`Self::migrate`].
+    pub async fn connect(config: PgStoreConfig) -> Result<Self, StoreError> {
+        let (options, pool_options) = config.build()?;
+        let pool = pool_options.connect_lazy_with(options);
+        let store = Self::build(
+            pool,
+            &config.application,
+            &config.schema,
+            config.max_retries,
+            config.retry_backoff,
+        )?;
+        if config.migrate_on_connect {
+            store.retrying(Kind::Write, || store.migrate_once()).await?;
+        }
+        Ok(store)
+    }
+
+    /// A store over a pool the caller built (its connections' settings are the caller's), with
+    /// 2 retries of 100 ms back-off. Does not migrate: call [`Self::migrate`].
+    pub fn from_pool(
+        pool: PgPool,
+        application: impl Into<String>,
+        schema: &str,
+    ) -> Result<Self, StoreError> {
+        Self::build(
+            pool,
+            &application.into(),
+            schema,
+            2,
+            Duration::from_millis(100),
+        )
+    }
+
+    fn build(
+        pool: PgPool,
+        application: &str,
+        schema: &str,
+        max_retries: u32,
+        retry_backoff: Duration,
+    ) -> Result<Self, StoreError> {
+        validate_schema(schema)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&quote(schema)),
+                pool,
+                application: application.to_owned(),
+                schema: schema.to_owned(),
+                max_retries,
+                retry_backoff,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Creates the schema and tables, or upgrades them to [`crate::SCHEMA_VERSION`]: one
+    /// transaction under `pg_advisory_xact_lock`, so any number of processes may run it at
+    /// once. Idempotent.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.retrying(Kind::Write, || self.migrate_once()).await
+    }
+
+    async fn migrate_once(&self) -> Result<(), sqlx::Error> {
+        match schema::migrate(&self.inner.pool, &self.inner.schema).await {
+            Ok(()) => Ok(()),
+            Err(MigrateError::Sql(e)) => Err(e),
+            Err(MigrateError::Store(e)) => Err(sqlx::Error::Configuration(e.to_string().into())),
+        }
+    }
+
+    /// The pool: begin your own transactions on it for [`Self::checkpoint_in`] and
+    /// [`Self::commit_with_checkpoint`].
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Begins a transaction on the store's pool (for [`Self::commit_with_checkpoint`]).
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.inner.pool.begin().await.map_err(map_sqlx)
+    }
+
+    /// The application this store serves.
+    pub fn application(&self) -> &str {
+        &self.inner.application
+    }
+
+    /// The schema holding its tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The statements sent so far by this store and its clones.
+    pub fn stats(&self) -> PgStoreStats {
+        let c = &self.inner.counters;
+        PgStoreStats {
+            reads: c.reads.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn sql(&self) -> &Statements {
+        &self.inner.sql
+    }
+
+    pub(crate) fn count_write(&self) {
+        self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn key(&self, stream: &str, shard: &ShardId) -> String {
+        format!("{}/{stream}/{shard}", self.inner.application)
+    }
+
+    fn count(&self, kind: Kind) {
+        let c = &self.inner.counters;
+        match kind {
+            Kind::Read => c.reads.fetch_add(1, Ordering::Relaxed),
+            Kind::Write => c.writes.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.inner
+            .retry_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+    }
+
+    /// Runs an idempotent statement, retrying transient failures (an ambiguous idempotent
+    /// write is resolved by simply applying it again).
+    async fn retrying<T, F, Fut>(&self, kind: Kind, mut run: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            self.count(kind);
+            match run().await {
+                Ok(value) => return Ok(value),
+                Err(err) if is_retryable(&err) && attempt < self.inner.max_retries => {
+                    attempt += 1;
+                    self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %err, attempt, "kinsumer-postgres: retrying a statement");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(err) => return Err(map_sqlx(err)),
+            }
+        }
+    }
+
+    /// Runs a statement that is not idempotent (`take`, `release`): a clean transient failure
+    /// is retried; an ambiguous one (the reply was lost) is resolved by re-reading the row with
+    /// `resolve`, which says `Some(outcome)` when the row tells what happened, and `None` when
+    /// the write certainly did not apply (then it is sent again).
+    async fn resolving<T, F, Fut, R>(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        mut run: F,
+        resolve: R,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+        R: Fn(Option<Lease>) -> Option<Result<T, StoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            self.count(Kind::Write);
+            let err = match run().await {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            if !is_retryable(&err) {
+                return Err(map_sqlx(err));
+            }
+            if is_ambiguous(&err) {
+                debug!(error = %err, %shard, "kinsumer-postgres: ambiguous write, re-reading");
+                if let Some(outcome) = resolve(self.lease(stream, shard).await?) {
+                    return outcome;
+                }
+            }
+            if attempt >= self.inner.max_retries {
+                return Err(map_sqlx(err));
+            }
+            attempt += 1;
+            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
+    }
+
+    fn parse_lease(&self, stream: &str, row: &PgRow) -> Result<Lease, StoreError> {
+        let shard: String = row.try_get("shard").map_err(|e| StoreError::Corrupt {
+            key: format!("{}/{stream}/?", self.inner.application),
+            reason: format!("shard: {e}"),
+        })?;
+        let shard = ShardId::from(shard);
+        let corrupt = |field: &str, reason: String| StoreError::Corrupt {
+            key: self.key(stream, &shard),
+            reason: format!("{field}: {reason}"),
+        };
+        let parents: Vec<String> = row
+            .try_get("parents")
+            .map_err(|e| corrupt("parents", e.to_string()))?;
+        let owner: Option<String> = row
+            .try_get("owner")
+            .map_err(|e| corrupt("owner", e.to_string()))?;
+        let token: i64 = row
+            .try_get("token")
+            .map_err(|e| corrupt("token", e.to_string()))?;
+        let token =
+            u64::try_from(token).map_err(|_| corrupt("token", format!("negative: {token}")))?;
+        let checkpoint: Option<String> = row
+            .try_get("checkpoint")
+            .map_err(|e| corrupt("checkpoint", e.to_string()))?;
+        let checkpoint = checkpoint
+            .map(|text| text.parse::<Checkpoint>())
+            .transpose()
+            .map_err(|e| corrupt("checkpoint", e.to_string()))?;
+        let finished: bool = row
+            .try_get("finished")
+            .map_err(|e| corrupt("finished", e.to_string()))?;
+        Ok(Lease {
+            shard: shard.clone(),
+            parents: parents.into_iter().map(ShardId::from).collect(),
+            owner: owner.map(ClientId::from),
+            token,
+            checkpoint,
+            finished,
+        })
+    }
+
+    /// Reads the two flags of a fenced write's reply.
+    fn flags(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        row: &PgRow,
+        names: [&str; 2],
+    ) -> Result<(bool, bool), StoreError> {
+        let get = |name: &str| {
+            row.try_get::<bool, _>(name)
+                .map_err(|e| StoreError::Corrupt {
+                    key: self.key(stream, shard),
+                    reason: format!("{name}: {e}"),
+                })
+        };
+        Ok((get(names[0])?, get(names[1])?))
+    }
+
+    /// Runs a fenced write (`checkpoint`, `finish`, `reset_checkpoint`): `Ok` if it applied,
+    /// `LeaseLost` if the row exists but the fence refused, `NotFound` if it does not exist.
+    async fn fenced<F, Fut>(&self, stream: &str, shard: &ShardId, run: F) -> Result<(), StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<PgRow, sqlx::Error>>,
+    {
+        let row = self.retrying(Kind::Write, run).await?;
+        match self.flags(stream, shard, &row, ["updated", "found"])? {
+            (true, _) => Ok(()),
+            (false, true) => Err(lease_lost(shard)),
+            (false, false) => Err(not_found(shard)),
+        }
+    }
+}
+
+/// A migration failure: a statement's error (retryable or not) or a refusal.
+pub(crate) enum MigrateError {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
+
+#[async_trait]
+impl LeaseStore for PgLeaseStore {
+    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+        // Not idempotent, but a retry after an ambiguous bump only bumps twice, which liveness
+        // (counter *changed*) does not mind; and it guarantees a bump landed.
+        let sql = &self.inner.sql.heartbeat;
+        let counter: i64 = self
+            .retrying(Kind::Write, || {
+                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(client.as_str())
+                    .fetch_one(&self.inner.pool)
+            })
+            .await?;
+        u64::try_from(counter).map_err(|_| StoreError::Corrupt {
+            key: format!("{}/client/{client}", self.inner.application),
+            reason: format!("negative counter {counter}"),
+        })
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let sql = &self.inner.sql.clients;
+        let rows = self
+            .retrying(Kind::Read, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .fetch_all(&self.inner.pool)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("client_id").map_err(|e| StoreError::Corrupt {
+                    key: format!("{}/client/?", self.inner.application),
+                    reason: e.to_string(),
+                })?;
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    key: format!("{}/client/{id}", self.inner.application),
+                    reason,
+                };
+                let counter: i64 = row.try_get("counter").map_err(|e| corrupt(e.to_string()))?;
+                let counter = u64::try_from(counter)
+                    .map_err(|_| corrupt(format!("negative counter {counter}")))?;
+                Ok(ClientRow {
+                    id: ClientId::from(id),
+                    counter,
+                })
+            })
+            .collect()
+    }
+
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
+        let sql = &self.inner.sql.deregister;
+        self.retrying(Kind::Write, || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&self.inner.application)
+                .bind(client.as_str())
+                .execute(&self.inner.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+        let sql = &self.inner.sql.leases;
+        let rows = self
+            .retrying(Kind::Read, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(stream)
+                    .fetch_all(&self.inner.pool)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| self.parse_lease(stream, row))
+            .collect()
+    }
+
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        let sql = &self.inner.sql.lease;
+        let row = self
+            .retrying(Kind::Read, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(stream)
+                    .bind(shard.as_str())
+                    .fetch_optional(&self.inner.pool)
+            })
+            .await?;
+        row.map(|row| self.parse_lease(stream, &row)).transpose()
+    }
+
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError> {
+        let sql = &self.inner.sql.create_if_absent;
+        let parents: Vec<String> = parents.iter().map(|p| p.as_str().to_owned()).collect();
+        // Zero rows only when another call inserted the row concurrently and committed after
+        // this statement's snapshot: the next statement (a new snapshot) sees it.
+        for _ in 0..3 {
+            let row = self
+                .retrying(Kind::Write, || {
+                    sqlx::query(AssertSqlSafe(sql.clone()))
+                        .bind(&self.inner.application)
+                        .bind(stream)
+                        .bind(shard.as_str())
+                        .bind(&parents)
+                        .fetch_optional(&self.inner.pool)
+                })
+                .await?;
+            if let Some(row) = row {
+                return self.parse_lease(stream, &row);
+            }
+        }
+        Err(StoreError::Transient(format!(
+            "create_if_absent of {} raced a concurrent create three times",
+            self.key(stream, shard)
+        )))
+    }
+
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError> {
+        let sql = &self.inner.sql.take;
+        let row = self
+            .resolving(
+                stream,
+                shard,
+                || {
+                    sqlx::query(AssertSqlSafe(sql.clone()))
+                        .bind(&self.inner.application)
+                        .bind(stream)
+                        .bind(shard.as_str())
+                        .bind(owner.as_str())
+                        .bind(token_param(expected_token))
+                        .fetch_optional(&self.inner.pool)
+                },
+                |now| match now {
+                    None => Some(Err(not_found(shard))),
+                    Some(l)
+                        if l.owner.as_ref() == Some(owner)
+                            && Some(l.token) == expected_token.checked_add(1) =>
+                    {
+                        Some(Ok(None)) // it applied: return the row read below
+                    }
+                    Some(l) if l.token == expected_token && !l.finished => None,
+                    Some(_) => Some(Err(lease_lost(shard))),
+                },
+            )
+            .await;
+        let row = match row {
+            Ok(Some(row)) => row,
+            // Applied, learned from a re-read: read the row as it is now.
+            Ok(None) => {
+                return self
+                    .lease(stream, shard)
+                    .await?
+                    .ok_or_else(|| not_found(shard));
+            }
+            Err(e) => return Err(e),
+        };
+        let found: bool = row.try_get("found").map_err(|e| StoreError::Corrupt {
+            key: self.key(stream, shard),
+            reason: format!("found: {e}"),
+        })?;
+        let taken: Option<String> = row.try_get("shard").map_err(|e| StoreError::Corrupt {
+            key: self.key(stream, shard),
+            reason: format!("shard: {e}"),
+        })?;
+        match (taken, found) {
+            (Some(_), _) => self.parse_lease(stream, &row),
+            (None, true) => Err(lease_lost(shard)),
+            (None, false) => Err(not_found(shard)),
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let sql = &self.inner.sql.checkpoint;
+        let cp = CpParams::of(Some(checkpoint));
+        self.fenced(stream, &tenure.shard, || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&self.inner.application)
+                .bind(stream)
+                .bind(tenure.shard.as_str())
+                .bind(tenure.owner.as_str())
+                .bind(token_param(tenure.token))
+                .bind(&cp.text)
+                .bind(cp.kind)
+                .bind(&cp.seq)
+                .bind(&cp.sub)
+                .fetch_one(&self.inner.pool)
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        let sql = &self.inner.sql.release;
+        let cp = CpParams::of(checkpoint);
+        let shard = &tenure.shard;
+        let row = self
+            .resolving(
+                stream,
+                shard,
+                || {
+                    sqlx::query(AssertSqlSafe(sql.clone()))
+                        .bind(&self.inner.application)
+                        .bind(stream)
+                        .bind(shard.as_str())
+                        .bind(tenure.owner.as_str())
+                        .bind(token_param(tenure.token))
+                        .bind(&cp.text)
+                        .bind(cp.kind)
+                        .bind(&cp.seq)
+                        .bind(&cp.sub)
+                        .fetch_optional(&self.inner.pool)
+                },
+                |now| match now {
+                    None => Some(Err(not_found(shard))),
+                    // Only the holder releases, and a take bumps the token: this is ours.
+                    Some(l) if l.owner.is_none() && l.token == tenure.token && !l.finished => {
+                        Some(Ok(None))
+                    }
+                    Some(l)
+                        if l.owner.as_ref() == Some(&tenure.owner)
+                            && l.token == tenure.token
+                            && !l.finished =>
+                    {
+                        None
+                    }
+                    Some(_) => Some(Err(lease_lost(shard))),
+                },
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        match self.flags(stream, shard, &row, ["updated", "found"])? {
+            (true, _) => Ok(()),
+            (false, true) => Err(lease_lost(shard)),
+            (false, false) => Err(not_found(shard)),
+        }
+    }
+
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
+        let sql = &self.inner.sql.finish;
+        self.fenced(stream, &tenure.shard, || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&self.inner.application)
+                .bind(stream)
+                .bind(tenure.shard.as_str())
+                .bind(tenure.owner.as_str())
+                .bind(token_param(tenure.token))
+                .fetch_one(&self.inner.pool)
+        })
+        .await
+    }
+
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
+        let sql = &self.inner.sql.delete_finished;
+        let row = self
+            .retrying(Kind::Write, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(stream)
+                    .bind(shard.as_str())
+                    .fetch_one(&self.inner.pool)
+            })
+            .await?;
+        match self.flags(stream, shard, &row, ["deleted", "finished_or_missing"])? {
+            (true, _) | (false, true) => Ok(()),
+            (false, false) => Err(lease_lost(shard)),
+        }
+    }
+
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let sql = &self.inner.sql.reset_checkpoint;
+        let cp = CpParams::of(Some(checkpoint));
+        self.fenced(stream, shard, || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&self.inner.application)
+                .bind(stream)
+                .bind(shard.as_str())
+                .bind(token_param(expected_token))
+                .bind(&cp.text)
+                .bind(cp.kind)
+                .bind(&cp.seq)
+                .bind(&cp.sub)
+                .fetch_one(&self.inner.pool)
+        })
+        .await
+    }
+}

@@ -1,0 +1,318 @@
+//! The `LeaseStore` contract and the store's own rules, against a real PostgreSQL.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, LeaseStore, StoreError, Tenure};
+use kinsumer_postgres::sqlx::{self, AssertSqlSafe};
+use kinsumer_postgres::{PgLeaseStore, TxCheckpoint};
+use kinsumer_testkit::conformance;
+
+fn pos(seq: &str, sub: u64) -> Position {
+    let seq: SequenceNumber = seq.parse().expect("test sequence number");
+    Position::new(seq, sub)
+}
+
+async fn owned(store: &PgLeaseStore, stream: &str, shard: &ShardId, owner: &str) -> Tenure {
+    store
+        .create_if_absent(stream, shard, &[])
+        .await
+        .expect("create");
+    let lease = store
+        .take(stream, shard, &ClientId::from(owner), 0)
+        .await
+        .expect("take");
+    lease.tenure().expect("owned")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_lease_store() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("conf");
+    let base = common::store(&url, &schema, "base").await;
+    let next = AtomicU32::new(0);
+    conformance::lease_store(|| {
+        let app = format!("app-{}", next.fetch_add(1, Ordering::Relaxed));
+        let store = PgLeaseStore::from_pool(base.pool().clone(), app, &schema).expect("store");
+        async move { store }
+    })
+    .await;
+    common::drop_schema(base.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrate_is_safe() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("mig");
+    let config = kinsumer_postgres::PgStoreConfig {
+        migrate_on_connect: false,
+        ..kinsumer_postgres::PgStoreConfig::new(&url, "app").with_schema(&schema)
+    };
+    let store = PgLeaseStore::connect(config).await.expect("connect");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        // Separate pools, as separate processes would have.
+        let url = url.clone();
+        let schema = schema.clone();
+        tasks.push(tokio::spawn(async move {
+            let config = kinsumer_postgres::PgStoreConfig {
+                migrate_on_connect: false,
+                max_connections: 1,
+                ..kinsumer_postgres::PgStoreConfig::new(&url, "app").with_schema(&schema)
+            };
+            let store = PgLeaseStore::connect(config).await?;
+            store.migrate().await?;
+            store.migrate().await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("migrate");
+    }
+    let version: i32 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version FROM \"{schema}\".schema_version"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .expect("version");
+    assert_eq!(version, kinsumer_postgres::SCHEMA_VERSION);
+    assert_eq!(store.heartbeat(&ClientId::from("c")).await, Ok(1));
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_in_is_fenced_strictly_forward_and_makes_the_lease_monotonic() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("txcp");
+    let store = common::store(&url, &schema, "app").await;
+    let (stream, shard) = ("s", ShardId::from("shard-0"));
+    let tenure = owned(&store, stream, &shard, "a").await;
+
+    // Sequence numbers compare as integers, not text: 9 < 10.
+    store
+        .checkpoint(stream, &tenure, &Checkpoint::After(pos("9", 0)))
+        .await
+        .expect("plain checkpoint");
+    let mut tx = store.begin().await.expect("begin");
+    let got = store
+        .checkpoint_in(&mut tx, stream, &tenure, &pos("10", 0))
+        .await;
+    assert_eq!(got, Ok(TxCheckpoint::Advanced));
+    tx.commit().await.expect("commit");
+
+    // The same position again (a retried batch whose commit landed): already committed.
+    let tx = store.begin().await.expect("begin");
+    let got = store
+        .commit_with_checkpoint(tx, stream, &tenure, &pos("10", 0))
+        .await;
+    assert_eq!(got, Ok(TxCheckpoint::AlreadyCommitted));
+    let tx = store.begin().await.expect("begin");
+    let got = store
+        .commit_with_checkpoint(tx, stream, &tenure, &pos("9", u64::MAX))
+        .await;
+    assert_eq!(got, Ok(TxCheckpoint::AlreadyCommitted));
+
+    // Now monotonic: the engine's lagging watermark is a successful no-op ...
+    store
+        .checkpoint(stream, &tenure, &Checkpoint::After(pos("9", 5)))
+        .await
+        .expect("backwards checkpoint is a no-op success");
+    store
+        .checkpoint(stream, &tenure, &Checkpoint::TrimHorizon)
+        .await
+        .expect("backwards checkpoint is a no-op success");
+    let lease = store
+        .lease(stream, &shard)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(pos("10", 0))));
+    // ... and a forward one is written.
+    store
+        .checkpoint(stream, &tenure, &Checkpoint::After(pos("10", 1)))
+        .await
+        .expect("forward checkpoint");
+    let lease = store
+        .lease(stream, &shard)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(pos("10", 1))));
+    // release keeps the higher checkpoint too.
+    store
+        .release(stream, &tenure, Some(&Checkpoint::After(pos("3", 0))))
+        .await
+        .expect("release");
+    let lease = store
+        .lease(stream, &shard)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (lease.owner, lease.checkpoint),
+        (None, Some(Checkpoint::After(pos("10", 1))))
+    );
+    // An operator's reset moves it anywhere and clears the mark.
+    store
+        .reset_checkpoint(stream, &shard, tenure.token, &Checkpoint::TrimHorizon)
+        .await
+        .expect("reset");
+    let lease = store
+        .lease(stream, &shard)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(lease.checkpoint, Some(Checkpoint::TrimHorizon));
+
+    // A stale tenure and a missing row.
+    let mut tx = store.begin().await.expect("begin");
+    let got = store
+        .checkpoint_in(&mut tx, stream, &tenure, &pos("11", 0))
+        .await;
+    assert!(matches!(got, Err(StoreError::LeaseLost { .. })), "{got:?}");
+    drop(tx);
+    let missing = Tenure {
+        shard: ShardId::from("missing"),
+        ..tenure.clone()
+    };
+    let tx = store.begin().await.expect("begin");
+    let got = store
+        .commit_with_checkpoint(tx, stream, &missing, &pos("1", 0))
+        .await;
+    assert!(matches!(got, Err(StoreError::NotFound { .. })), "{got:?}");
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_commits_nothing_after_the_lease_moved() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("zombie");
+    let store = common::store(&url, &schema, "app").await;
+    let table = format!("\"{schema}\".effects");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id bigint NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("create table");
+    let (stream, shard) = ("s", ShardId::from("shard-0"));
+    let old = owned(&store, stream, &shard, "old").await;
+
+    // The old owner starts its unit of work ...
+    let mut tx = store.begin().await.expect("begin");
+    for id in 0..5_i64 {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (id) VALUES ($1)"
+        )))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    }
+    // ... is presumed dead, and another client takes the lease meanwhile.
+    let new = store
+        .take(stream, &shard, &ClientId::from("new"), old.token)
+        .await
+        .expect("take by the new owner")
+        .tenure()
+        .expect("owned");
+    assert_eq!(new.token, old.token + 1);
+    // The zombie's commit fails and rolls everything back.
+    let got = store
+        .commit_with_checkpoint(tx, stream, &old, &pos("5", 0))
+        .await;
+    assert!(matches!(got, Err(StoreError::LeaseLost { .. })), "{got:?}");
+    let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "a zombie's effects must not be committed");
+    let lease = store
+        .lease(stream, &shard)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(lease.checkpoint, None);
+    assert_eq!(lease.owner, Some(ClientId::from("new")));
+
+    // And the other order: the checkpoint locks the lease row, so a take waits for the commit
+    // and then sees the committed checkpoint.
+    let mut tx = store.begin().await.expect("begin");
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (id) VALUES (7)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("insert");
+    let got = store
+        .checkpoint_in(&mut tx, stream, &new, &pos("7", 0))
+        .await;
+    assert_eq!(got, Ok(TxCheckpoint::Advanced));
+    let racer = {
+        let store = store.clone();
+        let shard = shard.clone();
+        tokio::spawn(async move {
+            store
+                .take(stream, &shard, &ClientId::from("third"), new.token)
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !racer.is_finished(),
+        "the take must wait for the transaction"
+    );
+    tx.commit().await.expect("commit");
+    let taken = racer.await.expect("join").expect("take after commit");
+    assert_eq!(taken.checkpoint, Some(Checkpoint::After(pos("7", 0))));
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_is_an_error_naming_its_key() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("corrupt");
+    let store = common::store(&url, &schema, "app").await;
+    let shard = ShardId::from("shard-0");
+    store
+        .create_if_absent("s", &shard, &[])
+        .await
+        .expect("create");
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".leases SET checkpoint = 'AFTER:banana/1'"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("corrupt it");
+    match store.lease("s", &shard).await {
+        Err(StoreError::Corrupt { key, reason }) => {
+            assert_eq!(key, "app/s/shard-0");
+            assert!(reason.contains("checkpoint"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.leases("s").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_schema_is_fatal_and_says_what_to_do() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("absent");
+    let config = kinsumer_postgres::PgStoreConfig {
+        migrate_on_connect: false,
+        ..kinsumer_postgres::PgStoreConfig::new(&url, "app").with_schema(&schema)
+    };
+    let store = PgLeaseStore::connect(config).await.expect("connect");
+    match store.clients().await {
+        Err(StoreError::Fatal(msg)) => assert!(msg.contains("migrate"), "{msg}"),
+        other => panic!("expected Fatal, got {other:?}"),
+    }
+    let shown = format!("{store:?}");
+    assert!(!shown.contains("postgres:postgres@"), "{shown}");
+}

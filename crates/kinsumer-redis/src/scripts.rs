@@ -1,0 +1,143 @@
+//! The Lua scripts: every conditional write is one script, so the check and the write are one
+//! atomic step on the server (Redis runs a script without interleaving other commands).
+//!
+//! Each script works on one field of one hash (`KEYS[1]` is the stream's lease hash,
+//! `ARGV[1]` the shard) and answers with an array whose first element is a status:
+//! `OK` (with the row's new value where the caller needs it), `LOST`, `NOTFOUND`, or
+//! `CORRUPT` with a reason. Tokens travel and are compared as decimal strings, so no Lua number
+//! (a double) ever rounds one; the caller computes `token + 1` in Rust.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Decodes the lease at `ARGV[1]` of `KEYS[1]` and re-encodes a changed one. A value that is
+/// not a lease as the Rust side writes it is reported, never guessed at.
+const PRELUDE: &str = r#"
+local function load_lease(key, shard)
+  local raw = redis.call('HGET', key, shard)
+  if not raw then return nil, nil end
+  local ok, lease = pcall(cjson.decode, raw)
+  if not ok or type(lease) ~= 'table' then return nil, 'the value is not a JSON object' end
+  if type(lease.token) ~= 'string' or not string.match(lease.token, '^%d+$') then
+    return nil, '"token" is not a decimal string'
+  end
+  if lease.owner == cjson.null then lease.owner = nil end
+  if lease.owner ~= nil and type(lease.owner) ~= 'string' then
+    return nil, '"owner" is not a string'
+  end
+  if lease.finished == cjson.null then lease.finished = nil end
+  if lease.finished ~= nil and type(lease.finished) ~= 'boolean' then
+    return nil, '"finished" is not a boolean'
+  end
+  if lease.checkpoint == cjson.null then lease.checkpoint = nil end
+  local cp = lease.checkpoint
+  if cp ~= nil and not (type(cp) == 'string' and (cp == 'TRIM_HORIZON' or cp == 'LATEST'
+      or cp == 'SHARD_END' or string.match(cp, '^AT_TIMESTAMP:%d+$')
+      or string.match(cp, '^AFTER:%d+/%d+$'))) then
+    return nil, '"checkpoint" is not a checkpoint'
+  end
+  if lease.parents == cjson.null then lease.parents = nil end
+  if lease.parents ~= nil then
+    if type(lease.parents) ~= 'table' then return nil, '"parents" is not a list' end
+    for _, p in pairs(lease.parents) do
+      if type(p) ~= 'string' then return nil, '"parents" holds a non-string' end
+    end
+  end
+  return lease, nil
+end
+
+local function store_lease(key, shard, lease)
+  -- cjson encodes an empty table as {}: leave an empty list out instead.
+  if type(lease.parents) == 'table' and next(lease.parents) == nil then lease.parents = nil end
+  if lease.finished == false then lease.finished = nil end
+  local raw = cjson.encode(lease)
+  redis.call('HSET', key, shard, raw)
+  return raw
+end
+"#;
+
+/// `create_if_absent`: ARGV = shard, the new row. Answers the row stored now (bulk string).
+pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"#,
+    )
+});
+
+/// `take`: ARGV = shard, owner, expected token, expected token + 1.
+pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local lease, bad = load_lease(KEYS[1], ARGV[1])
+if bad then return {{'CORRUPT', bad}} end
+if not lease then return {{'NOTFOUND'}} end
+if lease.finished or lease.token ~= ARGV[3] then return {{'LOST'}} end
+lease.owner = ARGV[2]
+lease.token = ARGV[4]
+return {{'OK', store_lease(KEYS[1], ARGV[1], lease)}}
+"#
+    ))
+});
+
+/// `checkpoint` / `release` / `finish`: ARGV = shard, owner, token, operation, checkpoint
+/// (empty for none). Succeeds only while owner and token match and, except for a repeated
+/// `finish`, the lease is not finished.
+pub(crate) static FENCED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local lease, bad = load_lease(KEYS[1], ARGV[1])
+if bad then return {{'CORRUPT', bad}} end
+if not lease then return {{'NOTFOUND'}} end
+if lease.owner ~= ARGV[2] or lease.token ~= ARGV[3] then return {{'LOST'}} end
+local op = ARGV[4]
+if op == 'finish' then
+  if lease.finished then return {{'OK'}} end
+  lease.finished = true
+  lease.checkpoint = 'SHARD_END'
+elseif lease.finished then
+  return {{'LOST'}}
+elseif op == 'checkpoint' then
+  lease.checkpoint = ARGV[5]
+elseif op == 'release' then
+  lease.owner = nil
+  if ARGV[5] ~= '' then lease.checkpoint = ARGV[5] end
+else
+  return redis.error_reply('kinsumer: unknown fenced operation ' .. op)
+end
+store_lease(KEYS[1], ARGV[1], lease)
+return {{'OK'}}
+"#
+    ))
+});
+
+/// `delete_finished`: ARGV = shard.
+pub(crate) static DELETE_FINISHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local lease, bad = load_lease(KEYS[1], ARGV[1])
+if bad then return {{'CORRUPT', bad}} end
+if not lease then return {{'OK'}} end
+if not lease.finished then return {{'LOST'}} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {{'OK'}}
+"#
+    ))
+});
+
+/// `reset_checkpoint`: ARGV = shard, expected token, checkpoint. Only an unowned lease.
+pub(crate) static RESET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local lease, bad = load_lease(KEYS[1], ARGV[1])
+if bad then return {{'CORRUPT', bad}} end
+if not lease then return {{'NOTFOUND'}} end
+if lease.owner ~= nil or lease.token ~= ARGV[2] then return {{'LOST'}} end
+lease.checkpoint = ARGV[3]
+store_lease(KEYS[1], ARGV[1], lease)
+return {{'OK'}}
+"#
+    ))
+});

@@ -1,0 +1,315 @@
+//! The Redis store beyond the shared contract: its key layout, isolation between applications
+//! and streams, corrupt values, and what it says about connections.
+
+mod common;
+
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, LeaseStore, StoreError, Tenure};
+use kinsumer_redis::RedisLeaseStore;
+
+fn shard(n: u32) -> ShardId {
+    ShardId::from(format!("shardId-{n:012}"))
+}
+
+async fn store(url: &str, tag: &str) -> RedisLeaseStore {
+    RedisLeaseStore::connect(url, &common::unique_app(tag))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn keys_follow_the_documented_layout() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let store = store(&url, "layout").await;
+    let app = store.application().to_owned();
+    assert_eq!(store.key_prefix(), format!("kinsumer:{{{app}}}:"));
+    assert_eq!(store.clients_key(), format!("kinsumer:{{{app}}}:clients"));
+    assert_eq!(
+        store.leases_key("orders"),
+        format!("kinsumer:{{{app}}}:leases:orders")
+    );
+
+    store
+        .heartbeat(&ClientId::from("worker-1"))
+        .await
+        .expect("heartbeat");
+    store
+        .create_if_absent("orders", &shard(1), &[shard(0)])
+        .await
+        .expect("create");
+    let tenure = store
+        .take("orders", &shard(1), &ClientId::from("worker-1"), 0)
+        .await
+        .expect("take")
+        .tenure()
+        .expect("owned");
+    let cp: Checkpoint = "AFTER:49590338271490256608559692538361571095921575989136588898/0"
+        .parse()
+        .expect("valid");
+    store
+        .checkpoint("orders", &tenure, &cp)
+        .await
+        .expect("checkpoint");
+
+    let mut conn = common::raw_connection(&url).await;
+    let counter: String = redis::cmd("HGET")
+        .arg(store.clients_key())
+        .arg("worker-1")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(counter, "1");
+    let row: String = redis::cmd("HGET")
+        .arg(store.leases_key("orders"))
+        .arg(shard(1).as_str())
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    let row: serde_json::Value = serde_json::from_str(&row).expect("JSON");
+    assert_eq!(
+        row,
+        serde_json::json!({
+            "owner": "worker-1",
+            "token": "1",
+            "checkpoint": "AFTER:49590338271490256608559692538361571095921575989136588898/0",
+            "parents": ["shardId-000000000000"],
+        })
+    );
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("kinsumer:{{{app}}}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    keys.sort();
+    assert_eq!(keys, vec![store.clients_key(), store.leases_key("orders")]);
+    common::cleanup(&url, &app).await;
+}
+
+#[tokio::test]
+async fn applications_and_streams_do_not_interfere() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    // Three applications, each with the same two stream names, shard ids and client ids.
+    let stores = [
+        store(&url, "iso-a").await,
+        store(&url, "iso-b").await,
+        store(&url, "iso-c").await,
+    ];
+    let streams = ["orders", "payments"];
+    for (i, store) in stores.iter().enumerate() {
+        for _ in 0..=i {
+            store
+                .heartbeat(&ClientId::from("worker"))
+                .await
+                .expect("heartbeat");
+        }
+        for (j, stream) in streams.iter().enumerate() {
+            for n in 0..=j as u32 {
+                store
+                    .create_if_absent(stream, &shard(n), &[])
+                    .await
+                    .expect("create");
+            }
+            let owner = ClientId::from(format!("owner-{i}-{j}"));
+            let tenure = store
+                .take(stream, &shard(0), &owner, 0)
+                .await
+                .expect("take");
+            let tenure = tenure.tenure().expect("owned");
+            let cp = Checkpoint::AtTimestamp(1_000 * i as u64 + j as u64);
+            store
+                .checkpoint(stream, &tenure, &cp)
+                .await
+                .expect("checkpoint");
+        }
+    }
+    for (i, store) in stores.iter().enumerate() {
+        let clients = store.clients().await.expect("clients");
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].counter, i as u64 + 1, "{}", store.application());
+        for (j, stream) in streams.iter().enumerate() {
+            let leases = store.leases(stream).await.expect("leases");
+            assert_eq!(leases.len(), j + 1, "{} {stream}", store.application());
+            let first = &leases[0];
+            assert_eq!(first.owner, Some(ClientId::from(format!("owner-{i}-{j}"))));
+            assert_eq!(first.token, 1);
+            assert_eq!(
+                first.checkpoint,
+                Some(Checkpoint::AtTimestamp(1_000 * i as u64 + j as u64))
+            );
+        }
+        // A write fenced in one application cannot touch another's row of the same name.
+        let foreign = Tenure {
+            shard: shard(0),
+            owner: ClientId::from("owner-0-0"),
+            token: 1,
+        };
+        let result = store.finish("orders", &foreign).await;
+        if i == 0 {
+            result.expect("its own tenure");
+        } else {
+            assert!(
+                matches!(result, Err(StoreError::LeaseLost { .. })),
+                "{result:?}"
+            );
+        }
+    }
+    for store in &stores {
+        common::cleanup(&url, store.application()).await;
+    }
+}
+
+#[tokio::test]
+async fn corrupt_values_are_typed_errors_naming_the_key() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let store = store(&url, "corrupt").await;
+    let mut conn = common::raw_connection(&url).await;
+    let stream = "orders";
+    let hash = store.leases_key(stream);
+    let owner = ClientId::from("a");
+    let bad_rows = [
+        "not json",
+        r#"["a list"]"#,
+        r#"{"token":5}"#,
+        r#"{"token":"minus one"}"#,
+        r#"{"token":"1","owner":7}"#,
+        r#"{"token":"1","checkpoint":"AFTER:12x/0"}"#,
+        r#"{"token":"1","finished":"yes"}"#,
+        r#"{"token":"1","parents":"p"}"#,
+    ];
+    for (n, raw) in bad_rows.iter().enumerate() {
+        let id = shard(n as u32);
+        let _: i64 = redis::cmd("HSET")
+            .arg(&hash)
+            .arg(id.as_str())
+            .arg(*raw)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let name = format!("{hash} {id}");
+        let tenure = Tenure {
+            shard: id.clone(),
+            owner: owner.clone(),
+            token: 1,
+        };
+        let cp = Checkpoint::TrimHorizon;
+        let results = [
+            ("lease", store.lease(stream, &id).await.map(drop)),
+            ("leases", store.leases(stream).await.map(drop)),
+            (
+                "create_if_absent",
+                store.create_if_absent(stream, &id, &[]).await.map(drop),
+            ),
+            ("take", store.take(stream, &id, &owner, 1).await.map(drop)),
+            ("checkpoint", store.checkpoint(stream, &tenure, &cp).await),
+            ("release", store.release(stream, &tenure, None).await),
+            ("finish", store.finish(stream, &tenure).await),
+            ("delete_finished", store.delete_finished(stream, &id).await),
+            (
+                "reset_checkpoint",
+                store.reset_checkpoint(stream, &id, 1, &cp).await,
+            ),
+        ];
+        for (op, result) in results {
+            match result {
+                Err(StoreError::Corrupt { key, reason }) => {
+                    // `leases` names the first bad row it meets; the others this one.
+                    if op == "leases" {
+                        assert!(key.starts_with(&hash), "{op} on {raw}: {key}");
+                    } else {
+                        assert_eq!(key, name, "{op} on {raw}: {reason}");
+                    }
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{op} on {raw}: expected Corrupt naming {name}, got {other:?}"),
+            }
+        }
+        let _: i64 = redis::cmd("HDEL")
+            .arg(&hash)
+            .arg(id.as_str())
+            .query_async(&mut conn)
+            .await
+            .expect("hdel");
+    }
+
+    // A key holding another type, and a heartbeat counter that is not a number.
+    let _: () = redis::cmd("SET")
+        .arg(&hash)
+        .arg("a string")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let result = store.leases(stream).await;
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == hash),
+        "{result:?}"
+    );
+    let result = store.take(stream, &shard(0), &owner, 0).await;
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt { key, .. }) if key.starts_with(&hash)),
+        "{result:?}"
+    );
+    let _: i64 = redis::cmd("HSET")
+        .arg(store.clients_key())
+        .arg("a")
+        .arg("lots")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let name = format!("{} a", store.clients_key());
+    let result = store.heartbeat(&owner).await;
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == name),
+        "{result:?}"
+    );
+    let result = store.clients().await;
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == name),
+        "{result:?}"
+    );
+    common::cleanup(&url, store.application()).await;
+}
+
+#[tokio::test]
+async fn connection_problems_are_classified_and_urls_stay_secret() {
+    // Nothing listens on port 1: transient, and the password is not in the message.
+    let err = RedisLeaseStore::connect("redis://user:hunter2@127.0.0.1:1", "app")
+        .await
+        .expect_err("nothing listens there");
+    assert!(matches!(err, StoreError::Transient(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    let err = RedisLeaseStore::connect("redis://user:hunter2@host:notaport", "app")
+        .await
+        .expect_err("bad URL");
+    assert!(matches!(err, StoreError::Fatal(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    #[cfg(not(feature = "tls-rustls"))]
+    {
+        let err = RedisLeaseStore::connect("rediss://127.0.0.1:6380", "app")
+            .await
+            .expect_err("no TLS without the feature");
+        assert!(err.to_string().contains("tls-rustls"), "{err}");
+    }
+
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let store = RedisLeaseStore::connect(&url, "debug-app")
+        .await
+        .expect("connect");
+    let debug = format!("{store:?}");
+    assert!(
+        debug.contains("debug-app") && !debug.contains("redis://"),
+        "{debug}"
+    );
+    let bad = RedisLeaseStore::connect(&url, "a{b}").await;
+    assert!(matches!(bad, Err(StoreError::Fatal(_))), "{bad:?}");
+}
