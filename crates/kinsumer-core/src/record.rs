@@ -247,6 +247,11 @@ impl Record {
         &self.inner.partition_key
     }
 
+    /// The explicit hash key the producer gave, where known (KPL user records).
+    pub fn explicit_hash_key(&self) -> Option<u128> {
+        self.inner.explicit_hash_key
+    }
+
     /// The Kinesis sequence number.
     pub fn sequence_number(&self) -> &SequenceNumber {
         &self.inner.position.sequence

@@ -118,6 +118,9 @@ pub struct SourceRecord {
     pub data: Bytes,
     /// The partition key the producer gave.
     pub partition_key: String,
+    /// The explicit hash key the producer gave, where the source knows it (a user record of a
+    /// KPL aggregate; Kinesis does not return it for plain records).
+    pub explicit_hash_key: Option<u128>,
     /// Sequence and sub-sequence number.
     pub position: Position,
     /// When the stream accepted the record (milliseconds since the Unix epoch).

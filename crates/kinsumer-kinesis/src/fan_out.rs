@@ -293,6 +293,7 @@ impl Pump {
                     // ResourceInUse: the previous subscription is not released yet. Wait, quietly.
                     if e.code() != Some("ResourceInUseException") {
                         let err = classify_start(&e, &self.from, &self.shard);
+                        let err = self.source.confirm_gone(&self.shard, &self.from, err).await;
                         let fatal = !err.is_retryable();
                         if self.tx.send(Event::Error(err)).await.is_err() || fatal {
                             return;

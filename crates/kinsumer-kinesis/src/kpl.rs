@@ -146,7 +146,11 @@ pub fn deaggregate_bytes(data: &[u8]) -> Option<Vec<UserRecord>> {
             Some(UserRecord {
                 partition_key: lookup(&aggregate.partition_key_table, e.partition_key_index)?,
                 explicit_hash_key: match e.explicit_hash_key_index {
-                    Some(i) => Some(lookup(&aggregate.explicit_hash_key_table, i)?),
+                    // A hash key is a 128-bit decimal; anything else makes the aggregate invalid.
+                    Some(i) => Some(
+                        lookup(&aggregate.explicit_hash_key_table, i)
+                            .filter(|h| h.parse::<u128>().is_ok())?,
+                    ),
                     None => None,
                 },
                 data: e.data,
@@ -174,6 +178,7 @@ pub fn deaggregate(
     let raw = |data: Bytes| SourceRecord {
         data,
         partition_key: partition_key.to_string(),
+        explicit_hash_key: None,
         position: Position::new(sequence.clone(), 0),
         arrival_ms,
     };
@@ -193,6 +198,7 @@ pub fn deaggregate(
                 .map(|(i, u)| SourceRecord {
                     data: u.data,
                     partition_key: u.partition_key,
+                    explicit_hash_key: u.explicit_hash_key.and_then(|h| h.parse().ok()),
                     position: Position::new(sequence.clone(), i as u64),
                     arrival_ms,
                 })
@@ -234,6 +240,8 @@ mod tests {
             .expect("valid");
         let out = deaggregate(&seq, "outer", packed, 7);
         assert!(!out.malformed);
+        assert_eq!(out.records[1].explicit_hash_key, Some(u128::MAX));
+        assert_eq!(out.records[0].explicit_hash_key, None);
         let subs: Vec<u64> = out
             .records
             .iter()
@@ -241,6 +249,13 @@ mod tests {
             .collect();
         assert_eq!(subs, vec![0, 1, 2]);
         assert_eq!(out.records[2].partition_key, "a");
+    }
+
+    #[test]
+    fn an_explicit_hash_key_that_is_not_a_number_makes_the_aggregate_invalid() {
+        let mut r = user("a", "1");
+        r.explicit_hash_key = Some("not a number".into());
+        assert_eq!(deaggregate_bytes(&aggregate(&[r])), None);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct KinesisSource {
     pub(crate) stats: Arc<KinesisStats>,
     /// `Some` in enhanced fan-out mode.
     fan_out: Option<Arc<FanOut>>,
+    /// ListShards page size (the service's default when `None`).
+    page_size: Option<i32>,
 }
 
 impl KinesisSource {
@@ -82,6 +84,7 @@ impl KinesisSource {
             }),
             stats: Arc::default(),
             fan_out: None,
+            page_size: None,
         }
     }
 
@@ -106,6 +109,7 @@ impl KinesisSource {
             }),
             stats: Arc::default(),
             fan_out: None,
+            page_size: None,
         })
     }
 
@@ -123,6 +127,39 @@ impl KinesisSource {
         match &self.fan_out {
             Some(fan_out) => fan_out.deregister(self).await,
             None => Ok(()),
+        }
+    }
+
+    /// Asks ListShards for pages of at most `n` shards (1..=10,000), to exercise paging.
+    #[doc(hidden)]
+    pub fn with_list_page_size(mut self, n: i32) -> Self {
+        self.page_size = Some(n.clamp(1, 10_000));
+        self
+    }
+
+    /// A shard reported missing when asked for a position in it may only be missing that
+    /// position (some implementations answer a sequence number they do not know with
+    /// ResourceNotFound). Finishing a live shard's lease would skip its records, so `ShardGone`
+    /// stands only if the listing agrees; otherwise the position is treated as trimmed.
+    pub(crate) async fn confirm_gone(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+        err: SourceError,
+    ) -> SourceError {
+        let (SourceError::ShardGone(_), Checkpoint::After(p)) = (&err, from) else {
+            return err;
+        };
+        match self.list_shards().await {
+            Ok(shards) if shards.iter().any(|s| &s.id == shard) => SourceError::Trimmed {
+                shard: shard.clone(),
+                position: format!("{p} (not found in a shard that still exists)"),
+            },
+            Ok(_) => err,
+            // Unsure: retry later rather than finish a lease on a guess.
+            Err(e) => {
+                SourceError::Transient(format!("could not confirm that {shard} is gone: {e}"))
+            }
         }
     }
 
@@ -185,7 +222,7 @@ impl ShardSource for KinesisSource {
         let mut next: Option<String> = None;
         loop {
             // With a NextToken, ListShards refuses the stream name: one or the other.
-            let mut req = self.client.list_shards();
+            let mut req = self.client.list_shards().set_max_results(self.page_size);
             req = match (&next, &self.stream.arn) {
                 (Some(token), _) => req.next_token(token),
                 (None, Some(arn)) => req.stream_arn(arn),
@@ -415,10 +452,13 @@ impl PollingReader {
             Some(arn) => req.stream_arn(arn),
             None => req.stream_name(&stream.name),
         };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| classify_start(&e, &from, shard))?;
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = classify_start(&e, &from, shard);
+                return Err(self.source.confirm_gone(shard, &from, err).await);
+            }
+        };
         self.cursor.starting_at(&from);
         self.iterator = out.shard_iterator().map(str::to_string);
         if self.iterator.is_none() {

@@ -474,6 +474,7 @@ impl MemoryStream {
         log.records.push(SourceRecord {
             data,
             partition_key: partition_key.to_owned(),
+            explicit_hash_key: None,
             position: position.clone(),
             arrival_ms,
         });
