@@ -49,6 +49,8 @@ pub struct KinesisStats {
     pub malformed_aggregates: AtomicU64,
     /// SubscribeToShard calls (fan-out mode), the first and every resubscription.
     pub subscriptions: AtomicU64,
+    /// Checkpoints found to have fallen off retention (reported as `SourceError::Trimmed`).
+    pub trimmed_checkpoints: AtomicU64,
 }
 
 /// How a request names the stream: by name, or by ARN (then the name is the ARN's last part).
@@ -338,6 +340,9 @@ impl Cursor {
             if let Some(expected) = self.expect_first.take()
                 && sequence > expected
             {
+                self.stats
+                    .trimmed_checkpoints
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(SourceError::Trimmed {
                     shard: self.shard.clone(),
                     position: format!("{expected} (the first record still retained is {sequence})"),
@@ -456,7 +461,14 @@ impl PollingReader {
             Ok(out) => out,
             Err(e) => {
                 let err = classify_start(&e, &from, shard);
-                return Err(self.source.confirm_gone(shard, &from, err).await);
+                let err = self.source.confirm_gone(shard, &from, err).await;
+                if matches!(err, SourceError::Trimmed { .. }) {
+                    self.source
+                        .stats
+                        .trimmed_checkpoints
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(err);
             }
         };
         self.cursor.starting_at(&from);

@@ -130,6 +130,13 @@ async fn a_checkpoint_whose_record_is_gone_reads_as_trimmed() {
         matches!(outcome, Err(SourceError::Trimmed { .. })),
         "expected Trimmed, got {outcome:?}"
     );
+    assert_eq!(
+        source
+            .stats()
+            .trimmed_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 /// `n - 1` for a positive decimal number of any length (sequence numbers exceed 128 bits).
