@@ -226,6 +226,7 @@ impl AckTracker {
 pub struct Record {
     pub(crate) inner: SourceRecord,
     pub(crate) tenure: Tenure,
+    pub(crate) stream: Arc<str>,
     pub(crate) tracker: Arc<AckTracker>,
     pub(crate) index: u64,
     pub(crate) mode: AckMode,
@@ -265,6 +266,12 @@ impl Record {
     /// Sequence and sub-sequence number together.
     pub fn position(&self) -> &Position {
         &self.inner.position
+    }
+
+    /// The stream it came from (what a store's transactional checkpoint needs with
+    /// [`Record::tenure`]).
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     /// The shard it came from.
@@ -336,6 +343,8 @@ pub struct ShardBatch {
     pub lease_token: u64,
     /// The lease tenure that delivered the batch (shard, owner, token).
     pub tenure: Tenure,
+    /// The stream the batch came from.
+    pub stream: Arc<str>,
     /// How far behind the tip the reader was when it fetched this batch.
     pub millis_behind_latest: Option<u64>,
 }

@@ -459,6 +459,7 @@ async fn deliver(
                 let record = Record {
                     inner: r.clone(),
                     tenure: tenure.clone(),
+                    stream: engine.stream.clone(),
                     tracker: tracker.clone(),
                     index,
                     mode: engine.config.ack_mode,
@@ -482,6 +483,7 @@ async fn deliver(
                 records: records.to_vec(),
                 lease_token: tenure.token,
                 tenure: tenure.clone(),
+                stream: engine.stream.clone(),
                 millis_behind_latest,
             };
             tx.send((first.unwrap_or(0), records.len() as u64, batch))
