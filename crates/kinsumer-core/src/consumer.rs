@@ -60,6 +60,7 @@ use crate::config::Config;
 use crate::error::ConsumerError;
 use crate::layer::{Layered, Timeout};
 use crate::membership::Membership;
+use crate::metrics::{self, Labels};
 use crate::position::{Checkpoint, Position};
 use crate::record::{AckTracker, Record, ShardBatch};
 use crate::rng::{Rng, os_seed};
@@ -272,6 +273,7 @@ pub(crate) struct Engine {
     pub(crate) health: Arc<Health>,
     /// The fatal error that stopped the consumer, for the record stream to yield.
     stopped_by: StoppedBy,
+    pub(crate) labels: Labels,
     status: StatusHandle,
     rng: Mutex<Rng>,
 }
@@ -407,6 +409,11 @@ impl Consumer {
             stopped_by: stopped_by.clone(),
             status: self.status.clone(),
             rng: Mutex::new(Rng::new(seed)),
+            labels: Labels::new(
+                &self.config.application,
+                self.source.stream_name(),
+                &self.config.client_id,
+            ),
         });
         let span = info_span!("consumer", app = %self.config.application, client = %self.config.client_id, stream = %engine.stream);
         let task = tokio::spawn(supervise(engine, self.shutdown.subscribe()).instrument(span));
@@ -660,6 +667,10 @@ impl Supervisor {
                     held = self.held.len(),
                     "self-fenced: own heartbeat failing; dropping every lease without writing"
                 );
+                self.engine
+                    .labels
+                    .client_counter(metrics::SELF_FENCED, &[])
+                    .increment(1);
                 for shard in self.held.keys().cloned().collect::<Vec<_>>() {
                     self.drop_held(&shard);
                 }
@@ -683,6 +694,10 @@ impl Supervisor {
                 // A join, a leave, or a death (judged on our clock, no read needed) rebalances
                 // at once; the periodic full read is only a safety net.
                 let alive = self.membership.alive();
+                self.engine
+                    .labels
+                    .client_gauge(metrics::LIVE_CLIENTS)
+                    .set(alive.len() as f64);
                 if joined_or_left || alive != self.last_alive {
                     self.need_full = true;
                     self.last_alive = alive;
@@ -834,6 +849,10 @@ impl Supervisor {
             .collect();
         for shard in lost {
             info!(shard = %shard, "lease taken over by another client");
+            self.engine
+                .labels
+                .client_counter(metrics::LEASES_LOST, &[])
+                .increment(1);
             self.drop_held(&shard);
         }
         // Hand off what is now assigned elsewhere.
@@ -970,10 +989,20 @@ impl Supervisor {
             None => self.engine.config.initial_position.into(),
         };
         info!(tenure = %tenure, from = %start, previous = ?previous, "lease taken");
+        let from = match previous {
+            None => "free",
+            Some(p) if *p == self.engine.me => "self",
+            Some(_) => "expired",
+        };
+        self.engine
+            .labels
+            .client_counter(metrics::LEASES_TAKEN, &[("from", from)])
+            .increment(1);
         let cfg = &self.engine.config;
-        let tracker = Arc::new(AckTracker::new(
+        let tracker = Arc::new(AckTracker::with_metrics(
             cfg.max_unacked_records,
             cfg.max_unacked_bytes,
+            self.engine.labels.shard(&tenure.shard),
         ));
         let (release, release_rx) = watch::channel(false);
         let epoch = self.engine.health.epoch();
@@ -999,6 +1028,7 @@ impl Supervisor {
                 task: handle,
             },
         );
+        self.set_held_gauge();
     }
 
     /// Ends a tenure at once, with no further write (lost, or self-fenced).
@@ -1008,6 +1038,18 @@ impl Supervisor {
             held.task.abort();
             self.engine.status.remove(shard);
         }
+        self.set_held_gauge();
+    }
+
+    fn count(&self, name: &'static str) {
+        self.engine.labels.client_counter(name, &[]).increment(1);
+    }
+
+    fn set_held_gauge(&self) {
+        self.engine
+            .labels
+            .client_gauge(metrics::LEASES_HELD)
+            .set(self.held.len() as f64);
     }
 
     fn on_tenure_end(
@@ -1039,14 +1081,21 @@ impl Supervisor {
         if let Some(held) = self.held.remove(&shard) {
             held.tracker.revoke();
         }
+        self.set_held_gauge();
         self.engine.status.remove(&shard);
         self.need_full = true;
         match outcome {
             Outcome::Finished => {
+                self.count(metrics::LEASES_FINISHED);
                 self.retry.remove(&shard);
                 self.need_sync = true;
             }
-            Outcome::Released | Outcome::Lost => {
+            Outcome::Released => {
+                self.count(metrics::LEASES_RELEASED);
+                self.retry.remove(&shard);
+            }
+            Outcome::Lost => {
+                self.count(metrics::LEASES_LOST);
                 self.retry.remove(&shard);
             }
             Outcome::Failed(e) if is_fatal(&e) => return Err(e),

@@ -12,6 +12,7 @@
 //! - `shard` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
 //!   release or finish;
 //! - [`consumer`] — the public API and the supervisor that runs all of the above;
+//! - [`metrics`] — what a consumer reports through the `metrics` facade;
 //! - [`layer`] — one place to wrap every store and source call (timeouts, test faults);
 //! - [`config`], [`error`], [`rng`].
 
@@ -21,6 +22,7 @@ pub mod consumer;
 pub mod error;
 pub mod layer;
 pub mod membership;
+pub mod metrics;
 pub mod position;
 pub mod record;
 pub mod rng;

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::config::AckMode;
+use crate::metrics::ShardMetrics;
 use crate::position::{Position, SequenceNumber};
 use crate::source::{ShardId, SourceRecord};
 use crate::store::Tenure;
@@ -42,7 +43,8 @@ use crate::store::Tenure;
 struct Entry {
     position: Position,
     bytes: usize,
-    handed_out: bool,
+    /// When it was handed out, for the ack-latency metric.
+    handed_out: Option<tokio::time::Instant>,
     acked: bool,
 }
 
@@ -68,17 +70,37 @@ pub struct AckTracker {
     max_bytes: usize,
     /// Woken on every ack, so the fetcher (space) and a drain (outstanding) can re-check.
     changed: Notify,
+    metrics: ShardMetrics,
 }
 
 impl AckTracker {
     /// A tracker that counts as full at `max_records` un-acked records or `max_bytes` bytes.
     pub fn new(max_records: usize, max_bytes: usize) -> Self {
+        Self::with_metrics(max_records, max_bytes, ShardMetrics::noop())
+    }
+
+    pub(crate) fn with_metrics(
+        max_records: usize,
+        max_bytes: usize,
+        metrics: ShardMetrics,
+    ) -> Self {
         Self {
             state: Mutex::new(AckState::default()),
             max_records,
             max_bytes,
             changed: Notify::new(),
+            metrics,
         }
+    }
+
+    /// This shard's metric handles.
+    pub(crate) fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    /// Records fetched since the watermark.
+    pub(crate) fn since_watermark(&self) -> usize {
+        self.lock().pending.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
@@ -95,7 +117,7 @@ impl AckTracker {
         s.pending.push_back(Entry {
             position,
             bytes,
-            handed_out: false,
+            handed_out: None,
             acked: false,
         });
         s.unacked_records += 1;
@@ -110,18 +132,23 @@ impl AckTracker {
         if s.revoked {
             return false;
         }
+        let now = tokio::time::Instant::now();
+        let mut marked = 0;
         for i in first..first + count {
             if let Some(e) = i
                 .checked_sub(s.base)
                 .and_then(|k| usize::try_from(k).ok())
                 .and_then(|k| s.pending.get_mut(k))
-                && !e.handed_out
+                && e.handed_out.is_none()
                 && !e.acked
             {
-                e.handed_out = true;
-                s.outstanding += 1;
+                e.handed_out = Some(now);
+                marked += 1;
             }
         }
+        s.outstanding += marked;
+        drop(s);
+        self.metrics.delivered.increment(marked as u64);
         true
     }
 
@@ -133,6 +160,8 @@ impl AckTracker {
     /// Acks records `first..first+count`; acking twice is harmless.
     pub fn ack_range(&self, first: u64, count: u64) {
         let mut s = self.lock();
+        let now = tokio::time::Instant::now();
+        let mut acked = 0u64;
         for i in first..first + count {
             let Some(k) = i.checked_sub(s.base).and_then(|k| usize::try_from(k).ok()) else {
                 continue; // already below the watermark
@@ -147,8 +176,12 @@ impl AckTracker {
             let (bytes, handed_out) = (e.bytes, e.handed_out);
             s.unacked_records -= 1;
             s.unacked_bytes -= bytes;
-            if handed_out {
+            acked += 1;
+            if let Some(at) = handed_out {
                 s.outstanding -= 1;
+                self.metrics
+                    .ack_latency
+                    .record(now.saturating_duration_since(at).as_secs_f64());
             }
         }
         while s.pending.front().is_some_and(|e| e.acked) {
@@ -158,6 +191,7 @@ impl AckTracker {
             }
         }
         drop(s);
+        self.metrics.acked.increment(acked);
         self.changed.notify_one();
     }
 

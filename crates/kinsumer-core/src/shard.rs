@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::config::TrimmedPolicy;
 use crate::consumer::{Delivery, Engine};
 use crate::error::ConsumerError;
+use crate::metrics;
 use crate::position::Checkpoint;
 use crate::record::{AckTracker, Record, ShardBatch};
 use crate::source::{Batch, ShardId, ShardReader, SourceError};
@@ -146,15 +147,26 @@ pub(crate) async fn run_tenure(
                 }
             }
             _ = tick.tick() => {
+                let m = tracker.metrics();
+                m.watermark_lag.set(tracker.since_watermark() as f64);
                 match commit(&engine, &tenure, &tracker, &mut committed).await {
-                    Ok(()) => {}
+                    Ok(wrote) => {
+                        if wrote {
+                            m.checkpoint_ok.increment(1);
+                        }
+                    }
                     Err(StoreError::LeaseLost { .. }) => {
+                        m.checkpoint_lost.increment(1);
                         info!(tenure = %tenure, "lease lost on commit");
                         tracker.revoke();
                         return Outcome::Lost;
                     }
-                    Err(e) if e.is_retryable() => debug!(tenure = %tenure, error = %e, "commit failed; retrying next tick"),
+                    Err(e) if e.is_retryable() => {
+                        m.checkpoint_failed.increment(1);
+                        debug!(tenure = %tenure, error = %e, "commit failed; retrying next tick");
+                    }
                     Err(e) => {
+                        m.checkpoint_failed.increment(1);
                         tracker.revoke();
                         return Outcome::Failed(e.into());
                     }
@@ -189,24 +201,24 @@ pub(crate) async fn run_tenure(
     }
 }
 
-/// Writes the watermark if it moved since the last commit.
+/// Writes the watermark if it moved since the last commit; `true` if it wrote.
 async fn commit(
     engine: &Engine,
     tenure: &Tenure,
     tracker: &AckTracker,
     committed: &mut Checkpoint,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let position = if engine.config.faults.commit_unacked {
         tracker.last_registered()
     } else {
         tracker.watermark()
     };
     let Some(position) = position else {
-        return Ok(());
+        return Ok(false);
     };
     let next = Checkpoint::After(position);
     if next == *committed {
-        return Ok(());
+        return Ok(false);
     }
     engine
         .store
@@ -214,7 +226,7 @@ async fn commit(
         .await?;
     debug!(tenure = %tenure, checkpoint = %next, "checkpoint");
     *committed = next;
-    Ok(())
+    Ok(true)
 }
 
 /// Graceful handoff: no more hand-outs, wait for what is out to be acked, release with the
@@ -251,6 +263,11 @@ async fn release_lease(
         {
             Ok(()) => {
                 info!(tenure = %tenure, drained_ms = started.elapsed().as_millis() as u64, "released");
+                engine
+                    .labels
+                    .client_histogram(metrics::HANDOFF_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                tracker.metrics().watermark_lag.set(0.0);
                 return Outcome::Released;
             }
             // A retry after an ambiguous release lands here too: either way the lease is no
@@ -409,6 +426,13 @@ async fn fetch_loop(
                 skip_first = false;
             }
             engine.note_fetch(shard, records.len(), millis_behind_latest);
+            let m = tracker.metrics();
+            m.fetched.increment(records.len() as u64);
+            m.bytes
+                .increment(records.iter().map(|r| r.data.len() as u64).sum());
+            if let Some(ms) = millis_behind_latest {
+                m.behind.set(ms as f64);
+            }
             let times = if cfg.faults.deliver_twice { 2 } else { 1 };
             for _ in 0..times {
                 if !deliver(

@@ -264,6 +264,8 @@ pub struct Report {
     pub delivered: usize,
     /// Deliveries of a record already delivered before.
     pub duplicates: usize,
+    /// Acks the application made (a record acked by two owners counts twice).
+    pub acks: usize,
     /// Simulated time the run took.
     pub sim_time: Duration,
     /// A digest of every delivery and store write: equal digests mean identical runs.
@@ -315,6 +317,7 @@ pub fn run(scenario: &Scenario) -> Report {
             produced: 0,
             delivered: 0,
             duplicates: 0,
+            acks: 0,
             sim_time: Duration::ZERO,
             trace_digest: 0,
             violations: vec![Violation {
@@ -331,7 +334,14 @@ fn record_id(r: &SourceRecord) -> Option<u64> {
 }
 
 type Log = Arc<Mutex<Vec<Delivery>>>;
-type Acked = Arc<Mutex<BTreeSet<u64>>>;
+/// Every record id acked at least once, and how many acks there were in all.
+#[derive(Default)]
+struct AckBook {
+    ids: BTreeSet<u64>,
+    total: usize,
+}
+
+type Acked = Arc<Mutex<AckBook>>;
 type Errors = Arc<Mutex<Vec<String>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -360,8 +370,10 @@ impl App {
     }
 
     fn ack(&self, record: &SourceRecord) {
+        let mut book = lock(&self.acked);
+        book.total += 1;
         if let Some(id) = record_id(record) {
-            lock(&self.acked).insert(id);
+            book.ids.insert(id);
         }
     }
 }
@@ -779,7 +791,7 @@ async fn run_async(scenario: Scenario) -> Report {
     loop {
         let done = {
             let acked = lock(&world.acked);
-            produced.keys().all(|id| acked.contains(id))
+            produced.keys().all(|id| acked.ids.contains(id))
         };
         if done {
             break;
@@ -823,7 +835,10 @@ async fn run_async(scenario: Scenario) -> Report {
     let sim_time = start.elapsed();
 
     let log = lock(&world.log).clone();
-    let acked = lock(&world.acked).clone();
+    let (acked, acks) = {
+        let book = lock(&world.acked);
+        (book.ids.clone(), book.total)
+    };
     let history = store.history();
     for e in lock(&world.errors).iter() {
         violations.push(Violation {
@@ -846,6 +861,7 @@ async fn run_async(scenario: Scenario) -> Report {
         produced: produced.len(),
         delivered: log.len(),
         duplicates,
+        acks,
         sim_time,
         trace_digest,
         violations,
