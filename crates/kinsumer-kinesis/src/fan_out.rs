@@ -8,7 +8,6 @@
 //! (after 5 minutes) or it fails; `ResourceInUseException` (the previous subscription is not
 //! released yet) is retried with back-off. Turn it on with [`KinesisSource::with_fan_out`].
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
@@ -24,7 +23,9 @@ use tracing::{debug, info, warn};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::{Batch, ShardId, ShardReader, SourceError};
 
-use crate::source::{Cursor, KinesisSource, classify, classify_start, start_of};
+use crate::source::{
+    Cursor, KinesisSource, SUBSCRIPTIONS, bump, classify, classify_start, start_of,
+};
 
 /// Settings of enhanced fan-out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,10 +276,12 @@ impl Pump {
                     .await;
                 return;
             };
-            self.source
-                .stats
-                .subscriptions
-                .fetch_add(1, Ordering::Relaxed);
+            bump(
+                &self.source.stats,
+                &self.source.stats.subscriptions,
+                SUBSCRIPTIONS,
+                &self.shard,
+            );
             let subscribed = self
                 .client
                 .subscribe_to_shard()

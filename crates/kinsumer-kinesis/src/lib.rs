@@ -43,4 +43,7 @@ pub mod kpl;
 mod source;
 
 pub use fan_out::FanOutOptions;
-pub use source::{KinesisError, KinesisSource, KinesisStats};
+pub use source::{
+    EXPIRED, GET_RECORDS, KinesisError, KinesisSource, KinesisStats, MALFORMED, SUBSCRIPTIONS,
+    THROTTLED, TRIMMED,
+};

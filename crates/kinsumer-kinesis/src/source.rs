@@ -36,6 +36,31 @@ pub enum KinesisError {
     },
 }
 
+/// Metric names (labels: `stream`, `shard`), next to the core's `kinsumer_*` metrics.
+pub const GET_RECORDS: &str = "kinsumer_kinesis_get_records_total";
+/// Reads refused for rate.
+pub const THROTTLED: &str = "kinsumer_kinesis_throttled_total";
+/// Expired iterators replaced.
+pub const EXPIRED: &str = "kinsumer_kinesis_expired_iterators_total";
+/// KPL-prefixed records that were not valid aggregates.
+pub const MALFORMED: &str = "kinsumer_kinesis_malformed_aggregates_total";
+/// Checkpoints found fallen off retention.
+pub const TRIMMED: &str = "kinsumer_kinesis_trimmed_checkpoints_total";
+/// SubscribeToShard calls (fan-out).
+pub const SUBSCRIPTIONS: &str = "kinsumer_kinesis_subscriptions_total";
+
+/// Counts one event in `stats` (its `counter`) and in the `metrics` facade.
+pub(crate) fn bump(
+    stats: &KinesisStats,
+    counter: &AtomicU64,
+    metric: &'static str,
+    shard: &ShardId,
+) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(metric, "stream" => stats.stream.clone(), "shard" => shard.to_string())
+        .increment(1);
+}
+
 /// Counters a [`KinesisSource`] keeps, for tests and metrics.
 #[derive(Debug, Default)]
 pub struct KinesisStats {
@@ -51,6 +76,17 @@ pub struct KinesisStats {
     pub subscriptions: AtomicU64,
     /// Checkpoints found to have fallen off retention (reported as `SourceError::Trimmed`).
     pub trimmed_checkpoints: AtomicU64,
+    /// The stream, for the metrics' labels.
+    stream: String,
+}
+
+impl KinesisStats {
+    fn for_stream(stream: &str) -> Arc<Self> {
+        Arc::new(Self {
+            stream: stream.to_string(),
+            ..Self::default()
+        })
+    }
 }
 
 /// How a request names the stream: by name, or by ARN (then the name is the ARN's last part).
@@ -78,13 +114,11 @@ pub struct KinesisSource {
 impl KinesisSource {
     /// The stream named `stream`.
     pub fn new(client: Client, stream: impl Into<String>) -> Self {
+        let name = stream.into();
         Self {
             client,
-            stream: Arc::new(StreamRef {
-                name: stream.into(),
-                arn: None,
-            }),
-            stats: Arc::default(),
+            stats: KinesisStats::for_stream(&name),
+            stream: Arc::new(StreamRef { name, arn: None }),
             fan_out: None,
             page_size: None,
         }
@@ -105,11 +139,11 @@ impl KinesisSource {
         };
         Ok(Self {
             client,
+            stats: KinesisStats::for_stream(&name),
             stream: Arc::new(StreamRef {
                 name,
                 arn: Some(arn),
             }),
-            stats: Arc::default(),
             fan_out: None,
             page_size: None,
         })
@@ -340,9 +374,12 @@ impl Cursor {
             if let Some(expected) = self.expect_first.take()
                 && sequence > expected
             {
-                self.stats
-                    .trimmed_checkpoints
-                    .fetch_add(1, Ordering::Relaxed);
+                bump(
+                    &self.stats,
+                    &self.stats.trimmed_checkpoints,
+                    TRIMMED,
+                    &self.shard,
+                );
                 return Err(SourceError::Trimmed {
                     shard: self.shard.clone(),
                     position: format!("{expected} (the first record still retained is {sequence})"),
@@ -356,9 +393,12 @@ impl Cursor {
             let data = Bytes::copy_from_slice(r.data().as_ref());
             let users = kpl::deaggregate(&sequence, r.partition_key(), data, arrival_ms);
             if users.malformed {
-                self.stats
-                    .malformed_aggregates
-                    .fetch_add(1, Ordering::Relaxed);
+                bump(
+                    &self.stats,
+                    &self.stats.malformed_aggregates,
+                    MALFORMED,
+                    &self.shard,
+                );
                 warn!(shard = %self.shard, sequence = %sequence, "record has the KPL prefix but is not a valid aggregate; delivering it raw");
             }
             out.extend(
@@ -463,10 +503,12 @@ impl PollingReader {
                 let err = classify_start(&e, &from, shard);
                 let err = self.source.confirm_gone(shard, &from, err).await;
                 if matches!(err, SourceError::Trimmed { .. }) {
-                    self.source
-                        .stats
-                        .trimmed_checkpoints
-                        .fetch_add(1, Ordering::Relaxed);
+                    bump(
+                        &self.source.stats,
+                        &self.source.stats.trimmed_checkpoints,
+                        TRIMMED,
+                        shard,
+                    );
                 }
                 return Err(err);
             }
@@ -491,7 +533,12 @@ impl ShardReader for PollingReader {
         };
         let limit = max_records.clamp(1, MAX_RECORDS_PER_CALL) as i32;
         let stats = &self.source.stats;
-        stats.get_records_calls.fetch_add(1, Ordering::Relaxed);
+        bump(
+            stats,
+            &stats.get_records_calls,
+            GET_RECORDS,
+            &self.cursor.shard,
+        );
         let mut req = self
             .source
             .client
@@ -506,7 +553,7 @@ impl ShardReader for PollingReader {
             Err(e) if e.code() == Some("ExpiredIteratorException") => {
                 // Re-open right after the last record returned, or where we started if none:
                 // never at the horizon by accident.
-                stats.expired_iterators.fetch_add(1, Ordering::Relaxed);
+                bump(stats, &stats.expired_iterators, EXPIRED, &self.cursor.shard);
                 let from = self.cursor.resume_point(&self.start);
                 debug!(shard = %self.cursor.shard, from = %from, "iterator expired; re-opening");
                 self.reopen(from).await?;
@@ -515,7 +562,7 @@ impl ShardReader for PollingReader {
             Err(e) => {
                 let err = classify(&e, Some(&self.cursor.shard));
                 if matches!(err, SourceError::Throttled(_)) {
-                    stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    bump(stats, &stats.throttled, THROTTLED, &self.cursor.shard);
                 }
                 return Err(err);
             }
