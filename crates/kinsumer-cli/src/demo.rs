@@ -37,6 +37,12 @@ pub struct DemoArgs {
     /// How long the producer writes, in seconds (default 20; 6 with --short).
     #[arg(long)]
     pub seconds: Option<u64>,
+    /// Serve the consumers' metrics for Prometheus at http://ADDR/metrics while the demo runs.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep serving metrics this many seconds after the demo ends (for a last scrape).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub linger: u64,
 }
 
 /// What the fleet did, for the summary.
@@ -279,6 +285,13 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
     if !(1..=10_000_000).contains(&records) {
         return Err("--records must be between 1 and 10000000".into());
     }
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        println!("metrics: http://{addr}/metrics");
+    }
     let stream = MemoryStream::new("demo-stream", args.shards);
     let store = MemoryLeaseStore::new();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -475,5 +488,8 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
         delivered as f64 / elapsed.as_secs_f64(),
         handoffs.join("; ")
     );
+    if args.metrics_addr.is_some() && args.linger > 0 {
+        sleep(Duration::from_secs(args.linger)).await;
+    }
     Ok(if lost == 0 { 0 } else { 1 })
 }
