@@ -488,6 +488,7 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
         delivered as f64 / elapsed.as_secs_f64(),
         handoffs.join("; ")
     );
+    drop(l);
     if args.metrics_addr.is_some() && args.linger > 0 {
         sleep(Duration::from_secs(args.linger)).await;
     }
