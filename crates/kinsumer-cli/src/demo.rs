@@ -471,24 +471,26 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
         let _ = h.await;
     }
 
-    let l = lock(&ledger);
-    let delivered: u64 = l.deliveries.values().map(|n| u64::from(*n)).sum();
-    let lost = (0..records).filter(|id| !l.acked.contains(id)).count();
-    let duplicates = delivered - l.deliveries.len() as u64;
-    let handoffs: Vec<String> = l
-        .handoffs
-        .iter()
-        .map(|(kind, ds)| {
-            let max = ds.iter().max().copied().unwrap_or_default();
-            format!("{kind} max {} over {} shard(s)", fmt_secs(max), ds.len())
-        })
-        .collect();
-    println!(
-        "summary: produced {records}, delivered {delivered}, lost {lost}, duplicates {duplicates}, {:.0} records/s; {}",
-        delivered as f64 / elapsed.as_secs_f64(),
-        handoffs.join("; ")
-    );
-    drop(l);
+    let lost = {
+        let l = lock(&ledger);
+        let delivered: u64 = l.deliveries.values().map(|n| u64::from(*n)).sum();
+        let lost = (0..records).filter(|id| !l.acked.contains(id)).count();
+        let duplicates = delivered - l.deliveries.len() as u64;
+        let handoffs: Vec<String> = l
+            .handoffs
+            .iter()
+            .map(|(kind, ds)| {
+                let max = ds.iter().max().copied().unwrap_or_default();
+                format!("{kind} max {} over {} shard(s)", fmt_secs(max), ds.len())
+            })
+            .collect();
+        println!(
+            "summary: produced {records}, delivered {delivered}, lost {lost}, duplicates {duplicates}, {:.0} records/s; {}",
+            delivered as f64 / elapsed.as_secs_f64(),
+            handoffs.join("; ")
+        );
+        lost
+    };
     if args.metrics_addr.is_some() && args.linger > 0 {
         sleep(Duration::from_secs(args.linger)).await;
     }
