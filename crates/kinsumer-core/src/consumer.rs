@@ -47,6 +47,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -536,6 +537,9 @@ struct Supervisor {
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
 
+/// Up to this many awaited leases are polled one by one between full reads.
+const WAITING_POLL_LIMIT: usize = 8;
+
 fn is_fatal(e: &ConsumerError) -> bool {
     matches!(
         e,
@@ -719,7 +723,14 @@ impl Supervisor {
             self.need_sync = false;
             self.need_full = true;
         }
+        // Waiting for many handoffs at once (a fleet starting up), one read of every lease is
+        // cheaper than one read per awaited lease; at most once a second.
+        let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT
+            && self
+                .last_full
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         if self.need_full
+            || many_waiting
             || self
                 .last_full
                 .is_none_or(|t| now.duration_since(t) >= cfg.rebalance_interval)
@@ -729,7 +740,7 @@ impl Supervisor {
             }
             self.last_full = Some(now);
             self.need_full = false;
-        } else if !self.waiting.is_empty() {
+        } else if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
             self.poll_waiting(tasks).await?;
         }
         Ok(())

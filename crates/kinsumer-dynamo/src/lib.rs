@@ -1,8 +1,53 @@
-//! # kinsumer-dynamo — not implemented yet
+//! # kinsumer-dynamo
 //!
-//! This crate will hold the DynamoDB `LeaseStore` over `aws-sdk-dynamodb`: a translation of the contract in
-//! `kinsumer_core` to its server and nothing more (the protocol lives in the core).
+//! A [`LeaseStore`](kinsumer_core::store::LeaseStore) on Amazon DynamoDB, over
+//! [`aws_sdk_dynamodb`]: the contract of [`kinsumer_core::store`] mapped onto single-item
+//! conditional requests, and nothing more — the protocol lives in the core.
 //!
-//! **It exports nothing today.** It exists so that the workspace layout and the facade's
-//! `dynamo` Cargo feature are in place; the work is tracked in issue #4. Until then, use
-//! `kinsumer_testkit`'s in-memory implementations.
+//! The caller builds and passes the [`aws_sdk_dynamodb::Client`] (HTTP stack, TLS,
+//! credentials, region, SDK retry policy): this crate picks no TLS stack.
+//!
+//! ## Key design
+//!
+//! One table per application (default `kinsumer-<application>`), partition key `pk` (S), sort
+//! key `sk` (S); several streams share it through stream-qualified partition keys:
+//!
+//! | item | `pk` | `sk` | other attributes |
+//! |---|---|---|---|
+//! | client | `clients` | client id, e.g. `worker-1` | `counter` (N), `expires_at` (N, epoch s, only with `client_ttl`) |
+//! | lease | `lease#<stream>`, e.g. `lease#orders` | shard id, e.g. `shardId-000000000001` | `token` (N), `owner` (S, absent when unowned), `checkpoint` (S, [`Checkpoint`](kinsumer_core::Checkpoint) text, absent until the first commit), `finished` (BOOL), `parents` (L of S) |
+//!
+//! ## Operation → request (one each)
+//!
+//! | operation | request |
+//! |---|---|
+//! | `heartbeat` | `UpdateItem` `SET counter = if_not_exists(counter, 0) + 1`, condition: counter absent or of type N |
+//! | `clients` | `Query pk = "clients"` (consistent, all pages) |
+//! | `deregister` | `DeleteItem` |
+//! | `leases` | `Query pk = "lease#<stream>"` (consistent, all pages) |
+//! | `lease` | `GetItem` (consistent) |
+//! | `create_if_absent` | `PutItem` if `attribute_not_exists(pk)`; on failure the `ALL_OLD` item is the answer |
+//! | `take` | `UpdateItem` `SET owner, token = expected + 1` if `token = expected` and not finished |
+//! | `checkpoint` / `release` / `finish` | `UpdateItem` if `owner = me AND token = t` (and not finished, except `finish`) |
+//! | `delete_finished` | `DeleteItem` if missing or `finished = true` |
+//! | `reset_checkpoint` | `UpdateItem` if `owner` absent and `token = expected` |
+//!
+//! Every conditional write asks `ReturnValuesOnConditionCheckFailure = ALL_OLD`: an item comes
+//! back → `LeaseLost` (or `Corrupt` if it does not parse), none → `NotFound`, with no second
+//! read. An unknown outcome (timeout, lost connection, 5xx) is settled by one consistent
+//! `GetItem`; throttling is retried in the store with capped backoff, then `Throttled`; a
+//! missing table is `Fatal` naming it. A corrupt item is `Corrupt { key: "<table>/<pk>/<sk>" }`.
+//!
+//! ## Cost (counted by [`DynamoLeaseStore::stats`])
+//!
+//! One checkpoint = 1 `UpdateItem`, 0 reads (measured, `tests/store.rs`). The idle-fleet figure
+//! (10 clients × 1,000 leases) is not measured yet: see `tests/idle_cost.rs`.
+
+mod errors;
+mod item;
+mod stats;
+mod store;
+
+pub use aws_sdk_dynamodb;
+pub use stats::DynamoStats;
+pub use store::{DynamoConfig, DynamoLeaseStore};

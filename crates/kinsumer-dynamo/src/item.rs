@@ -1,0 +1,210 @@
+//! The items of the table: key layout, and lease items to and from [`Lease`]s.
+//!
+//! Decoding never panics: an attribute that is missing or of the wrong type is a
+//! `StoreError::Corrupt` naming the item's key (`<table>/<pk>/<sk>`).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, ClientRow, Lease};
+
+/// An item as the SDK hands it over.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// Partition key attribute (S).
+pub(crate) const PK: &str = "pk";
+/// Sort key attribute (S).
+pub(crate) const SK: &str = "sk";
+/// The partition of the client rows.
+pub(crate) const CLIENTS_PK: &str = "clients";
+/// Client rows: the heartbeat counter (N).
+pub(crate) const COUNTER: &str = "counter";
+/// Client rows: epoch seconds after which DynamoDB's TTL may delete the row (N).
+pub(crate) const EXPIRES_AT: &str = "expires_at";
+/// Lease rows: the owner (S), absent when unowned.
+pub(crate) const OWNER: &str = "owner";
+/// Lease rows: the fencing token (N).
+pub(crate) const TOKEN: &str = "token";
+/// Lease rows: the checkpoint's text form (S), absent until the first commit.
+pub(crate) const CHECKPOINT: &str = "checkpoint";
+/// Lease rows: the finished mark (BOOL).
+pub(crate) const FINISHED: &str = "finished";
+/// Lease rows: the parent shard ids (L of S).
+pub(crate) const PARENTS: &str = "parents";
+
+/// The partition key of `stream`'s lease rows.
+pub(crate) fn lease_pk(stream: &str) -> String {
+    format!("lease#{stream}")
+}
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The key of one item.
+pub(crate) fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+/// The item [`Lease::new`] describes.
+pub(crate) fn new_lease_item(stream: &str, shard: &ShardId, parents: &[ShardId]) -> Item {
+    let mut item = key(lease_pk(stream), shard.as_str());
+    item.insert(TOKEN.to_owned(), n(0));
+    item.insert(FINISHED.to_owned(), AttributeValue::Bool(false));
+    item.insert(
+        PARENTS.to_owned(),
+        AttributeValue::L(parents.iter().map(|p| s(p.as_str())).collect()),
+    );
+    item
+}
+
+fn kind(value: &AttributeValue) -> &'static str {
+    match value {
+        AttributeValue::S(_) => "S",
+        AttributeValue::N(_) => "N",
+        AttributeValue::B(_) => "B",
+        AttributeValue::Bool(_) => "BOOL",
+        AttributeValue::L(_) => "L",
+        AttributeValue::M(_) => "M",
+        AttributeValue::Ss(_) => "SS",
+        AttributeValue::Ns(_) => "NS",
+        AttributeValue::Bs(_) => "BS",
+        AttributeValue::Null(_) => "NULL",
+        _ => "an unknown type",
+    }
+}
+
+fn wrong_type(name: &str, want: &str, got: &AttributeValue) -> String {
+    format!(
+        "attribute {name:?} must be of type {want}, found {}",
+        kind(got)
+    )
+}
+
+fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::N(text)) => text.parse::<u64>().map(Some).map_err(|_| {
+            format!("attribute {name:?} must be an unsigned 64-bit integer, found {text:?}")
+        }),
+        Some(other) => Err(wrong_type(name, "N", other)),
+    }
+}
+
+fn string<'a>(item: &'a Item, name: &str) -> Result<Option<&'a str>, String> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(text)) => Ok(Some(text)),
+        Some(other) => Err(wrong_type(name, "S", other)),
+    }
+}
+
+/// The sort key of an item returned by a query (to name it in errors).
+pub(crate) fn sort_key(item: &Item) -> Result<&str, String> {
+    string(item, SK)?.ok_or_else(|| format!("the sort key {SK:?} is missing"))
+}
+
+/// A client item into a [`ClientRow`].
+pub(crate) fn decode_client(item: &Item) -> Result<ClientRow, String> {
+    let id = sort_key(item)?;
+    let counter = number(item, COUNTER)?
+        .ok_or_else(|| format!("the heartbeat counter {COUNTER:?} is missing"))?;
+    Ok(ClientRow {
+        id: ClientId::from(id),
+        counter,
+    })
+}
+
+/// A lease item into a [`Lease`] of `shard`.
+pub(crate) fn decode_lease(shard: &ShardId, item: &Item) -> Result<Lease, String> {
+    let token =
+        number(item, TOKEN)?.ok_or_else(|| format!("the fencing token {TOKEN:?} is missing"))?;
+    let owner = string(item, OWNER)?.map(ClientId::from);
+    let checkpoint = string(item, CHECKPOINT)?
+        .map(|text| {
+            text.parse::<Checkpoint>()
+                .map_err(|e| format!("attribute {CHECKPOINT:?}: {e}"))
+        })
+        .transpose()?;
+    let finished = match item.get(FINISHED) {
+        None => false,
+        Some(AttributeValue::Bool(b)) => *b,
+        Some(other) => return Err(wrong_type(FINISHED, "BOOL", other)),
+    };
+    let parents = match item.get(PARENTS) {
+        None => Vec::new(),
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|p| match p {
+                AttributeValue::S(id) => Ok(ShardId::from(id.as_str())),
+                other => Err(format!(
+                    "attribute {PARENTS:?} must list strings, found {}",
+                    kind(other)
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        // Accepted too: a string set, as an operator might write by hand.
+        Some(AttributeValue::Ss(set)) => set.iter().map(|p| ShardId::from(p.as_str())).collect(),
+        Some(other) => return Err(wrong_type(PARENTS, "L", other)),
+    };
+    Ok(Lease {
+        shard: shard.clone(),
+        parents,
+        owner,
+        token,
+        checkpoint,
+        finished,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_item_decodes_to_lease_new() {
+        let shard = ShardId::from("shardId-000000000003");
+        let parents = vec![ShardId::from("shardId-000000000001")];
+        let item = new_lease_item("orders", &shard, &parents);
+        assert_eq!(
+            decode_lease(&shard, &item),
+            Ok(Lease::new(shard.clone(), parents))
+        );
+    }
+
+    #[test]
+    fn corrupt_items_are_errors_not_panics() {
+        let shard = ShardId::from("s");
+        let base = new_lease_item("orders", &shard, &[]);
+        let cases: Vec<(&str, Option<AttributeValue>, &str)> = vec![
+            (TOKEN, None, "missing"),
+            (TOKEN, Some(s("1")), "type N"),
+            (TOKEN, Some(AttributeValue::N("-1".into())), "unsigned"),
+            (OWNER, Some(n(3)), "type S"),
+            (CHECKPOINT, Some(s("AFTER:x")), "checkpoint"),
+            (FINISHED, Some(s("yes")), "BOOL"),
+            (PARENTS, Some(AttributeValue::L(vec![n(1)])), "strings"),
+        ];
+        for (name, value, expect) in cases {
+            let mut item = base.clone();
+            match value {
+                Some(v) => item.insert(name.to_owned(), v),
+                None => item.remove(name),
+            };
+            let err = decode_lease(&shard, &item).expect_err(name);
+            assert!(err.contains(expect), "{name}: {err}");
+        }
+        let mut client = key(CLIENTS_PK, "a");
+        client.insert(COUNTER.to_owned(), s("7"));
+        assert!(decode_client(&client).is_err());
+        client.remove(SK);
+        assert!(decode_client(&client).is_err());
+    }
+}

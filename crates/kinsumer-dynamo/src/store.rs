@@ -1,0 +1,890 @@
+//! [`DynamoLeaseStore`]: the contract mapped onto single-item conditional requests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
+};
+
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+
+use crate::errors::{ConditionItem, Failure, classify};
+use crate::item::{self, Item, n, s};
+use crate::stats::{Counters, DynamoStats, Op};
+
+/// Throttled requests are retried this many times inside the store before
+/// [`StoreError::Throttled`] reaches the engine (which backs off further).
+const THROTTLE_RETRIES: u32 = 4;
+/// The first backoff after throttling; doubled each time, capped at [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// How often `open` polls `DescribeTable` while a table is being created, and for how long.
+const POLL: Duration = Duration::from_millis(50);
+const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How to find (or make) the table. See the [crate docs](crate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynamoConfig {
+    /// The table: `kinsumer-<application>` unless set. One table holds one application.
+    pub table: String,
+    /// Create the table (on-demand billing) when it does not exist. Default: `false`, and a
+    /// missing table is a [`StoreError::Fatal`] naming it.
+    pub create_table_if_missing: bool,
+    /// Give client rows an `expires_at` of *now + this* on every heartbeat, and enable
+    /// DynamoDB's TTL on that attribute, so rows of clients that died without deregistering
+    /// vanish (DynamoDB deletes expired items within a few days; the engine also removes rows
+    /// of long-dead clients itself). Default: `None`. At least 60 s.
+    pub client_ttl: Option<Duration>,
+}
+
+impl DynamoConfig {
+    /// The defaults for `application`: table `kinsumer-<application>`, no creation, no TTL.
+    pub fn new(application: &str) -> Self {
+        Self {
+            table: format!("kinsumer-{application}"),
+            create_table_if_missing: false,
+            client_ttl: None,
+        }
+    }
+
+    /// Uses `table` instead of `kinsumer-<application>`.
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Creates the table when it is missing (on-demand billing).
+    pub fn create_table_if_missing(mut self, create: bool) -> Self {
+        self.create_table_if_missing = create;
+        self
+    }
+
+    /// Lets DynamoDB's TTL delete rows of clients that stopped heartbeating `ttl` ago.
+    pub fn with_client_ttl(mut self, ttl: Duration) -> Self {
+        self.client_ttl = Some(ttl);
+        self
+    }
+
+    /// Checks the table name (DynamoDB's rule) and the TTL, naming the field.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let name_ok = (3..=255).contains(&self.table.len())
+            && self
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !name_ok {
+            return Err(StoreError::Fatal(format!(
+                "invalid DynamoDB table name {:?} (DynamoConfig::table): 3 to 255 characters \
+                 of a-z, A-Z, 0-9, '_', '-' and '.'",
+                self.table
+            )));
+        }
+        if let Some(ttl) = self.client_ttl
+            && ttl < Duration::from_secs(60)
+        {
+            return Err(StoreError::Fatal(format!(
+                "DynamoConfig::client_ttl is {ttl:?}: it must be at least 60 s (DynamoDB \
+                 deletes expired items lazily, and far longer than lease_ttl is wise)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The [`LeaseStore`] of one application on a DynamoDB table. Cheap to clone: clones share
+/// the client and the [`stats`](Self::stats). See the [crate docs](crate).
+#[derive(Clone)]
+pub struct DynamoLeaseStore {
+    client: Client,
+    table: Arc<str>,
+    client_ttl: Option<Duration>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for DynamoLeaseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoLeaseStore")
+            .field("table", &self.table)
+            .field("client_ttl", &self.client_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Ok` of a request, or its classified failure.
+type Sent<T> = Result<T, Failure>;
+
+impl DynamoLeaseStore {
+    /// A store on the table `config` names, over the caller's client (which brings its own
+    /// HTTP stack, TLS, credentials, region and SDK retry policy).
+    ///
+    /// Checks the table with `DescribeTable`; creates it (and waits, polling every 50 ms, until
+    /// it is `ACTIVE`) if it is missing and `create_table_if_missing` is set, and otherwise
+    /// fails with a [`StoreError::Fatal`] naming it. With `client_ttl`, enables TTL on
+    /// `expires_at` if it is not already.
+    pub async fn open(client: Client, config: DynamoConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let store = Self {
+            client,
+            table: config.table.as_str().into(),
+            client_ttl: config.client_ttl,
+            counters: Arc::default(),
+        };
+        store.ensure_table(config.create_table_if_missing).await?;
+        if config.client_ttl.is_some() {
+            store.ensure_ttl().await?;
+        }
+        Ok(store)
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Requests sent so far by this store and its clones.
+    pub fn stats(&self) -> DynamoStats {
+        self.counters.snapshot()
+    }
+
+    fn missing_table(&self) -> StoreError {
+        StoreError::Fatal(format!(
+            "DynamoDB table {:?} does not exist: create it (partition key \"pk\" S, sort key \
+             \"sk\" S) or open the store with DynamoConfig::create_table_if_missing(true)",
+            self.table
+        ))
+    }
+
+    /// `None`: the table is missing.
+    async fn table_status(&self) -> Result<Option<TableStatus>, StoreError> {
+        let out = self
+            .send(Op::Admin, || {
+                self.client.describe_table().table_name(&*self.table).send()
+            })
+            .await;
+        match out {
+            Ok(out) => Ok(Some(
+                out.table()
+                    .and_then(|t| t.table_status().cloned())
+                    .unwrap_or(TableStatus::Active),
+            )),
+            Err(Failure::NoTable) => Ok(None),
+            Err(f) => Err(self.plain(f, "DescribeTable")),
+        }
+    }
+
+    async fn ensure_table(&self, create: bool) -> Result<(), StoreError> {
+        if self.table_status().await?.is_none() {
+            if !create {
+                return Err(self.missing_table());
+            }
+            let attribute = |name: &str| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+            };
+            let key = |name: &str, kind| {
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build()
+            };
+            let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Fatal(e.to_string());
+            let request = self
+                .client
+                .create_table()
+                .table_name(&*self.table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(attribute(item::PK).map_err(build)?)
+                .attribute_definitions(attribute(item::SK).map_err(build)?)
+                .key_schema(key(item::PK, KeyType::Hash).map_err(build)?)
+                .key_schema(key(item::SK, KeyType::Range).map_err(build)?);
+            match self.send(Op::Admin, || request.clone().send()).await {
+                Ok(_) => {}
+                // Another process created it meanwhile: wait for it like for ours.
+                Err(Failure::Other(StoreError::Transient(m))) if m.contains("ResourceInUse") => {}
+                Err(f) => return Err(self.plain(f, "CreateTable")),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+        loop {
+            match self.table_status().await? {
+                Some(TableStatus::Active) => return Ok(()),
+                Some(_) | None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
+                status => {
+                    return Err(StoreError::Transient(format!(
+                        "DynamoDB table {:?} is not ACTIVE after {CREATE_TIMEOUT:?} ({status:?})",
+                        self.table
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn ensure_ttl(&self) -> Result<(), StoreError> {
+        let out = self
+            .send(Op::Admin, || {
+                self.client
+                    .describe_time_to_live()
+                    .table_name(&*self.table)
+                    .send()
+            })
+            .await
+            .map_err(|f| self.plain(f, "DescribeTimeToLive"))?;
+        let on = out.time_to_live_description().is_some_and(|d| {
+            matches!(
+                d.time_to_live_status(),
+                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+            ) && d.attribute_name() == Some(item::EXPIRES_AT)
+        });
+        if on {
+            return Ok(());
+        }
+        let spec = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(item::EXPIRES_AT)
+            .build()
+            .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        self.send(Op::Admin, || {
+            self.client
+                .update_time_to_live()
+                .table_name(&*self.table)
+                .time_to_live_specification(spec.clone())
+                .send()
+        })
+        .await
+        .map_err(|f| self.plain(f, "UpdateTimeToLive"))?;
+        Ok(())
+    }
+
+    /// Sends one request (`attempt` builds and sends it), counting it, and retrying it with
+    /// capped exponential backoff while it is throttled.
+    async fn send<T, E, F, Fut>(&self, op: Op, attempt: F) -> Sent<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ConditionItem + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut tries = 0;
+        loop {
+            self.counters.count(op);
+            match attempt().await.map_err(classify) {
+                Err(Failure::Throttled(_)) if tries < THROTTLE_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A failure with no item to reason about, as a [`StoreError`] naming `what`.
+    fn plain(&self, failure: Failure, what: &str) -> StoreError {
+        match failure {
+            Failure::NoTable => self.missing_table(),
+            Failure::Throttled(m) => StoreError::Throttled(format!("{what}: {m}")),
+            Failure::Ambiguous(m) => StoreError::Transient(format!("{what}: {m}")),
+            Failure::Other(e) => e,
+            Failure::Condition(_) => {
+                StoreError::Transient(format!("{what}: unexpected conditional-check failure"))
+            }
+        }
+    }
+
+    fn key_name(&self, pk: &str, sk: &str) -> String {
+        format!("{}/{pk}/{sk}", self.table)
+    }
+
+    fn lease_key_name(&self, stream: &str, shard: &ShardId) -> String {
+        self.key_name(&item::lease_pk(stream), shard.as_str())
+    }
+
+    fn corrupt(&self, stream: &str, shard: &ShardId, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            key: self.lease_key_name(stream, shard),
+            reason,
+        }
+    }
+
+    fn decode(&self, stream: &str, shard: &ShardId, item: &Item) -> Result<Lease, StoreError> {
+        item::decode_lease(shard, item).map_err(|reason| self.corrupt(stream, shard, reason))
+    }
+
+    fn expires_at(&self) -> Option<u64> {
+        let ttl = self.client_ttl?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+        Some((now + ttl).as_secs())
+    }
+
+    /// `GetItem` (strongly consistent) of one lease row.
+    async fn get(&self, op: Op, stream: &str, shard: &ShardId) -> Sent<Option<Item>> {
+        let out = self
+            .send(op, || {
+                self.client
+                    .get_item()
+                    .table_name(&*self.table)
+                    .set_key(Some(item::key(item::lease_pk(stream), shard.as_str())))
+                    .consistent_read(true)
+                    .send()
+            })
+            .await?;
+        let item = out.item().cloned();
+        self.counters.items(usize::from(item.is_some()));
+        Ok(item)
+    }
+
+    /// Every item of one partition, strongly consistent, all pages.
+    async fn query(&self, op: Op, pk: &str) -> Sent<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .send(op, || {
+                    self.client
+                        .query()
+                        .table_name(&*self.table)
+                        .key_condition_expression("#pk = :pk")
+                        .expression_attribute_names("#pk", item::PK)
+                        .expression_attribute_values(":pk", s(pk))
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start.clone())
+                        .send()
+                })
+                .await?;
+            self.counters.items(page.items().len());
+            items.extend(page.items().iter().cloned());
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// The contract's answer to a failed write on a lease row.
+    ///
+    /// - conditional-check failure with the old item → `LeaseLost` (or `Corrupt` if that item
+    ///   does not parse); without an item → `NotFound`;
+    /// - an unknown outcome → re-read the row: `applied` says whether it shows the write;
+    /// - anything else as classified.
+    async fn settle<T>(
+        &self,
+        op: &str,
+        stream: &str,
+        shard: &ShardId,
+        failure: Failure,
+        applied: impl FnOnce(Option<&Lease>) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let name = self.lease_key_name(stream, shard);
+        match failure {
+            Failure::Condition(Some(old)) => {
+                self.decode(stream, shard, &old)?;
+                Err(StoreError::LeaseLost {
+                    shard: shard.clone(),
+                })
+            }
+            Failure::Condition(None) => Err(StoreError::NotFound {
+                shard: shard.clone(),
+            }),
+            Failure::Ambiguous(message) => match self.get(Op::Reread, stream, shard).await {
+                Ok(item) => {
+                    let row = item
+                        .map(|item| self.decode(stream, shard, &item))
+                        .transpose()?;
+                    applied(row.as_ref()).ok_or_else(|| {
+                        StoreError::Transient(format!(
+                            "{op} on {name}: the outcome was unknown ({message}) and the row \
+                             does not show the write; retry"
+                        ))
+                    })
+                }
+                Err(reread) => Err(StoreError::Transient(format!(
+                    "{op} on {name}: the outcome was unknown ({message}) and re-reading failed \
+                     ({})",
+                    self.plain(reread, "GetItem")
+                ))),
+            },
+            other => Err(self.plain(other, &format!("{op} on {name}"))),
+        }
+    }
+
+    /// One conditional `UpdateItem` on a lease row, returning the new item.
+    #[allow(clippy::too_many_arguments)]
+    async fn update(
+        &self,
+        op: Op,
+        stream: &str,
+        shard: &ShardId,
+        update: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Sent<Option<Item>> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .set_key(Some(item::key(item::lease_pk(stream), shard.as_str())))
+            .update_expression(update)
+            .condition_expression(condition)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (alias, name) in names {
+            request = request.expression_attribute_names(*alias, *name);
+        }
+        for (alias, value) in values {
+            request = request.expression_attribute_values(alias, value);
+        }
+        let out = self.send(op, || request.clone().send()).await?;
+        Ok(out.attributes().cloned())
+    }
+
+    /// A fenced write (`checkpoint` / `release` / `finish`): conditioned on owner and token
+    /// (and on not finished, unless `allow_finished`), settled by `applied` if ambiguous.
+    #[allow(clippy::too_many_arguments)]
+    async fn fenced(
+        &self,
+        op: Op,
+        name: &str,
+        stream: &str,
+        tenure: &Tenure,
+        update: &str,
+        allow_finished: bool,
+        mut values: Vec<(&str, AttributeValue)>,
+        applied: impl FnOnce(&Lease) -> bool,
+    ) -> Result<(), StoreError> {
+        let condition = if allow_finished {
+            "#o = :o AND #t = :t"
+        } else {
+            "#o = :o AND #t = :t AND (attribute_not_exists(#f) OR #f = :false)"
+        };
+        values.push((":o", s(tenure.owner.as_str())));
+        values.push((":t", n(tenure.token)));
+        if !allow_finished {
+            values.push((":false", AttributeValue::Bool(false)));
+        }
+        let names = [
+            ("#o", item::OWNER),
+            ("#t", item::TOKEN),
+            ("#f", item::FINISHED),
+            ("#c", item::CHECKPOINT),
+        ];
+        let names: Vec<(&str, &str)> = names
+            .into_iter()
+            .filter(|(alias, _)| update.contains(alias) || condition.contains(alias))
+            .collect();
+        let shard = &tenure.shard;
+        match self
+            .update(op, stream, shard, update, condition, &names, values)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(failure) => {
+                self.settle(name, stream, shard, failure, |row| {
+                    row.filter(|r| r.token == tenure.token && applied(r))
+                        .map(|_| ())
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// `delay` scaled by a factor in [0.5, 1) from the clock's nanoseconds (spreads a fleet's
+/// retries without a random number generator).
+fn jitter(delay: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.5 + f64::from(nanos % 1000) / 2000.0;
+    delay.mul_f64(factor)
+}
+
+#[async_trait]
+impl LeaseStore for DynamoLeaseStore {
+    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+        let name = self.key_name(item::CLIENTS_PK, client.as_str());
+        let mut update = "SET #c = if_not_exists(#c, :zero) + :one".to_owned();
+        let expires_at = self.expires_at();
+        if expires_at.is_some() {
+            update.push_str(", #e = :e");
+        }
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .set_key(Some(item::key(item::CLIENTS_PK, client.as_str())))
+            .update_expression(update)
+            // A counter of another type would make the update fail with a vague
+            // ValidationException: check it, and get the item back to name the problem.
+            .condition_expression("attribute_not_exists(#c) OR attribute_type(#c, :n)")
+            .expression_attribute_names("#c", item::COUNTER)
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":n", s("N"))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(at) = expires_at {
+            request = request
+                .expression_attribute_names("#e", item::EXPIRES_AT)
+                .expression_attribute_values(":e", n(at));
+        }
+        // Not settled by re-reading: a counter bumped twice is harmless.
+        let out = self
+            .send(Op::Heartbeat, || request.clone().send())
+            .await
+            .map_err(|failure| match failure {
+                Failure::Condition(_) => StoreError::Corrupt {
+                    key: name.clone(),
+                    reason: format!("attribute {:?} is not a number", item::COUNTER),
+                },
+                other => self.plain(other, &format!("heartbeat on {name}")),
+            })?;
+        match out.attributes().and_then(|a| a.get(item::COUNTER)) {
+            Some(AttributeValue::N(text)) => text.parse::<u64>().map_err(|_| StoreError::Corrupt {
+                key: name.clone(),
+                reason: format!("the heartbeat counter {text:?} is not an unsigned integer"),
+            }),
+            _ => Err(StoreError::Corrupt {
+                key: name,
+                reason: "the heartbeat returned no numeric counter".to_owned(),
+            }),
+        }
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let items = self
+            .query(Op::Clients, item::CLIENTS_PK)
+            .await
+            .map_err(|f| self.plain(f, &format!("clients() on {}", self.table)))?;
+        let mut rows = items
+            .iter()
+            .map(|it| {
+                item::decode_client(it).map_err(|reason| StoreError::Corrupt {
+                    key: self.key_name(item::CLIENTS_PK, item::sort_key(it).unwrap_or("?")),
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
+        // Idempotent: an unknown outcome is retried by the engine like any transient error.
+        self.send(Op::Deregister, || {
+            self.client
+                .delete_item()
+                .table_name(&*self.table)
+                .set_key(Some(item::key(item::CLIENTS_PK, client.as_str())))
+                .send()
+        })
+        .await
+        .map(drop)
+        .map_err(|f| {
+            let name = self.key_name(item::CLIENTS_PK, client.as_str());
+            self.plain(f, &format!("deregister on {name}"))
+        })
+    }
+
+    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+        let pk = item::lease_pk(stream);
+        let items = self
+            .query(Op::Leases, &pk)
+            .await
+            .map_err(|f| self.plain(f, &format!("leases() on {}/{pk}", self.table)))?;
+        let mut leases = items
+            .iter()
+            .map(|it| {
+                let sk = item::sort_key(it).map_err(|reason| StoreError::Corrupt {
+                    key: format!("{}/{pk}/?", self.table),
+                    reason,
+                })?;
+                self.decode(stream, &ShardId::from(sk), it)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        leases.sort_by(|a, b| a.shard.cmp(&b.shard));
+        Ok(leases)
+    }
+
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        let item = self.get(Op::Lease, stream, shard).await.map_err(|f| {
+            let name = self.lease_key_name(stream, shard);
+            self.plain(f, &format!("lease on {name}"))
+        })?;
+        item.map(|it| self.decode(stream, shard, &it)).transpose()
+    }
+
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError> {
+        let new = item::new_lease_item(stream, shard, parents);
+        let result = self
+            .send(Op::CreateIfAbsent, || {
+                self.client
+                    .put_item()
+                    .table_name(&*self.table)
+                    .set_item(Some(new.clone()))
+                    .condition_expression("attribute_not_exists(#pk)")
+                    .expression_attribute_names("#pk", item::PK)
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(Lease::new(shard.clone(), parents.to_vec())),
+            // It exists: the row now stored is the answer, and ALL_OLD carried it.
+            Err(Failure::Condition(Some(old))) => self.decode(stream, shard, &old),
+            // Idempotent: whatever happened, the row now stored is the answer.
+            Err(failure) => {
+                self.settle("create_if_absent", stream, shard, failure, |row| {
+                    row.cloned()
+                })
+                .await
+            }
+        }
+    }
+
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError> {
+        let Some(next) = expected_token.checked_add(1) else {
+            return Err(self.corrupt(
+                stream,
+                shard,
+                "the fencing token is at u64::MAX and cannot grow".to_owned(),
+            ));
+        };
+        let result = self
+            .update(
+                Op::Take,
+                stream,
+                shard,
+                "SET #o = :o, #t = :next",
+                "#t = :expected AND (attribute_not_exists(#f) OR #f = :false)",
+                &[
+                    ("#o", item::OWNER),
+                    ("#t", item::TOKEN),
+                    ("#f", item::FINISHED),
+                ],
+                vec![
+                    (":o", s(owner.as_str())),
+                    (":next", n(next)),
+                    (":expected", n(expected_token)),
+                    (":false", AttributeValue::Bool(false)),
+                ],
+            )
+            .await;
+        let is_ours = |r: &Lease| r.owner.as_ref() == Some(owner) && r.token == next && !r.finished;
+        match result {
+            Ok(Some(new)) => self.decode(stream, shard, &new),
+            Ok(None) => Err(self.corrupt(
+                stream,
+                shard,
+                "UpdateItem returned no attributes for ALL_NEW".to_owned(),
+            )),
+            // The SDK's own retry of a take whose first reply was lost finds the row already
+            // taken by us: that take is ours.
+            Err(Failure::Condition(Some(old))) => {
+                let row = self.decode(stream, shard, &old)?;
+                if is_ours(&row) {
+                    Ok(row)
+                } else {
+                    Err(StoreError::LeaseLost {
+                        shard: shard.clone(),
+                    })
+                }
+            }
+            Err(failure) => {
+                self.settle("take", stream, shard, failure, |row| {
+                    row.filter(|r| is_ours(r)).cloned()
+                })
+                .await
+            }
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.fenced(
+            Op::Checkpoint,
+            "checkpoint",
+            stream,
+            tenure,
+            "SET #c = :c",
+            false,
+            vec![(":c", s(checkpoint.to_string()))],
+            |r| {
+                r.owner.as_ref() == Some(&tenure.owner)
+                    && !r.finished
+                    && r.checkpoint.as_ref() == Some(checkpoint)
+            },
+        )
+        .await
+    }
+
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        let (update, values) = match checkpoint {
+            Some(cp) => ("REMOVE #o SET #c = :c", vec![(":c", s(cp.to_string()))]),
+            None => ("REMOVE #o", vec![]),
+        };
+        // Only this tenure's release leaves the row unowned at this token.
+        self.fenced(
+            Op::Release,
+            "release",
+            stream,
+            tenure,
+            update,
+            false,
+            values,
+            |r| {
+                r.owner.is_none()
+                    && !r.finished
+                    && checkpoint.is_none_or(|cp| r.checkpoint.as_ref() == Some(cp))
+            },
+        )
+        .await
+    }
+
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
+        self.fenced(
+            Op::Finish,
+            "finish",
+            stream,
+            tenure,
+            "SET #f = :true, #c = :end",
+            true,
+            vec![
+                (":true", AttributeValue::Bool(true)),
+                (":end", s(Checkpoint::ShardEnd.to_string())),
+            ],
+            |r| r.owner.as_ref() == Some(&tenure.owner) && r.finished,
+        )
+        .await
+    }
+
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
+        let result = self
+            .send(Op::DeleteFinished, || {
+                self.client
+                    .delete_item()
+                    .table_name(&*self.table)
+                    .set_key(Some(item::key(item::lease_pk(stream), shard.as_str())))
+                    .condition_expression("attribute_not_exists(#pk) OR #f = :true")
+                    .expression_attribute_names("#pk", item::PK)
+                    .expression_attribute_names("#f", item::FINISHED)
+                    .expression_attribute_values(":true", AttributeValue::Bool(true))
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(failure) => {
+                self.settle("delete_finished", stream, shard, failure, |row| {
+                    row.is_none().then_some(())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .update(
+                Op::ResetCheckpoint,
+                stream,
+                shard,
+                "SET #c = :c",
+                "attribute_not_exists(#o) AND #t = :t",
+                &[
+                    ("#o", item::OWNER),
+                    ("#t", item::TOKEN),
+                    ("#c", item::CHECKPOINT),
+                ],
+                vec![(":c", s(checkpoint.to_string())), (":t", n(expected_token))],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(failure) => {
+                self.settle("reset_checkpoint", stream, shard, failure, |row| {
+                    row.filter(|r| {
+                        r.owner.is_none()
+                            && r.token == expected_token
+                            && r.checkpoint.as_ref() == Some(checkpoint)
+                    })
+                    .map(|_| ())
+                })
+                .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_the_field_it_rejects() {
+        let ok = DynamoConfig::new("billing");
+        assert_eq!(ok.table, "kinsumer-billing");
+        assert!(ok.validate().is_ok());
+        let bad = DynamoConfig::new("billing").with_table("a b");
+        assert!(
+            matches!(bad.validate(), Err(StoreError::Fatal(m)) if m.contains("DynamoConfig::table"))
+        );
+        let short = ok.with_client_ttl(Duration::from_secs(5));
+        assert!(matches!(short.validate(), Err(StoreError::Fatal(m)) if m.contains("client_ttl")));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_full_delay() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+}
