@@ -1,9 +1,6 @@
-//! Shared by the DynamoDB integration tests: a client for moto's server, unique table names,
-//! and (in `kinesis`) the kinesis-local harness copied from `kinsumer-kinesis`'s tests.
+//! Shared by the DynamoDB integration tests: a client for moto's server and unique table names.
 
 #![allow(dead_code)] // each test binary uses a part of this
-
-pub mod kinesis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
