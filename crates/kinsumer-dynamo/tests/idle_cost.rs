@@ -24,6 +24,12 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
     let Some(endpoint) = common::endpoint() else {
         return;
     };
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let client = common::client(&endpoint);
     let table = common::unique_table("idle");
     let stream = MemoryStream::new("idle", SHARDS);
