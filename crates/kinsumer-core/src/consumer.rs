@@ -540,6 +540,9 @@ type Tenures = JoinSet<(ShardId, Outcome)>;
 /// Up to this many awaited leases are polled one by one between full reads.
 const WAITING_POLL_LIMIT: usize = 8;
 
+/// At most this many takes in one rebalancing round; the rest wait for a fresh read.
+const TAKES_PER_ROUND: usize = 64;
+
 fn is_fatal(e: &ConsumerError) -> bool {
     matches!(
         e,
@@ -738,8 +741,8 @@ impl Supervisor {
             if let Err(e) = self.rebalance(tasks).await {
                 return self.tolerate(e, "rebalancing");
             }
+            // `rebalance` leaves `need_full` set if it stopped early.
             self.last_full = Some(now);
-            self.need_full = false;
         } else if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
             self.poll_waiting(tasks).await?;
         }
@@ -903,7 +906,20 @@ impl Supervisor {
             .filter(|(s, c)| **c == me && !self.held.contains_key(*s))
             .map(|(s, _)| s.clone())
             .collect();
-        for shard in mine {
+        // Takes go one by one, so a slow store makes a long plan slow to carry out — and a plan
+        // made from a stale view (a fleet starting up) is wrong by the time it is done. Stop at
+        // the first sign of staleness (a lost race) or after a bounded number of takes, and go
+        // on from a fresh read on the next tick.
+        self.need_full = false;
+        let round_started = Instant::now();
+        for (done, shard) in mine.into_iter().enumerate() {
+            if self.need_full
+                || done >= TAKES_PER_ROUND
+                || round_started.elapsed() >= self.engine.config.rebalance_interval
+            {
+                self.need_full = true;
+                break;
+            }
             let Some(lease) = self.leases.get(&shard).cloned() else {
                 continue;
             };
