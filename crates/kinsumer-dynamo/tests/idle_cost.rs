@@ -19,7 +19,7 @@ const SHARDS: usize = 1_000;
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "takes ~150 s on moto (one Python process): run it with --ignored (issue #4)"]
+#[ignore = "~2 minutes on moto (one Python process): scripts/test.sh runs it with --ignored"]
 async fn idle_store_cost_of_10_clients_and_1000_leases() {
     let Some(endpoint) = common::endpoint() else {
         return;
@@ -103,7 +103,7 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(240),
             "the fleet never settled: {held:?}"
         );
         sleep(Duration::from_millis(250)).await;

@@ -1,5 +1,5 @@
 //! Behaviour beyond the conformance suite, against moto: corrupt items, a missing table,
-//! TTL, ambiguous takes, and the cost of one checkpoint.
+//! TTL, ambiguous takes, throttling, and the cost of one checkpoint.
 
 mod common;
 
@@ -189,16 +189,37 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
     common::drop_table(&client, store.table()).await;
 }
 
-/// Replaces the answer to the first `UpdateItem` (after the server applied it) by a 500, as a
-/// reply lost after sending would look.
-#[derive(Debug, Default)]
-struct LoseFirstUpdate {
-    updates: AtomicU64,
+/// Replaces the server's answer to the first `count` requests of `operation` (after the server
+/// handled them) by `status` and `body`: a reply lost after sending, or throttling.
+#[derive(Debug, Clone)]
+struct InjectReplies {
+    operation: &'static str,
+    count: u64,
+    status: u16,
+    body: &'static str,
+    /// Requests of `operation` seen so far (shared by the clones the SDK keeps).
+    seen: Arc<AtomicU64>,
 }
 
-impl Intercept for LoseFirstUpdate {
+impl InjectReplies {
+    fn new(operation: &'static str, count: u64, status: u16, body: &'static str) -> Self {
+        Self {
+            operation,
+            count,
+            status,
+            body,
+            seen: Arc::default(),
+        }
+    }
+
+    fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+}
+
+impl Intercept for InjectReplies {
     fn name(&self) -> &'static str {
-        "lose-first-update"
+        "inject-replies"
     }
 
     fn modify_before_deserialization(
@@ -207,38 +228,22 @@ impl Intercept for LoseFirstUpdate {
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if cfg.load::<Metadata>().map(Metadata::name) != Some("UpdateItem") {
+        if cfg.load::<Metadata>().map(Metadata::name) != Some(self.operation) {
             return Ok(());
         }
-        if self.updates.fetch_add(1, Ordering::Relaxed) > 0 {
+        if self.seen.fetch_add(1, Ordering::Relaxed) >= self.count {
             return Ok(());
         }
         let response = ctx.response_mut();
-        *response.status_mut() = StatusCode::try_from(500)?;
-        *response.body_mut() = SdkBody::from(
-            r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected"}"#,
-        );
+        *response.status_mut() = StatusCode::try_from(self.status)?;
+        *response.body_mut() = SdkBody::from(self.body);
         Ok(())
     }
 }
 
-#[derive(Debug)]
-struct Shared(Arc<LoseFirstUpdate>);
-
-impl Intercept for Shared {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn modify_before_deserialization(
-        &self,
-        ctx: &mut BeforeDeserializationInterceptorContextMut<'_>,
-        rc: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.modify_before_deserialization(ctx, rc, cfg)
-    }
-}
+const LOST_REPLY: &str =
+    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected"}"#;
+const THROTTLED: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"injected"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_take_whose_reply_was_lost_is_settled_as_ours() {
@@ -255,9 +260,9 @@ async fn an_applied_take_whose_reply_was_lost_is_settled_as_ours() {
             .create_if_absent(stream, &shard, &[])
             .await
             .expect("create");
-        let lose = Arc::new(LoseFirstUpdate::default());
+        let lose = InjectReplies::new("UpdateItem", 1, 500, LOST_REPLY);
         let faulty = common::client_with(&endpoint, |b| {
-            let b = b.interceptor(Shared(lose.clone()));
+            let b = b.interceptor(lose.clone());
             if retries {
                 b
             } else {
@@ -271,10 +276,7 @@ async fn an_applied_take_whose_reply_was_lost_is_settled_as_ours() {
             .await
             .unwrap_or_else(|e| panic!("retries {retries}: the applied take must be ours: {e:?}"));
         assert_eq!((lease.owner, lease.token), (Some(me.clone()), 1));
-        assert_eq!(
-            lose.updates.load(Ordering::Relaxed),
-            if retries { 2 } else { 1 }
-        );
+        assert_eq!(lose.seen(), if retries { 2 } else { 1 });
         if !retries {
             assert_eq!(store.stats().rereads, 1, "settled by one re-read");
         }
@@ -335,4 +337,66 @@ async fn one_checkpoint_is_one_write_and_no_read() {
     let cost = store.stats().since(&before);
     assert_eq!((cost.heartbeat, cost.release, cost.requests()), (1, 1, 2));
     common::drop_table(&client, store.table()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let plain = common::client(&endpoint);
+    let setup = common::fresh_store(&plain, "throttle").await;
+    let (stream, shard, me) = ("s", ShardId::from("shard-0"), ClientId::from("me"));
+    setup.create_if_absent(stream, &shard, &[]).await.expect("create");
+    let tenure = setup
+        .take(stream, &shard, &me, 0)
+        .await
+        .expect("take")
+        .tenure()
+        .expect("owned");
+    // The SDK's own retries are off, so every retry seen here is the store's. (The injected
+    // answers replace those of requests the server applied: retrying a fenced write that was
+    // in fact applied is harmless, it sets the same values under the same condition.)
+    let store_over = |inject: &InjectReplies| {
+        let inject = inject.clone();
+        let client = common::client_with(&endpoint, |b| {
+            b.interceptor(inject)
+                .retry_config(RetryConfig::disabled())
+        });
+        DynamoLeaseStore::open(client, DynamoConfig::new("x").with_table(setup.table()))
+    };
+
+    // Three throttled replies, then the write goes through: the caller only sees success.
+    let few = InjectReplies::new("UpdateItem", 3, 400, THROTTLED);
+    let store = store_over(&few).await.expect("open");
+    let started = std::time::Instant::now();
+    store
+        .checkpoint(stream, &tenure, &after(7))
+        .await
+        .expect("a checkpoint throttled 3 times succeeds on the 4th request");
+    let waited = started.elapsed();
+    assert_eq!(few.seen(), 4, "3 throttled requests and one that went through");
+    assert_eq!(store.stats().checkpoint, 4, "every retry is counted");
+    // Backoff, not a hot loop: at least half of 50 + 100 + 200 ms (the jitter's lower bound).
+    assert!(
+        waited >= Duration::from_millis(175),
+        "three retries backed off for only {waited:?}"
+    );
+    let row = setup.lease(stream, &shard).await.expect("read").expect("row");
+    assert_eq!(row.checkpoint, Some(after(7)));
+
+    // Throttled for longer than the store retries: a typed, retryable `Throttled` — never
+    // LeaseLost, which would make the engine drop a lease it still holds.
+    let many = InjectReplies::new("UpdateItem", 1_000, 400, THROTTLED);
+    let store = store_over(&many).await.expect("open");
+    let err = store
+        .checkpoint(stream, &tenure, &after(8))
+        .await
+        .expect_err("throttled throughout");
+    assert!(
+        matches!(err, StoreError::Throttled(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+    assert_eq!(many.seen(), 5, "the first request and 4 retries");
+    common::drop_table(&plain, setup.table()).await;
 }

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use futures::StreamExt;
@@ -67,17 +66,6 @@ fn args() -> Result<Args, Error> {
         return Err("--records, --shards and --rounds must be positive".into());
     }
     Ok(a)
-}
-
-fn client(endpoint: &str) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    Client::from_conf(conf)
 }
 
 async fn create(client: &Client, name: &str, shards: i32) -> Result<(), Error> {
@@ -228,7 +216,7 @@ async fn consumer(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let a = args()?;
-    let client = client(&a.endpoint);
+    let client = kinsumer_testkit::kinesis_local::client(&a.endpoint);
     let name = format!("bench-{}", std::process::id());
     create(&client, &name, a.shards).await?;
     let t = Instant::now();

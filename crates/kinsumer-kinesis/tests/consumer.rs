@@ -1,6 +1,6 @@
 //! Whole consumers on kinesis-local: resharding, injected faults, KPL aggregates.
 
-mod common;
+use kinsumer_testkit::kinesis_local as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

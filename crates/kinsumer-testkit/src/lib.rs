@@ -14,6 +14,8 @@
 //! - [`conformance`] — the contracts of both seams as plain async functions, which each
 //!   backend's tests run against a real server;
 //! - [`services`] — finding those servers (fail under `CI=true`, skip loudly elsewhere);
+//! - `kinesis_local` and `moto` (features `kinesis-local`, `moto`) — clients for the Kinesis
+//!   and DynamoDB emulators, with fresh streams and tables per test;
 //! - [`sim`] — the deterministic simulation of a whole fleet, with every invariant checked.
 //!
 //! Everything is deterministic: time is `tokio::time` (run under the paused clock), randomness
@@ -47,8 +49,12 @@
 
 pub mod conformance;
 pub mod faults;
+#[cfg(feature = "kinesis-local")]
+pub mod kinesis_local;
 pub mod memory_store;
 pub mod memory_stream;
+#[cfg(feature = "moto")]
+pub mod moto;
 pub mod services;
 pub mod sim;
 

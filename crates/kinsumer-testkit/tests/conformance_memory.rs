@@ -29,3 +29,47 @@ async fn the_lease_store_suite_catches_a_store_that_ignores_fencing() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_memory_fleet_survives_a_crash_and_a_graceful_leave() {
+    let stream = MemoryStream::new("fleet", 4);
+    let report =
+        conformance::consumer_fleet(stream.clone(), &stream, MemoryLeaseStore::new(), "fleet")
+            .await;
+    assert_eq!(report.records, 640);
+    assert_eq!(report.deliveries, report.records + report.duplicates);
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "consumer_fleet [every record delivered]")]
+async fn the_fleet_check_catches_a_consumer_that_skips_records() {
+    let stream = MemoryStream::new("fleet", 4);
+    conformance::consumer_fleet_with(
+        stream.clone(),
+        &stream,
+        MemoryLeaseStore::new(),
+        "fleet",
+        |mut c| {
+            c.faults.skip_first_record = true;
+            c
+        },
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "consumer_fleet [duplicates only after the crash]")]
+async fn the_fleet_check_catches_handoffs_that_release_a_stale_checkpoint() {
+    let stream = MemoryStream::new("fleet", 4);
+    conformance::consumer_fleet_with(
+        stream.clone(),
+        &stream,
+        MemoryLeaseStore::new(),
+        "fleet",
+        |mut c| {
+            c.faults.release_stale_checkpoint = true;
+            c
+        },
+    )
+    .await;
+}

@@ -1,6 +1,22 @@
-//! Test harness for the Kinesis emulator (kinesis-local, started by scripts/services.sh).
-
-#![allow(dead_code)] // each test binary uses a part of it
+//! Test support for kinesis-local, the Kinesis emulator `scripts/services/kinesis.sh` starts
+//! (feature `kinesis-local`): a plain-HTTP client with dummy credentials, and [`TestStream`], a
+//! fresh stream per test that is deleted when dropped.
+//!
+//! Shared by every crate whose tests read from Kinesis (the source's own tests, the stores'
+//! end-to-end tests, the CLI's), so that no test suite carries its own copy.
+//!
+//! ```no_run
+//! use kinsumer_testkit::kinesis_local;
+//!
+//! # async fn example() {
+//! let Some(endpoint) = kinsumer_testkit::kinesis_local::endpoint() else {
+//!     return; // skipped loudly outside CI; a failure under CI=true
+//! };
+//! let client = kinesis_local::client(&endpoint);
+//! let stream = kinesis_local::TestStream::create(&client, "orders", 2).await;
+//! stream.put_all(&[("customer-1".to_string(), b"order 1".to_vec())]).await;
+//! # }
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,11 +26,11 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-use kinsumer_testkit::conformance::StreamAdmin;
+use crate::conformance::StreamAdmin;
 
 /// The emulator's endpoint, or `None` (after a loud notice) when it is not running outside CI.
 pub fn endpoint() -> Option<String> {
-    kinsumer_testkit::services::require_service(
+    crate::services::require_service(
         "kinesis-local",
         "KINSUMER_KINESIS_ENDPOINT",
         "http://127.0.0.1:4567",
@@ -63,8 +79,11 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A fresh stream on the emulator, deleted when dropped.
 pub struct TestStream {
+    /// The client the stream was created with.
     pub client: Client,
+    /// The stream's (unique) name.
     pub name: String,
+    /// The stream's ARN.
     pub arn: String,
 }
 
@@ -177,6 +196,7 @@ impl TestStream {
         open
     }
 
+    /// Splits `shard` at hash key `at` and waits until the stream is ACTIVE again.
     pub async fn split(&self, shard: &str, at: u128) -> Result<(), String> {
         self.client
             .split_shard()
@@ -190,6 +210,7 @@ impl TestStream {
         Ok(())
     }
 
+    /// Merges adjacent shards `a` and `b` and waits until the stream is ACTIVE again.
     pub async fn merge(&self, a: &str, b: &str) -> Result<(), String> {
         self.client
             .merge_shards()

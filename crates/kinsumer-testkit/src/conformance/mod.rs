@@ -7,6 +7,9 @@
 //! - [`shard_source`] checks a [`ShardSource`] on a fresh two-shard stream, driven through a
 //!   [`StreamAdmin`]: listing, read-back exactly once in order, `After`/`Latest` starts, and
 //!   split and merge handing over to the children.
+//! - [`consumer_fleet`] runs three whole consumers over a source and a store through a crash
+//!   and a graceful leave, and judges every delivery: nothing lost, duplicates only from the
+//!   crash and within its window, key order kept (see [`fleet`]).
 //!
 //! Each check panics with a message naming itself. Resharding and reads are polled a bounded
 //! number of times with short sleeps, since emulators are eventually consistent.
@@ -38,6 +41,9 @@ use kinsumer_core::source::{
 use kinsumer_core::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
 
 use crate::memory_stream::{MemoryStream, partition_hash_key};
+
+pub mod fleet;
+pub use fleet::{FleetReport, consumer_fleet, consumer_fleet_with, fleet_config};
 
 // ---------------------------------------------------------------------------------------------
 // LeaseStore

@@ -1,0 +1,35 @@
+//! End to end: three consumers reading kinesis-local with their leases in DynamoDB (moto), through
+//! a crash and a graceful leave — the testkit's fleet check, which every store runs.
+
+mod common;
+
+use kinsumer_kinesis::KinesisSource;
+use kinsumer_testkit::conformance;
+use kinsumer_testkit::kinesis_local;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_kinesis_and_dynamodb_loses_nothing_through_a_crash_and_a_leave() {
+    let Some(dynamo) = common::endpoint() else {
+        return;
+    };
+    let Some(kinesis) = kinesis_local::endpoint() else {
+        return;
+    };
+    let kinesis = kinesis_local::client(&kinesis);
+    let stream = kinesis_local::TestStream::create(&kinesis, "dynamo-fleet", 4).await;
+    let source = KinesisSource::new(kinesis.clone(), &stream.name);
+    let client = common::client(&dynamo);
+    let store = common::fresh_store(&client, "fleet").await;
+
+    let report = conformance::consumer_fleet(source, &stream, store.clone(), "tests").await;
+    eprintln!(
+        "dynamo fleet: {} records, {} deliveries, {} duplicates (window {:?}); store requests: {:?}",
+        report.records,
+        report.deliveries,
+        report.duplicates,
+        report.duplicate_window,
+        store.stats()
+    );
+    assert_eq!(report.deliveries, report.records + report.duplicates);
+    common::drop_table(&client, store.table()).await;
+}
