@@ -347,7 +347,10 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
     let plain = common::client(&endpoint);
     let setup = common::fresh_store(&plain, "throttle").await;
     let (stream, shard, me) = ("s", ShardId::from("shard-0"), ClientId::from("me"));
-    setup.create_if_absent(stream, &shard, &[]).await.expect("create");
+    setup
+        .create_if_absent(stream, &shard, &[])
+        .await
+        .expect("create");
     let tenure = setup
         .take(stream, &shard, &me, 0)
         .await
@@ -360,8 +363,7 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
     let store_over = |inject: &InjectReplies| {
         let inject = inject.clone();
         let client = common::client_with(&endpoint, |b| {
-            b.interceptor(inject)
-                .retry_config(RetryConfig::disabled())
+            b.interceptor(inject).retry_config(RetryConfig::disabled())
         });
         DynamoLeaseStore::open(client, DynamoConfig::new("x").with_table(setup.table()))
     };
@@ -375,14 +377,22 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
         .await
         .expect("a checkpoint throttled 3 times succeeds on the 4th request");
     let waited = started.elapsed();
-    assert_eq!(few.seen(), 4, "3 throttled requests and one that went through");
+    assert_eq!(
+        few.seen(),
+        4,
+        "3 throttled requests and one that went through"
+    );
     assert_eq!(store.stats().checkpoint, 4, "every retry is counted");
     // Backoff, not a hot loop: at least half of 50 + 100 + 200 ms (the jitter's lower bound).
     assert!(
         waited >= Duration::from_millis(175),
         "three retries backed off for only {waited:?}"
     );
-    let row = setup.lease(stream, &shard).await.expect("read").expect("row");
+    let row = setup
+        .lease(stream, &shard)
+        .await
+        .expect("read")
+        .expect("row");
     assert_eq!(row.checkpoint, Some(after(7)));
 
     // Throttled for longer than the store retries: a typed, retryable `Throttled` — never

@@ -21,12 +21,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::conformance::StreamAdmin;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-use crate::conformance::StreamAdmin;
 
 /// The emulator's endpoint, or `None` (after a loud notice) when it is not running outside CI.
 pub fn endpoint() -> Option<String> {

@@ -15,9 +15,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::services::require_service;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-use crate::services::require_service;
 
 /// moto's DynamoDB endpoint, or `None` (skip, after a loud notice) outside CI.
 pub fn endpoint() -> Option<String> {
@@ -36,9 +36,7 @@ pub fn client(endpoint: &str) -> Client {
 /// [`client`] with extra configuration (interceptors, retry policy).
 pub fn client_with(
     endpoint: &str,
-    configure: impl FnOnce(
-        aws_sdk_dynamodb::config::Builder,
-    ) -> aws_sdk_dynamodb::config::Builder,
+    configure: impl FnOnce(aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::config::Builder,
 ) -> Client {
     let http = aws_smithy_http_client::Builder::new().build_http();
     let builder = aws_sdk_dynamodb::Config::builder()

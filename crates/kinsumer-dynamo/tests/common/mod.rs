@@ -17,4 +17,3 @@ pub async fn fresh_store(client: &Client, tag: &str) -> DynamoLeaseStore {
         .await
         .expect("open a fresh table")
 }
-
