@@ -411,7 +411,10 @@ async fn fetch_loop(
             } = batch;
             // Never deliver a record at or before one already delivered in this tenure (a
             // source that replays after a re-open would otherwise break shard order).
-            if let Some(last) = &last_position {
+            // A replay starts at or before the last record delivered: only then look further.
+            if let Some(last) = &last_position
+                && records.first().is_some_and(|r| r.position <= *last)
+            {
                 let before = records.len();
                 records.retain(|r| r.position > *last);
                 if records.len() < before {
@@ -433,15 +436,18 @@ async fn fetch_loop(
             if let Some(ms) = millis_behind_latest {
                 m.behind.set(ms as f64);
             }
-            let times = if cfg.faults.deliver_twice { 2 } else { 1 };
-            for _ in 0..times {
+            let mut copies = vec![records];
+            if cfg.faults.deliver_twice {
+                copies.push(copies[0].clone());
+            }
+            for records in copies {
                 if !deliver(
                     &engine,
                     &tenure,
                     &tracker,
                     epoch,
                     &sink,
-                    &records,
+                    records,
                     millis_behind_latest,
                 )
                 .await
@@ -463,25 +469,28 @@ async fn fetch_loop(
     }
 }
 
-/// Registers `records` with the tracker and hands them to the sink. `false` if the sink is gone.
+/// Registers `records` with the tracker and hands them to the sink (moved, not copied).
+/// `false` if the sink is gone.
 async fn deliver(
     engine: &Engine,
     tenure: &Tenure,
     tracker: &Arc<AckTracker>,
     epoch: u64,
     sink: &Sink,
-    records: &[crate::source::SourceRecord],
+    records: Vec<crate::source::SourceRecord>,
     millis_behind_latest: Option<u64>,
 ) -> bool {
     if records.is_empty() {
         return true;
     }
+    // One lock for the whole batch; the records take the indices from `first` on, in order.
+    let first = tracker.register_all(records.iter().map(|r| (r.position.clone(), r.data.len())));
     match sink {
         Sink::Stream(tx) => {
-            for r in records {
-                let index = tracker.register(r.position.clone(), r.data.len());
+            let tenure = Arc::new(tenure.clone());
+            for (index, r) in (first..).zip(records) {
                 let record = Record {
-                    inner: r.clone(),
+                    inner: r,
                     tenure: tenure.clone(),
                     stream: engine.stream.clone(),
                     tracker: tracker.clone(),
@@ -497,22 +506,16 @@ async fn deliver(
             true
         }
         Sink::Handler(tx) => {
-            let mut first = None;
-            for r in records {
-                let i = tracker.register(r.position.clone(), r.data.len());
-                first.get_or_insert(i);
-            }
+            let count = records.len() as u64;
             let batch = ShardBatch {
                 shard: tenure.shard.clone(),
-                records: records.to_vec(),
+                records,
                 lease_token: tenure.token,
                 tenure: tenure.clone(),
                 stream: engine.stream.clone(),
                 millis_behind_latest,
             };
-            tx.send((first.unwrap_or(0), records.len() as u64, batch))
-                .await
-                .is_ok()
+            tx.send((first, count, batch)).await.is_ok()
         }
     }
 }
