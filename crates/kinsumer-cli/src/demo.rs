@@ -102,7 +102,7 @@ fn start_member(
     store: &MemoryLeaseStore,
     ledger: &Arc<Mutex<Ledger>>,
     seed: u64,
-) -> anyhow_like::Result<Member> {
+) -> crate::Result<Member> {
     let mut consumer = Consumer::new(demo_config(&id), stream.clone(), store.clone())?;
     let status = consumer.status();
     let mut records = consumer.records()?;
@@ -139,11 +139,6 @@ fn start_member(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A tiny boxed-error result, so the demo needs no error crate.
-mod anyhow_like {
-    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 fn fmt_secs(d: Duration) -> String {
@@ -266,7 +261,7 @@ impl View {
 }
 
 /// Runs the demo; returns the process exit code (0 when nothing was lost).
-pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
+pub async fn run(args: DemoArgs) -> crate::Result<i32> {
     let records = if args.short {
         args.records.min(2_000)
     } else {
@@ -298,7 +293,7 @@ pub async fn run(args: DemoArgs) -> anyhow_like::Result<i32> {
     let mut rng = Rng::new(args.seed);
     let mut members: Vec<Member> = Vec::new();
     let mut next = 0;
-    let mut add = |members: &mut Vec<Member>, rng: &mut Rng| -> anyhow_like::Result<String> {
+    let mut add = |members: &mut Vec<Member>, rng: &mut Rng| -> crate::Result<String> {
         let id = format!("consumer-{next}");
         next += 1;
         members.push(start_member(

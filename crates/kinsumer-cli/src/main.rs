@@ -2,12 +2,25 @@
 //!
 //! - `kinsumer demo` — a fleet of consumers on the in-memory stream and store, with a split, a
 //!   join, a graceful leave and a crash; ends with a summary (lost must be 0).
+//! - `kinsumer status` — clients and leases of an application, from any store.
+//! - `kinsumer reset` — move checkpoints, through the store's fenced operations.
+//! - `kinsumer tail` — print a stream's records as they arrive, without taking leases.
 //!
-//! Logs go to stderr; set `RUST_LOG=kinsumer_core=info` to see every lease change.
+//! Backends are chosen by URL (see [`backends`]). Exit codes: 0 success, 1 the operation was
+//! refused or found a problem (a reset refused, a demo that lost records), 2 bad usage or an
+//! unreachable backend. Logs go to stderr; set `RUST_LOG=kinsumer_core=info` to see every lease
+//! change.
 
 use clap::{Parser, Subcommand};
 
+/// A boxed-error result: every subcommand reports one line and an exit code, no error crate.
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+mod backends;
 mod demo;
+mod reset;
+mod status;
+mod tail;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +41,14 @@ enum Command {
         after_help = "Examples:\n  kinsumer demo\n  kinsumer demo --short\n  kinsumer demo --shards 8 --consumers 4 --records 50000 --seed 7"
     )]
     Demo(demo::DemoArgs),
+    /// Show an application's clients and leases: owners, tokens, checkpoints, and how far
+    /// behind the stream's tip each shard is when --source is given.
+    Status(status::StatusArgs),
+    /// Move checkpoints (to the horizon, the tip, a time or a sequence number) through the
+    /// store's fenced operations; refuses while a live client owns the shard unless --force.
+    Reset(reset::ResetArgs),
+    /// Print a stream's records as they arrive, from a chosen position, without taking leases.
+    Tail(tail::TailArgs),
 }
 
 fn main() {
@@ -52,6 +73,9 @@ fn main() {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Reset(args) => reset::run(args).await,
+            Command::Tail(args) => tail::run(args).await,
         }
     });
     match code {

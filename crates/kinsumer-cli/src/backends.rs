@@ -1,0 +1,833 @@
+//! Backends chosen by URL, the same way in every subcommand.
+//!
+//! - `--store memory://` (this process only), `redis://…` / `rediss://…`,
+//!   `postgres://…` / `postgresql://…`, `dynamodb://TABLE?endpoint=…&region=…`;
+//! - `--source kinesis://STREAM?endpoint=…&region=…` (or `kinesis://arn:aws:kinesis:…`).
+//!
+//! Positions (`reset --to`, `tail --from`) and durations are parsed here too, so every
+//! subcommand takes them the same way: see [`StartAt`].
+//!
+//! AWS credentials come from the standard chain (environment, profile, web identity, IMDS);
+//! `endpoint` points a client at an emulator, `region` overrides the chain's region. A URL that
+//! does not parse is a [`UrlError`] naming what is wrong, with an example of a good one.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use kinsumer::dynamo::{DynamoConfig, DynamoLeaseStore};
+use kinsumer::kinesis::KinesisSource;
+use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
+use kinsumer::redis::RedisLeaseStore;
+use kinsumer::testkit::MemoryLeaseStore;
+use kinsumer::{Checkpoint, LeaseStore, Position, SequenceNumber};
+
+/// Examples printed with every URL error and in `--help`.
+pub const STORE_EXAMPLES: &str = "memory://, redis://127.0.0.1:6379, \
+postgres://user:password@127.0.0.1:5432/db, dynamodb://kinsumer?region=eu-west-1";
+/// See [`STORE_EXAMPLES`].
+pub const SOURCE_EXAMPLES: &str =
+    "kinesis://orders?region=eu-west-1, kinesis://orders?endpoint=http://127.0.0.1:4567";
+
+/// A `--store` or `--source` URL that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError {
+    /// Which flag it came from (`--store`, `--source`).
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let examples = if self.flag == "--source" {
+            SOURCE_EXAMPLES
+        } else {
+            STORE_EXAMPLES
+        };
+        write!(
+            f,
+            "bad {} URL: {} (examples: {examples})",
+            self.flag, self.reason
+        )
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+/// Where an AWS client goes: `endpoint` and `region` from the URL's query, else the chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsTarget {
+    /// `?endpoint=` (an emulator), if given.
+    pub endpoint: Option<String>,
+    /// `?region=`, if given.
+    pub region: Option<String>,
+}
+
+/// A parsed `--store` URL. `Debug` never shows credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `memory://`: an empty store in this process.
+    Memory,
+    /// `redis://` or `rediss://`, passed to the Redis client as written.
+    Redis(String),
+    /// `postgres://` or `postgresql://`, passed to the PostgreSQL client as written; `?schema=`
+    /// is taken out and picks the schema (default `kinsumer`).
+    Postgres {
+        /// The URL without `schema`.
+        url: String,
+        /// The schema, if given.
+        schema: Option<String>,
+    },
+    /// `dynamodb://TABLE`.
+    Dynamo {
+        /// The table.
+        table: String,
+        /// Endpoint and region.
+        aws: AwsTarget,
+    },
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory://"),
+            StoreUrl::Redis(url) => write!(f, "Redis({})", redact(url)),
+            StoreUrl::Postgres { url, schema } => {
+                write!(f, "Postgres({}, schema {schema:?})", redact(url))
+            }
+            StoreUrl::Dynamo { table, aws } => write!(f, "Dynamo({table}, {aws:?})"),
+        }
+    }
+}
+
+/// The URL as given, without credentials (for output).
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory://"),
+            StoreUrl::Redis(url) => f.write_str(&redact(url)),
+            StoreUrl::Postgres { url, schema } => {
+                f.write_str(&redact(url))?;
+                match schema {
+                    Some(schema) if url.contains('?') => write!(f, "&schema={schema}"),
+                    Some(schema) => write!(f, "?schema={schema}"),
+                    None => Ok(()),
+                }
+            }
+            StoreUrl::Dynamo { table, aws } => {
+                write!(f, "dynamodb://{table}")?;
+                let query: Vec<String> = [("endpoint", &aws.endpoint), ("region", &aws.region)]
+                    .into_iter()
+                    .filter_map(|(key, value)| Some(format!("{key}={}", value.as_ref()?)))
+                    .collect();
+                if !query.is_empty() {
+                    write!(f, "?{}", query.join("&"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A parsed `--source` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    /// `kinesis://STREAM` or `kinesis://arn:aws:kinesis:…:stream/NAME`.
+    Kinesis {
+        /// A stream name or ARN.
+        stream: String,
+        /// Endpoint and region.
+        aws: AwsTarget,
+    },
+}
+
+impl SourceUrl {
+    /// The stream's name (the last part of an ARN).
+    pub fn stream_name(&self) -> &str {
+        match self {
+            SourceUrl::Kinesis { stream, .. } => stream
+                .strip_prefix("arn:")
+                .and_then(|_| stream.rsplit_once("stream/"))
+                .map_or(stream.as_str(), |(_, name)| name),
+        }
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+fn split_scheme<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, &'a str), UrlError> {
+    url.split_once("://").ok_or_else(|| UrlError {
+        flag,
+        reason: format!("`{}` has no scheme (`…://`)", redact(url)),
+    })
+}
+
+/// Splits `NAME?k=v&k=v` and returns the name and the AWS query (only `endpoint`, `region`).
+fn aws_path(flag: &'static str, what: &str, rest: &str) -> Result<(String, AwsTarget), UrlError> {
+    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let name = name.trim_end_matches('/');
+    if name.is_empty() {
+        return Err(UrlError {
+            flag,
+            reason: format!("no {what} name after `://`"),
+        });
+    }
+    let mut aws = AwsTarget::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if value.is_empty() {
+            return Err(UrlError {
+                flag,
+                reason: format!("`{key}` has no value"),
+            });
+        }
+        match key {
+            "endpoint" => {
+                if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    return Err(UrlError {
+                        flag,
+                        reason: format!("endpoint `{value}` must start with http:// or https://"),
+                    });
+                }
+                aws.endpoint = Some(value.to_owned());
+            }
+            "region" => aws.region = Some(value.to_owned()),
+            other => {
+                return Err(UrlError {
+                    flag,
+                    reason: format!("unknown parameter `{other}` (known: endpoint, region)"),
+                });
+            }
+        }
+    }
+    Ok((name.to_owned(), aws))
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = UrlError;
+
+    fn from_str(url: &str) -> Result<Self, UrlError> {
+        const FLAG: &str = "--store";
+        let (scheme, rest) = split_scheme(FLAG, url)?;
+        match scheme {
+            "memory" if rest.is_empty() || rest == "/" => Ok(StoreUrl::Memory),
+            "memory" => Err(UrlError {
+                flag: FLAG,
+                reason: "memory:// takes nothing after `://`".to_owned(),
+            }),
+            "redis" | "rediss" => {
+                if rest.is_empty() {
+                    return Err(UrlError {
+                        flag: FLAG,
+                        reason: "no host after redis://".to_owned(),
+                    });
+                }
+                Ok(StoreUrl::Redis(url.to_owned()))
+            }
+            "postgres" | "postgresql" => {
+                if rest.is_empty() {
+                    return Err(UrlError {
+                        flag: FLAG,
+                        reason: "no host after postgres://".to_owned(),
+                    });
+                }
+                let (base, query) = url.split_once('?').unwrap_or((url, ""));
+                let mut schema = None;
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    match pair.split_once('=') {
+                        Some(("schema", value)) if !value.is_empty() => {
+                            schema = Some(value.to_owned());
+                        }
+                        _ => kept.push(pair),
+                    }
+                }
+                let url = if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                };
+                Ok(StoreUrl::Postgres { url, schema })
+            }
+            "dynamodb" => {
+                let (table, aws) = aws_path(FLAG, "table", rest)?;
+                Ok(StoreUrl::Dynamo { table, aws })
+            }
+            other => Err(UrlError {
+                flag: FLAG,
+                reason: format!(
+                    "unknown scheme `{other}://` (known: memory, redis, rediss, postgres, dynamodb)"
+                ),
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for SourceUrl {
+    type Err = UrlError;
+
+    fn from_str(url: &str) -> Result<Self, UrlError> {
+        const FLAG: &str = "--source";
+        let (scheme, rest) = split_scheme(FLAG, url)?;
+        match scheme {
+            "kinesis" => {
+                let (stream, aws) = aws_path(FLAG, "stream", rest)?;
+                Ok(SourceUrl::Kinesis { stream, aws })
+            }
+            other => Err(UrlError {
+                flag: FLAG,
+                reason: format!("unknown scheme `{other}://` (known: kinesis)"),
+            }),
+        }
+    }
+}
+
+/// `error` without the AWS SDK's debug dump: the SDK's `DisplayErrorContext` ends a readable
+/// message with ` (ServiceError(… raw response, headers …))`, which is no help on a terminal.
+pub fn brief(error: &str) -> String {
+    const DUMPS: [&str; 5] = [
+        " (ServiceError(",
+        " (DispatchFailure(",
+        " (TimeoutError(",
+        " (ResponseError(",
+        " (ConstructionFailure(",
+    ];
+    let end = DUMPS
+        .iter()
+        .filter_map(|dump| error.find(dump))
+        .min()
+        .unwrap_or(error.len());
+    error[..end].to_owned()
+}
+
+/// An error opening a backend: what was being opened, and why it failed.
+#[derive(Debug)]
+pub struct OpenError(pub String);
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// The shared AWS configuration for `aws`: the standard chain, then the URL's overrides.
+pub async fn aws_config(aws: &AwsTarget) -> Result<aws_config::SdkConfig, OpenError> {
+    // rustls with ring; this client also speaks plain http:// to emulators.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    if let Some(region) = &aws.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &aws.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(OpenError(
+            "no AWS region: add `?region=…` to the URL or set AWS_REGION".to_owned(),
+        ));
+    }
+    Ok(config)
+}
+
+/// Opens the lease store `url` for `application`. Never creates a DynamoDB table: a missing
+/// table is an error naming it.
+pub async fn open_store(
+    url: &StoreUrl,
+    application: &str,
+) -> Result<Arc<dyn LeaseStore>, OpenError> {
+    let store: Arc<dyn LeaseStore> = match url {
+        StoreUrl::Memory => Arc::new(MemoryLeaseStore::new()),
+        StoreUrl::Redis(url) => Arc::new(
+            RedisLeaseStore::connect(url, application)
+                .await
+                .map_err(|e| OpenError(format!("Redis at {}: {e}", redact(url))))?,
+        ),
+        StoreUrl::Postgres { url, schema } => {
+            let mut config = PgStoreConfig::new(url.clone(), application);
+            if let Some(schema) = schema {
+                config = config.with_schema(schema.clone());
+            }
+            Arc::new(
+                PgLeaseStore::connect(config)
+                    .await
+                    .map_err(|e| OpenError(format!("PostgreSQL at {}: {e}", redact(url))))?,
+            )
+        }
+        StoreUrl::Dynamo { table, aws } => {
+            let sdk = aws_config(aws).await?;
+            let client = kinsumer::dynamo::aws_sdk_dynamodb::Client::new(&sdk);
+            let config = DynamoConfig::new(application).with_table(table.clone());
+            Arc::new(
+                DynamoLeaseStore::open(client, config)
+                    .await
+                    .map_err(|e| OpenError(format!("DynamoDB table {table}: {e}")))?,
+            )
+        }
+    };
+    Ok(store)
+}
+
+/// Opens the source `url`.
+pub async fn open_source(url: &SourceUrl) -> Result<KinesisSource, OpenError> {
+    match url {
+        SourceUrl::Kinesis { stream, aws } => {
+            let sdk = aws_config(aws).await?;
+            let client = aws_sdk_kinesis::Client::new(&sdk);
+            if stream.starts_with("arn:") {
+                KinesisSource::from_arn(client, stream.clone())
+                    .map_err(|e| OpenError(format!("Kinesis stream {stream}: {e}")))
+            } else {
+                Ok(KinesisSource::new(client, stream.clone()))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions and durations, given the same way to every subcommand (`reset --to`, `tail --from`).
+
+/// Examples printed with every position error and in `--help`.
+pub const POSITION_EXAMPLES: &str = "trim-horizon, latest, timestamp:2026-11-26T07:00:00Z, \
+timestamp:2026-11-26T08:00:00.250+01:00, sequence:49590338271490256608559692538361571095921575989136588898";
+
+/// A position in a shard named on the command line.
+///
+/// `sequence:N` means *after* record N, as if N was the last record processed (the checkpoint
+/// `AFTER:N/0`); for a record of a KPL aggregate, `sequence:N/S` means after its user record S.
+/// `tail --from sequence:N` therefore prints the records that follow N, the same records a
+/// consumer would deliver after `reset --to sequence:N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    /// `trim-horizon`: the oldest record still retained.
+    TrimHorizon,
+    /// `latest`: only records written after the reader opens.
+    Latest,
+    /// `timestamp:RFC3339`: the first record that arrived at or after this time (ms since the
+    /// Unix epoch).
+    Timestamp(u64),
+    /// `sequence:N[/S]`: right after this record.
+    After(Position),
+}
+
+impl StartAt {
+    /// The checkpoint a reader (or a reset lease) starts from.
+    pub fn checkpoint(&self) -> Checkpoint {
+        match self {
+            StartAt::TrimHorizon => Checkpoint::TrimHorizon,
+            StartAt::Latest => Checkpoint::Latest,
+            StartAt::Timestamp(ms) => Checkpoint::AtTimestamp(*ms),
+            StartAt::After(p) => Checkpoint::After(p.clone()),
+        }
+    }
+
+    /// Whether this names one record, which exists in one shard only.
+    pub fn is_sequence(&self) -> bool {
+        matches!(self, StartAt::After(_))
+    }
+}
+
+/// A position that does not parse: what is wrong, with examples of good ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionError(String);
+
+impl fmt::Display for PositionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bad position: {} (examples: {POSITION_EXAMPLES})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PositionError {}
+
+impl std::str::FromStr for StartAt {
+    type Err = PositionError;
+
+    fn from_str(text: &str) -> Result<Self, PositionError> {
+        let (kind, value) = match text.split_once(':') {
+            Some((kind, value)) => (kind, Some(value)),
+            None => (text, None),
+        };
+        match (kind.to_ascii_lowercase().replace('_', "-").as_str(), value) {
+            ("trim-horizon", None) => Ok(StartAt::TrimHorizon),
+            ("latest", None) => Ok(StartAt::Latest),
+            ("timestamp", Some(time)) => parse_rfc3339(time)
+                .map(StartAt::Timestamp)
+                .map_err(|e| PositionError(format!("timestamp `{time}`: {e}"))),
+            ("sequence", Some(number)) => {
+                let (sequence, sub) = number.split_once('/').unwrap_or((number, "0"));
+                let sequence = sequence.parse::<SequenceNumber>().map_err(|_| {
+                    PositionError(format!(
+                        "`{sequence}` is not a sequence number (decimal digits, at most 64)"
+                    ))
+                })?;
+                let sub = sub
+                    .parse::<u64>()
+                    .map_err(|_| PositionError(format!("`{sub}` is not a sub-sequence number")))?;
+                Ok(StartAt::After(Position::new(sequence, sub)))
+            }
+            _ => Err(PositionError(format!(
+                "`{text}` is not trim-horizon, latest, timestamp:… or sequence:…"
+            ))),
+        }
+    }
+}
+
+/// A checkpoint as people read it: `after 4959…/0` becomes `after 4959…`, timestamps in RFC 3339.
+pub fn checkpoint_text(checkpoint: Option<&Checkpoint>) -> String {
+    match checkpoint {
+        None => "none yet".to_owned(),
+        Some(Checkpoint::TrimHorizon) => "trim horizon".to_owned(),
+        Some(Checkpoint::Latest) => "latest".to_owned(),
+        Some(Checkpoint::AtTimestamp(ms)) => format!("at {}", format_rfc3339(*ms)),
+        Some(Checkpoint::After(p)) if p.sub_sequence == 0 => format!("after {}", p.sequence),
+        Some(Checkpoint::After(p)) => format!("after {}/{}", p.sequence, p.sub_sequence),
+        Some(Checkpoint::ShardEnd) => "shard end".to_owned(),
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` (RFC 3339; `t`, `z` and a space for `T`
+/// accepted) into milliseconds since the Unix epoch. Digits of the fraction past milliseconds
+/// are dropped. Times before 1970 are refused: no stream holds them.
+pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
+    const SHAPE: &str = "expected YYYY-MM-DDTHH:MM:SS[.fff](Z|+HH:MM|-HH:MM)";
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        let part = b.get(range).ok_or(SHAPE)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err(SHAPE.to_owned());
+        }
+        Ok(part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let at = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
+    if !(at(4, b"-") && at(7, b"-") && at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
+        return Err(SHAPE.to_owned());
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let mut i = 19;
+    let mut millis = 0;
+    if at(i, b".") {
+        let start = i + 1;
+        let end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if end == start {
+            return Err(format!("no digits after the decimal point; {SHAPE}"));
+        }
+        // The first three digits, right-padded: ".5" is 500 ms.
+        millis = b[start..end]
+            .iter()
+            .chain(b"00".iter())
+            .take(3)
+            .fold(0, |n, d| n * 10 + i64::from(d - b'0'));
+        i = end;
+    }
+    let offset_minutes = match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && at(i + 3, b":") => {
+            let (h, m) = (digits(i + 1..i + 3)?, digits(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return Err(format!("offset out of range; {SHAPE}"));
+            }
+            if *sign == b'+' {
+                h * 60 + m
+            } else {
+                -(h * 60 + m)
+            }
+        }
+        None => return Err(format!("no time zone (add Z for UTC); {SHAPE}")),
+        _ => return Err(SHAPE.to_owned()),
+    };
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return Err(format!("no such date {year:04}-{month:02}-{day:02}"));
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err(format!("no such time {hour:02}:{minute:02}:{second:02}"));
+    }
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
+        - offset_minutes * 60;
+    u64::try_from(seconds * 1_000 + millis).map_err(|_| "before 1970".to_owned())
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.fffZ`.
+pub fn format_rfc3339(ms: u64) -> String {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (year, month, day) = civil_from_days(days);
+    let (h, m, s, f) = (
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1_000 % 60,
+        rest % 1_000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{f:03}Z")
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// A number of seconds from the command line (`--sample 0.5`): finite, not negative, at most a
+/// day.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 2 or 0.5)"))?;
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("`{text}` seconds: must be between 0 and 86400"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse() {
+        assert_eq!("memory://".parse::<StoreUrl>(), Ok(StoreUrl::Memory));
+        assert_eq!(
+            "redis://:pw@127.0.0.1:6379/2".parse::<StoreUrl>(),
+            Ok(StoreUrl::Redis("redis://:pw@127.0.0.1:6379/2".into()))
+        );
+        assert_eq!(
+            "postgres://u:p@h/db?schema=ops&sslmode=disable".parse::<StoreUrl>(),
+            Ok(StoreUrl::Postgres {
+                url: "postgres://u:p@h/db?sslmode=disable".into(),
+                schema: Some("ops".into())
+            })
+        );
+        assert_eq!(
+            "dynamodb://leases?endpoint=http://127.0.0.1:5000&region=us-east-1".parse::<StoreUrl>(),
+            Ok(StoreUrl::Dynamo {
+                table: "leases".into(),
+                aws: AwsTarget {
+                    endpoint: Some("http://127.0.0.1:5000".into()),
+                    region: Some("us-east-1".into())
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn bad_store_urls_say_what_is_wrong() {
+        let cases = [
+            ("localhost:6379", "has no scheme"),
+            ("mysql://h/db", "unknown scheme `mysql://`"),
+            ("dynamodb://", "no table name"),
+            (
+                "dynamodb://t?endpoint=localhost:5000",
+                "must start with http://",
+            ),
+            (
+                "dynamodb://t?regoin=eu-west-1",
+                "unknown parameter `regoin`",
+            ),
+            ("dynamodb://t?region=", "`region` has no value"),
+            ("memory://x", "takes nothing"),
+            ("redis://", "no host"),
+        ];
+        for (url, expected) in cases {
+            let err = url.parse::<StoreUrl>().expect_err(url).to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+            assert!(err.contains("examples: memory://"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn source_urls_parse_and_name_their_stream() {
+        let url: SourceUrl = "kinesis://orders?region=eu-west-1".parse().unwrap();
+        assert_eq!(url.stream_name(), "orders");
+        let arn: SourceUrl = "kinesis://arn:aws:kinesis:eu-west-1:123456789012:stream/orders"
+            .parse()
+            .unwrap();
+        assert_eq!(arn.stream_name(), "orders");
+        let err = "kafka://orders"
+            .parse::<SourceUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown scheme `kafka://`") && err.contains("kinesis://orders"));
+    }
+
+    #[test]
+    fn credentials_never_show() {
+        let url: StoreUrl = "postgres://user:secret@h:5432/db".parse().unwrap();
+        assert!(!format!("{url:?}").contains("secret"));
+        assert_eq!(url.to_string(), "postgres://***@h:5432/db");
+        let url: StoreUrl = "postgres://u:secret@h/db?sslmode=disable&schema=ops"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://***@h/db?sslmode=disable&schema=ops"
+        );
+        let url: StoreUrl = "dynamodb://t?region=eu-west-1".parse().unwrap();
+        assert_eq!(url.to_string(), "dynamodb://t?region=eu-west-1");
+        assert_eq!(redact("redis://:secret@h:6379"), "redis://***@h:6379");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn rfc3339_times_parse_to_epoch_millis() {
+        let cases = [
+            ("1970-01-01T00:00:00Z", 0),
+            ("1970-01-01T00:00:00.5Z", 500),
+            ("1970-01-01T00:00:01.123456z", 1_123),
+            ("2000-02-29T12:00:00Z", 951_825_600_000),
+            ("2026-11-26T07:00:00Z", 1_795_676_400_000),
+            ("2026-11-26T08:00:00+01:00", 1_795_676_400_000),
+            ("2026-11-26 02:30:00-04:30", 1_795_676_400_000),
+            ("2024-12-31T23:59:59.999Z", 1_735_689_599_999),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_rfc3339(text), Ok(ms), "{text}");
+        }
+        for ms in [0, 951_825_600_000, 1_735_689_599_999, 4_102_444_800_000] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Ok(ms));
+        }
+        assert_eq!(
+            format_rfc3339(1_795_676_400_250),
+            "2026-11-26T07:00:00.250Z"
+        );
+    }
+
+    #[test]
+    fn bad_rfc3339_times_say_why() {
+        let cases = [
+            ("2026-11-26", "expected YYYY-MM-DD"),
+            ("2026-11-26T07:00:00", "no time zone"),
+            ("2026-02-29T07:00:00Z", "no such date 2026-02-29"),
+            ("2026-13-01T07:00:00Z", "no such date"),
+            ("2026-11-26T24:00:00Z", "no such time"),
+            ("2026-11-26T07:00:00.Z", "no digits after the decimal point"),
+            ("2026-11-26T07:00:00+1:00", "expected"),
+            ("2026-11-26T07:00:00+25:00", "offset out of range"),
+            ("1969-12-31T23:59:59Z", "before 1970"),
+            ("2026-11-26T07:00:00Zjunk", "expected"),
+            ("２026-11-26T07:00:00Z", "expected"),
+        ];
+        for (text, expected) in cases {
+            let err = parse_rfc3339(text).expect_err(text);
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn positions_parse_to_checkpoints() {
+        let at = |s: &str| s.parse::<StartAt>().map(|p| p.checkpoint());
+        assert_eq!(at("trim-horizon"), Ok(Checkpoint::TrimHorizon));
+        assert_eq!(at("TRIM_HORIZON"), Ok(Checkpoint::TrimHorizon));
+        assert_eq!(at("latest"), Ok(Checkpoint::Latest));
+        assert_eq!(
+            at("timestamp:2026-11-26T07:00:00Z"),
+            Ok(Checkpoint::AtTimestamp(1_795_676_400_000))
+        );
+        let seq = "49590338271490256608559692538361571095921575989136588898";
+        assert_eq!(
+            at(&format!("sequence:{seq}")),
+            Ok(Checkpoint::After(Position::new(seq.parse().unwrap(), 0)))
+        );
+        assert_eq!(
+            at("sequence:42/3"),
+            Ok(Checkpoint::After(Position::new(
+                SequenceNumber::from_u128(42),
+                3
+            )))
+        );
+        for (bad, expected) in [
+            ("earliest", "`earliest` is not trim-horizon"),
+            ("timestamp:yesterday", "timestamp `yesterday`"),
+            ("sequence:12a", "`12a` is not a sequence number"),
+            ("sequence:12/x", "`x` is not a sub-sequence"),
+        ] {
+            let err = bad.parse::<StartAt>().expect_err(bad).to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+            assert!(err.contains("examples: trim-horizon"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn checkpoints_read_as_text() {
+        let after = |s: u64| Checkpoint::After(Position::new(SequenceNumber::from_u128(42), s));
+        assert_eq!(checkpoint_text(None), "none yet");
+        assert_eq!(checkpoint_text(Some(&after(0))), "after 42");
+        assert_eq!(checkpoint_text(Some(&after(3))), "after 42/3");
+        assert_eq!(
+            checkpoint_text(Some(&Checkpoint::AtTimestamp(1_795_676_400_000))),
+            "at 2026-11-26T07:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn sdk_dumps_are_cut_from_errors() {
+        let error = "fatal source error: service error: ResourceNotFoundException: Stream x not \
+found (ServiceError(ServiceError { source: ResourceNotFoundException { .. }, raw: Response { .. } }))";
+        assert_eq!(
+            brief(error),
+            "fatal source error: service error: ResourceNotFoundException: Stream x not found"
+        );
+        assert_eq!(brief("no lease (yet)"), "no lease (yet)");
+    }
+
+    #[test]
+    fn seconds_are_bounded() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("soon").unwrap_err().contains("not a number"));
+    }
+}
