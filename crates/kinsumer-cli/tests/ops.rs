@@ -1,0 +1,922 @@
+//! The operations commands (`status`, `reset`, `tail`) as the built binary, against the real
+//! services of `scripts/services.sh`: stores seeded through the library (or by a consumer run on
+//! kinesis-local), then read or changed by `kinsumer` and checked through the library again.
+//! A test whose service is not running is skipped loudly, and fails under `CI=true`.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kinsumer::dynamo::{DynamoConfig, DynamoLeaseStore};
+use kinsumer::kinesis::KinesisSource;
+use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
+use kinsumer::redis::RedisLeaseStore;
+use kinsumer::{Checkpoint, ClientId, Consumer, LeaseStore, Position, SequenceNumber, ShardId};
+use kinsumer_testkit::conformance::fleet_config;
+use kinsumer_testkit::kinesis_local::{self, TestStream, unique_name};
+use kinsumer_testkit::moto;
+use kinsumer_testkit::services::require_service;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary.
+
+/// What one run of `kinsumer` did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{self:?}"))
+    }
+}
+
+/// Runs `kinsumer ARGS` with stdin closed (not a terminal) and dummy AWS credentials.
+async fn kinsumer(args: &[&str]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_kinsumer"))
+            .args(&args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the binary runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("the run finishes")
+}
+
+fn after(sequence: &str) -> Checkpoint {
+    Checkpoint::After(Position::new(sequence.parse().expect("a sequence"), 0))
+}
+
+/// Removes every lease of `stream` and every client row through the fenced operations, so
+/// tests leave nothing behind in shared servers whatever the store.
+async fn clear(store: &dyn LeaseStore, stream: &str) {
+    let me = ClientId::from("test-cleanup");
+    for lease in store.leases(stream).await.unwrap_or_default() {
+        if !lease.finished
+            && let Ok(taken) = store.take(stream, &lease.shard, &me, lease.token).await
+            && let Some(tenure) = taken.tenure()
+        {
+            let _ = store.finish(stream, &tenure).await;
+        }
+        let _ = store.delete_finished(stream, &lease.shard).await;
+    }
+    for client in store.clients().await.unwrap_or_default() {
+        let _ = store.deregister(&client.id).await;
+    }
+}
+
+/// Keeps `client`'s heartbeat going every 200 ms until dropped: a live consumer, as far as the
+/// store can tell.
+struct Beating(tokio::task::JoinHandle<()>);
+
+impl Beating {
+    fn start(store: Arc<dyn LeaseStore>, client: &str) -> Self {
+        let client = ClientId::from(client);
+        Self(tokio::spawn(async move {
+            loop {
+                let _ = store.heartbeat(&client).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Seeds `stream`: `s-0` owned by `live` (heartbeating) and checkpointed after 100, `s-1`
+/// owned by `gone` (no client row), `s-2` unowned without a checkpoint, `s-3` finished.
+async fn seed(store: &Arc<dyn LeaseStore>, stream: &str) -> Beating {
+    let beating = Beating::start(store.clone(), "live");
+    for shard in ["s-0", "s-1", "s-2", "s-3"] {
+        store
+            .create_if_absent(stream, &ShardId::from(shard), &[])
+            .await
+            .expect("create");
+    }
+    let take = |shard: &'static str, owner: &'static str| {
+        let store = store.clone();
+        let stream = stream.to_owned();
+        async move {
+            store
+                .take(&stream, &ShardId::from(shard), &ClientId::from(owner), 0)
+                .await
+                .expect("take")
+                .tenure()
+                .expect("owned")
+        }
+    };
+    let s0 = take("s-0", "live").await;
+    store
+        .checkpoint(stream, &s0, &after("100"))
+        .await
+        .expect("checkpoint");
+    take("s-1", "gone").await;
+    let s3 = take("s-3", "live").await;
+    store.finish(stream, &s3).await.expect("finish");
+    // The heartbeat task has written the live client's row by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    beating
+}
+
+fn shard<'a>(report: &'a Value, stream: &str, shard: &str) -> &'a Value {
+    report["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stream"] == stream))
+        .and_then(|s| s["shards"].as_array())
+        .and_then(|s| s.iter().find(|s| s["shard"] == shard))
+        .unwrap_or_else(|| panic!("no shard {shard} of {stream} in {report}"))
+}
+
+/// Checks `status --json` and the table on a store seeded by [`seed`].
+async fn assert_seeded_status(store_url: &str, app: &str, stream: &str) {
+    let run = kinsumer(&[
+        "status", "--store", store_url, "--app", app, "--stream", stream, "--json", "--sample", "2",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["application"], app);
+    let clients = report["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 1, "{report}");
+    assert_eq!(clients[0]["id"], "live");
+    assert!(
+        clients[0]["heartbeat_age_ms"].is_u64(),
+        "the live client's heartbeat was seen to change: {report}"
+    );
+    assert!(
+        clients[0]["watched_ms"]
+            .as_u64()
+            .is_some_and(|w| w >= 2_000),
+        "watched for --sample after the first read: {report}"
+    );
+    assert_eq!(
+        clients[0]["leases"], 2,
+        "s-0 and the finished s-3: {report}"
+    );
+
+    let s0 = shard(&report, stream, "s-0");
+    assert_eq!(
+        (&s0["owner"], &s0["owner_has_client_row"], &s0["token"]),
+        (&Value::from("live"), &Value::from(true), &Value::from(1))
+    );
+    assert_eq!(s0["checkpoint"], "AFTER:100/0");
+    assert_eq!(s0["finished"], false);
+    let s1 = shard(&report, stream, "s-1");
+    assert_eq!(s1["owner"], "gone");
+    assert_eq!(s1["owner_has_client_row"], false);
+    assert_eq!(s1["checkpoint"], Value::Null);
+    let s2 = shard(&report, stream, "s-2");
+    assert_eq!(
+        (&s2["owner"], &s2["token"]),
+        (&Value::Null, &Value::from(0))
+    );
+    assert_eq!(shard(&report, stream, "s-3")["finished"], true);
+    assert_eq!(shard(&report, stream, "s-3")["checkpoint"], "SHARD_END");
+
+    let table = kinsumer(&[
+        "status", "--store", store_url, "--app", app, "--stream", stream, "--sample", "0.6",
+    ])
+    .await;
+    assert_eq!(table.code, 0, "{table:?}");
+    for expected in [
+        "gone (gone)",
+        "after 100",
+        "shard end",
+        "none yet",
+        "s ago",
+        "2 owned, 1 unowned, 1 finished",
+    ] {
+        assert!(
+            table.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            table.stdout
+        );
+    }
+    assert!(
+        !table.stdout.contains("postgres:postgres"),
+        "no credentials in the output:\n{}",
+        table.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// status
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_redis_shows_owners_checkpoints_and_gone_owners() {
+    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+        return;
+    };
+    let app = unique_name("cli-status");
+    let stream = "orders";
+    let store: Arc<dyn LeaseStore> =
+        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
+    let beating = seed(&store, stream).await;
+    assert_seeded_status(&url, &app, stream).await;
+    drop(beating);
+    clear(&*store, stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_dynamodb_shows_owners_checkpoints_and_gone_owners() {
+    let Some(endpoint) = moto::endpoint() else {
+        return;
+    };
+    let table = moto::unique_table("cli");
+    let config = DynamoConfig::new("billing")
+        .with_table(table.clone())
+        .create_table_if_missing(true);
+    let client = moto::client(&endpoint);
+    let store: Arc<dyn LeaseStore> = Arc::new(
+        DynamoLeaseStore::open(client.clone(), config)
+            .await
+            .expect("the table"),
+    );
+    let beating = seed(&store, "orders").await;
+    let url = format!("dynamodb://{table}?endpoint={endpoint}&region=us-east-1");
+    assert_seeded_status(&url, "billing", "orders").await;
+
+    // reset --all on the same store: the unowned s-2 moves; the finished s-3 is skipped; the
+    // live owner's s-0 refuses the whole reset until --force, the gone owner's s-1 is taken.
+    let reset = [
+        "reset",
+        "--store",
+        url.as_str(),
+        "--app",
+        "billing",
+        "--stream",
+        "orders",
+        "--all",
+        "--to",
+        "timestamp:2026-11-26T08:00:00+01:00",
+        "--yes",
+    ];
+    let refused = kinsumer(&reset).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("s-0: owned by live"), "{refused:?}");
+    let mut force = reset.to_vec();
+    force.push("--force");
+    let forced = kinsumer(&force).await;
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(forced.stdout.contains("skip: finished"), "{forced:?}");
+    let at = Checkpoint::AtTimestamp(1_795_676_400_000);
+    for shard in ["s-0", "s-1", "s-2"] {
+        let lease = store
+            .lease("orders", &ShardId::from(shard))
+            .await
+            .expect("read")
+            .expect("lease");
+        assert_eq!(lease.checkpoint.as_ref(), Some(&at), "{shard}");
+        assert_eq!(lease.owner, None, "{shard}");
+    }
+    drop(beating);
+    moto::drop_table(&client, &table).await;
+}
+
+/// The issue's scenario: two consumers read a kinesis-local stream with their leases in
+/// PostgreSQL; `status --source` shows who owns which shard, the checkpoints they committed,
+/// and the records they have not acknowledged as "behind the tip" — then, after they leave, no
+/// clients, no owners and the same checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
+    let Some(pg) = require_service(
+        "PostgreSQL",
+        "KINSUMER_POSTGRES_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    ) else {
+        return;
+    };
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let kinesis = kinesis_local::client(&endpoint);
+    let stream = TestStream::create(&kinesis, "orders", 4).await;
+    let app = unique_name("billing");
+    let store = PgLeaseStore::connect(PgStoreConfig::new(&pg, &app))
+        .await
+        .expect("PostgreSQL");
+    let source = KinesisSource::new(kinesis.clone(), &stream.name);
+
+    // Deliveries: (shard, sequence, data); records of batch 2 are held, never acked.
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let mut consumers = Vec::new();
+    for id in ["worker-1", "worker-2"] {
+        let mut consumer = Consumer::new(fleet_config(&app, id), source.clone(), store.clone())
+            .expect("a consumer");
+        let mut records = consumer.records().expect("records");
+        let (seen, held) = (seen.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            while let Some(Ok(record)) = records.next().await {
+                let data = String::from_utf8_lossy(record.data()).into_owned();
+                seen.lock().unwrap().push((
+                    record.shard_id().to_string(),
+                    record.sequence_number().to_string(),
+                    data.clone(),
+                ));
+                if data.starts_with("batch-1") {
+                    record.ack();
+                } else {
+                    held.lock().unwrap().push(record);
+                }
+            }
+        });
+        consumers.push((consumer, task));
+    }
+
+    let batch = |n: usize, count: usize| -> Vec<(String, Vec<u8>)> {
+        (0..count)
+            .map(|i| {
+                (
+                    format!("key-{i}"),
+                    format!("batch-{n} record {i}").into_bytes(),
+                )
+            })
+            .collect()
+    };
+    stream.put_all(&batch(1, 40)).await;
+    // Batch 1 delivered, acked and committed, two shards per worker.
+    let (seen_ref, held_ref, store_ref, name) = (&seen, &held, &store, stream.name.as_str());
+    let last_of_batch_1 = wait_until(
+        Duration::from_secs(60),
+        "batch 1 committed",
+        || async move {
+            let seen = seen_ref.lock().unwrap().clone();
+            let mut last: BTreeMap<String, String> = BTreeMap::new();
+            for (shard, seq, data) in &seen {
+                if data.starts_with("batch-1") {
+                    let entry = last.entry(shard.clone()).or_default();
+                    let newer =
+                        seq.parse::<SequenceNumber>().ok() > entry.parse::<SequenceNumber>().ok();
+                    if newer {
+                        *entry = seq.clone();
+                    }
+                }
+            }
+            let delivered: std::collections::BTreeSet<&String> =
+                seen.iter().map(|d| &d.2).collect();
+            let leases = store_ref.leases(name).await.ok()?;
+            let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+            for lease in &leases {
+                *per_owner
+                    .entry(lease.owner.as_ref()?.to_string())
+                    .or_default() += 1;
+                let expected = last.get(lease.shard.as_str()).map(|s| after(s));
+                (lease.checkpoint == expected).then_some(())?;
+            }
+            let settled = delivered.len() == 40
+                && leases.len() == 4
+                && per_owner.values().all(|n| *n == 2)
+                && per_owner.len() == 2;
+            settled.then_some(last)
+        },
+    )
+    .await;
+
+    stream.put_all(&batch(2, 8)).await;
+    wait_until(
+        Duration::from_secs(30),
+        "batch 2 delivered",
+        || async move { (held_ref.lock().unwrap().len() == 8).then_some(()) },
+    )
+    .await;
+    let mut batch_2_per_shard: BTreeMap<String, u64> = BTreeMap::new();
+    for (shard, _, data) in seen.lock().unwrap().iter() {
+        if data.starts_with("batch-2") {
+            *batch_2_per_shard.entry(shard.clone()).or_default() += 1;
+        }
+    }
+
+    let source_url = format!(
+        "kinesis://{}?endpoint={endpoint}&region=us-east-1",
+        stream.name
+    );
+    let status = |json: bool| {
+        let mut args = vec![
+            "status",
+            "--store",
+            pg.as_str(),
+            "--app",
+            app.as_str(),
+            "--source",
+            source_url.as_str(),
+            "--sample",
+            "1.5",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let table = status(false).await;
+    eprintln!("kinsumer status, consumers running:\n{}", table.stdout);
+    assert_eq!(table.code, 0, "{table:?}");
+    let run = status(true).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    let clients: Vec<(&str, u64, bool)> = report["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap_or(""),
+                c["leases"].as_u64().unwrap_or(0),
+                c["heartbeat_age_ms"].is_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        clients,
+        [("worker-1", 2, true), ("worker-2", 2, true)],
+        "{report}"
+    );
+    for (shard_id, last) in &last_of_batch_1 {
+        let row = shard(&report, &stream.name, shard_id);
+        assert!(
+            row["owner"] == "worker-1" || row["owner"] == "worker-2",
+            "{row}"
+        );
+        assert_eq!(row["owner_has_client_row"], true, "{row}");
+        assert_eq!(row["checkpoint"], format!("AFTER:{last}/0"), "{row}");
+        let behind = batch_2_per_shard.get(shard_id).copied().unwrap_or(0);
+        assert_eq!(row["behind"]["records"], behind, "{row}");
+        assert_eq!(row["behind"]["at_least"], false, "{row}");
+        assert_eq!(row["in_stream"], true, "{row}");
+        if behind > 0 {
+            assert!(row["behind"]["oldest_unprocessed_age_ms"].is_u64(), "{row}");
+        }
+    }
+
+    // Graceful leave: the held records are never acked, so the checkpoints stay.
+    held.lock().unwrap().clear();
+    let leaving = consumers.into_iter().map(|(consumer, task)| async move {
+        consumer.shutdown().await.expect("shutdown");
+        let _ = task.await;
+    });
+    futures::future::join_all(leaving).await;
+    let report = status(true).await.json();
+    assert_eq!(report["clients"], Value::Array(vec![]), "{report}");
+    let mut behind_total = 0;
+    for (shard_id, last) in &last_of_batch_1 {
+        let row = shard(&report, &stream.name, shard_id);
+        assert_eq!(row["owner"], Value::Null, "{row}");
+        assert_eq!(row["checkpoint"], format!("AFTER:{last}/0"), "{row}");
+        behind_total += row["behind"]["records"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(behind_total, 8, "{report}");
+    clear(&store, &stream.name).await;
+}
+
+/// Polls `check` every 200 ms until it gives `Some`, or panics naming `what` after `limit`.
+async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// reset
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force() {
+    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+        return;
+    };
+    let app = unique_name("cli-reset");
+    let stream = "orders";
+    let store: Arc<dyn LeaseStore> =
+        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
+    let beating = seed(&store, stream).await;
+    let lease = |shard: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .lease(stream, &ShardId::from(shard))
+                .await
+                .expect("read")
+                .expect("lease")
+        }
+    };
+    let reset = |more: &[&str]| {
+        let mut args = vec![
+            "reset",
+            "--store",
+            url.as_str(),
+            "--app",
+            app.as_str(),
+            "--stream",
+            stream,
+        ];
+        args.extend_from_slice(more);
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+
+    // Unowned: reset_checkpoint, token unchanged.
+    let run = reset(&["--shard", "s-2", "--to", "sequence:12345", "--yes"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("reset (unowned)"), "the plan: {run:?}");
+    let s2 = lease("s-2").await;
+    assert_eq!(
+        (s2.checkpoint, s2.owner, s2.token),
+        (Some(after("12345")), None, 0)
+    );
+
+    // Without --yes and without a terminal: refused, nothing changed.
+    let run = reset(&["--shard", "s-2", "--to", "trim-horizon"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("pass --yes"), "{run:?}");
+    assert_eq!(lease("s-2").await.checkpoint, Some(after("12345")));
+
+    // A live owner: refused by name, nothing changed.
+    let run = reset(&[
+        "--shard", "s-0", "--shard", "s-2", "--to", "latest", "--yes",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("s-0: owned by live"), "{run:?}");
+    assert!(run.stderr.contains("--force"), "{run:?}");
+    assert_eq!(lease("s-0").await.checkpoint, Some(after("100")));
+    assert_eq!(lease("s-2").await.checkpoint, Some(after("12345")));
+
+    // --force: take, then release at the new checkpoint; the old owner's tenure is fenced.
+    let run = reset(&["--shard", "s-0", "--to", "latest", "--yes", "--force"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let s0 = lease("s-0").await;
+    assert_eq!(
+        (s0.checkpoint, s0.owner, s0.token),
+        (Some(Checkpoint::Latest), None, 2)
+    );
+    let old = kinsumer::Tenure {
+        shard: ShardId::from("s-0"),
+        owner: ClientId::from("live"),
+        token: 1,
+    };
+    assert!(matches!(
+        store.checkpoint(stream, &old, &after("101")).await,
+        Err(kinsumer::StoreError::LeaseLost { .. })
+    ));
+
+    // An owner without a client row has left: no --force needed.
+    let run = reset(&["--shard", "s-1", "--to", "trim-horizon", "--yes"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lease("s-1").await.checkpoint, Some(Checkpoint::TrimHorizon));
+
+    // A finished lease, a shard with no lease, a sequence for many shards.
+    let run = reset(&["--shard", "s-3", "--to", "trim-horizon", "--yes", "--force"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("finished"), "{run:?}");
+    let run = reset(&["--shard", "s-9", "--to", "trim-horizon", "--yes"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("no lease for shard s-9") && run.stderr.contains("s-0, s-1"),
+        "{run:?}"
+    );
+    let run = reset(&["--all", "--to", "sequence:5", "--yes"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("one --shard"), "{run:?}");
+
+    drop(beating);
+    clear(&*store, stream).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// tail
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_what_was_produced() {
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let kinesis = kinesis_local::client(&endpoint);
+    let stream = TestStream::create(&kinesis, "tail", 2).await;
+    let produced: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| (format!("key-{i}"), format!("record {i}").into_bytes()))
+        .collect();
+    stream.put_all(&produced).await;
+    let url = format!(
+        "kinesis://{}?endpoint={endpoint}&region=us-east-1",
+        stream.name
+    );
+
+    let run = kinsumer(&[
+        "tail",
+        "--source",
+        url.as_str(),
+        "--from",
+        "trim-horizon",
+        "--format",
+        "json",
+        "--limit",
+        "30",
+        "--idle-exit",
+        "30",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let mut printed: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["data_encoding"], "utf8", "{l}");
+            (
+                l["partition_key"].as_str().unwrap_or("").to_owned(),
+                l["data"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    printed.sort();
+    let mut expected: Vec<(String, String)> = produced
+        .iter()
+        .map(|(k, d)| (k.clone(), String::from_utf8_lossy(d).into_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(printed, expected);
+    assert!(run.stderr.contains("tailing stream"), "{run:?}");
+
+    // Text, until idle; then from after a record of one shard: the rest of that shard.
+    let run = kinsumer(&[
+        "tail",
+        "--source",
+        url.as_str(),
+        "--from",
+        "trim-horizon",
+        "--idle-exit",
+        "2",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 30, "{run:?}");
+    assert!(run.stderr.contains("--idle-exit"), "{run:?}");
+    let first = &lines[0];
+    let (shard_id, sequence) = (
+        first["shard"].as_str().expect("shard"),
+        first["sequence"].as_str().expect("sequence"),
+    );
+    let in_shard = lines.iter().filter(|l| l["shard"] == shard_id).count();
+    let from = format!("sequence:{sequence}");
+    let run = kinsumer(&[
+        "tail",
+        "--source",
+        url.as_str(),
+        "--shard",
+        shard_id,
+        "--from",
+        from.as_str(),
+        "--format",
+        "hex",
+        "--idle-exit",
+        "2",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let rest: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rest.len(), in_shard - 1, "{run:?}");
+    assert!(rest.iter().all(|l| l.starts_with(shard_id)), "{run:?}");
+    assert!(!run.stdout.contains(&format!(" {sequence} ")), "{run:?}");
+
+    let run = kinsumer(&[
+        "tail",
+        "--source",
+        url.as_str(),
+        "--shard",
+        "shardId-999",
+        "--limit",
+        "1",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("has no shard shardId-999"), "{run:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage: no services needed.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_and_flags_are_one_line_errors_with_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["status", "--store", "mysql://h/db", "--app", "a"],
+            "unknown scheme `mysql://`",
+        ),
+        (
+            &["status", "--store", "localhost:6379", "--app", "a"],
+            "examples: memory://",
+        ),
+        (
+            &[
+                "status",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--source",
+                "kinesis://",
+            ],
+            "no stream name",
+        ),
+        (
+            &[
+                "status",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--sample=-1",
+            ],
+            "must be between 0 and 86400",
+        ),
+        (
+            &["tail", "--source", "kinesis://s?endpoint=localhost:4567"],
+            "must start with http://",
+        ),
+        (
+            &["tail", "--source", "kinesis://s", "--format", "xml"],
+            "invalid value 'xml'",
+        ),
+        (
+            &[
+                "tail",
+                "--source",
+                "kinesis://s?region=us-east-1",
+                "--from",
+                "sequence:1",
+            ],
+            "one --shard",
+        ),
+        (
+            &[
+                "reset",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--stream",
+                "s",
+                "--all",
+                "--to",
+                "yesterday",
+            ],
+            "bad position: `yesterday`",
+        ),
+        (
+            &[
+                "reset",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--stream",
+                "s",
+                "--all",
+                "--to",
+                "timestamp:2026-02-30T00:00:00Z",
+            ],
+            "no such date 2026-02-30",
+        ),
+        (
+            &[
+                "reset",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--stream",
+                "s",
+                "--to",
+                "latest",
+            ],
+            "--shard <ID>|--all",
+        ),
+        (
+            &[
+                "reset",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--stream",
+                "s",
+                "--to",
+                "latest",
+                "--all",
+                "--shard",
+                "x",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = kinsumer(args).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains(expected),
+            "{args:?}: {expected:?} in {run:?}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_exit_2_and_hides_credentials() {
+    let run = kinsumer(&[
+        "status",
+        "--store",
+        "redis://:secret@127.0.0.1:1",
+        "--app",
+        "a",
+        "--sample",
+        "0",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("Redis at redis://***@127.0.0.1:1"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("secret"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_a_stream_shows_clients_and_says_how_to_see_leases() {
+    let run = kinsumer(&[
+        "status",
+        "--store",
+        "memory://",
+        "--app",
+        "a",
+        "--sample",
+        "0",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("no clients"), "{run:?}");
+    assert!(run.stdout.contains("add --stream NAME"), "{run:?}");
+    let run = kinsumer(&[
+        "status",
+        "--store",
+        "memory://",
+        "--app",
+        "a",
+        "--sample",
+        "0",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["streams"], Value::Array(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_shows_examples_in_its_help() {
+    for command in ["status", "reset", "tail"] {
+        let run = kinsumer(&[command, "--help"]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(
+            run.stdout.contains("Examples:")
+                && run.stdout.contains(&format!("kinsumer {command} ")),
+            "{command} --help:\n{}",
+            run.stdout
+        );
+    }
+}
