@@ -138,8 +138,11 @@ async fn execute(args: StatusArgs) -> Result<i32> {
     observer.sample(&*context.store, args.sample).await?;
     let Some(every) = args.watch else {
         let report = context.report(&observer).await?;
-        emit(&text(&report, args.json)?)?;
-        return Ok(0);
+        return match emit(&text(&report, args.json)?) {
+            // `status | head`: the reader has seen what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+            other => other.map(|()| 0).map_err(Into::into),
+        };
     };
 
     // Watch: report, then keep observing for `every`, until Ctrl-C. A store that fails during a
