@@ -5,6 +5,7 @@
 //! - `kinsumer status` — clients and leases of an application, from any store.
 //! - `kinsumer reset` — move checkpoints, through the store's fenced operations.
 //! - `kinsumer tail` — print a stream's records as they arrive, without taking leases.
+//! - `kinsumer bench` — the performance scenarios, written to `BENCHMARKS.md`.
 //!
 //! Backends are chosen by URL (see [`backends`]). Exit codes: 0 success, 1 the operation was
 //! refused or found a problem (a reset refused, a demo that lost records), 2 bad usage or an
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 mod backends;
+mod bench;
 mod demo;
 mod reset;
 mod status;
@@ -49,6 +51,11 @@ enum Command {
     Reset(reset::ResetArgs),
     /// Print a stream's records as they arrive, from a chosen position, without taking leases.
     Tail(tail::TailArgs),
+    /// Run the performance scenarios and write BENCHMARKS.md.
+    #[command(
+        after_help = "Examples:\n  kinsumer bench --quick\n  kinsumer bench --scenario P1,P6 --out /tmp/bench.md\n  kinsumer bench --scenario P5 --redis redis://10.0.0.5:6379\n\nBuild it with --release (cargo run --release -p kinsumer-cli -- bench). Start the services first (bash scripts/services.sh): one that is not reachable gives a \"not measured\" row, never a number. Exit 0 when every measured row meets its goal, 1 when one misses."
+    )]
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -76,6 +83,7 @@ fn main() {
             Command::Status(args) => status::run(args).await,
             Command::Reset(args) => reset::run(args).await,
             Command::Tail(args) => tail::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match code {
