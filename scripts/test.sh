@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # The full test suite: starts every service the tests need (idempotently), then runs every
-# test of the workspace, then the long measurements that `cargo test` skips by default (the
-# DynamoDB idle-fleet cost on moto, ~2 minutes), then the simulation sweep (KINSUMER_SIM_SEEDS
-# seeds, default 10,000) with its count printed.
+# test of the workspace, then the simulation sweep (KINSUMER_SIM_SEEDS seeds, default 10,000)
+# with its count printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-rust.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 bash scripts/services.sh
 cargo test --workspace --release -- --skip sweep
-cargo test --release -p kinsumer-dynamo --test idle_cost -- --ignored --nocapture
 KINSUMER_SIM_SEEDS="${KINSUMER_SIM_SEEDS:-10000}" \
   cargo test --release -p kinsumer-testkit --test sim -- sweep --exact --nocapture

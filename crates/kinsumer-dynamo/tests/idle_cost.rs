@@ -19,7 +19,7 @@ const SHARDS: usize = 1_000;
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "~2 minutes on moto (one Python process): scripts/test.sh runs it with --ignored"]
+#[ignore = "on moto (one Python process) the fleet settles in 75 s at best and often not within 240 s: run it by hand with --ignored on a quiet machine (issue #4)"]
 async fn idle_store_cost_of_10_clients_and_1000_leases() {
     let Some(endpoint) = common::endpoint() else {
         return;
