@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use kinsumer::LeaseStore;
 use kinsumer::dynamo::aws_sdk_dynamodb;
 use kinsumer::dynamo::{DynamoConfig, DynamoLeaseStore};
@@ -132,49 +131,21 @@ pub(crate) async fn drop_table(args: &BenchArgs, table: &str) {
         .await;
 }
 
-macro_rules! http {
-    () => {
-        // rustls with ring, as the rest of the binary; it serves plain http:// to emulators too.
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https()
-    };
+/// rustls with ring, as the rest of the binary; it serves plain http:// to emulators too.
+fn http() -> aws_sdk_kinesis::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
-/// A client for moto's DynamoDB, with dummy credentials.
+/// A client for moto's DynamoDB (the testkit's, with dummy credentials) over [`http`].
 pub(crate) fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let conf = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "kinsumer-bench",
-        ))
-        .http_client(http!())
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(conf)
+    kinsumer_testkit::moto::client_with(endpoint, |b| b.http_client(http()))
 }
 
-/// A client for kinesis-local, with dummy credentials.
+/// A client for kinesis-local (the testkit's, with dummy credentials) over [`http`].
 pub(crate) fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "kinsumer-bench",
-        ))
-        .http_client(http!())
-        .build();
-    aws_sdk_kinesis::Client::from_conf(conf)
+    kinsumer_testkit::kinesis_local::client_with(endpoint, |b| b.http_client(http()))
 }
