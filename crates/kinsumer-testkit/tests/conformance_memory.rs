@@ -1,6 +1,7 @@
 //! Both conformance suites against the in-memory implementations — and proof that the suites
 //! catch a broken store.
 
+use kinsumer_core::config::EngineFaults;
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreFaults, conformance};
 
 #[tokio::test(start_paused = true)]
@@ -40,9 +41,8 @@ async fn a_memory_fleet_survives_a_crash_and_a_graceful_leave() {
     assert_eq!(report.deliveries, report.records + report.duplicates);
 }
 
-#[tokio::test(start_paused = true)]
-#[should_panic(expected = "consumer_fleet [every record delivered]")]
-async fn the_fleet_check_catches_a_consumer_that_skips_records() {
+/// The fleet check on a memory stream and store, with one engine fault switched on.
+async fn fleet_with_fault(fault: fn(&mut EngineFaults)) {
     let stream = MemoryStream::new("fleet", 4);
     conformance::consumer_fleet_with(
         stream.clone(),
@@ -50,7 +50,7 @@ async fn the_fleet_check_catches_a_consumer_that_skips_records() {
         MemoryLeaseStore::new(),
         "fleet",
         |mut c| {
-            c.faults.skip_first_record = true;
+            fault(&mut c.faults);
             c
         },
     )
@@ -58,18 +58,13 @@ async fn the_fleet_check_catches_a_consumer_that_skips_records() {
 }
 
 #[tokio::test(start_paused = true)]
+#[should_panic(expected = "consumer_fleet [every record delivered]")]
+async fn the_fleet_check_catches_a_consumer_that_skips_records() {
+    fleet_with_fault(|f| f.skip_first_record = true).await;
+}
+
+#[tokio::test(start_paused = true)]
 #[should_panic(expected = "consumer_fleet [duplicates only after the crash]")]
 async fn the_fleet_check_catches_handoffs_that_release_a_stale_checkpoint() {
-    let stream = MemoryStream::new("fleet", 4);
-    conformance::consumer_fleet_with(
-        stream.clone(),
-        &stream,
-        MemoryLeaseStore::new(),
-        "fleet",
-        |mut c| {
-            c.faults.release_stale_checkpoint = true;
-            c
-        },
-    )
-    .await;
+    fleet_with_fault(|f| f.release_stale_checkpoint = true).await;
 }
