@@ -102,7 +102,9 @@ pub struct Config {
     pub membership_poll_interval: Duration,
     /// How often every lease row is read and the assignment recomputed even when no client
     /// joined, left or died (those trigger it at once); default 5 s. It is how a client learns
-    /// of leases other clients created (children after a reshard).
+    /// of leases other clients created (children after a reshard). On a slow store the read is
+    /// spaced further: at least 2 × live clients × the last read's duration apart, so a
+    /// fleet's full reads never keep the store busy more than about half the time.
     pub rebalance_interval: Duration,
     /// How often the stream's shards are listed to find new ones (default 30 s; also after
     /// every shard end).

@@ -527,9 +527,16 @@ struct Supervisor {
     /// Shards whose tenure failed: not before this instant, after this many failures.
     retry: BTreeMap<ShardId, (Instant, u32)>,
     last_full: Option<Instant>,
+    /// How long the last full read took: the store's own report of how busy it is.
+    last_full_took: Duration,
     last_sync: Option<Instant>,
+    /// A full read is wanted (a lost race, a tenure ended, an error): paced, see `full_read_due`.
     need_full: bool,
+    /// A full read is needed at once: the live set changed, so the plan did.
+    urgent_full: bool,
     need_sync: bool,
+    /// The rest of the last plan's takes, carried out a burst per tick between full reads.
+    backlog: Vec<ShardId>,
     epoch_seen: u64,
     /// The live clients at the last tick, to notice deaths without waiting for a full read.
     last_alive: Vec<ClientId>,
@@ -540,8 +547,12 @@ type Tenures = JoinSet<(ShardId, Outcome)>;
 /// Up to this many awaited leases are polled one by one between full reads.
 const WAITING_POLL_LIMIT: usize = 8;
 
-/// At most this many takes in one rebalancing round; the rest wait for a fresh read.
-const TAKES_PER_ROUND: usize = 64;
+/// At most this many takes per tick; the rest of the plan waits for the next tick.
+const TAKES_PER_TICK: usize = 64;
+
+/// A wanted full read waits until the fleet's full reads, each as slow as our last, would keep
+/// the store busy at most half the time: `FULL_READ_PACE × live clients × last read's duration`.
+const FULL_READ_PACE: u32 = 2;
 
 fn is_fatal(e: &ConsumerError) -> bool {
     matches!(
@@ -590,9 +601,12 @@ async fn supervise(
         waiting: BTreeSet::new(),
         retry: BTreeMap::new(),
         last_full: None,
+        last_full_took: Duration::ZERO,
         last_sync: None,
         need_full: true,
+        urgent_full: true,
         need_sync: true,
+        backlog: Vec::new(),
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
         engine,
@@ -706,7 +720,7 @@ impl Supervisor {
                     .client_gauge(metrics::LIVE_CLIENTS)
                     .set(alive.len() as f64);
                 if joined_or_left || alive != self.last_alive {
-                    self.need_full = true;
+                    self.urgent_full = true;
                     self.last_alive = alive;
                 }
             }
@@ -726,27 +740,43 @@ impl Supervisor {
             self.need_sync = false;
             self.need_full = true;
         }
-        // Waiting for many handoffs at once (a fleet starting up), one read of every lease is
-        // cheaper than one read per awaited lease; at most once a second.
-        let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT
-            && self
-                .last_full
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
-        if self.need_full
-            || many_waiting
-            || self
-                .last_full
-                .is_none_or(|t| now.duration_since(t) >= cfg.rebalance_interval)
-        {
+        if self.full_read_due(now) {
             if let Err(e) = self.rebalance(tasks).await {
                 return self.tolerate(e, "rebalancing");
             }
-            // `rebalance` leaves `need_full` set if it stopped early.
             self.last_full = Some(now);
-        } else if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
-            self.poll_waiting(tasks).await?;
+        } else {
+            self.take_backlog(tasks).await;
+            if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
+                self.poll_waiting(tasks).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether to read every lease now. At once when the live set changed (the plan did too);
+    /// otherwise paced by how long the last read took, so a fleet reading a slow store (many
+    /// leases, an emulator, a throttled table) backs off instead of queueing behind itself:
+    /// - a wanted read (`need_full`) after `FULL_READ_PACE × live × last read`, not sooner
+    ///   than the next membership poll;
+    /// - waiting for many handoffs at once (a fleet starting up), one read of every lease is
+    ///   cheaper than one read per awaited lease: at the same pace, at most once a second;
+    /// - the periodic safety-net read every `rebalance_interval`, or at that pace if slower.
+    fn full_read_due(&self, now: Instant) -> bool {
+        let Some(last) = self.last_full else {
+            return true;
+        };
+        if self.urgent_full {
+            return true;
+        }
+        let cfg = &self.engine.config;
+        let live = self.membership.alive().len().max(1) as u32;
+        let pace = self.last_full_took * FULL_READ_PACE * live;
+        let since = now.duration_since(last);
+        let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
+        (self.need_full && since >= pace.max(cfg.membership_poll_interval))
+            || (many_waiting && since >= pace.max(Duration::from_secs(1)))
+            || since >= pace.max(cfg.rebalance_interval)
     }
 
     /// Fatal errors stop the consumer; anything else is logged and retried on a later tick.
@@ -811,6 +841,7 @@ impl Supervisor {
     /// Reads every lease, computes the shared assignment and acts on it.
     async fn rebalance(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
         let me = self.engine.me.clone();
+        let started = Instant::now();
         self.leases = self
             .engine
             .store
@@ -819,6 +850,9 @@ impl Supervisor {
             .into_iter()
             .map(|l| (l.shard.clone(), l))
             .collect();
+        self.last_full_took = started.elapsed();
+        self.need_full = false;
+        self.urgent_full = false;
         if self.fenced() {
             return Ok(());
         }
@@ -899,33 +933,42 @@ impl Supervisor {
                 Err(e) => debug!(tenure = %tenure, error = %e, "releasing a stale lease failed"),
             }
         }
-        // Take what is ours.
+        // Take what is ours, a burst per tick (see `take_backlog`).
         self.waiting.clear();
-        let mine: Vec<ShardId> = plan
+        self.backlog = plan
             .iter()
             .filter(|(s, c)| **c == me && !self.held.contains_key(*s))
             .map(|(s, _)| s.clone())
+            .rev() // popped from the back: taken in shard order
             .collect();
-        // Takes go one by one, so a slow store makes a long plan slow to carry out — and a plan
-        // made from a stale view (a fleet starting up) is wrong by the time it is done. Stop at
-        // the first sign of staleness (a lost race) or after a bounded number of takes, and go
-        // on from a fresh read on the next tick.
-        self.need_full = false;
-        let round_started = Instant::now();
-        for (done, shard) in mine.into_iter().enumerate() {
-            if self.need_full
-                || done >= TAKES_PER_ROUND
-                || round_started.elapsed() >= self.engine.config.rebalance_interval
-            {
-                self.need_full = true;
-                break;
+        self.take_backlog(tasks).await;
+        Ok(())
+    }
+
+    /// Carries out the plan of the last full read. Takes go one by one, so a slow store makes a
+    /// long plan slow to carry out: a burst of takes per tick, so the live set is re-checked
+    /// between bursts (a change re-plans from a fresh read). Each take is conditional on the
+    /// token read, so a plan gone stale cannot take what another client took meanwhile: the
+    /// first lost race drops the rest of the plan until the next full read.
+    async fn take_backlog(&mut self, tasks: &mut Tenures) {
+        let started = Instant::now();
+        let budget = self.engine.config.membership_poll_interval * 5;
+        let mut done = 0;
+        while let Some(shard) = self.backlog.pop() {
+            if self.held.contains_key(&shard) {
+                continue;
             }
             let Some(lease) = self.leases.get(&shard).cloned() else {
                 continue;
             };
-            self.consider(lease, Instant::now(), tasks).await;
+            done += 1;
+            if !self.consider(lease, Instant::now(), tasks).await {
+                self.backlog.clear();
+            }
+            if done >= TAKES_PER_TICK || started.elapsed() >= budget {
+                break;
+            }
         }
-        Ok(())
     }
 
     /// Deletes the rows of clients dead for three lease TTLs, so crashed clients do not linger
@@ -966,7 +1009,8 @@ impl Supervisor {
     }
 
     /// Takes `lease` if it is free, its owner is dead, or it is already ours; otherwise waits.
-    async fn consider(&mut self, lease: Lease, now: Instant, tasks: &mut Tenures) {
+    /// False when the take showed our view of the leases to be stale (or the store failing).
+    async fn consider(&mut self, lease: Lease, now: Instant, tasks: &mut Tenures) -> bool {
         let me = &self.engine.me.clone();
         let free = match &lease.owner {
             None => true,
@@ -974,26 +1018,29 @@ impl Supervisor {
         };
         if !free {
             self.waiting.insert(lease.shard.clone());
-            return;
+            return true;
         }
         self.waiting.remove(&lease.shard);
-        if lease.finished {
-            return;
-        }
-        if self
-            .retry
-            .get(&lease.shard)
-            .is_some_and(|(at, _)| *at > now)
-            || self.fenced()
+        if lease.finished
+            || self
+                .retry
+                .get(&lease.shard)
+                .is_some_and(|(at, _)| *at > now)
         {
-            return;
+            return true;
+        }
+        if self.fenced() {
+            return false;
         }
         let store = &self.engine.store;
         match store
             .take(&self.engine.stream, &lease.shard, me, lease.token)
             .await
         {
-            Ok(taken) => self.start_tenure(taken, lease.owner.as_ref(), tasks),
+            Ok(taken) => {
+                self.start_tenure(taken, lease.owner.as_ref(), tasks);
+                return true;
+            }
             Err(StoreError::LeaseLost { .. }) => self.need_full = true,
             Err(StoreError::NotFound { .. }) => self.need_sync = true,
             // An ambiguous take may have succeeded: the next full read shows us as owner,
@@ -1003,6 +1050,7 @@ impl Supervisor {
                 self.need_full = true;
             }
         }
+        false
     }
 
     fn start_tenure(&mut self, lease: Lease, previous: Option<&ClientId>, tasks: &mut Tenures) {

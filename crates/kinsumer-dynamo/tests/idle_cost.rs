@@ -2,7 +2,9 @@
 //! Kinesis emulator is too slow for that many), each client with its own store on one moto
 //! table, counted by the stores' own counters (moto has no server-side ones). Idle writes are
 //! one heartbeat per client per `heartbeat_interval`, whatever the shard count; reads are the
-//! membership polls (`clients()`) and the periodic full lease reads (`leases()`).
+//! membership polls (`clients()`) and the periodic full lease reads (`leases()`). On moto (one
+//! Python process, ~0.4 s to serve a 1,000-item Query) the reads are bounded by moto's speed,
+//! not by what the engine asks for: the engine paces its full reads by their duration.
 
 mod common;
 
@@ -19,7 +21,6 @@ const SHARDS: usize = 1_000;
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "on moto (one Python process) the fleet settles in 75 s at best and often not within 240 s: run it by hand with --ignored on a quiet machine (issue #4)"]
 async fn idle_store_cost_of_10_clients_and_1000_leases() {
     let Some(endpoint) = common::endpoint() else {
         return;
@@ -122,7 +123,7 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
 
     println!(
         "idle cost, {CLIENTS} clients x {SHARDS} leases, default intervals (heartbeat \
-         {heartbeat:?}, membership poll 200 ms, lease read 5 s), settled in {:.1} s \
+         {heartbeat:?}, membership poll 200 ms, lease read 5 s or paced), settled in {:.1} s \
          ({} requests: {} creates, {} takes), measured over {secs:.1} s:",
         settled_in.as_secs_f64(),
         settle_cost.requests(),
