@@ -10,7 +10,7 @@ use kinsumer_core::position::{Checkpoint, InitialPosition};
 use kinsumer_core::source::{Batch, ShardId, ShardInfo, ShardReader, ShardSource, SourceError};
 use kinsumer_core::store::LeaseStore;
 use kinsumer_core::{AckMode, Config, ConfigError, Consumer, ConsumerError, ShardBatch};
-use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
+use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreFaults};
 use tokio::time::sleep;
 
 fn config(client: &str) -> Config {
@@ -654,6 +654,58 @@ async fn idle_store_writes_grow_with_clients_not_shards() {
             c.shutdown().await.expect("shutdown");
         }
     }
+}
+
+/// Full lease reads back off on a store that serves them slowly, instead of queueing behind
+/// each other; on a fast store they come every `rebalance_interval`. Both counted in one run.
+#[tokio::test(start_paused = true)]
+async fn full_lease_reads_are_paced_by_their_duration() {
+    let mut per_client = Vec::new();
+    for slow in [Duration::ZERO, Duration::from_secs(2)] {
+        let stream = MemoryStream::new("s", 12);
+        let store = MemoryLeaseStore::new();
+        store.set_faults(StoreFaults {
+            full_read_latency: slow,
+            ..StoreFaults::default()
+        });
+        let mut fleet = Vec::new();
+        for id in ["a", "b", "c"] {
+            let mut config = config(id);
+            // No shard listing in the window: it reads every lease too, at its own interval.
+            config.shard_sync_interval = Duration::from_secs(600);
+            let mut c = Consumer::new(config, stream.clone(), store.clone()).expect("valid");
+            let records = c.records().expect("start");
+            fleet.push((c, records));
+        }
+        sleep(Duration::from_secs(60)).await; // settle
+        let held: Vec<usize> = fleet
+            .iter()
+            .map(|(c, _)| c.status().shards().len())
+            .collect();
+        assert_eq!(
+            held,
+            vec![4, 4, 4],
+            "settled with full reads {slow:?} slower"
+        );
+        let before = store.stats().leases;
+        sleep(Duration::from_secs(120)).await;
+        per_client.push((store.stats().leases - before) as f64 / 3.0);
+        for (c, _) in fleet {
+            c.shutdown().await.expect("shutdown");
+        }
+    }
+    let (fast, slow) = (per_client[0], per_client[1]);
+    // Fast: one read per client every 5 s (`rebalance_interval`), 24 in 120 s.
+    assert!(
+        (22.0..=25.0).contains(&fast),
+        "fast store: {fast} reads per client"
+    );
+    // Slow: 2 s per read, 3 clients: no sooner than 2 × 3 × 2 s = 12 s apart, 10 in 120 s
+    // (without pacing, 24: every 5 s, each read starting 3 s after the last ended).
+    assert!(
+        (9.0..=11.0).contains(&slow),
+        "slow store: {slow} reads per client"
+    );
 }
 
 /// A consumer, its record stream and its records can move between tasks and threads.

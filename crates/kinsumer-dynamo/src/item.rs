@@ -18,8 +18,6 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 pub(crate) const PK: &str = "pk";
 /// Sort key attribute (S).
 pub(crate) const SK: &str = "sk";
-/// The partition of the client rows.
-pub(crate) const CLIENTS_PK: &str = "clients";
 /// Client rows: the heartbeat counter (N).
 pub(crate) const COUNTER: &str = "counter";
 /// Client rows: epoch seconds after which DynamoDB's TTL may delete the row (N).
@@ -35,9 +33,15 @@ pub(crate) const FINISHED: &str = "finished";
 /// Lease rows: the parent shard ids (L of S).
 pub(crate) const PARENTS: &str = "parents";
 
-/// The partition key of `stream`'s lease rows.
-pub(crate) fn lease_pk(stream: &str) -> String {
-    format!("lease#{stream}")
+/// The partition key of `application`'s client rows. Application names cannot hold `#`
+/// (`DynamoConfig::validate`), so keys of different applications never collide.
+pub(crate) fn clients_pk(application: &str) -> String {
+    format!("clients#{application}")
+}
+
+/// The partition key of `application`'s lease rows of `stream`.
+pub(crate) fn lease_pk(application: &str, stream: &str) -> String {
+    format!("lease#{application}#{stream}")
 }
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
@@ -54,8 +58,8 @@ pub(crate) fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
 }
 
 /// The item [`Lease::new`] describes.
-pub(crate) fn new_lease_item(stream: &str, shard: &ShardId, parents: &[ShardId]) -> Item {
-    let mut item = key(lease_pk(stream), shard.as_str());
+pub(crate) fn new_lease_item(pk: String, shard: &ShardId, parents: &[ShardId]) -> Item {
+    let mut item = key(pk, shard.as_str());
     item.insert(TOKEN.to_owned(), n(0));
     item.insert(FINISHED.to_owned(), AttributeValue::Bool(false));
     item.insert(
@@ -172,7 +176,7 @@ mod tests {
     fn a_new_item_decodes_to_lease_new() {
         let shard = ShardId::from("shardId-000000000003");
         let parents = vec![ShardId::from("shardId-000000000001")];
-        let item = new_lease_item("orders", &shard, &parents);
+        let item = new_lease_item(lease_pk("app", "orders"), &shard, &parents);
         assert_eq!(
             decode_lease(&shard, &item),
             Ok(Lease::new(shard.clone(), parents))
@@ -182,7 +186,7 @@ mod tests {
     #[test]
     fn corrupt_items_are_errors_not_panics() {
         let shard = ShardId::from("s");
-        let base = new_lease_item("orders", &shard, &[]);
+        let base = new_lease_item(lease_pk("app", "orders"), &shard, &[]);
         let cases: Vec<(&str, Option<AttributeValue>, &str)> = vec![
             (TOKEN, None, "missing"),
             (TOKEN, Some(s("1")), "type N"),
@@ -201,7 +205,7 @@ mod tests {
             let err = decode_lease(&shard, &item).expect_err(name);
             assert!(err.contains(expect), "{name}: {err}");
         }
-        let mut client = key(CLIENTS_PK, "a");
+        let mut client = key(clients_pk("app"), "a");
         client.insert(COUNTER.to_owned(), s("7"));
         assert!(decode_client(&client).is_err());
         client.remove(SK);

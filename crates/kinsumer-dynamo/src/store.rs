@@ -37,7 +37,10 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How to find (or make) the table. See the [crate docs](crate).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DynamoConfig {
-    /// The table: `kinsumer-<application>` unless set. One table holds one application.
+    /// The application: every key is qualified by it, so applications sharing a table share
+    /// nothing else.
+    pub application: String,
+    /// The table: `kinsumer-<application>` unless set. Several applications may share one.
     pub table: String,
     /// Create the table (on-demand billing) when it does not exist. Default: `false`, and a
     /// missing table is a [`StoreError::Fatal`] naming it.
@@ -53,6 +56,7 @@ impl DynamoConfig {
     /// The defaults for `application`: table `kinsumer-<application>`, no creation, no TTL.
     pub fn new(application: &str) -> Self {
         Self {
+            application: application.to_owned(),
             table: format!("kinsumer-{application}"),
             create_table_if_missing: false,
             client_ttl: None,
@@ -77,8 +81,21 @@ impl DynamoConfig {
         self
     }
 
-    /// Checks the table name (DynamoDB's rule) and the TTL, naming the field.
+    /// Checks the application and table names and the TTL, naming the field.
     pub fn validate(&self) -> Result<(), StoreError> {
+        // The engine's rule for application names: no `#`, so qualified keys never collide.
+        let app_ok = (1..=128).contains(&self.application.len())
+            && self
+                .application
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !app_ok {
+            return Err(StoreError::Fatal(format!(
+                "invalid application name {:?} (DynamoConfig::application): 1 to 128 \
+                 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'",
+                self.application
+            )));
+        }
         let name_ok = (3..=255).contains(&self.table.len())
             && self
                 .table
@@ -108,6 +125,7 @@ impl DynamoConfig {
 #[derive(Clone)]
 pub struct DynamoLeaseStore {
     client: Client,
+    application: Arc<str>,
     table: Arc<str>,
     client_ttl: Option<Duration>,
     counters: Arc<Counters>,
@@ -116,6 +134,7 @@ pub struct DynamoLeaseStore {
 impl fmt::Debug for DynamoLeaseStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DynamoLeaseStore")
+            .field("application", &self.application)
             .field("table", &self.table)
             .field("client_ttl", &self.client_ttl)
             .finish_non_exhaustive()
@@ -137,6 +156,7 @@ impl DynamoLeaseStore {
         config.validate()?;
         let store = Self {
             client,
+            application: config.application.as_str().into(),
             table: config.table.as_str().into(),
             client_ttl: config.client_ttl,
             counters: Arc::default(),
@@ -307,12 +327,20 @@ impl DynamoLeaseStore {
         }
     }
 
+    fn clients_pk(&self) -> String {
+        item::clients_pk(&self.application)
+    }
+
+    fn lease_pk(&self, stream: &str) -> String {
+        item::lease_pk(&self.application, stream)
+    }
+
     fn key_name(&self, pk: &str, sk: &str) -> String {
         format!("{}/{pk}/{sk}", self.table)
     }
 
     fn lease_key_name(&self, stream: &str, shard: &ShardId) -> String {
-        self.key_name(&item::lease_pk(stream), shard.as_str())
+        self.key_name(&self.lease_pk(stream), shard.as_str())
     }
 
     fn corrupt(&self, stream: &str, shard: &ShardId, reason: String) -> StoreError {
@@ -339,7 +367,7 @@ impl DynamoLeaseStore {
                 self.client
                     .get_item()
                     .table_name(&*self.table)
-                    .set_key(Some(item::key(item::lease_pk(stream), shard.as_str())))
+                    .set_key(Some(item::key(self.lease_pk(stream), shard.as_str())))
                     .consistent_read(true)
                     .send()
             })
@@ -439,7 +467,7 @@ impl DynamoLeaseStore {
             .client
             .update_item()
             .table_name(&*self.table)
-            .set_key(Some(item::key(item::lease_pk(stream), shard.as_str())))
+            .set_key(Some(item::key(self.lease_pk(stream), shard.as_str())))
             .update_expression(update)
             .condition_expression(condition)
             .return_values(ReturnValue::AllNew)
@@ -518,7 +546,7 @@ fn jitter(delay: Duration) -> Duration {
 #[async_trait]
 impl LeaseStore for DynamoLeaseStore {
     async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
-        let name = self.key_name(item::CLIENTS_PK, client.as_str());
+        let name = self.key_name(&self.clients_pk(), client.as_str());
         let mut update = "SET #c = if_not_exists(#c, :zero) + :one".to_owned();
         let expires_at = self.expires_at();
         if expires_at.is_some() {
@@ -528,7 +556,7 @@ impl LeaseStore for DynamoLeaseStore {
             .client
             .update_item()
             .table_name(&*self.table)
-            .set_key(Some(item::key(item::CLIENTS_PK, client.as_str())))
+            .set_key(Some(item::key(self.clients_pk(), client.as_str())))
             .update_expression(update)
             // A counter of another type would make the update fail with a vague
             // ValidationException: check it, and get the item back to name the problem.
@@ -569,14 +597,14 @@ impl LeaseStore for DynamoLeaseStore {
 
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         let items = self
-            .query(Op::Clients, item::CLIENTS_PK)
+            .query(Op::Clients, &self.clients_pk())
             .await
             .map_err(|f| self.plain(f, &format!("clients() on {}", self.table)))?;
         let mut rows = items
             .iter()
             .map(|it| {
                 item::decode_client(it).map_err(|reason| StoreError::Corrupt {
-                    key: self.key_name(item::CLIENTS_PK, item::sort_key(it).unwrap_or("?")),
+                    key: self.key_name(&self.clients_pk(), item::sort_key(it).unwrap_or("?")),
                     reason,
                 })
             })
@@ -591,19 +619,19 @@ impl LeaseStore for DynamoLeaseStore {
             self.client
                 .delete_item()
                 .table_name(&*self.table)
-                .set_key(Some(item::key(item::CLIENTS_PK, client.as_str())))
+                .set_key(Some(item::key(self.clients_pk(), client.as_str())))
                 .send()
         })
         .await
         .map(drop)
         .map_err(|f| {
-            let name = self.key_name(item::CLIENTS_PK, client.as_str());
+            let name = self.key_name(&self.clients_pk(), client.as_str());
             self.plain(f, &format!("deregister on {name}"))
         })
     }
 
     async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
-        let pk = item::lease_pk(stream);
+        let pk = self.lease_pk(stream);
         let items = self
             .query(Op::Leases, &pk)
             .await
@@ -636,7 +664,7 @@ impl LeaseStore for DynamoLeaseStore {
         shard: &ShardId,
         parents: &[ShardId],
     ) -> Result<Lease, StoreError> {
-        let new = item::new_lease_item(stream, shard, parents);
+        let new = item::new_lease_item(self.lease_pk(stream), shard, parents);
         let result = self
             .send(Op::CreateIfAbsent, || {
                 self.client
@@ -802,7 +830,7 @@ impl LeaseStore for DynamoLeaseStore {
                 self.client
                     .delete_item()
                     .table_name(&*self.table)
-                    .set_key(Some(item::key(item::lease_pk(stream), shard.as_str())))
+                    .set_key(Some(item::key(self.lease_pk(stream), shard.as_str())))
                     .condition_expression("attribute_not_exists(#pk) OR #f = :true")
                     .expression_attribute_names("#pk", item::PK)
                     .expression_attribute_names("#f", item::FINISHED)
@@ -876,6 +904,13 @@ mod tests {
         assert!(
             matches!(bad.validate(), Err(StoreError::Fatal(m)) if m.contains("DynamoConfig::table"))
         );
+        for app in ["", "a#b"] {
+            let bad = DynamoConfig::new(app).with_table("kinsumer-x");
+            assert!(
+                matches!(bad.validate(), Err(StoreError::Fatal(m)) if m.contains("DynamoConfig::application")),
+                "{app:?}"
+            );
+        }
         let short = ok.with_client_ttl(Duration::from_secs(5));
         assert!(matches!(short.validate(), Err(StoreError::Fatal(m)) if m.contains("client_ttl")));
     }

@@ -43,16 +43,16 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
         }
         req.send()
     };
-    put("lease#s", "no-token", vec![]).await.expect("put");
+    put("lease#tests#s", "no-token", vec![]).await.expect("put");
     put(
-        "lease#s",
+        "lease#tests#s",
         "string-token",
         vec![("token", AttributeValue::S("1".into()))],
     )
     .await
     .expect("put");
     put(
-        "lease#s",
+        "lease#tests#s",
         "bad-checkpoint",
         vec![
             ("token", AttributeValue::N("1".into())),
@@ -62,7 +62,7 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
     .await
     .expect("put");
     put(
-        "clients",
+        "clients#tests",
         "bad-counter",
         vec![("counter", AttributeValue::S("x".into()))],
     )
@@ -79,7 +79,7 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
         let id = ShardId::from(shard);
         corrupt_at(
             store.lease("s", &id).await.map(drop),
-            &format!("lease#s/{shard}"),
+            &format!("lease#tests#s/{shard}"),
         );
         // A write conditioned on the row reports the corruption too (from ALL_OLD).
         corrupt_at(
@@ -87,12 +87,12 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
                 .take("s", &id, &ClientId::from("a"), 0)
                 .await
                 .map(drop),
-            &format!("lease#s/{shard}"),
+            &format!("lease#tests#s/{shard}"),
         );
     }
     let listed = store.leases("s").await;
     assert!(
-        matches!(&listed, Err(StoreError::Corrupt { key, .. }) if key.starts_with(&format!("{table}/lease#s/"))),
+        matches!(&listed, Err(StoreError::Corrupt { key, .. }) if key.starts_with(&format!("{table}/lease#tests#s/"))),
         "{listed:?}"
     );
     corrupt_at(
@@ -100,9 +100,51 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
             .heartbeat(&ClientId::from("bad-counter"))
             .await
             .map(drop),
-        "clients/bad-counter",
+        "clients#tests/bad-counter",
     );
-    corrupt_at(store.clients().await.map(drop), "clients/bad-counter");
+    corrupt_at(store.clients().await.map(drop), "clients#tests/bad-counter");
+    common::drop_table(&client, &table).await;
+}
+
+/// Two applications pointed at one table share no row: each key names its application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_sharing_a_table_share_nothing() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let client = common::client(&endpoint);
+    let billing = common::fresh_store(&client, "shared").await;
+    let table = billing.table().to_owned();
+    let audit = DynamoLeaseStore::open(
+        client.clone(),
+        DynamoConfig::new("audit").with_table(&table),
+    )
+    .await
+    .expect("open the same table for another application");
+    let shard = ShardId::from("shardId-000000000000");
+    let a = ClientId::from("a");
+    billing.heartbeat(&a).await.expect("heartbeat");
+    billing
+        .create_if_absent("s", &shard, &[])
+        .await
+        .expect("create");
+    let taken = billing.take("s", &shard, &a, 0).await.expect("take");
+    billing
+        .checkpoint("s", &taken.tenure().expect("owned"), &after(7))
+        .await
+        .expect("checkpoint");
+
+    assert_eq!(audit.clients().await.expect("clients"), vec![]);
+    assert_eq!(audit.leases("s").await.expect("leases"), vec![]);
+    assert_eq!(audit.lease("s", &shard).await.expect("lease"), None);
+    // The other application starts its own lease from scratch, at token 0.
+    audit
+        .create_if_absent("s", &shard, &[])
+        .await
+        .expect("create");
+    let mine = audit.take("s", &shard, &a, 0).await.expect("a fresh lease");
+    assert_eq!((mine.token, mine.checkpoint), (1, None));
+    assert_eq!(billing.leases("s").await.expect("leases").len(), 1);
     common::drop_table(&client, &table).await;
 }
 
@@ -113,8 +155,11 @@ async fn a_missing_table_is_fatal_and_named() {
     };
     let client = common::client(&endpoint);
     let table = common::unique_table("missing");
-    let opened =
-        DynamoLeaseStore::open(client.clone(), DynamoConfig::new("x").with_table(&table)).await;
+    let opened = DynamoLeaseStore::open(
+        client.clone(),
+        DynamoConfig::new("tests").with_table(&table),
+    )
+    .await;
     match opened {
         Err(StoreError::Fatal(m)) => {
             assert!(
@@ -143,7 +188,7 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
         return;
     };
     let client = common::client(&endpoint);
-    let config = DynamoConfig::new("x")
+    let config = DynamoConfig::new("tests")
         .with_table(common::unique_table("ttl"))
         .create_table_if_missing(true)
         .with_client_ttl(Duration::from_secs(3600));
@@ -162,7 +207,7 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
     let row = client
         .get_item()
         .table_name(store.table())
-        .key("pk", AttributeValue::S("clients".into()))
+        .key("pk", AttributeValue::S("clients#tests".into()))
         .key("sk", AttributeValue::S("a".into()))
         .send()
         .await
@@ -180,7 +225,7 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
         "{expires} vs {now}"
     );
     // Reopening an existing table with TTL on is fine (idempotent set-up).
-    let again = DynamoConfig::new("x")
+    let again = DynamoConfig::new("tests")
         .with_table(store.table())
         .with_client_ttl(Duration::from_secs(3600));
     DynamoLeaseStore::open(client.clone(), again)
@@ -269,7 +314,7 @@ async fn an_applied_take_whose_reply_was_lost_is_settled_as_ours() {
                 b.retry_config(RetryConfig::disabled())
             }
         });
-        let config = DynamoConfig::new("x").with_table(setup.table());
+        let config = DynamoConfig::new("tests").with_table(setup.table());
         let store = DynamoLeaseStore::open(faulty, config).await.expect("open");
         let lease = store
             .take(stream, &shard, &me, 0)
@@ -365,7 +410,7 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
         let client = common::client_with(&endpoint, |b| {
             b.interceptor(inject).retry_config(RetryConfig::disabled())
         });
-        DynamoLeaseStore::open(client, DynamoConfig::new("x").with_table(setup.table()))
+        DynamoLeaseStore::open(client, DynamoConfig::new("tests").with_table(setup.table()))
     };
 
     // Three throttled replies, then the write goes through: the caller only sees success.

@@ -90,6 +90,9 @@ pub struct StoreFaults {
     pub ambiguous_rate: f64,
     /// Every operation first sleeps a uniformly drawn time in `min..=max`.
     pub latency: (Duration, Duration),
+    /// `leases` (the read of every lease) sleeps this much longer: a store on which full reads
+    /// are slow (many leases, an emulator, a throttled table).
+    pub full_read_latency: Duration,
     /// `take`, `checkpoint`, `release` and `finish` skip their owner/token checks: a broken
     /// store, for proving that invariant checks catch one.
     pub ignore_fencing: bool,
@@ -451,7 +454,10 @@ impl MemoryLeaseStore {
             let mut guard = self.lock();
             let state = &mut *guard;
             *method.counter(&mut state.stats) += 1;
-            let latency = draw_latency(state);
+            let mut latency = draw_latency(state);
+            if matches!(method, Method::Leases) {
+                latency += state.faults.full_read_latency;
+            }
             let fail = state.rng.chance(state.faults.error_rate);
             let ambiguous =
                 !fail && method.is_write() && state.rng.chance(state.faults.ambiguous_rate);

@@ -172,7 +172,7 @@ async fn latency_is_drawn_in_range_and_faults_replay_for_a_seed() {
             error_rate: 0.3,
             ambiguous_rate: 0.3,
             latency: (Duration::from_millis(10), Duration::from_millis(20)),
-            ignore_fencing: false,
+            ..StoreFaults::default()
         });
         let mut out = Vec::new();
         for _ in 0..50 {
