@@ -95,7 +95,8 @@ where
 
 /// How records leave the engine.
 pub(crate) enum Delivery {
-    Stream(mpsc::Sender<Record>),
+    /// Each fetched batch goes as one chunk: one channel slot per batch, not per record.
+    Stream(mpsc::Sender<Vec<Record>>),
     Handler(Arc<dyn BatchHandler>),
 }
 
@@ -178,8 +179,13 @@ impl Health {
 
     /// Whether a record fetched in `epoch` may be handed out now.
     pub(crate) fn may_hand_out(&self, epoch: u64) -> bool {
+        self.may_hand_out_at(epoch, Instant::now())
+    }
+
+    /// [`Self::may_hand_out`] as of `now` (read once for several checks).
+    pub(crate) fn may_hand_out_at(&self, epoch: u64, now: Instant) -> bool {
         let mut s = self.lock();
-        !self.check(&mut s, Instant::now()) && s.epoch == epoch
+        !self.check(&mut s, now) && s.epoch == epoch
     }
 }
 
@@ -426,10 +432,11 @@ impl Consumer {
     /// [`Consumer::shutdown`], or with one `Err` if the consumer stopped on a fatal error.
     /// Must be called inside a tokio runtime.
     pub fn records(&mut self) -> Result<Records, ConsumerError> {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(RECORD_CHUNKS);
         let (health, stopped_by) = self.start(Delivery::Stream(tx))?;
         Ok(Records {
             rx,
+            chunk: Vec::new().into_iter(),
             health,
             stopped_by,
         })
@@ -465,7 +472,9 @@ impl Consumer {
 
 /// The records of a started consumer. See [`Consumer::records`].
 pub struct Records {
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Vec<Record>>,
+    /// The rest of the chunk being handed out.
+    chunk: std::vec::IntoIter<Record>,
     health: Arc<Health>,
     stopped_by: StoppedBy,
 }
@@ -481,17 +490,20 @@ impl Stream for Records {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(mut record)) => {
-                    // Hand out only records whose tenure is still ours: after a handoff or a
-                    // self-fence, the next owner delivers them.
-                    if self.health.may_hand_out(record.epoch)
-                        && record.tracker.hand_out(record.index)
-                    {
-                        record.done = false;
-                        return Poll::Ready(Some(Ok(record)));
-                    }
+            // Hand out only records whose tenure is still ours: after a handoff or a self-fence,
+            // the next owner delivers them. Checked record by record, as each is handed out.
+            while let Some(mut record) = self.chunk.next() {
+                // One clock read for both checks: this is the per-record path.
+                let now = Instant::now();
+                if self.health.may_hand_out_at(record.from.epoch, now)
+                    && record.from.tracker.hand_out_range_at(record.index, 1, now)
+                {
+                    record.done = false;
+                    return Poll::Ready(Some(Ok(record)));
                 }
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => self.chunk = chunk.into_iter(),
                 Poll::Ready(None) => {
                     let fatal = self
                         .stopped_by
@@ -543,6 +555,10 @@ struct Supervisor {
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
+
+/// Fetched batches waiting for the record stream (all shards together). Memory is bounded by
+/// each tenure's tracker, which counts a record from its fetch; this only bounds the queue.
+const RECORD_CHUNKS: usize = 64;
 
 /// Up to this many awaited leases are polled one by one between full reads.
 const WAITING_POLL_LIMIT: usize = 8;

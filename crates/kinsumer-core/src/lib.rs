@@ -34,7 +34,7 @@ pub use consumer::{
     BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle,
 };
 pub use error::ConsumerError;
-pub use record::{Record, ShardBatch};
+pub use record::{BatchRecords, Record, ShardBatch};
 
 pub use config::{AckMode, Config, ConfigError, TrimmedPolicy};
 pub use position::{Checkpoint, InitialPosition, Position, SequenceNumber};

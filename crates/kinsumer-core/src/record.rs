@@ -141,11 +141,20 @@ impl AckTracker {
     /// Marks records `first..first+count` as handed to the caller, unless the tenure was revoked
     /// (then nothing is marked and `false` is returned: the records must not be delivered).
     pub fn hand_out_range(&self, first: u64, count: u64) -> bool {
+        self.hand_out_range_at(first, count, tokio::time::Instant::now())
+    }
+
+    /// [`Self::hand_out_range`] as of `now`.
+    pub(crate) fn hand_out_range_at(
+        &self,
+        first: u64,
+        count: u64,
+        now: tokio::time::Instant,
+    ) -> bool {
         let mut s = self.lock();
         if s.revoked {
             return false;
         }
-        let now = tokio::time::Instant::now();
         let mut marked = 0;
         for i in first..first + count {
             if let Some(e) = i
@@ -276,18 +285,23 @@ impl AckTracker {
     }
 }
 
+/// Where the records of one fetched batch came from, and how they are acked.
+pub(crate) struct Fetched {
+    pub(crate) tenure: Tenure,
+    pub(crate) stream: Arc<str>,
+    pub(crate) tracker: Arc<AckTracker>,
+    pub(crate) mode: AckMode,
+    /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
+    pub(crate) epoch: u64,
+}
+
 /// A record handed out by [`crate::Consumer::records`]: the data, where it came from, and the
 /// handle that acknowledges it.
 pub struct Record {
     pub(crate) inner: SourceRecord,
-    /// Shared by every record of a batch: one reference count instead of two per record.
-    pub(crate) tenure: Arc<Tenure>,
-    pub(crate) stream: Arc<str>,
-    pub(crate) tracker: Arc<AckTracker>,
+    /// Shared by every record of a fetched batch: one reference count per record.
+    pub(crate) from: Arc<Fetched>,
     pub(crate) index: u64,
-    pub(crate) mode: AckMode,
-    /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
-    pub(crate) epoch: u64,
     /// Whether this record must not ack itself on drop: until it is handed out (a record
     /// dropped in a channel or by an aborted fetcher was never processed), and once acked.
     pub(crate) done: bool,
@@ -327,12 +341,12 @@ impl Record {
     /// The stream it came from (what a store's transactional checkpoint needs with
     /// [`Record::tenure`]).
     pub fn stream(&self) -> &str {
-        &self.stream
+        &self.from.stream
     }
 
     /// The shard it came from.
     pub fn shard_id(&self) -> &ShardId {
-        &self.tenure.shard
+        &self.from.tenure.shard
     }
 
     /// When the stream accepted it (ms since the Unix epoch).
@@ -343,14 +357,14 @@ impl Record {
     /// The fencing token of the lease tenure that delivered this record. It grows with every
     /// change of owner, so an external system can reject writes from a stale owner.
     pub fn lease_token(&self) -> u64 {
-        self.tenure.token
+        self.from.tenure.token
     }
 
     /// The lease tenure that delivered this record (shard, owner, token): what a store's
     /// transactional checkpoint is fenced by, so an effect is committed only while the lease
     /// is still this tenure's.
     pub fn tenure(&self) -> &Tenure {
-        &self.tenure
+        &self.from.tenure
     }
 
     /// The record as the source delivered it.
@@ -361,7 +375,7 @@ impl Record {
     /// Marks the record processed. The checkpoint moves past it once every earlier record of
     /// its shard is acked too.
     pub fn ack(mut self) {
-        self.tracker.ack(self.index);
+        self.from.tracker.ack(self.index);
         self.done = true;
     }
 }
@@ -369,8 +383,8 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         // A record dropped while its task panics was not processed: never ack it.
-        if !self.done && self.mode == AckMode::OnDrop && !std::thread::panicking() {
-            self.tracker.ack(self.index);
+        if !self.done && self.from.mode == AckMode::OnDrop && !std::thread::panicking() {
+            self.from.tracker.ack(self.index);
         }
     }
 }
@@ -379,7 +393,7 @@ impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Payloads may hold secrets: show their size, not their content.
         f.debug_struct("Record")
-            .field("tenure", &self.tenure)
+            .field("tenure", &self.from.tenure)
             .field("position", &self.inner.position)
             .field("partition_key", &self.inner.partition_key)
             .field("bytes", &self.inner.data.len())
@@ -394,7 +408,7 @@ pub struct ShardBatch {
     /// The shard.
     pub shard: ShardId,
     /// Records in shard order.
-    pub records: Vec<SourceRecord>,
+    pub records: BatchRecords,
     /// The fencing token of the lease tenure that delivered the batch.
     pub lease_token: u64,
     /// The lease tenure that delivered the batch (shard, owner, token).
@@ -403,6 +417,35 @@ pub struct ShardBatch {
     pub stream: Arc<str>,
     /// How far behind the tip the reader was when it fetched this batch.
     pub millis_behind_latest: Option<u64>,
+}
+
+/// The records of a [`ShardBatch`], in shard order: a slice (iterate it, index it, take its
+/// `len()`), shared by the batch's clones, so the engine retries a failed batch without copying
+/// a record. `to_vec()` gives an owned copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchRecords(Arc<[SourceRecord]>);
+
+impl std::ops::Deref for BatchRecords {
+    type Target = [SourceRecord];
+
+    fn deref(&self) -> &[SourceRecord] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a BatchRecords {
+    type Item = &'a SourceRecord;
+    type IntoIter = std::slice::Iter<'a, SourceRecord>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<SourceRecord>> for BatchRecords {
+    fn from(records: Vec<SourceRecord>) -> Self {
+        Self(records.into())
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::consumer::{Delivery, Engine};
 use crate::error::ConsumerError;
 use crate::metrics;
 use crate::position::Checkpoint;
-use crate::record::{AckTracker, Record, ShardBatch};
+use crate::record::{AckTracker, Fetched, Record, ShardBatch};
 use crate::source::{Batch, ShardId, ShardReader, SourceError};
 use crate::store::{StoreError, Tenure};
 
@@ -307,7 +307,7 @@ async fn finish(engine: &Engine, tenure: &Tenure) -> Outcome {
 
 /// Where the fetcher puts records.
 enum Sink {
-    Stream(mpsc::Sender<Record>),
+    Stream(mpsc::Sender<Vec<Record>>),
     Handler(mpsc::Sender<(u64, u64, ShardBatch)>),
 }
 
@@ -487,29 +487,29 @@ async fn deliver(
     let first = tracker.register_all(records.iter().map(|r| (r.position.clone(), r.data.len())));
     match sink {
         Sink::Stream(tx) => {
-            let tenure = Arc::new(tenure.clone());
-            for (index, r) in (first..).zip(records) {
-                let record = Record {
+            let from = Arc::new(Fetched {
+                tenure: tenure.clone(),
+                stream: engine.stream.clone(),
+                tracker: tracker.clone(),
+                mode: engine.config.ack_mode,
+                epoch,
+            });
+            let chunk = (first..)
+                .zip(records)
+                .map(|(index, r)| Record {
                     inner: r,
-                    tenure: tenure.clone(),
-                    stream: engine.stream.clone(),
-                    tracker: tracker.clone(),
+                    from: from.clone(),
                     index,
-                    mode: engine.config.ack_mode,
-                    epoch,
                     done: true, // armed only when the record stream hands it out
-                };
-                if tx.send(record).await.is_err() {
-                    return false;
-                }
-            }
-            true
+                })
+                .collect();
+            tx.send(chunk).await.is_ok()
         }
         Sink::Handler(tx) => {
             let count = records.len() as u64;
             let batch = ShardBatch {
                 shard: tenure.shard.clone(),
-                records,
+                records: records.into(),
                 lease_token: tenure.token,
                 tenure: tenure.clone(),
                 stream: engine.stream.clone(),
