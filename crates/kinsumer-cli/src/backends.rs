@@ -324,15 +324,19 @@ impl fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
-/// The shared AWS configuration for `aws`: the standard chain, then the URL's overrides.
-pub async fn aws_config(aws: &AwsTarget) -> Result<aws_config::SdkConfig, OpenError> {
-    // rustls with ring; this client also speaks plain http:// to emulators.
-    let http = aws_smithy_http_client::Builder::new()
+/// The binary's one HTTP client for AWS: rustls with ring; it also speaks plain http:// to
+/// emulators.
+pub fn http_client() -> aws_sdk_kinesis::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        .build_https()
+}
+
+/// The shared AWS configuration for `aws`: the standard chain, then the URL's overrides.
+pub async fn aws_config(aws: &AwsTarget) -> Result<aws_config::SdkConfig, OpenError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
     if let Some(region) = &aws.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }

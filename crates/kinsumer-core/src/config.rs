@@ -133,6 +133,19 @@ pub struct Config {
     pub faults: EngineFaults,
 }
 
+/// The rule for application names and client ids, as [`is_valid_name`] checks it.
+pub const NAME_RULE: &str = "1-128 characters of [A-Za-z0-9-_.:]";
+
+/// Whether `name` may be an application name or a client id: 1–128 characters of
+/// `[A-Za-z0-9-_.:]`. Stores may build keys on it: a valid name never holds `#`, `/` or a
+/// space, so qualified keys of different names never collide.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
 impl Config {
     /// The defaults of the design, for `application`, with a generated client id.
     pub fn new(application: impl Into<String>) -> Self {
@@ -172,28 +185,16 @@ impl Config {
         fn invalid(field: &'static str, rule: String) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { field, rule })
         }
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        };
-        if !name_ok(&self.application) {
+        if !is_valid_name(&self.application) {
             return invalid(
                 "application",
-                format!(
-                    "must be 1-128 characters of [A-Za-z0-9-_.:], got {:?}",
-                    self.application
-                ),
+                format!("must be {NAME_RULE}, got {:?}", self.application),
             );
         }
-        if !name_ok(&self.client_id) {
+        if !is_valid_name(&self.client_id) {
             return invalid(
                 "client_id",
-                format!(
-                    "must be 1-128 characters of [A-Za-z0-9-_.:], got {:?}",
-                    self.client_id
-                ),
+                format!("must be {NAME_RULE}, got {:?}", self.client_id),
             );
         }
         let durations = [

@@ -786,7 +786,7 @@ impl Supervisor {
             return true;
         }
         let cfg = &self.engine.config;
-        let live = self.membership.alive().len().max(1) as u32;
+        let live = self.last_alive.len().max(1) as u32;
         let pace = self.last_full_took * FULL_READ_PACE * live;
         let since = now.duration_since(last);
         let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;

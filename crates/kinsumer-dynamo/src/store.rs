@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveStatus,
 };
 
+use kinsumer_core::config::{NAME_RULE, is_valid_name};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
@@ -84,15 +85,9 @@ impl DynamoConfig {
     /// Checks the application and table names and the TTL, naming the field.
     pub fn validate(&self) -> Result<(), StoreError> {
         // The engine's rule for application names: no `#`, so qualified keys never collide.
-        let app_ok = (1..=128).contains(&self.application.len())
-            && self
-                .application
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-        if !app_ok {
+        if !is_valid_name(&self.application) {
             return Err(StoreError::Fatal(format!(
-                "invalid application name {:?} (DynamoConfig::application): 1 to 128 \
-                 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'",
+                "invalid application name {:?} (DynamoConfig::application): {NAME_RULE}",
                 self.application
             )));
         }

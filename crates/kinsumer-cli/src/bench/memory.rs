@@ -13,18 +13,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kinsumer::testkit::MemoryStream;
+// Kinesis' GetRecords limit, which the endless source keeps too.
+use kinsumer::testkit::memory_stream::MAX_BYTES_PER_READ;
 use kinsumer::{
-    Batch, Checkpoint, Config, Consumer, HashRange, Position, SequenceNumber, ShardBatch, ShardId,
-    ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord,
+    Batch, Checkpoint, Config, Consumer, Position, SequenceNumber, ShardBatch, ShardId, ShardInfo,
+    ShardReader, ShardSource, SourceError, SourceRecord,
 };
 
+use super::report::proc_kib;
 use super::{BenchArgs, Row};
 use crate::Result;
 
 const SHARDS: usize = 4;
 const RECORD_BYTES: usize = 10 * 1024;
-/// Kinesis' GetRecords limit, which the endless source keeps too.
-const MAX_READ_BYTES: usize = 10 * 1024 * 1024;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// A stream whose producers are always ahead: every read returns new records.
@@ -39,21 +41,8 @@ impl ShardSource for Endless {
     }
 
     async fn list_shards(&self) -> std::result::Result<Vec<ShardInfo>, SourceError> {
-        let width = u128::MAX / SHARDS as u128;
-        Ok((0..SHARDS)
-            .map(|i| {
-                let start = width * i as u128;
-                let end = if i + 1 == SHARDS {
-                    u128::MAX
-                } else {
-                    start + width - 1
-                };
-                ShardInfo::root(
-                    ShardId::from(format!("shardId-{i:012}")),
-                    HashRange { start, end },
-                )
-            })
-            .collect())
+        // The shards of a `MemoryStream` of the same size: Kinesis's ids and hash-key split.
+        Ok(MemoryStream::new("endless", SHARDS).shards())
     }
 
     async fn open(
@@ -80,7 +69,7 @@ struct EndlessReader {
 #[async_trait]
 impl ShardReader for EndlessReader {
     async fn next_batch(&mut self, max_records: usize) -> std::result::Result<Batch, SourceError> {
-        let count = max_records.clamp(1, MAX_READ_BYTES / RECORD_BYTES);
+        let count = max_records.clamp(1, MAX_BYTES_PER_READ / RECORD_BYTES);
         let records = (0..count)
             .map(|_| {
                 let seq = self.next;
@@ -109,13 +98,7 @@ impl ShardReader for EndlessReader {
 /// (VmRSS, VmHWM) of this process, in bytes.
 fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
-    };
+    let field = |name: &str| proc_kib(&status, name).map_or(0, |kib| kib * 1024);
     (field("VmRSS:"), field("VmHWM:"))
 }
 

@@ -190,12 +190,7 @@ where
 }
 
 /// A name no earlier run used (stream, application, table).
-pub(crate) fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
+pub(crate) use kinsumer_testkit::kinesis_local::unique_name as unique;
 
 /// `fut`, or an error naming `what` after `limit`.
 pub(crate) async fn within<T>(

@@ -120,6 +120,13 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The value of a `/proc` field given in kB (`VmHWM:   1234 kB`), in KiB.
+pub(crate) fn proc_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 impl Machine {
     pub fn detect() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -129,14 +136,10 @@ impl Machine {
             .and_then(|l| l.split_once(':'))
             .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or_else(
-                || "unknown".to_owned(),
-                |kib| format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0)),
-            );
+        let memory = proc_kib(&meminfo, "MemTotal:").map_or_else(
+            || "unknown".to_owned(),
+            |kib| format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0)),
+        );
         let commit = match command_output("git", &["rev-parse", "--short=12", "HEAD"]) {
             Some(c) => {
                 let dirty =

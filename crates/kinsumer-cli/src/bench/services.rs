@@ -13,7 +13,7 @@ use kinsumer::testkit::MemoryLeaseStore;
 
 use super::BenchArgs;
 use crate::Result;
-use crate::backends::redact;
+use crate::backends::{http_client, redact};
 
 /// The schema the PostgreSQL benchmarks write to (their rows stay, under unique applications).
 const PG_SCHEMA: &str = "kinsumer_bench";
@@ -124,28 +124,17 @@ pub(crate) async fn open(
 
 /// Deletes a DynamoDB table the benchmarks created (best effort).
 pub(crate) async fn drop_table(args: &BenchArgs, table: &str) {
-    let _ = dynamo_client(&args.dynamo_endpoint)
-        .delete_table()
-        .table_name(table)
-        .send()
-        .await;
+    kinsumer_testkit::moto::drop_table(&dynamo_client(&args.dynamo_endpoint), table).await;
 }
 
-/// rustls with ring, as the rest of the binary; it serves plain http:// to emulators too.
-fn http() -> aws_sdk_kinesis::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
-/// A client for moto's DynamoDB (the testkit's, with dummy credentials) over [`http`].
+/// A client for moto's DynamoDB (the testkit's, with dummy credentials) over the binary's
+/// HTTP client.
 pub(crate) fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    kinsumer_testkit::moto::client_with(endpoint, |b| b.http_client(http()))
+    kinsumer_testkit::moto::client_with(endpoint, |b| b.http_client(http_client()))
 }
 
-/// A client for kinesis-local (the testkit's, with dummy credentials) over [`http`].
+/// A client for kinesis-local (the testkit's, with dummy credentials) over the binary's HTTP
+/// client.
 pub(crate) fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    kinsumer_testkit::kinesis_local::client_with(endpoint, |b| b.http_client(http()))
+    kinsumer_testkit::kinesis_local::client_with(endpoint, |b| b.http_client(http_client()))
 }
