@@ -82,7 +82,8 @@ async fn join(
     watched: &Watched,
 ) -> Result<Member> {
     let mut config = Config::new(stores.application()).with_client_id(&id);
-    config.rng_seed = Some(id.len() as u64 * 7919);
+    // A seed of its own per member (ids differ only in their number).
+    config.rng_seed = Some(kinsumer::rng::stable_hash(&[id.as_bytes()]));
     let store = stores.open().await?;
     let mut consumer = Consumer::from_shared(config, Arc::new(stream.clone()), store)?;
     let status = consumer.status();

@@ -115,7 +115,9 @@ async fn raw(client: &Client, name: &str, n: usize) -> Result<Duration> {
         .map_err(err)?;
     let seen = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(std::sync::OnceLock::new());
-    let mut tasks = Vec::new();
+    // A JoinSet aborts its readers when dropped (a timeout, an early error), so none keeps
+    // polling the emulator during the next measured run.
+    let mut tasks = tokio::task::JoinSet::new();
     for shard in shards.shards() {
         let (seen, done) = (seen.clone(), done.clone());
         let (client, name, shard) = (
@@ -123,7 +125,7 @@ async fn raw(client: &Client, name: &str, n: usize) -> Result<Duration> {
             name.to_string(),
             shard.shard_id().to_string(),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut iterator = client
                 .get_shard_iterator()
                 .stream_name(&name)
@@ -159,10 +161,10 @@ async fn raw(client: &Client, name: &str, n: usize) -> Result<Duration> {
                 iterator = out.next_shard_iterator().map(str::to_string);
             }
             Ok::<(), String>(())
-        }));
+        });
     }
-    for t in tasks {
-        t.await??;
+    while let Some(t) = tasks.join_next().await {
+        t??;
     }
     match done.get() {
         Some(took) => Ok(*took),
@@ -301,10 +303,13 @@ pub(crate) async fn p2(args: &BenchArgs) -> Vec<Row> {
         Ok(d) => d,
         Err(e) => {
             let _ = client.delete_stream().stream_name(&name).send().await;
-            return Backend::ALL
-                .iter()
-                .map(|b| row(*b).not_measured(format!("writing the stream failed: {e}")))
-                .collect();
+            // The stores found unreachable keep their own reason.
+            rows.extend(
+                backends
+                    .iter()
+                    .map(|b| row(*b).not_measured(format!("writing the stream failed: {e}"))),
+            );
+            return rows;
         }
     };
     let mut raw_best = Duration::MAX;

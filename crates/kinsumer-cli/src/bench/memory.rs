@@ -202,6 +202,12 @@ pub(crate) async fn p7(args: &BenchArgs) -> Vec<Row> {
     };
     let get = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let (hwm, bound, baseline) = (get("hwm"), get("bound"), get("baseline"));
+    if hwm == 0 || bound == 0 {
+        // /proc unreadable or a field missing: never a made-up "met".
+        return vec![row.not_measured(format!(
+            "the measured process reported no peak RSS or bound: {v}"
+        ))];
+    }
     let limit = bound + 20 * 1024 * 1024;
     let mib = |b: u64| b as f64 / MIB;
     vec![
