@@ -552,6 +552,8 @@ struct Supervisor {
     epoch_seen: u64,
     /// The live clients at the last tick, to notice deaths without waiting for a full read.
     last_alive: Vec<ClientId>,
+    /// Lease owners with no client row in our reads, and since when (see `owner_is_dead`).
+    unseen_owners: BTreeMap<ClientId, Instant>,
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
@@ -625,6 +627,7 @@ async fn supervise(
         backlog: Vec::new(),
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
+        unseen_owners: BTreeMap::new(),
         engine,
     };
     let mut tasks: Tenures = JoinSet::new();
@@ -1024,13 +1027,25 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Whether `owner` of a lease is dead. An owner with no row in our last read of the clients
+    /// may just have registered after that read (and taken the lease since): like a client we
+    /// have just started watching, it is judged dead only after `lease_ttl` of not being seen.
+    fn owner_is_dead(&mut self, owner: &ClientId, now: Instant) -> bool {
+        if self.membership.knows(owner) {
+            self.unseen_owners.remove(owner);
+            return !self.membership.is_alive(owner);
+        }
+        let since = *self.unseen_owners.entry(owner.clone()).or_insert(now);
+        now.saturating_duration_since(since) >= self.engine.config.lease_ttl
+    }
+
     /// Takes `lease` if it is free, its owner is dead, or it is already ours; otherwise waits.
     /// False when the take showed our view of the leases to be stale (or the store failing).
     async fn consider(&mut self, lease: Lease, now: Instant, tasks: &mut Tenures) -> bool {
         let me = &self.engine.me.clone();
         let free = match &lease.owner {
             None => true,
-            Some(owner) => owner == me || !self.membership.is_alive(owner),
+            Some(owner) => owner == me || self.owner_is_dead(owner, now),
         };
         if !free {
             self.waiting.insert(lease.shard.clone());

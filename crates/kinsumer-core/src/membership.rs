@@ -95,6 +95,11 @@ impl Membership {
             .is_some_and(|s| self.still_for(s) < self.ttl)
     }
 
+    /// Whether `client` had a row at the last read (alive or not).
+    pub fn knows(&self, client: &ClientId) -> bool {
+        self.seen.contains_key(client)
+    }
+
     /// The live clients, sorted.
     pub fn alive(&self) -> Vec<ClientId> {
         self.seen
