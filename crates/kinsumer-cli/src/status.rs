@@ -771,9 +771,11 @@ mod tests {
             id: ClientId::from(id),
             counter,
         };
-        observer.observe(vec![row("a", 1), row("b", 7)], t0);
+        // Values as the engine writes them: any change counts, not a step of one.
+        let (a1, a2) = ((9 << 32) | 1, (9 << 32) | 2);
+        observer.observe(vec![row("a", a1), row("b", 7)], t0);
         observer.observe(
-            vec![row("a", 2), row("b", 7)],
+            vec![row("a", a2), row("b", 7)],
             t0 + Duration::from_millis(500),
         );
         let now = t0 + Duration::from_millis(800);
@@ -786,8 +788,15 @@ mod tests {
             observer.heartbeat(&ClientId::from("b"), now),
             (None, ms(800))
         );
+        // A restarted client's value may be lower (a new incarnation): still a change.
+        let later = now + Duration::from_millis(100);
+        observer.observe(vec![row("a", (3 << 32) | 1), row("b", 7)], later);
+        assert_eq!(
+            observer.heartbeat(&ClientId::from("a"), later),
+            (Some(Duration::ZERO), ms(900))
+        );
         // A row that disappears is forgotten: its owner shows as gone.
-        observer.observe(vec![row("a", 3)], now);
+        observer.observe(vec![row("a", u64::MAX)], later);
         assert!(!observer.has_row(&ClientId::from("b")));
     }
 

@@ -91,8 +91,9 @@ impl Beating {
     fn start(store: Arc<dyn LeaseStore>, client: &str) -> Self {
         let client = ClientId::from(client);
         Self(tokio::spawn(async move {
-            loop {
-                let _ = store.heartbeat(&client).await;
+            // A new value each time, as the engine writes them: what status sees change.
+            for beat in 1u64.. {
+                let _ = store.heartbeat(&client, beat).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }))

@@ -74,6 +74,8 @@ pub struct EngineFaults {
     pub release_stale_checkpoint: bool,
     /// Never self-fence: keep handing out records and writing while the own heartbeat fails.
     pub no_self_fencing: bool,
+    /// Judge other clients dead after half the lease TTL (takes leases from live clients).
+    pub hasty_death: bool,
 }
 
 /// Everything a consumer needs to know besides its source and store.

@@ -60,7 +60,7 @@ use crate::assignment::assign;
 use crate::config::Config;
 use crate::error::ConsumerError;
 use crate::layer::{Layered, Timeout};
-use crate::membership::Membership;
+use crate::membership::{Beats, Membership};
 use crate::metrics::{self, Labels};
 use crate::position::{Checkpoint, Position};
 use crate::record::{AckTracker, Record, ShardBatch};
@@ -160,8 +160,10 @@ impl Health {
     /// Records a heartbeat that succeeded and was sent at `sent`.
     fn heartbeat_ok(&self, sent: Instant) {
         let mut s = self.lock();
-        // A success after a gap long enough to have fenced us counts as fencing too.
-        self.check(&mut s, sent);
+        // A success learned after a gap long enough to have fenced us counts as fencing too:
+        // judged now, when we learn of it, not at its sending — heartbeats overlap, so one sent
+        // just before a pause ended says nothing about the pause.
+        self.check(&mut s, Instant::now());
         s.last_ok = Some(s.last_ok.map_or(sent, |prev| prev.max(sent)));
         if !self.expired(&s, Instant::now()) {
             s.fenced = false;
@@ -283,6 +285,8 @@ pub(crate) struct Engine {
     pub(crate) labels: Labels,
     status: StatusHandle,
     rng: Mutex<Rng>,
+    /// The values our heartbeats write: never the same twice, not even after a restart.
+    beats: Mutex<Beats>,
 }
 
 impl Engine {
@@ -294,6 +298,19 @@ impl Engine {
 
     pub(crate) fn may_hand_out(&self, epoch: u64) -> bool {
         self.health.may_hand_out(epoch)
+    }
+
+    /// Sends one heartbeat, and records it in our health if it landed.
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let beat = self
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_beat();
+        let sent = Instant::now();
+        self.store.heartbeat(&self.me, beat).await?;
+        self.health.heartbeat_ok(sent);
+        Ok(())
     }
 
     pub(crate) fn note_fetch(&self, shard: &ShardId, records: usize, behind: Option<u64>) {
@@ -399,6 +416,8 @@ impl Consumer {
         let health = Arc::new(Health::new(&self.config));
         let stopped_by = Arc::new(Mutex::new(None));
         let seed = self.config.rng_seed.unwrap_or_else(os_seed);
+        let mut rng = Rng::new(seed);
+        let incarnation = (rng.next_u64() >> 32) as u32;
         let engine = Arc::new(Engine {
             config: self.config.clone(),
             source: Arc::new(Layered::new(
@@ -415,7 +434,8 @@ impl Consumer {
             health: health.clone(),
             stopped_by: stopped_by.clone(),
             status: self.status.clone(),
-            rng: Mutex::new(Rng::new(seed)),
+            rng: Mutex::new(rng),
+            beats: Mutex::new(Beats::new(incarnation)),
             labels: Labels::new(
                 &self.config.application,
                 self.source.stream_name(),
@@ -539,8 +559,15 @@ struct Supervisor {
     /// Shards whose tenure failed: not before this instant, after this many failures.
     retry: BTreeMap<ShardId, (Instant, u32)>,
     last_full: Option<Instant>,
-    /// How long the last full read took: the store's own report of how busy it is.
-    last_full_took: Duration,
+    /// How long the last few full reads took: the store's own report of how busy it is.
+    full_read_took: std::collections::VecDeque<Duration>,
+    /// When the read that gave each row of `leases` arrived. A takeover rests on a read of the
+    /// clients sent after it (DESIGN §4.1).
+    row_read_at: BTreeMap<ShardId, Instant>,
+    /// The shards of the stream's last listing (`None` before the first): a parent without a
+    /// lease row is gone only if the stream no longer lists it — a paged, non-snapshot read of
+    /// the leases may simply have missed its row.
+    listed: Option<BTreeSet<ShardId>>,
     last_sync: Option<Instant>,
     /// A full read is wanted (a lost race, a tenure ended, an error): paced, see `full_read_due`.
     need_full: bool,
@@ -552,8 +579,6 @@ struct Supervisor {
     epoch_seen: u64,
     /// The live clients at the last tick, to notice deaths without waiting for a full read.
     last_alive: Vec<ClientId>,
-    /// Lease owners with no client row in our reads, and since when (see `owner_is_dead`).
-    unseen_owners: BTreeMap<ClientId, Instant>,
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
@@ -569,8 +594,17 @@ const WAITING_POLL_LIMIT: usize = 8;
 const TAKES_PER_TICK: usize = 64;
 
 /// A wanted full read waits until the fleet's full reads, each as slow as our last, would keep
-/// the store busy at most half the time: `FULL_READ_PACE × live clients × last read's duration`.
+/// the store busy at most half the time: `FULL_READ_PACE × live clients × a typical read's
+/// duration` — the median of the last `FULL_READ_SAMPLES`, so one slow read (a partition that
+/// healed just in time) does not stall a client for minutes.
 const FULL_READ_PACE: u32 = 2;
+
+/// How many full reads the pace looks back on.
+const FULL_READ_SAMPLES: usize = 5;
+
+/// The pace never exceeds this many `rebalance_interval`s: a bound on how long a change the
+/// client cannot see any other way (a shard freed without a change of the live set) waits.
+const FULL_READ_PACE_CAP: u32 = 6;
 
 fn is_fatal(e: &ConsumerError) -> bool {
     matches!(
@@ -593,12 +627,8 @@ async fn supervise(
         if *shutdown.borrow() {
             return Ok(());
         }
-        let sent = Instant::now();
-        match engine.store.heartbeat(&engine.me).await {
-            Ok(_) => {
-                engine.health.heartbeat_ok(sent);
-                break;
-            }
+        match engine.heartbeat().await {
+            Ok(()) => break,
             Err(StoreError::Fatal(m)) => return Err(StoreError::Fatal(m).into()),
             Err(e) => {
                 attempt = attempt.saturating_add(1);
@@ -612,14 +642,20 @@ async fn supervise(
     let heartbeat_guard = AbortGuard(heartbeat.abort_handle());
 
     let mut sup = Supervisor {
-        membership: Membership::new(cfg.lease_ttl),
+        membership: Membership::new(if cfg.faults.hasty_death {
+            cfg.lease_ttl / 2
+        } else {
+            cfg.lease_ttl
+        }),
         leases: BTreeMap::new(),
         held: BTreeMap::new(),
         task_shard: BTreeMap::new(),
         waiting: BTreeSet::new(),
         retry: BTreeMap::new(),
         last_full: None,
-        last_full_took: Duration::ZERO,
+        full_read_took: std::collections::VecDeque::new(),
+        row_read_at: BTreeMap::new(),
+        listed: None,
         last_sync: None,
         need_full: true,
         urgent_full: true,
@@ -627,7 +663,6 @@ async fn supervise(
         backlog: Vec::new(),
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
-        unseen_owners: BTreeMap::new(),
         engine,
     };
     let mut tasks: Tenures = JoinSet::new();
@@ -672,16 +707,27 @@ impl Drop for AbortGuard {
     }
 }
 
-/// Bumps our counter every `heartbeat_interval`, on its own task so a slow handler never
-/// delays it.
+/// Heartbeats every `heartbeat_interval`, on its own task so a slow handler never delays it.
+/// A heartbeat does not wait for the one before: one call stuck in the network (up to
+/// `call_timeout`, which may be longer than `lease_ttl`) must not silence a client that can
+/// still reach its store, or it fences itself and the fleet moves its leases for nothing.
 async fn heartbeat_loop(engine: Arc<Engine>) {
+    let mut in_flight = JoinSet::new();
+    let mut tick = tokio::time::interval(engine.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let sent = Instant::now();
-        match engine.store.heartbeat(&engine.me).await {
-            Ok(_) => engine.health.heartbeat_ok(sent),
-            Err(e) => warn!(error = %e, "heartbeat failed"),
+        tokio::select! {
+            biased;
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = tick.tick() => {
+                let engine = engine.clone();
+                in_flight.spawn(async move {
+                    if let Err(e) = engine.heartbeat().await {
+                        warn!(error = %e, "heartbeat failed");
+                    }
+                });
+            }
         }
-        tokio::time::sleep_until(sent + engine.config.heartbeat_interval).await;
     }
 }
 
@@ -717,33 +763,22 @@ impl Supervisor {
             }
             self.waiting.clear();
             self.epoch_seen = epoch;
-            self.need_full = true;
+            // Back from a fence, what we knew is stale: read everything at once, not at the
+            // pace of full reads (which may be slow after a read that hung in a partition).
+            self.urgent_full = true;
         }
         fenced
     }
 
-    /// One tick: check our own health, read the client rows, and rebalance when needed.
+    /// One tick: check our own health, read the lease rows we need, then the client rows,
+    /// then act.
+    ///
+    /// The order is the protocol's: a lease row is acted on only after a read of the clients
+    /// *sent after* that row was read (DESIGN §4.1). Judging an owner dead from an older read
+    /// could rob a client that heartbeated and re-took the lease in between.
     async fn step(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
         if self.fenced() {
             return Ok(());
-        }
-        match self.engine.store.clients().await {
-            Ok(rows) => {
-                // Observed when the reply arrived, not when the call started.
-                let joined_or_left = self.membership.observe(&rows, Instant::now());
-                // A join, a leave, or a death (judged on our clock, no read needed) rebalances
-                // at once; the periodic full read is only a safety net.
-                let alive = self.membership.alive();
-                self.engine
-                    .labels
-                    .client_gauge(metrics::LIVE_CLIENTS)
-                    .set(alive.len() as f64);
-                if joined_or_left || alive != self.last_alive {
-                    self.urgent_full = true;
-                    self.last_alive = alive;
-                }
-            }
-            Err(e) => return self.tolerate(e.into(), "reading clients"),
         }
         let cfg = self.engine.config.clone();
         let now = Instant::now();
@@ -759,18 +794,59 @@ impl Supervisor {
             self.need_sync = false;
             self.need_full = true;
         }
-        if self.full_read_due(now) {
-            if let Err(e) = self.rebalance(tasks).await {
-                return self.tolerate(e, "rebalancing");
+        let mut full = self.full_read_due(now);
+        let mut polled = Vec::new();
+        if full {
+            if let Err(e) = self.read_leases().await {
+                return self.tolerate(e, "reading leases");
             }
+        } else if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
+            match self.poll_waiting().await {
+                Ok(rows) => polled = rows,
+                Err(e) => return self.tolerate(e, "polling a lease"),
+            }
+        }
+        let changed = match self.read_clients().await {
+            Ok(changed) => changed,
+            Err(e) => return self.tolerate(e, "reading clients"),
+        };
+        if changed && !full {
+            // A join, a leave or a death changes the plan: re-plan now, from rows read before
+            // a second read of the clients.
+            if let Err(e) = self.read_leases().await {
+                return self.tolerate(e, "reading leases");
+            }
+            if let Err(e) = self.read_clients().await {
+                return self.tolerate(e, "reading clients");
+            }
+            full = true;
+        }
+        if full {
             self.last_full = Some(now);
+            self.rebalance(tasks).await;
         } else {
             self.take_backlog(tasks).await;
-            if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
-                self.poll_waiting(tasks).await?;
+            for lease in polled {
+                self.consider(lease, tasks).await;
             }
         }
         Ok(())
+    }
+
+    /// Reads every client row (dated by when the read was sent and when it came back).
+    /// True when the live set changed: a join, a leave, or a death judged on our clock.
+    async fn read_clients(&mut self) -> Result<bool, ConsumerError> {
+        let sent = Instant::now();
+        let rows = self.engine.store.clients().await?;
+        let joined_or_left = self.membership.observe(&rows, sent, Instant::now());
+        let alive = self.membership.alive();
+        self.engine
+            .labels
+            .client_gauge(metrics::LIVE_CLIENTS)
+            .set(alive.len() as f64);
+        let changed = joined_or_left || alive != self.last_alive;
+        self.last_alive = alive;
+        Ok(changed)
     }
 
     /// Whether to read every lease now. At once when the live set changed (the plan did too);
@@ -790,12 +866,20 @@ impl Supervisor {
         }
         let cfg = &self.engine.config;
         let live = self.last_alive.len().max(1) as u32;
-        let pace = self.last_full_took * FULL_READ_PACE * live;
+        let pace = (self.typical_full_read() * FULL_READ_PACE * live)
+            .min(cfg.rebalance_interval * FULL_READ_PACE_CAP);
         let since = now.duration_since(last);
         let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
         (self.need_full && since >= pace.max(cfg.membership_poll_interval))
             || (many_waiting && since >= pace.max(Duration::from_secs(1)))
             || since >= pace.max(cfg.rebalance_interval)
+    }
+
+    /// The median duration of the last few full reads.
+    fn typical_full_read(&self) -> Duration {
+        let mut took: Vec<Duration> = self.full_read_took.iter().copied().collect();
+        took.sort();
+        took.get(took.len() / 2).copied().unwrap_or_default()
     }
 
     /// Fatal errors stop the consumer; anything else is logged and retried on a later tick.
@@ -813,14 +897,19 @@ impl Supervisor {
     async fn sync_shards(&mut self) -> Result<(), ConsumerError> {
         let store = &self.engine.store;
         let stream = &self.engine.stream;
-        let shards = self.engine.source.list_shards().await?;
+        // Leases first, then the listing: "gone from the stream" is judged from a listing made
+        // after the row was read. The other way round, a slow read could return a child's
+        // finished row while the listing predates the child — and delete it, so the child
+        // would be created again and read again from its start.
         let existing: BTreeMap<ShardId, Lease> = store
             .leases(stream)
             .await?
             .into_iter()
             .map(|l| (l.shard.clone(), l))
             .collect();
+        let shards = self.engine.source.list_shards().await?;
         let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
+        self.listed = Some(shards.iter().map(|s| s.id.clone()).collect());
         // Parents before children, so a child's lease never exists without its parents'.
         let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
         let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
@@ -857,23 +946,42 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Reads every lease, computes the shared assignment and acts on it.
-    async fn rebalance(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
-        let me = self.engine.me.clone();
+    /// Reads every lease row.
+    async fn read_leases(&mut self) -> Result<(), ConsumerError> {
         let started = Instant::now();
-        self.leases = self
-            .engine
-            .store
-            .leases(&self.engine.stream)
-            .await?
-            .into_iter()
-            .map(|l| (l.shard.clone(), l))
+        let rows = self.engine.store.leases(&self.engine.stream).await?;
+        let arrived = Instant::now();
+        if self.full_read_took.len() == FULL_READ_SAMPLES {
+            self.full_read_took.pop_front();
+        }
+        self.full_read_took.push_back(arrived - started);
+        self.leases = rows.into_iter().map(|l| (l.shard.clone(), l)).collect();
+        self.row_read_at = self.leases.keys().map(|s| (s.clone(), arrived)).collect();
+        let owners: BTreeSet<ClientId> = self
+            .leases
+            .values()
+            .filter_map(|l| l.owner.clone())
             .collect();
-        self.last_full_took = started.elapsed();
+        self.membership.retain_unseen(&owners);
         self.need_full = false;
         self.urgent_full = false;
+        Ok(())
+    }
+
+    /// Whether a parent stands in the way of its child: unfinished, or without a row while
+    /// the stream still lists it (or before we have a listing).
+    fn parent_pending(&self, parent: &ShardId) -> bool {
+        match self.leases.get(parent) {
+            Some(row) => !row.finished,
+            None => self.listed.as_ref().is_none_or(|l| l.contains(parent)),
+        }
+    }
+
+    /// Computes the shared assignment from the rows of the last full read and acts on it.
+    async fn rebalance(&mut self, tasks: &mut Tenures) {
+        let me = self.engine.me.clone();
         if self.fenced() {
-            return Ok(());
+            return;
         }
         self.reap_dead_clients().await;
         let live = self.now_alive();
@@ -882,12 +990,7 @@ impl Supervisor {
             .leases
             .values()
             .filter(|l| !l.finished)
-            .filter(|l| {
-                faults.ignore_parents
-                    || l.parents
-                        .iter()
-                        .all(|p| self.leases.get(p).is_none_or(|pl| pl.finished))
-            })
+            .filter(|l| faults.ignore_parents || !l.parents.iter().any(|p| self.parent_pending(p)))
             .map(|l| l.shard.clone())
             .collect();
         let current: BTreeMap<ShardId, ClientId> = eligible
@@ -961,7 +1064,6 @@ impl Supervisor {
             .rev() // popped from the back: taken in shard order
             .collect();
         self.take_backlog(tasks).await;
-        Ok(())
     }
 
     /// Carries out the plan of the last full read. Takes go one by one, so a slow store makes a
@@ -981,7 +1083,7 @@ impl Supervisor {
                 continue;
             };
             done += 1;
-            if !self.consider(lease, Instant::now(), tasks).await {
+            if !self.consider(lease, tasks).await {
                 self.backlog.clear();
             }
             if done >= TAKES_PER_TICK || started.elapsed() >= budget {
@@ -1007,45 +1109,47 @@ impl Supervisor {
         }
     }
 
-    /// Between full reads, polls only the leases we wait for in a handoff, so a graceful
-    /// handoff completes within a few `membership_poll_interval`s.
-    async fn poll_waiting(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
-        let now = Instant::now();
+    /// Between full reads, reads only the leases we wait for in a handoff, so a graceful
+    /// handoff completes within a few `membership_poll_interval`s. Returns the rows read; they
+    /// are acted on after the next read of the clients.
+    async fn poll_waiting(&mut self) -> Result<Vec<Lease>, ConsumerError> {
+        let mut rows = Vec::new();
         for shard in self.waiting.clone() {
-            match self.engine.store.lease(&self.engine.stream, &shard).await {
-                Ok(Some(lease)) => {
+            match self.engine.store.lease(&self.engine.stream, &shard).await? {
+                Some(lease) => {
                     self.leases.insert(shard.clone(), lease.clone());
-                    self.consider(lease, now, tasks).await;
+                    self.row_read_at.insert(shard, Instant::now());
+                    rows.push(lease);
                 }
-                Ok(None) => {
+                None => {
                     self.waiting.remove(&shard);
                     self.need_sync = true;
                 }
-                Err(e) => return self.tolerate(e.into(), "polling a lease"),
             }
         }
-        Ok(())
+        Ok(rows)
     }
 
-    /// Whether `owner` of a lease is dead. An owner with no row in our last read of the clients
-    /// may just have registered after that read (and taken the lease since): like a client we
-    /// have just started watching, it is judged dead only after `lease_ttl` of not being seen.
-    fn owner_is_dead(&mut self, owner: &ClientId, now: Instant) -> bool {
-        if self.membership.knows(owner) {
-            self.unseen_owners.remove(owner);
-            return !self.membership.is_alive(owner);
-        }
-        let since = *self.unseen_owners.entry(owner.clone()).or_insert(now);
-        now.saturating_duration_since(since) >= self.engine.config.lease_ttl
+    /// Whether the owner of `lease` is dead, by a read of the clients sent after the row was
+    /// read. With only older evidence, no: the owner may have heartbeated and written this
+    /// very row since.
+    fn owner_is_dead(&mut self, lease: &Lease, owner: &ClientId) -> bool {
+        let row_read = self.row_read_at.get(&lease.shard).copied();
+        let fresh = match (row_read, self.membership.read_sent_at()) {
+            (Some(row), Some(clients)) => clients >= row,
+            _ => false,
+        };
+        fresh && self.membership.owner_is_dead(owner)
     }
 
     /// Takes `lease` if it is free, its owner is dead, or it is already ours; otherwise waits.
     /// False when the take showed our view of the leases to be stale (or the store failing).
-    async fn consider(&mut self, lease: Lease, now: Instant, tasks: &mut Tenures) -> bool {
+    async fn consider(&mut self, lease: Lease, tasks: &mut Tenures) -> bool {
         let me = &self.engine.me.clone();
+        let now = Instant::now();
         let free = match &lease.owner {
             None => true,
-            Some(owner) => owner == me || self.owner_is_dead(owner, now),
+            Some(owner) => owner == me || self.owner_is_dead(&lease, owner),
         };
         if !free {
             self.waiting.insert(lease.shard.clone());
@@ -1215,6 +1319,26 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Releases the rows the store says are ours though no tenure of ours ran them (an
+    /// ambiguous take, a tenure abandoned at the deadline): otherwise they would wait a TTL
+    /// for an owner that is gone. Best effort: each release is fenced by the row's token.
+    async fn release_leftovers(&mut self) {
+        let store = &self.engine.store;
+        let Ok(rows) = store.leases(&self.engine.stream).await else {
+            return;
+        };
+        let mine = rows
+            .iter()
+            .filter(|l| !l.finished && l.owner.as_ref() == Some(&self.engine.me))
+            .filter_map(Lease::tenure);
+        for tenure in mine {
+            match store.release(&self.engine.stream, &tenure, None).await {
+                Ok(()) => info!(tenure = %tenure, "released a lease left over at shutdown"),
+                Err(e) => debug!(tenure = %tenure, error = %e, "releasing a leftover lease failed"),
+            }
+        }
+    }
+
     /// Graceful shutdown: every tenure drains, commits and releases; then deregister.
     /// Bounded: tenures get `drain_timeout` plus a few store calls to drain, commit and
     /// release; whatever has not ended by then is abandoned, and its lease expires as after a
@@ -1251,6 +1375,7 @@ impl Supervisor {
             self.engine.status.remove(&shard);
         }
         self.held.clear();
+        self.release_leftovers().await;
         // Stop heartbeating before deregistering, so no late heartbeat re-creates our row.
         drop(heartbeat_guard);
         let _ = heartbeat.await;

@@ -15,7 +15,8 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Layered::new(MemoryLeaseStore::new(), Timeout(Duration::from_secs(5)));
-//! assert_eq!(store.heartbeat(&ClientId::from("a")).await?, 1);
+//! store.heartbeat(&ClientId::from("a"), 1).await?;
+//! assert_eq!(store.clients().await?.len(), 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -105,8 +106,8 @@ impl<L, S> Layered<L, S> {
 
 #[async_trait]
 impl<L: Layer, S: LeaseStore> LeaseStore for Layered<L, S> {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
-        let call = self.inner.heartbeat(client);
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
+        let call = self.inner.heartbeat(client, beat);
         self.layer.store_call("heartbeat", call).await
     }
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {

@@ -6,9 +6,22 @@
 //! hosts cannot make a live client look dead. A newly seen client counts as just changed, so a
 //! client that just started waits one `lease_ttl` before declaring anyone dead.
 //!
-//! Death is judged *as of the last read*, not as of now: a counter is dead only if it was seen
-//! standing still across `lease_ttl` of reads. An observer that could not read for a while
-//! (paused, partitioned) therefore never concludes from its silence that others died.
+//! **Evidence, never inference from delay.** A read of the rows is a snapshot taken at some
+//! unknown moment between sending the request and seeing the reply. So each read is dated
+//! twice, and always in the direction that makes others look *more* alive:
+//! - a counter value counts as seen from the *arrival* of the first reply that showed it (it
+//!   may have been there long before, but that we cannot prove);
+//! - a counter still unchanged counts as unchanged up to the *send* time of the latest read
+//!   that showed it (a reply that took 9 s to reach us says nothing about those 9 s).
+//!
+//! A client is dead only if the proven stillness — latest send minus first arrival — reaches
+//! `lease_ttl`. An observer that could not read for a while (paused, partitioned, starved)
+//! therefore never concludes from its own silence or from a late reply that others died.
+//!
+//! A lease owner with **no row** in the reads (it may have registered after our read and
+//! taken the lease since, or restarted under the same id) is judged the same way: dead only
+//! once reads sent over `lease_ttl` all lacked it. The first read that shows it again clears
+//! that judgement.
 //!
 //! ```
 //! use std::time::Duration;
@@ -19,25 +32,74 @@
 //! let ttl = Duration::from_secs(10);
 //! let mut m = Membership::new(ttl);
 //! let t0 = Instant::now();
+//! let s = Duration::from_secs;
 //! let row = |n| vec![ClientRow { id: ClientId::from("a"), counter: n }];
-//! m.observe(&row(1), t0);
-//! m.observe(&row(1), t0 + Duration::from_secs(9));
+//! m.observe(&row(1), t0, t0);
+//! m.observe(&row(1), t0 + s(9), t0 + s(9));
 //! assert!(m.is_alive(&ClientId::from("a")));
-//! m.observe(&row(1), t0 + Duration::from_secs(10));
+//! // Sent at 10 s: a's counter stood still from 0 s to 10 s. Dead.
+//! m.observe(&row(1), t0 + s(10), t0 + s(10));
 //! assert!(!m.is_alive(&ClientId::from("a")));
+//!
+//! // A reply sent at 1 s that reached us at 20 s proves stillness only up to 1 s.
+//! let mut late = Membership::new(ttl);
+//! late.observe(&row(1), t0, t0);
+//! late.observe(&row(1), t0 + s(1), t0 + s(20));
+//! assert!(late.is_alive(&ClientId::from("a")));
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::store::{ClientId, ClientRow};
 
-/// The last counter seen for a client and when (on our clock) it last changed.
+/// The heartbeat values one client writes: a random 31-bit incarnation above a 32-bit
+/// sequence, so no value repeats — not within a run, and (but for a 2⁻³¹ draw) not across
+/// restarts under the same client id — and every value is in `1..=i64::MAX`, as the store
+/// contract asks. With a counter that restarted at 1, a client
+/// that left and came back could count up to the very value an observer last saw, and look
+/// as if it had never moved: still for minutes, so dead, while it was alive.
+///
+/// ```
+/// use kinsumer_core::membership::Beats;
+///
+/// let mut beats = Beats::new(7);
+/// let (a, b) = (beats.next_beat(), beats.next_beat());
+/// assert_ne!(a, b);
+/// assert_eq!(a >> 32, 7);
+/// assert!(Beats::new(u32::MAX).next_beat() <= i64::MAX as u64);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Beats {
+    incarnation: u32,
+    seq: u32,
+}
+
+impl Beats {
+    /// The beats of the incarnation `incarnation` (draw it at random on every start; its top
+    /// bit is dropped).
+    pub fn new(incarnation: u32) -> Self {
+        Self {
+            incarnation: incarnation & 0x7FFF_FFFF,
+            seq: 0,
+        }
+    }
+
+    /// The next value to write.
+    pub fn next_beat(&mut self) -> u64 {
+        // 2³² beats are 272 years at one per 2 s; wrapping would need longer than that.
+        self.seq = self.seq.wrapping_add(1).max(1);
+        (u64::from(self.incarnation) << 32) | u64::from(self.seq)
+    }
+}
+
+/// The last counter seen for a client and when (on our clock) we first saw it.
 #[derive(Clone, Debug)]
 struct Seen {
     counter: u64,
+    /// The arrival of the first reply that showed this counter.
     changed_at: Instant,
 }
 
@@ -46,8 +108,13 @@ struct Seen {
 pub struct Membership {
     ttl: Duration,
     seen: BTreeMap<ClientId, Seen>,
-    /// When the rows were last read.
-    observed_at: Option<Instant>,
+    /// When the latest read was sent: what it shows held at least until then.
+    sent_at: Option<Instant>,
+    /// When the latest read's reply arrived.
+    arrived_at: Option<Instant>,
+    /// Lease owners asked about while they had no row, and since when (the arrival of the
+    /// read that first lacked them, as far as we were asked). Cleared when a read shows them.
+    unseen: BTreeMap<ClientId, Instant>,
 }
 
 impl Membership {
@@ -56,22 +123,28 @@ impl Membership {
         Self {
             ttl,
             seen: BTreeMap::new(),
-            observed_at: None,
+            sent_at: None,
+            arrived_at: None,
+            unseen: BTreeMap::new(),
         }
     }
 
-    /// Records a read of every client row whose reply arrived at `now`. Rows that vanished
-    /// (deregistered clients) are forgotten. Returns `true` if the set of clients changed.
-    pub fn observe(&mut self, rows: &[ClientRow], now: Instant) -> bool {
-        self.observed_at = Some(now);
+    /// Records a read of every client row, `sent` when the request left and `arrived` when
+    /// the reply was seen. Rows that vanished (deregistered clients) are forgotten. Returns
+    /// `true` if the set of clients changed.
+    pub fn observe(&mut self, rows: &[ClientRow], sent: Instant, arrived: Instant) -> bool {
+        // Reads are sequential; never let a reordered one move the evidence backwards.
+        self.sent_at = Some(self.sent_at.map_or(sent, |s| s.max(sent)));
+        self.arrived_at = Some(self.arrived_at.map_or(arrived, |a| a.max(arrived)));
         let before: Vec<ClientId> = self.seen.keys().cloned().collect();
         let mut next = BTreeMap::new();
         for row in rows {
+            self.unseen.remove(&row.id);
             let seen = match self.seen.remove(&row.id) {
                 Some(s) if s.counter == row.counter => s,
                 _ => Seen {
                     counter: row.counter,
-                    changed_at: now,
+                    changed_at: arrived,
                 },
             };
             next.insert(row.id.clone(), seen);
@@ -80,9 +153,15 @@ impl Membership {
         !self.seen.keys().eq(before.iter())
     }
 
-    /// How long `seen`'s counter has been seen standing still, as of the last read.
+    /// When the latest read was sent (`None` before the first): a decision about a lease row
+    /// may rest on this read only if the row was read before it.
+    pub fn read_sent_at(&self) -> Option<Instant> {
+        self.sent_at
+    }
+
+    /// How long `seen`'s counter is proven to have stood still, as of the latest read.
     fn still_for(&self, seen: &Seen) -> Duration {
-        self.observed_at.map_or(Duration::ZERO, |at| {
+        self.sent_at.map_or(Duration::ZERO, |at| {
             at.saturating_duration_since(seen.changed_at)
         })
     }
@@ -98,6 +177,28 @@ impl Membership {
     /// Whether `client` had a row at the last read (alive or not).
     pub fn knows(&self, client: &ClientId) -> bool {
         self.seen.contains_key(client)
+    }
+
+    /// Whether the owner of a lease is dead by the evidence of the reads so far: a known
+    /// client whose counter stood still for `ttl`, or a client without a row in every read
+    /// sent over `ttl` since we were first asked about it. (The first question about a client
+    /// without a row starts its clock; asking again does not restart it.)
+    pub fn owner_is_dead(&mut self, owner: &ClientId) -> bool {
+        if let Some(seen) = self.seen.get(owner) {
+            return self.still_for(seen) >= self.ttl;
+        }
+        let Some(arrived) = self.arrived_at else {
+            return false;
+        };
+        let since = *self.unseen.entry(owner.clone()).or_insert(arrived);
+        self.sent_at
+            .is_some_and(|sent| sent.saturating_duration_since(since) >= self.ttl)
+    }
+
+    /// Forgets the row-less owners not in `owners` (they own nothing any more), so the list
+    /// cannot grow with every client id the fleet ever had.
+    pub fn retain_unseen(&mut self, owners: &BTreeSet<ClientId>) {
+        self.unseen.retain(|c, _| owners.contains(c));
     }
 
     /// The live clients, sorted.
@@ -131,15 +232,22 @@ mod tests {
             .collect()
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A read whose reply came back at once.
+    fn read(m: &mut Membership, list: &[(&str, u64)], at: Instant) -> bool {
+        m.observe(&rows(list), at, at)
+    }
+
     #[test]
     fn a_moving_counter_keeps_a_client_alive_and_a_stuck_one_dies() {
-        let ttl = Duration::from_secs(10);
-        let mut m = Membership::new(ttl);
+        let mut m = Membership::new(secs(10));
         let t0 = Instant::now();
-        assert!(m.observe(&rows(&[("a", 1), ("b", 5)]), t0));
+        assert!(read(&mut m, &[("a", 1), ("b", 5)], t0));
         for i in 1..=6u64 {
-            let now = t0 + Duration::from_secs(2 * i);
-            assert!(!m.observe(&rows(&[("a", 1 + i), ("b", 5)]), now));
+            assert!(!read(&mut m, &[("a", 1 + i), ("b", 5)], t0 + secs(2 * i)));
         }
         assert_eq!(m.alive(), vec![ClientId::from("a")]);
     }
@@ -147,36 +255,95 @@ mod tests {
     #[test]
     fn the_counter_value_not_its_size_matters() {
         // A restarted client whose counter went back to 1 is still a change.
-        let mut m = Membership::new(Duration::from_secs(10));
+        let mut m = Membership::new(secs(10));
         let t0 = Instant::now();
-        m.observe(&rows(&[("a", 50)]), t0);
-        let t1 = t0 + Duration::from_secs(9);
-        m.observe(&rows(&[("a", 1)]), t1);
-        m.observe(&rows(&[("a", 1)]), t1 + Duration::from_secs(9));
+        read(&mut m, &[("a", 50)], t0);
+        read(&mut m, &[("a", 1)], t0 + secs(9));
+        read(&mut m, &[("a", 1)], t0 + secs(18));
         assert!(m.is_alive(&ClientId::from("a")));
     }
 
     #[test]
     fn deregistered_clients_vanish_at_once() {
-        let mut m = Membership::new(Duration::from_secs(10));
+        let mut m = Membership::new(secs(10));
         let t0 = Instant::now();
-        m.observe(&rows(&[("a", 1), ("b", 1)]), t0);
-        assert!(m.observe(&rows(&[("a", 1)]), t0));
+        read(&mut m, &[("a", 1), ("b", 1)], t0);
+        assert!(read(&mut m, &[("a", 1)], t0));
         assert!(!m.is_alive(&ClientId::from("b")));
     }
 
     #[test]
     fn silence_of_the_observer_is_not_death_of_the_observed() {
         // Read at 0 s, then nothing for 30 s (we were paused): the next read decides.
-        let mut m = Membership::new(Duration::from_secs(10));
+        let mut m = Membership::new(secs(10));
         let t0 = Instant::now();
-        m.observe(&rows(&[("a", 1)]), t0);
-        m.observe(&rows(&[("a", 7)]), t0 + Duration::from_secs(30));
+        read(&mut m, &[("a", 1)], t0);
+        read(&mut m, &[("a", 7)], t0 + secs(30));
         assert!(m.is_alive(&ClientId::from("a")), "it moved while we slept");
-        m.observe(&rows(&[("a", 7)]), t0 + Duration::from_secs(35));
+        read(&mut m, &[("a", 7)], t0 + secs(35));
         assert!(
             m.is_alive(&ClientId::from("a")),
             "5 s of stillness is not death"
         );
+    }
+
+    #[test]
+    fn a_late_reply_proves_nothing_about_the_time_it_was_in_flight() {
+        // Sent at 1 s, seen at 10.9 s: a's counter is proven still from 0 s to 1 s only.
+        let mut m = Membership::new(secs(10));
+        let t0 = Instant::now();
+        read(&mut m, &[("a", 1)], t0);
+        m.observe(
+            &rows(&[("a", 1)]),
+            t0 + secs(1),
+            t0 + Duration::from_millis(10_900),
+        );
+        assert!(m.is_alive(&ClientId::from("a")));
+        // A value first seen in a late reply counts from its arrival, not its sending.
+        read(&mut m, &[("a", 2)], t0 + secs(11));
+        m.observe(&rows(&[("a", 3)]), t0 + secs(12), t0 + secs(21));
+        read(&mut m, &[("a", 3)], t0 + secs(30));
+        assert!(
+            m.is_alive(&ClientId::from("a")),
+            "seen at 21 s, still at 30 s: 9 s"
+        );
+        read(&mut m, &[("a", 3)], t0 + secs(31));
+        assert!(!m.is_alive(&ClientId::from("a")), "10 s proven still");
+    }
+
+    #[test]
+    fn an_owner_without_a_row_is_dead_only_after_a_ttl_of_reads_without_it() {
+        let a = ClientId::from("a");
+        let mut m = Membership::new(secs(10));
+        let t0 = Instant::now();
+        assert!(!m.owner_is_dead(&a), "no read yet: no evidence");
+        read(&mut m, &[("b", 1)], t0);
+        assert!(
+            !m.owner_is_dead(&a),
+            "it may have registered after our read"
+        );
+        read(&mut m, &[("b", 2)], t0 + secs(9));
+        assert!(!m.owner_is_dead(&a));
+        read(&mut m, &[("b", 3)], t0 + secs(10));
+        assert!(m.owner_is_dead(&a), "absent from every read over 10 s");
+    }
+
+    #[test]
+    fn seeing_a_row_again_clears_the_unseen_clock() {
+        // A restarts under the same id: deregisters, registers again, takes its lease back.
+        let a = ClientId::from("a");
+        let mut m = Membership::new(secs(10));
+        let t0 = Instant::now();
+        read(&mut m, &[("b", 1)], t0);
+        assert!(!m.owner_is_dead(&a)); // the clock for "a" starts
+        read(&mut m, &[("a", 1), ("b", 2)], t0 + secs(1));
+        // Much later, a restarts: its row is gone from one read...
+        read(&mut m, &[("b", 9)], t0 + secs(60));
+        assert!(
+            !m.owner_is_dead(&a),
+            "an unseen clock left from 0 s must not make a dead at once"
+        );
+        read(&mut m, &[("a", 1), ("b", 10)], t0 + secs(61));
+        assert!(!m.owner_is_dead(&a));
     }
 }

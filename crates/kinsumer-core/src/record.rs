@@ -273,6 +273,11 @@ impl AckTracker {
         self.lock().unacked_records
     }
 
+    /// Whether the tenure ended: nothing more may be handed out.
+    pub fn is_revoked(&self) -> bool {
+        self.lock().revoked
+    }
+
     /// Stops further hand-outs; the tenure is ending.
     pub fn revoke(&self) {
         self.lock().revoked = true;

@@ -542,6 +542,11 @@ async fn handler_worker(
                     let delay = engine.backoff(attempt);
                     warn!(shard = %batch.shard, error = %e, retry_in_ms = delay.as_millis() as u64, "batch handler failed; retrying the same batch");
                     sleep(delay).await;
+                    // A retry is a new hand-out: not after a self-fence or once the tenure
+                    // ended (the next owner delivers the batch).
+                    if !engine.may_hand_out(epoch) || tracker.is_revoked() {
+                        return;
+                    }
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The `LeaseStore` seam: where ownership and progress live.
 //!
 //! A store is bound to one *application* (its namespace) and holds two kinds of rows:
-//! - one [`ClientRow`] per live client, whose `counter` the client bumps on every heartbeat;
+//! - one [`ClientRow`] per live client, whose `counter` the client rewrites on every heartbeat
+//!   with a value it never wrote before;
 //! - one [`Lease`] per (stream, shard), with an owner, a fencing `token`, a checkpoint and a
 //!   `finished` mark.
 //!
@@ -10,7 +11,7 @@
 //! and fail with [`StoreError::LeaseLost`] otherwise — never silently. A finished lease is
 //! final: `checkpoint` and `release` on it fail with `LeaseLost` too. `take` succeeds only if
 //! the stored token still equals the token the caller read. A store never judges time: it stores
-//! counters, and the engine judges liveness on its own monotonic clock.
+//! heartbeat values, and the engine judges liveness on its own monotonic clock.
 //!
 //! The contract is written once, as `kinsumer_testkit::conformance::lease_store`, and every
 //! backend's test suite runs it against a real server.
@@ -76,7 +77,11 @@ impl fmt::Debug for ClientId {
 pub struct ClientRow {
     /// The client.
     pub id: ClientId,
-    /// Bumped by every heartbeat; liveness is "this changed recently, on my clock".
+    /// The value of the client's last heartbeat; liveness is "this changed recently, on my
+    /// clock". A client never writes the same value twice, not even across restarts under the
+    /// same id (see [`Beats`](crate::membership::Beats)), so an unchanged value proves that no
+    /// heartbeat landed — a restarted client cannot count back up to the value an observer saw
+    /// before it left.
     pub counter: u64,
 }
 
@@ -184,8 +189,12 @@ impl StoreError {
 /// contract; every method is one atomic operation on one row.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
-    /// Bumps `client`'s counter (creating its row at 1) and returns the new value.
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError>;
+    /// Writes `beat` as `client`'s heartbeat value, creating its row. Unconditional: the
+    /// client chooses values it never used before, so writing one again (a retry) is harmless.
+    /// `beat` is in `1..=i64::MAX`, so a store of signed 64-bit integers keeps it as it is, and
+    /// processes of an earlier version (which bumped the same value by one) can share the
+    /// store during a rolling upgrade.
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError>;
 
     /// Every client row.
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError>;
@@ -256,8 +265,8 @@ pub trait LeaseStore: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
-        (**self).heartbeat(client).await
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
+        (**self).heartbeat(client, beat).await
     }
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         (**self).clients().await

@@ -18,7 +18,7 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 pub(crate) const PK: &str = "pk";
 /// Sort key attribute (S).
 pub(crate) const SK: &str = "sk";
-/// Client rows: the heartbeat counter (N).
+/// Client rows: the last heartbeat value (N, a `u64`; a small counter in rows of older versions).
 pub(crate) const COUNTER: &str = "counter";
 /// Client rows: epoch seconds after which DynamoDB's TTL may delete the row (N).
 pub(crate) const EXPIRES_AT: &str = "expires_at";
@@ -119,7 +119,7 @@ pub(crate) fn sort_key(item: &Item) -> Result<&str, String> {
 pub(crate) fn decode_client(item: &Item) -> Result<ClientRow, String> {
     let id = sort_key(item)?;
     let counter = number(item, COUNTER)?
-        .ok_or_else(|| format!("the heartbeat counter {COUNTER:?} is missing"))?;
+        .ok_or_else(|| format!("the heartbeat value {COUNTER:?} is missing"))?;
     Ok(ClientRow {
         id: ClientId::from(id),
         counter,

@@ -17,14 +17,20 @@
 //!
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
-//! | client | `clients#billing` | client id, e.g. `worker-1` | `counter` (N), `expires_at` (N, epoch s, only with `client_ttl`) |
+//! | client | `clients#billing` | client id, e.g. `worker-1` | `counter` (N, the last heartbeat value), `expires_at` (N, epoch s, only with `client_ttl`) |
 //! | lease | `lease#billing#<stream>`, e.g. `lease#billing#orders` | shard id, e.g. `shardId-000000000001` | `token` (N), `owner` (S, absent when unowned), `checkpoint` (S, [`Checkpoint`](kinsumer_core::Checkpoint) text, absent until the first commit), `finished` (BOOL), `parents` (L of S) |
+//!
+//! A client's `counter` is the value of its last heartbeat, a `u64` over its whole range (the
+//! engine writes `(incarnation << 32) | sequence`): a DynamoDB number holds 38 digits, so it is
+//! stored exactly as its decimal text and read back as a `u64`. An item written by an older
+//! version (a counter bumped by one, e.g. `17`) reads the same way. A `counter` that is not a
+//! number is a corrupt item, for `heartbeat` (which does not overwrite it) and `clients` alike.
 //!
 //! ## Operation → request (one each)
 //!
 //! | operation | request |
 //! |---|---|
-//! | `heartbeat` | `UpdateItem` `SET counter = if_not_exists(counter, 0) + 1`, condition: counter absent or of type N |
+//! | `heartbeat` | `UpdateItem` `SET counter = :beat` (the value, unconditionally), condition: counter absent or of type N |
 //! | `clients` | `Query pk = "clients#<application>"` (consistent, all pages) |
 //! | `deregister` | `DeleteItem` |
 //! | `leases` | `Query pk = "lease#<application>#<stream>"` (consistent, all pages) |

@@ -540,9 +540,10 @@ fn jitter(delay: Duration) -> Duration {
 
 #[async_trait]
 impl LeaseStore for DynamoLeaseStore {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         let name = self.key_name(&self.clients_pk(), client.as_str());
-        let mut update = "SET #c = if_not_exists(#c, :zero) + :one".to_owned();
+        // A DynamoDB number holds 38 digits: the whole u64 range, written as its decimal text.
+        let mut update = "SET #c = :beat".to_owned();
         let expires_at = self.expires_at();
         if expires_at.is_some() {
             update.push_str(", #e = :e");
@@ -553,23 +554,21 @@ impl LeaseStore for DynamoLeaseStore {
             .table_name(&*self.table)
             .set_key(Some(item::key(self.clients_pk(), client.as_str())))
             .update_expression(update)
-            // A counter of another type would make the update fail with a vague
-            // ValidationException: check it, and get the item back to name the problem.
+            // The value is written whatever it was, but a counter of another type means the
+            // item is not ours to overwrite: check it, and get the item back to name it.
             .condition_expression("attribute_not_exists(#c) OR attribute_type(#c, :n)")
             .expression_attribute_names("#c", item::COUNTER)
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":beat", n(beat))
             .expression_attribute_values(":n", s("N"))
-            .return_values(ReturnValue::UpdatedNew)
+            .return_values(ReturnValue::None)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(at) = expires_at {
             request = request
                 .expression_attribute_names("#e", item::EXPIRES_AT)
                 .expression_attribute_values(":e", n(at));
         }
-        // Not settled by re-reading: a counter bumped twice is harmless.
-        let out = self
-            .send(Op::Heartbeat, || request.clone().send())
+        // Not settled by re-reading: writing the same value again is harmless.
+        self.send(Op::Heartbeat, || request.clone().send())
             .await
             .map_err(|failure| match failure {
                 Failure::Condition(_) => StoreError::Corrupt {
@@ -578,16 +577,7 @@ impl LeaseStore for DynamoLeaseStore {
                 },
                 other => self.plain(other, &format!("heartbeat on {name}")),
             })?;
-        match out.attributes().and_then(|a| a.get(item::COUNTER)) {
-            Some(AttributeValue::N(text)) => text.parse::<u64>().map_err(|_| StoreError::Corrupt {
-                key: name.clone(),
-                reason: format!("the heartbeat counter {text:?} is not an unsigned integer"),
-            }),
-            _ => Err(StoreError::Corrupt {
-                key: name,
-                reason: "the heartbeat returned no numeric counter".to_owned(),
-            }),
-        }
+        Ok(())
     }
 
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {

@@ -97,12 +97,79 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
     );
     corrupt_at(
         store
-            .heartbeat(&ClientId::from("bad-counter"))
+            .heartbeat(&ClientId::from("bad-counter"), 1)
             .await
             .map(drop),
         "clients#tests/bad-counter",
     );
     corrupt_at(store.clients().await.map(drop), "clients#tests/bad-counter");
+    common::drop_table(&client, &table).await;
+}
+
+/// A heartbeat writes its value, the whole u64 range exactly; a row of an older version (a small
+/// counter) still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_values_are_exact_numbers_and_old_rows_still_read() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let client = common::client(&endpoint);
+    let store = common::fresh_store(&client, "beats").await;
+    let table = store.table().to_owned();
+    // A row as the previous version left it: a counter bumped by one per heartbeat.
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("clients#tests".into()))
+        .item("sk", AttributeValue::S("old".into()))
+        .item("counter", AttributeValue::N("17".into()))
+        .send()
+        .await
+        .expect("put");
+    let rows = |rows: Vec<kinsumer_core::store::ClientRow>| {
+        rows.into_iter()
+            .map(|r| (r.id.as_str().to_owned(), r.counter))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [("old".to_owned(), 17)]
+    );
+    let stored = |sk: &'static str| {
+        let (client, table) = (client.clone(), table.clone());
+        async move {
+            let row = client
+                .get_item()
+                .table_name(table)
+                .key("pk", AttributeValue::S("clients#tests".into()))
+                .key("sk", AttributeValue::S(sk.into()))
+                .consistent_read(true)
+                .send()
+                .await
+                .expect("GetItem");
+            row.item().and_then(|i| i.get("counter")).cloned()
+        }
+    };
+    // Written, not added: the restarted client replaces the old counter with its own value.
+    let (old, new) = (ClientId::from("old"), ClientId::from("new"));
+    store.heartbeat(&old, u64::MAX).await.expect("heartbeat");
+    store.heartbeat(&new, 1 << 63).await.expect("heartbeat");
+    assert_eq!(
+        stored("old").await,
+        Some(AttributeValue::N("18446744073709551615".into()))
+    );
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [("new".to_owned(), 1 << 63), ("old".to_owned(), u64::MAX)]
+    );
+    // A smaller value replaces a larger one, and a repeat is harmless.
+    store.heartbeat(&old, 5).await.expect("heartbeat");
+    store.heartbeat(&old, 5).await.expect("heartbeat again");
+    assert_eq!(stored("old").await, Some(AttributeValue::N("5".into())));
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [("new".to_owned(), 1 << 63), ("old".to_owned(), 5)]
+    );
     common::drop_table(&client, &table).await;
 }
 
@@ -123,7 +190,7 @@ async fn applications_sharing_a_table_share_nothing() {
     .expect("open the same table for another application");
     let shard = ShardId::from("shardId-000000000000");
     let a = ClientId::from("a");
-    billing.heartbeat(&a).await.expect("heartbeat");
+    billing.heartbeat(&a, 1).await.expect("heartbeat");
     billing
         .create_if_absent("s", &shard, &[])
         .await
@@ -172,7 +239,7 @@ async fn a_missing_table_is_fatal_and_named() {
     // A table deleted under a running store: every call says which table is missing.
     let store = common::fresh_store(&client, "deleted").await;
     common::drop_table(&client, store.table()).await;
-    match store.heartbeat(&ClientId::from("a")).await {
+    match store.heartbeat(&ClientId::from("a"), 1).await {
         Err(StoreError::Fatal(m)) => assert!(m.contains(store.table()), "{m}"),
         other => panic!("expected Fatal, got {other:?}"),
     }
@@ -195,7 +262,8 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
     let store = DynamoLeaseStore::open(client.clone(), config)
         .await
         .expect("open");
-    assert_eq!(store.heartbeat(&ClientId::from("a")).await, Ok(1));
+    let beat = (3 << 32) | 1;
+    assert_eq!(store.heartbeat(&ClientId::from("a"), beat).await, Ok(()));
     let ttl = client
         .describe_time_to_live()
         .table_name(store.table())
@@ -216,6 +284,11 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
+    assert_eq!(
+        row.item().and_then(|i| i.get("counter")),
+        Some(&AttributeValue::N(beat.to_string())),
+        "the heartbeat writes its value along with the TTL stamp"
+    );
     let expires: u64 = match row.item().and_then(|i| i.get("expires_at")) {
         Some(AttributeValue::N(n)) => n.parse().expect("number"),
         other => panic!("expires_at: {other:?}"),
@@ -372,7 +445,7 @@ async fn one_checkpoint_is_one_write_and_no_read() {
     assert_eq!((cost.checkpoint, cost.writes(), cost.reads()), (N, N, 0));
     let before = store.stats();
     store
-        .heartbeat(&ClientId::from("a"))
+        .heartbeat(&ClientId::from("a"), 1)
         .await
         .expect("heartbeat");
     store

@@ -135,11 +135,17 @@
 //! );
 //! ```
 //!
+//! `clients.counter` is the value of the client's last heartbeat, written as the engine chose
+//! it (`(incarnation << 32) | sequence`, always in `1..=i64::MAX`, so it fits the `bigint` and
+//! its `CHECK` as it is). The store never computes with it. A row written by an earlier
+//! version (a counter bumped by one) reads the same, and processes of that version can share
+//! the table with this one during a rolling upgrade.
+//!
 //! ## One statement per operation
 //!
 //! | operation | SQL |
 //! |---|---|
-//! | `heartbeat` | `INSERT … VALUES (…, 1) ON CONFLICT DO UPDATE SET counter = counter + 1 RETURNING counter` |
+//! | `heartbeat` | `INSERT … VALUES ($1, $2, $beat) ON CONFLICT DO UPDATE SET counter = EXCLUDED.counter` (unconditional) |
 //! | `clients` | `SELECT client_id, counter … WHERE application = $1` |
 //! | `deregister` | `DELETE … WHERE application = $1 AND client_id = $2` |
 //! | `leases` / `lease` | `SELECT … WHERE application = $1 AND stream = $2 [AND shard = $3]` |
@@ -166,13 +172,12 @@
 //! (a protocol ping, not a statement), and `max_retries`/`retry_backoff` for transient failures
 //! (connection lost, server restarting, serialization failure, deadlock, timeout: all
 //! `StoreError::Transient` once retries are spent). A write whose reply was lost is
-//! *ambiguous*: idempotent writes (`checkpoint`, `finish`, `create_if_absent`, `deregister`,
-//! `delete_finished`, `reset_checkpoint`) are simply sent again; `take` and `release` re-read
-//! the row to learn whether they applied; a repeated `heartbeat` at worst bumps twice, which
-//! liveness does not mind. TLS uses rustls (ring, webpki roots) behind the crate feature
-//! `tls-rustls`: set `sslmode` in the URL or [`PgStoreConfig::ssl_mode`] /
-//! [`PgStoreConfig::ssl_root_cert`]. The URL's password never appears in `Debug` output,
-//! errors or logs ([`redact_url`]).
+//! *ambiguous*: idempotent writes (`heartbeat`, `checkpoint`, `finish`, `create_if_absent`,
+//! `deregister`, `delete_finished`, `reset_checkpoint`) are simply sent again; `take` and
+//! `release` re-read the row to learn whether they applied. TLS uses rustls (ring, webpki
+//! roots) behind the crate feature `tls-rustls`: set `sslmode` in the URL or
+//! [`PgStoreConfig::ssl_mode`] / [`PgStoreConfig::ssl_root_cert`]. The URL's password never
+//! appears in `Debug` output, errors or logs ([`redact_url`]).
 //!
 //! ## Cost
 //!

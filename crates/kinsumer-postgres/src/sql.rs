@@ -102,11 +102,10 @@ impl Statements {
         );
         Self {
             heartbeat: format!(
-                "INSERT INTO {s}.clients AS c (application, client_id, counter) \
-                 VALUES ($1, $2, 1) \
+                "INSERT INTO {s}.clients (application, client_id, counter) \
+                 VALUES ($1, $2, $3) \
                  ON CONFLICT (application, client_id) \
-                 DO UPDATE SET counter = c.counter + 1, updated_at = now() \
-                 RETURNING counter"
+                 DO UPDATE SET counter = EXCLUDED.counter, updated_at = now()"
             )
             .into(),
             clients: format!(

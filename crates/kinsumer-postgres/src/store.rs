@@ -405,22 +405,24 @@ pub(crate) enum MigrateError {
 
 #[async_trait]
 impl LeaseStore for PgLeaseStore {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
-        // Not idempotent, but a retry after an ambiguous bump only bumps twice, which liveness
-        // (counter *changed*) does not mind; and it guarantees a bump landed.
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
+        // An unconditional upsert of the value: idempotent, so an ambiguous one is simply sent
+        // again.
         let sql = &self.inner.sql.heartbeat;
-        let counter: i64 = self
-            .retrying(Kind::Write, || {
-                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-                    .bind(&self.inner.application)
-                    .bind(client.as_str())
-                    .fetch_one(&self.inner.pool)
-            })
-            .await?;
-        u64::try_from(counter).map_err(|_| StoreError::Corrupt {
-            key: format!("{}/client/{client}", self.inner.application),
-            reason: format!("negative counter {counter}"),
+        let beat = i64::try_from(beat).ok().filter(|b| *b > 0).ok_or_else(|| {
+            StoreError::Fatal(format!(
+                "heartbeat value {beat} for {client} is outside 1..=i64::MAX (the contract's range)"
+            ))
+        })?;
+        self.retrying(Kind::Write, || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&self.inner.application)
+                .bind(client.as_str())
+                .bind(beat)
+                .execute(&self.inner.pool)
         })
+        .await?;
+        Ok(())
     }
 
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {

@@ -78,7 +78,69 @@ async fn concurrent_migrate_is_safe() {
     .await
     .expect("version");
     assert_eq!(version, kinsumer_postgres::SCHEMA_VERSION);
-    assert_eq!(store.heartbeat(&ClientId::from("c")).await, Ok(1));
+    // The table takes the whole range of heartbeat values.
+    let c = ClientId::from("c");
+    assert_eq!(store.heartbeat(&c, i64::MAX as u64).await, Ok(()));
+    let clients = store.clients().await.expect("clients");
+    assert_eq!(
+        clients
+            .iter()
+            .map(|r| (&r.id, r.counter))
+            .collect::<Vec<_>>(),
+        [(&c, i64::MAX as u64)]
+    );
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_values_are_written_as_they_are_and_old_counters_still_read() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("beats");
+    let s = format!("\"{schema}\"");
+    let store = common::store(&url, &schema, "app").await;
+    // A row as the previous version left it: a counter bumped by one per heartbeat.
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {s}.clients (application, client_id, counter) VALUES ('app', 'old', 17)"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("insert");
+    let rows = |rows: Vec<kinsumer_core::store::ClientRow>| {
+        rows.into_iter()
+            .map(|r| (r.id.as_str().to_owned(), r.counter))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [("old".to_owned(), 17)]
+    );
+    // Values are written, not added: a lower one replaces a higher one; a repeat is fine.
+    for (id, beat) in [("old", 5), ("max", i64::MAX as u64), ("mid", (7 << 32) | 1)] {
+        store
+            .heartbeat(&ClientId::from(id), beat)
+            .await
+            .expect("heartbeat");
+    }
+    store
+        .heartbeat(&ClientId::from("mid"), (7 << 32) | 1)
+        .await
+        .expect("a repeated heartbeat");
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [
+            ("max".to_owned(), i64::MAX as u64),
+            ("mid".to_owned(), (7 << 32) | 1),
+            ("old".to_owned(), 5),
+        ]
+    );
+    // Outside the contract's range: a typed error naming the value, nothing written.
+    for beat in [0, u64::MAX] {
+        match store.heartbeat(&ClientId::from("bad"), beat).await {
+            Err(StoreError::Fatal(msg)) => assert!(msg.contains(&beat.to_string()), "{msg}"),
+            other => panic!("expected Fatal for {beat}, got {other:?}"),
+        }
+    }
+    assert_eq!(store.clients().await.expect("clients").len(), 3);
     common::drop_schema(store.pool(), &schema).await;
 }
 

@@ -33,8 +33,14 @@
 //!
 //! | key | type | field → value |
 //! |---|---|---|
-//! | `kinsumer:{billing}:clients` | hash | client id → heartbeat counter, e.g. `worker-1` → `17` |
+//! | `kinsumer:{billing}:clients` | hash | client id → last heartbeat value, a decimal `u64`, e.g. `worker-1` → `30064771089` |
 //! | `kinsumer:{billing}:leases:orders` | hash | shard id → lease row, e.g. `shardId-000000000001` → `{"owner":"worker-1","token":"3","checkpoint":"AFTER:49590338271490256608559692538361571095921575989136588898/0"}` |
+//!
+//! A client's value is the decimal text of the `u64` its last heartbeat wrote (the engine
+//! writes `(incarnation << 32) | sequence`, so values use the whole `u64` range, beyond what a
+//! Redis integer — a signed 64-bit number — holds). `HSET` stores it as a string and the store
+//! parses it back as a `u64`; nothing on the server does arithmetic on it. A row written by an
+//! older version (a small counter bumped by `HINCRBY`, e.g. `17`) reads the same way.
 //!
 //! A lease row is a JSON object: `token` (a decimal string, so Lua never rounds it), `owner`,
 //! `checkpoint` (the text form of [`Checkpoint`]: `TRIM_HORIZON`,
@@ -49,7 +55,7 @@
 //!
 //! | operation | Redis |
 //! |---|---|
-//! | `heartbeat` | `HINCRBY clients <client> 1` |
+//! | `heartbeat` | `HSET clients <client> <beat>` (unconditional) |
 //! | `clients` | `HGETALL clients` (one round trip) |
 //! | `deregister` | `HDEL clients <client>` |
 //! | `leases` | `HGETALL leases:<stream>` (one round trip, whatever the shard count) |
@@ -227,7 +233,7 @@ impl RedisLeaseStore {
         &self.prefix
     }
 
-    /// The hash of client heartbeat counters: `kinsumer:{<application>}:clients`.
+    /// The hash of client heartbeat values: `kinsumer:{<application>}:clients`.
     pub fn clients_key(&self) -> String {
         format!("{}clients", self.prefix)
     }
@@ -365,32 +371,21 @@ impl RedisLeaseStore {
 
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         let key = self.clients_key();
-        let name = format!("{key} {client}");
         let mut conn = self.conn.clone();
-        let counter: i64 = redis::cmd("HINCRBY")
+        // The decimal text of the u64: a hash field is a string, so the whole range fits (no
+        // signed 64-bit integer on the way, unlike `HINCRBY`). Unconditional: a lost reply is
+        // not settled by re-reading, the engine retries it like any transient error (writing
+        // the same value again is harmless).
+        let _added: i64 = redis::cmd("HSET")
             .arg(&key)
             .arg(client.as_str())
-            .arg(1)
+            .arg(beat.to_string())
             .query_async(&mut conn)
             .await
-            .map_err(|e| {
-                // HINCRBY refuses only a value that is not an integer (or would overflow).
-                if e.code() == Some("ERR") {
-                    StoreError::Corrupt {
-                        key: name.clone(),
-                        reason: format!("the heartbeat counter cannot be incremented ({e})"),
-                    }
-                } else {
-                    // Not settled by re-reading: a counter bumped twice is harmless.
-                    classify(&e, &name)
-                }
-            })?;
-        u64::try_from(counter).map_err(|_| StoreError::Corrupt {
-            key: name,
-            reason: format!("the heartbeat counter is negative: {counter}"),
-        })
+            .map_err(|e| classify(&e, &key))?;
+        Ok(())
     }
 
     async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
@@ -414,7 +409,7 @@ impl LeaseStore for RedisLeaseStore {
                     .ok_or_else(|| StoreError::Corrupt {
                         key: format!("{key} {id}"),
                         reason: format!(
-                            "the heartbeat counter {:?} is not an unsigned integer",
+                            "the heartbeat value {:?} is not an unsigned 64-bit integer",
                             String::from_utf8_lossy(&counter)
                         ),
                     })?;

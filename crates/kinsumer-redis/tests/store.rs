@@ -5,11 +5,20 @@ mod common;
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{ClientId, ClientRow, LeaseStore, StoreError, Tenure};
 use kinsumer_redis::RedisLeaseStore;
 
 fn shard(n: u32) -> ShardId {
     ShardId::from(format!("shardId-{n:012}"))
+}
+
+async fn hget(conn: &mut redis::aio::MultiplexedConnection, key: &str, field: &str) -> String {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(conn)
+        .await
+        .expect("hget")
 }
 
 async fn store(url: &str, tag: &str) -> RedisLeaseStore {
@@ -32,8 +41,10 @@ async fn keys_follow_the_documented_layout() {
         format!("kinsumer:{{{app}}}:leases:orders")
     );
 
+    // A beat beyond i64::MAX, as the engine writes them: incarnation in the high bits.
+    let beat = (0xDEAD_BEEF_u64 << 32) | 17;
     store
-        .heartbeat(&ClientId::from("worker-1"))
+        .heartbeat(&ClientId::from("worker-1"), beat)
         .await
         .expect("heartbeat");
     store
@@ -61,7 +72,8 @@ async fn keys_follow_the_documented_layout() {
         .query_async(&mut conn)
         .await
         .expect("hget");
-    assert_eq!(counter, "1");
+    assert_eq!(counter, beat.to_string(), "the decimal text of the u64");
+    assert_eq!(counter, "16045690981097406481");
     let row: String = redis::cmd("HGET")
         .arg(store.leases_key("orders"))
         .arg(shard(1).as_str())
@@ -89,6 +101,59 @@ async fn keys_follow_the_documented_layout() {
 }
 
 #[tokio::test]
+async fn heartbeat_values_are_decimal_u64_text_and_old_rows_still_read() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let store = store(&url, "beats").await;
+    let mut conn = common::raw_connection(&url).await;
+    // A row as the previous version left it: a small counter bumped by HINCRBY.
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(store.clients_key())
+        .arg("old")
+        .arg(17)
+        .query_async(&mut conn)
+        .await
+        .expect("hincrby");
+    let key = store.clients_key();
+    let rows = |rows: Vec<ClientRow>| {
+        rows.into_iter()
+            .map(|r| (r.id.as_str().to_owned(), r.counter))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [("old".to_owned(), 17)]
+    );
+    // The restarted client overwrites it with a value of its own, here the largest u64.
+    store
+        .heartbeat(&ClientId::from("old"), u64::MAX)
+        .await
+        .expect("heartbeat");
+    assert_eq!(hget(&mut conn, &key, "old").await, "18446744073709551615");
+    // Values are written, not added: a smaller one replaces a larger one, a repeat is harmless.
+    store
+        .heartbeat(&ClientId::from("new"), 1 << 63)
+        .await
+        .expect("heartbeat");
+    store
+        .heartbeat(&ClientId::from("old"), 3)
+        .await
+        .expect("heartbeat");
+    store
+        .heartbeat(&ClientId::from("old"), 3)
+        .await
+        .expect("heartbeat again");
+    assert_eq!(hget(&mut conn, &key, "old").await, "3");
+    assert_eq!(hget(&mut conn, &key, "new").await, "9223372036854775808");
+    assert_eq!(
+        rows(store.clients().await.expect("clients")),
+        [("new".to_owned(), 1 << 63), ("old".to_owned(), 3)]
+    );
+    common::cleanup(&url, store.application()).await;
+}
+
+#[tokio::test]
 async fn applications_and_streams_do_not_interfere() {
     let Some(url) = common::redis_url() else {
         return;
@@ -101,9 +166,9 @@ async fn applications_and_streams_do_not_interfere() {
     ];
     let streams = ["orders", "payments"];
     for (i, store) in stores.iter().enumerate() {
-        for _ in 0..=i {
+        for n in 0..=i as u64 {
             store
-                .heartbeat(&ClientId::from("worker"))
+                .heartbeat(&ClientId::from("worker"), 100 * (i as u64 + 1) + n)
                 .await
                 .expect("heartbeat");
         }
@@ -130,7 +195,13 @@ async fn applications_and_streams_do_not_interfere() {
     for (i, store) in stores.iter().enumerate() {
         let clients = store.clients().await.expect("clients");
         assert_eq!(clients.len(), 1);
-        assert_eq!(clients[0].counter, i as u64 + 1, "{}", store.application());
+        // The last value this application's client wrote, untouched by the others'.
+        assert_eq!(
+            clients[0].counter,
+            100 * (i as u64 + 1) + i as u64,
+            "{}",
+            store.application()
+        );
         for (j, stream) in streams.iter().enumerate() {
             let leases = store.leases(stream).await.expect("leases");
             assert_eq!(leases.len(), j + 1, "{} {stream}", store.application());
@@ -263,14 +334,49 @@ async fn corrupt_values_are_typed_errors_naming_the_key() {
         .await
         .expect("hset");
     let name = format!("{} a", store.clients_key());
-    let result = store.heartbeat(&owner).await;
+    let result = store.clients().await;
     assert!(
         matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == name),
         "{result:?}"
     );
+    // A negative number (no version wrote one) is not a heartbeat value either.
+    let _: i64 = redis::cmd("HSET")
+        .arg(store.clients_key())
+        .arg("a")
+        .arg("-3")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
     let result = store.clients().await;
     assert!(
         matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == name),
+        "{result:?}"
+    );
+    // A heartbeat writes its value unconditionally, so it repairs the row.
+    store.heartbeat(&owner, 5).await.expect("heartbeat");
+    let clients = store.clients().await.expect("clients");
+    assert_eq!(
+        clients
+            .iter()
+            .map(|c| (c.id.as_str(), c.counter))
+            .collect::<Vec<_>>(),
+        [("a", 5)]
+    );
+    // The client hash holding another type: both name the key.
+    let _: () = redis::cmd("SET")
+        .arg(store.clients_key())
+        .arg("a string")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let result = store.heartbeat(&owner, 6).await;
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == store.clients_key()),
+        "{result:?}"
+    );
+    let result = store.clients().await;
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == store.clients_key()),
         "{result:?}"
     );
     common::cleanup(&url, store.application()).await;

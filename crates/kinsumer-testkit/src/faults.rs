@@ -19,13 +19,14 @@
 //!
 //! gate.pause();
 //! let heartbeat = tokio::spawn(async move {
-//!     paused_client.heartbeat(&ClientId::from("sleepy")).await
+//!     paused_client.heartbeat(&ClientId::from("sleepy"), 1).await
 //! });
 //! tokio::time::sleep(Duration::from_secs(30)).await;
 //! assert!(store.peek_clients().is_empty(), "nothing is sent while paused");
 //!
 //! gate.resume();
-//! assert_eq!(heartbeat.await??, 1);
+//! heartbeat.await??;
+//! assert_eq!(store.peek_clients().len(), 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -127,12 +128,20 @@ impl Layer for Gate {
         self.around(op, call).await
     }
 
+    /// A source call waits only before it is sent. Reading a stream changes nothing on the
+    /// server, so holding the request is the same as holding the reply; and a reader moves its
+    /// position in the same step that returns the batch (a Kinesis iterator is replaced only
+    /// when the reply is parsed), which a wait after the in-memory reader moved would split —
+    /// a timeout there would drop a batch the reader had already passed.
     async fn source_call<'a, T: Send + 'a>(
         &'a self,
         op: &'static str,
         call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
     ) -> Result<T, SourceError> {
-        self.around(op, call).await
+        if self.only.is_none_or(|only| only.contains(&op)) {
+            self.wait_open().await;
+        }
+        call.await
     }
 }
 
@@ -141,5 +150,5 @@ impl Layer for Gate {
 pub type GatedStore<S> = Layered<Gate, S>;
 
 /// A [`ShardSource`](kinsumer_core::source::ShardSource) whose every call, and every read of
-/// its readers, waits for a [`Gate`] before and after: `GatedSource::new(source, gate)`.
+/// its readers, waits for a [`Gate`] before it is sent: `GatedSource::new(source, gate)`.
 pub type GatedSource<S> = Layered<Gate, S>;

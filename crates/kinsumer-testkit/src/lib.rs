@@ -11,12 +11,19 @@
 //!   (including *ambiguous* writes) and a history of every applied write;
 //! - [`faults`] — a [`Gate`] that pauses one client's calls, to simulate a process stalled
 //!   past its lease;
+//! - [`latency`] — [`Latency`], a layer that delays one client's requests and replies (each
+//!   way on its own, with a long tail), or exactly one call to build an interleaving;
+//! - [`proxy`] — [`FaultProxy`], a TCP proxy on loopback that black-holes (one or both
+//!   directions of) or cuts a client's connections to a real server, for partition tests —
+//!   the one exception to determinism below: real sockets, real time;
 //! - [`conformance`] — the contracts of both seams as plain async functions, which each
 //!   backend's tests run against a real server;
 //! - [`services`] — finding those servers (fail under `CI=true`, skip loudly elsewhere);
 //! - `kinesis_local` and `moto` (features `kinesis-local`, `moto`) — clients for the Kinesis
 //!   and DynamoDB emulators, with fresh streams and tables per test;
-//! - [`sim`] — the deterministic simulation of a whole fleet, with every invariant checked.
+//! - [`sim`] — the deterministic simulation of a whole fleet, with every invariant checked;
+//!   [`oracle`] — the checks on a run's history that judge takeovers (no theft from a live
+//!   client, nothing handed out after a takeover), usable in any test.
 //!
 //! Everything is deterministic: time is `tokio::time` (run under the paused clock), randomness
 //! comes from a caller-seeded [`Rng`](kinsumer_core::rng::Rng), and no order depends on a
@@ -51,18 +58,24 @@ pub mod conformance;
 pub mod faults;
 #[cfg(feature = "kinesis-local")]
 pub mod kinesis_local;
+pub mod latency;
 pub mod memory_store;
 pub mod memory_stream;
 #[cfg(feature = "moto")]
 pub mod moto;
+pub mod oracle;
+pub mod proxy;
 pub mod services;
 pub mod sim;
 
 pub use faults::{Gate, GatedSource, GatedStore};
+pub use latency::{Latency, LatencyProfile};
 pub use memory_store::{
-    EventClock, MemoryLeaseStore, StoreEvent, StoreFaults, StoreOp, StoreStats,
+    ClientEvent, ClientOp, EventClock, MemoryLeaseStore, StoreEvent, StoreFaults, StoreOp,
+    StoreStats,
 };
 pub use memory_stream::{
     MemoryShardReader, MemoryStream, MemoryStreamConfig, MemoryStreamError, SourceFaults,
     SourceStats,
 };
+pub use proxy::{FaultProxy, ProxyControl, ProxyMode, ProxyStats, UnknownProxyMode};

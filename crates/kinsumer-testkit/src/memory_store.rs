@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::rng::Rng;
@@ -85,6 +86,9 @@ impl EventClock {
 pub struct StoreFaults {
     /// Probability that an operation fails with `Transient` without being applied.
     pub error_rate: f64,
+    /// Probability that an operation is refused with `Throttled` without being applied, as a
+    /// table over its provisioned rate refuses.
+    pub throttle_rate: f64,
     /// Probability that a write is performed and then reported as `Transient` whatever its
     /// outcome — the caller cannot tell whether it happened, as after a timeout.
     pub ambiguous_rate: f64,
@@ -93,6 +97,11 @@ pub struct StoreFaults {
     /// `leases` (the read of every lease) sleeps this much longer: a store on which full reads
     /// are slow (many leases, an emulator, a throttled table).
     pub full_read_latency: Duration,
+    /// `leases` reads this many rows per request, each page under its own lock with its own
+    /// latency, as DynamoDB's paged queries do: a read of every lease is then *not* a
+    /// snapshot — rows written between pages may be seen new in one page and old in another.
+    /// 0 (the default) reads every row in one atomic step.
+    pub leases_page: usize,
     /// `take`, `checkpoint`, `release` and `finish` skip their owner/token checks: a broken
     /// store, for proving that invariant checks catch one.
     pub ignore_fencing: bool,
@@ -122,6 +131,8 @@ pub enum StoreOp {
 pub struct StoreEvent {
     /// When, on the store's [`EventClock`].
     pub at: u64,
+    /// When, on tokio's clock (simulated time under the paused clock).
+    pub time: Instant,
     /// The stream.
     pub stream: String,
     /// The shard.
@@ -137,6 +148,28 @@ pub struct StoreEvent {
     pub after: Option<Lease>,
     /// The write was applied but reported to the caller as failed.
     pub ambiguous: bool,
+}
+
+/// What happened to a client row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClientOp {
+    /// A heartbeat landed: the counter moved (or the row was created).
+    Heartbeat,
+    /// The row was deleted (`deregister`, by the client itself or by a reaper).
+    Deregister,
+}
+
+/// One applied write to a client row: the evidence of liveness an oracle judges takes by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientEvent {
+    /// When, on the store's [`EventClock`].
+    pub at: u64,
+    /// When, on tokio's clock.
+    pub time: Instant,
+    /// Whose row.
+    pub client: ClientId,
+    /// What was written.
+    pub op: ClientOp,
 }
 
 /// Requests a [`MemoryLeaseStore`] served, per operation (including failed ones).
@@ -276,6 +309,7 @@ struct StoreState {
     faults: StoreFaults,
     rng: Rng,
     history: Vec<StoreEvent>,
+    client_history: Vec<ClientEvent>,
     stats: StoreStats,
 }
 
@@ -299,6 +333,7 @@ impl Txn<'_> {
     ) {
         let event = StoreEvent {
             at: self.clock.tick(),
+            time: Instant::now(),
             stream: stream.to_owned(),
             shard: shard.clone(),
             op,
@@ -308,6 +343,16 @@ impl Txn<'_> {
             ambiguous: self.ambiguous,
         };
         self.state.history.push(event);
+    }
+
+    fn record_client(&mut self, client: &ClientId, op: ClientOp) {
+        let event = ClientEvent {
+            at: self.clock.tick(),
+            time: Instant::now(),
+            client: client.clone(),
+            op,
+        };
+        self.state.client_history.push(event);
     }
 
     fn row_mut(&mut self, stream: &str, shard: &ShardId) -> Result<&mut Lease, StoreError> {
@@ -378,6 +423,7 @@ impl MemoryLeaseStore {
             faults: StoreFaults::default(),
             rng: Rng::new(0),
             history: Vec::new(),
+            client_history: Vec::new(),
             stats: StoreStats::default(),
         };
         Self {
@@ -429,6 +475,11 @@ impl MemoryLeaseStore {
         self.lock().history.clone()
     }
 
+    /// A copy of every applied write to a client row (heartbeats and deletions), in order.
+    pub fn client_history(&self) -> Vec<ClientEvent> {
+        self.lock().client_history.clone()
+    }
+
     /// The lease rows of `stream` as stored now, without faults or counting (for checkers).
     pub fn peek_leases(&self, stream: &str) -> Vec<Lease> {
         self.lock()
@@ -450,7 +501,7 @@ impl MemoryLeaseStore {
         method: Method,
         apply: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (latency, fail, ambiguous) = {
+        let (latency, fail, throttled, ambiguous) = {
             let mut guard = self.lock();
             let state = &mut *guard;
             *method.counter(&mut state.stats) += 1;
@@ -458,18 +509,27 @@ impl MemoryLeaseStore {
             if matches!(method, Method::Leases) {
                 latency += state.faults.full_read_latency;
             }
-            let fail = state.rng.chance(state.faults.error_rate);
-            let ambiguous =
-                !fail && method.is_write() && state.rng.chance(state.faults.ambiguous_rate);
-            if fail {
+            let throttled = state.rng.chance(state.faults.throttle_rate);
+            let fail = !throttled && state.rng.chance(state.faults.error_rate);
+            let ambiguous = !fail
+                && !throttled
+                && method.is_write()
+                && state.rng.chance(state.faults.ambiguous_rate);
+            if fail || throttled {
                 state.stats.injected_errors += 1;
             } else if ambiguous {
                 state.stats.ambiguous_writes += 1;
             }
-            (latency, fail, ambiguous)
+            (latency, fail, throttled, ambiguous)
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        if throttled {
+            return Err(StoreError::Throttled(format!(
+                "injected throttling of {} (not applied)",
+                method.name()
+            )));
         }
         if fail {
             return Err(StoreError::Transient(format!(
@@ -499,13 +559,7 @@ impl MemoryLeaseStore {
 }
 
 fn draw_latency(state: &mut StoreState) -> Duration {
-    let (a, b) = state.faults.latency;
-    let (min, max) = if a <= b { (a, b) } else { (b, a) };
-    let spread = u64::try_from((max - min).as_nanos()).unwrap_or(u64::MAX);
-    if spread == 0 {
-        return min;
-    }
-    min + Duration::from_nanos(state.rng.below(spread.saturating_add(1)))
+    crate::latency::uniform(&mut state.rng, state.faults.latency)
 }
 
 fn client_rows(state: &StoreState) -> Vec<ClientRow> {
@@ -521,11 +575,11 @@ fn client_rows(state: &StoreState) -> Vec<ClientRow> {
 
 #[async_trait]
 impl LeaseStore for MemoryLeaseStore {
-    async fn heartbeat(&self, client: &ClientId) -> Result<u64, StoreError> {
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         self.call(Method::Heartbeat, |txn| {
-            let counter = txn.state.clients.entry(client.clone()).or_insert(0);
-            *counter += 1;
-            Ok(*counter)
+            txn.state.clients.insert(client.clone(), beat);
+            txn.record_client(client, ClientOp::Heartbeat);
+            Ok(())
         })
         .await
     }
@@ -537,22 +591,45 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         self.call(Method::Deregister, |txn| {
-            txn.state.clients.remove(client);
+            if txn.state.clients.remove(client).is_some() {
+                txn.record_client(client, ClientOp::Deregister);
+            }
             Ok(())
         })
         .await
     }
 
     async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
-        self.call(Method::Leases, |txn| {
-            Ok(txn
-                .state
-                .leases
-                .get(stream)
-                .map(|rows| rows.values().cloned().collect())
-                .unwrap_or_default())
-        })
-        .await
+        let page = self.lock().faults.leases_page;
+        let page = if page == 0 { usize::MAX } else { page };
+        let mut rows: Vec<Lease> = Vec::new();
+        loop {
+            let after = rows.last().map(|l| l.shard.clone());
+            let part = self
+                .call(Method::Leases, |txn| {
+                    let Some(all) = txn.state.leases.get(stream) else {
+                        return Ok(Vec::new());
+                    };
+                    let from = match &after {
+                        Some(last) => all
+                            .range::<ShardId, _>((
+                                std::ops::Bound::Excluded(last),
+                                std::ops::Bound::Unbounded,
+                            ))
+                            .map(|(_, l)| l.clone())
+                            .take(page)
+                            .collect(),
+                        None => all.values().take(page).cloned().collect(),
+                    };
+                    Ok::<Vec<Lease>, StoreError>(from)
+                })
+                .await?;
+            let last_page = part.len() < page;
+            rows.extend(part);
+            if last_page {
+                return Ok(rows);
+            }
+        }
     }
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {

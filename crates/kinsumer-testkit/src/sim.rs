@@ -15,7 +15,15 @@
 //! - no record of a child shard is delivered before its parents are finished;
 //! - no checkpoint, release or finish is written by anyone but the current owner and token;
 //! - no checkpoint moves backwards;
+//! - no lease is taken from a client whose heartbeats were still landing ([`oracle::no_theft`]);
+//! - no record is handed out by a tenure after the store's token moved past it
+//!   ([`oracle::no_hand_out_after_takeover`]);
 //! - at the end every eligible shard is owned by a live client, balanced to within one.
+//!
+//! Half the seeds also run the *network* fault model: every store and source call of every
+//! client is delayed on the way out and on the way back (jitter, and a long tail that passes
+//! `call_timeout`), so each call is a point where other clients' writes interleave; the store
+//! reads every lease in pages that are not a snapshot (as DynamoDB does), and throttles.
 //!
 //! Runs replay exactly: one thread, the paused clock, seeded randomness, no wall clock and no
 //! `HashMap` order anywhere. A failing seed prints the command that replays it.
@@ -35,6 +43,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kinsumer_core::config::EngineFaults;
+use kinsumer_core::layer::Layered;
 use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::rng::{Rng, stable_hash};
 use kinsumer_core::source::{ShardId, ShardSource, SourceRecord};
@@ -44,14 +53,19 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::faults::{Gate, GatedSource, GatedStore};
+use crate::latency::{Latency, LatencyProfile};
 use crate::memory_store::{EventClock, MemoryLeaseStore, StoreEvent, StoreFaults, StoreOp};
 use crate::memory_stream::{MemoryStream, MemoryStreamConfig, SourceFaults};
+use crate::oracle;
 
 /// Something that happens to the fleet or its services at a point of simulated time.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A client vanishes without releasing anything (`kill -9`).
     Crash,
+    /// A client shuts down gracefully and starts again under the same client id (a rolling
+    /// deploy of a StatefulSet pod).
+    Restart,
     /// A client shuts down gracefully.
     Leave,
     /// A new client joins.
@@ -73,6 +87,8 @@ pub enum Event {
         error_rate: f64,
         /// Share of writes applied but reported failed.
         ambiguous_rate: f64,
+        /// Share of calls refused as throttled.
+        throttle_rate: f64,
         /// Each call takes up to this long.
         max_latency: Duration,
     },
@@ -121,6 +137,11 @@ pub struct Scenario {
     pub engine_faults: EngineFaults,
     /// A deliberately broken store that ignores fencing.
     pub store_ignores_fencing: bool,
+    /// Every store and source call of every client gets this latency each way (`None`: calls
+    /// are instant unless a fault event says otherwise).
+    pub network: Option<LatencyProfile>,
+    /// The store reads every lease in pages of this many rows, not as one snapshot (0: one).
+    pub leases_page: usize,
 }
 
 impl Scenario {
@@ -140,6 +161,8 @@ impl Scenario {
             max_clock_drift: 0.0,
             engine_faults: EngineFaults::default(),
             store_ignores_fencing: false,
+            network: None,
+            leases_page: 0,
         }
     }
 
@@ -161,11 +184,24 @@ impl Scenario {
             s.call_timeout = Duration::from_secs(60);
         }
         s.max_clock_drift = 0.05;
+        if rng.chance(0.5) {
+            // Jitter each way, and now and then a call slower than `call_timeout`.
+            let ms = Duration::from_millis;
+            let tail_to = s.call_timeout + ms(5_000);
+            s.network = Some(LatencyProfile {
+                request: (ms(0), ms(rng.below(60))),
+                reply: (ms(0), ms(rng.below(60))),
+                tail_rate: 0.002 + 0.01 * rng.unit(),
+                tail: (ms(500), tail_to),
+            });
+            s.leases_page = 1 + rng.below(3) as usize;
+        }
         let events = 2 + rng.below(5);
         for _ in 0..events {
             let at = Duration::from_millis(rng.below(45_000));
-            let event = match rng.below(9) {
+            let event = match rng.below(10) {
                 0 => Event::Crash,
+                9 => Event::Restart,
                 1 => Event::Leave,
                 2 => Event::Join,
                 3 if rng.chance(0.5) => {
@@ -178,6 +214,11 @@ impl Scenario {
                     duration: Duration::from_millis(2_000 + rng.below(10_000)),
                     error_rate: 0.05 + 0.2 * rng.unit(),
                     ambiguous_rate: 0.05 + 0.15 * rng.unit(),
+                    throttle_rate: if rng.chance(0.5) {
+                        0.3 * rng.unit()
+                    } else {
+                        0.0
+                    },
                     max_latency: Duration::from_millis(rng.below(400)),
                 },
                 7 => Event::SourceFaults {
@@ -227,6 +268,10 @@ pub enum Invariant {
     Balanced,
     /// The consumer reported an error or did not finish in time.
     Liveness,
+    /// A lease was taken from a client whose heartbeats were still landing.
+    NoTheft,
+    /// A tenure handed out a record after the store's token moved past it.
+    NoHandOutAfterTakeover,
 }
 
 /// One broken invariant, with what showed it.
@@ -393,6 +438,8 @@ struct Member {
     id: String,
     gate: Gate,
     half_gate: Gate,
+    /// The network delays of its store and source calls.
+    network: [Latency; 2],
     consumer: Option<Consumer>,
     shutdown: Option<ShutdownHandle>,
     worker: JoinHandle<()>,
@@ -412,6 +459,10 @@ struct World {
     members: Vec<Member>,
     leaving: Vec<JoinHandle<()>>,
     next_client: usize,
+    /// Ids of restarting clients whose old process finished shutting down.
+    rejoin: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The faults have healed: clients that join now get a calm network.
+    calm: bool,
 }
 
 impl World {
@@ -445,13 +496,35 @@ impl World {
     fn join(&mut self) {
         let id = format!("client-{:02}", self.next_client);
         self.next_client += 1;
+        self.join_as(id);
+    }
+
+    /// A network delay for one client's calls (none without a profile).
+    fn network(&mut self) -> Latency {
+        let latency = Latency::new(self.rng.next_u64());
+        if let Some(profile) = self.scenario.network.as_ref().filter(|_| !self.calm) {
+            latency.set_profile(profile.clone(), None);
+        }
+        latency
+    }
+
+    /// Starts a client. From the outside in: its process (a pause holds calls before they
+    /// leave and replies before they are seen), the network (latency each way, a half
+    /// partition), then the server.
+    fn join_as(&mut self, id: String) {
         let config = self.config(&id);
         let gate = Gate::new();
         let half_gate = Gate::for_ops(&["heartbeat", "clients", "leases", "lease"]);
-        let source: Arc<dyn ShardSource> =
-            Arc::new(GatedSource::new(self.stream.clone(), gate.clone()));
+        let network = [self.network(), self.network()];
+        let source: Arc<dyn ShardSource> = Arc::new(GatedSource::new(
+            Layered::new(self.stream.clone(), network[0].clone()),
+            gate.clone(),
+        ));
         let store: Arc<dyn LeaseStore> = Arc::new(GatedStore::new(
-            GatedStore::new(self.store.clone(), half_gate.clone()),
+            Layered::new(
+                GatedStore::new(self.store.clone(), half_gate.clone()),
+                network[1].clone(),
+            ),
             gate.clone(),
         ));
         let app = App {
@@ -479,7 +552,6 @@ impl World {
                 let app = app.clone();
                 let rng = rng.clone();
                 async move {
-                    app.gate.wait_open().await;
                     let (fail, time) = {
                         let mut r = lock(&rng);
                         let fail = r.chance(0.03);
@@ -490,13 +562,19 @@ impl World {
                             .sum();
                         (fail, time)
                     };
+                    // Logged as handed out (an attempt that will fail processes nothing).
+                    if !fail {
+                        for r in &batch.records {
+                            app.deliver(&batch.shard, batch.lease_token, r);
+                        }
+                    }
+                    app.gate.wait_open().await;
                     sleep(time).await;
                     app.gate.wait_open().await;
                     if fail {
                         return Err("simulated handler failure".into());
                     }
                     for r in &batch.records {
-                        app.deliver(&batch.shard, batch.lease_token, r);
                         app.ack(r);
                     }
                     Ok(())
@@ -527,12 +605,13 @@ impl World {
                             break;
                         }
                     };
-                    app.gate.wait_open().await;
+                    // Logged when handed out, before a pause can hold the application.
                     app.deliver(
                         record.shard_id(),
                         record.lease_token(),
                         record.source_record(),
                     );
+                    app.gate.wait_open().await;
                     sleep(processing_time(&mut rng, slow)).await;
                     app.gate.wait_open().await;
                     app.ack(record.source_record());
@@ -549,6 +628,7 @@ impl World {
             id,
             gate,
             half_gate,
+            network,
             consumer,
             shutdown,
             worker,
@@ -580,27 +660,38 @@ impl World {
         }
     }
 
-    fn leave(&mut self) {
-        if self.members.iter().filter(|m| m.in_fleet).count() < 2 {
+    fn leave(&mut self, restart: bool) {
+        if !restart && self.members.iter().filter(|m| m.in_fleet).count() < 2 {
             return;
         }
-        if let Some(i) = self.pick_member() {
-            let m = &mut self.members[i];
-            m.in_fleet = false;
-            m.gate.resume();
-            if let Some(h) = m.shutdown.take() {
+        let Some(i) = self.pick_member() else {
+            return;
+        };
+        let m = &mut self.members[i];
+        m.in_fleet = false;
+        m.gate.resume();
+        m.half_gate.resume();
+        let shutdown = m.shutdown.take();
+        let consumer = m.consumer.take();
+        let worker = std::mem::replace(&mut m.worker, tokio::spawn(async {}));
+        let errors = self.errors.clone();
+        let id = m.id.clone();
+        let rejoin = self.rejoin.clone();
+        self.leaving.push(tokio::spawn(async move {
+            if let Some(h) = shutdown {
                 h.shutdown();
             }
-            if let Some(c) = m.consumer.take() {
-                let errors = self.errors.clone();
-                let id = m.id.clone();
-                self.leaving.push(tokio::spawn(async move {
-                    if let Err(e) = c.shutdown().await {
-                        lock(&errors).push(format!("{id} leaving: {e}"));
-                    }
-                }));
+            if let Some(c) = consumer
+                && let Err(e) = c.shutdown().await
+            {
+                lock(&errors).push(format!("{id} leaving: {e}"));
             }
-        }
+            // The process is gone once its consumer returned; only then does it start again.
+            let _ = worker.await;
+            if restart {
+                let _ = rejoin.send(id);
+            }
+        }));
     }
 
     fn pause(&mut self, duration: Duration, half: bool) {
@@ -653,7 +744,8 @@ impl World {
     fn apply(&mut self, event: &Event) {
         match event {
             Event::Crash => self.crash(),
-            Event::Leave => self.leave(),
+            Event::Leave => self.leave(false),
+            Event::Restart => self.leave(true),
             Event::Join => self.join(),
             Event::Pause(d) => self.pause(*d, false),
             Event::HalfPartition(d) => self.pause(*d, true),
@@ -663,6 +755,7 @@ impl World {
                 duration,
                 error_rate,
                 ambiguous_rate,
+                throttle_rate,
                 max_latency,
             } => {
                 let store = self.store.clone();
@@ -670,6 +763,7 @@ impl World {
                 store.set_faults(StoreFaults {
                     error_rate: *error_rate,
                     ambiguous_rate: *ambiguous_rate,
+                    throttle_rate: *throttle_rate,
                     latency: (Duration::ZERO, *max_latency),
                     ..calm.clone()
                 });
@@ -716,10 +810,13 @@ async fn run_async(scenario: Scenario) -> Report {
     );
     let store = MemoryLeaseStore::with_clock(clock.clone())
         .with_seed(stable_hash(&[b"store", &scenario.seed.to_le_bytes()]));
-    store.set_faults(StoreFaults {
+    let calm_store = StoreFaults {
         ignore_fencing: scenario.store_ignores_fencing,
+        leases_page: scenario.leases_page,
         ..StoreFaults::default()
-    });
+    };
+    store.set_faults(calm_store.clone());
+    let (rejoin, mut rejoining) = tokio::sync::mpsc::unbounded_channel();
     let mut world = World {
         rng: Rng::new(stable_hash(&[b"world", &scenario.seed.to_le_bytes()])),
         scenario: scenario.clone(),
@@ -732,6 +829,8 @@ async fn run_async(scenario: Scenario) -> Report {
         members: Vec::new(),
         leaving: Vec::new(),
         next_client: 0,
+        rejoin,
+        calm: false,
     };
     for _ in 0..scenario.clients {
         world.join();
@@ -758,20 +857,34 @@ async fn run_async(scenario: Scenario) -> Report {
     };
 
     for (at, event) in scenario.events.clone() {
-        sleep_until(start + at).await;
+        loop {
+            tokio::select! {
+                biased;
+                Some(id) = rejoining.recv() => world.join_as(id),
+                _ = sleep_until(start + at) => break,
+            }
+        }
         world.apply(&event);
     }
     let _ = producer.await;
     // Calm: no more faults, everyone awake, and at least one member.
-    sleep(Duration::from_secs(25)).await;
-    store.set_faults(StoreFaults {
-        ignore_fencing: scenario.store_ignores_fencing,
-        ..StoreFaults::default()
-    });
+    let calm_at = Instant::now() + Duration::from_secs(25);
+    loop {
+        tokio::select! {
+            biased;
+            Some(id) = rejoining.recv() => world.join_as(id),
+            _ = sleep_until(calm_at) => break,
+        }
+    }
+    store.set_faults(calm_store);
+    world.calm = true;
     stream.set_faults(SourceFaults::default());
     for m in &world.members {
         m.gate.resume();
         m.half_gate.resume();
+        for latency in &m.network {
+            latency.set_profile(LatencyProfile::default(), None);
+        }
     }
     if !world.members.iter().any(|m| m.in_fleet) {
         world.join();
@@ -805,8 +918,9 @@ async fn run_async(scenario: Scenario) -> Report {
         }
         sleep(Duration::from_secs(1)).await;
     }
-    // Let the fleet settle, then look at the final assignment.
-    sleep(Duration::from_secs(30)).await;
+    // Let the fleet settle (a call sent before the calm may hang until `call_timeout`), then
+    // look at the final assignment.
+    sleep(Duration::from_secs(30) + scenario.call_timeout).await;
     let live: Vec<ClientId> = world
         .members
         .iter()
@@ -849,6 +963,15 @@ async fn run_async(scenario: Scenario) -> Report {
     check_delivery(&produced, &acked, &mut violations);
     check_tenures(&stream, &log, &history, &mut violations);
     check_writes(&history, &mut violations);
+    let shortest_ttl = Config::new("sim")
+        .lease_ttl
+        .mul_f64(1.0 - scenario.max_clock_drift);
+    violations.extend(oracle::no_theft(
+        &history,
+        &store.client_history(),
+        shortest_ttl,
+    ));
+    violations.extend(oracle::no_hand_out_after_takeover(&history, &log));
 
     let mut seen = BTreeSet::new();
     let duplicates = log

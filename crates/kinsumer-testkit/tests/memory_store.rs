@@ -57,7 +57,7 @@ async fn an_injected_error_is_not_applied() {
     let result = store.finish(STREAM, &tenure).await;
     assert!(matches!(result, Err(StoreError::Transient(_))));
     assert!(matches!(
-        store.heartbeat(&ClientId::from("a")).await,
+        store.heartbeat(&ClientId::from("a"), 1).await,
         Err(StoreError::Transient(_))
     ));
     let row = store.peek_leases(STREAM).remove(0);
@@ -125,7 +125,7 @@ async fn the_history_shares_a_clock_and_records_only_applied_writes() {
     store.create_if_absent(STREAM, &shard(), &[]).await.unwrap();
     let _ = store.take(STREAM, &shard(), &ClientId::from("b"), 0).await;
     store.release(STREAM, &tenure, None).await.unwrap();
-    store.heartbeat(&ClientId::from("a")).await.unwrap();
+    store.heartbeat(&ClientId::from("a"), 1).await.unwrap();
     let events: Vec<(u64, StoreOp)> = store.history().iter().map(|e| (e.at, e.op)).collect();
     assert_eq!(
         events,
@@ -143,7 +143,7 @@ async fn the_history_shares_a_clock_and_records_only_applied_writes() {
 async fn stats_count_reads_and_writes_per_operation() {
     let store = MemoryLeaseStore::new();
     let tenure = taken(&store, "a", 0).await;
-    store.heartbeat(&ClientId::from("a")).await.unwrap();
+    store.heartbeat(&ClientId::from("a"), 1).await.unwrap();
     store.clients().await.unwrap();
     store.leases(STREAM).await.unwrap();
     store.lease(STREAM, &shard()).await.unwrap();
@@ -177,7 +177,7 @@ async fn latency_is_drawn_in_range_and_faults_replay_for_a_seed() {
         let mut out = Vec::new();
         for _ in 0..50 {
             let start = tokio::time::Instant::now();
-            let ok = store.heartbeat(&ClientId::from("a")).await.is_ok();
+            let ok = store.heartbeat(&ClientId::from("a"), 1).await.is_ok();
             let took = start.elapsed();
             assert!(took >= Duration::from_millis(10) && took <= Duration::from_millis(21));
             out.push((took, ok));

@@ -273,3 +273,36 @@ fn a_correct_fleet_passes_the_same_scenarios() {
     let report = run(&s);
     assert!(report.violations.is_empty(), "{report}");
 }
+
+#[test]
+fn catches_an_engine_that_takes_leases_from_live_clients() {
+    let mut s = busy(7);
+    s.engine_faults = EngineFaults {
+        hasty_death: true,
+        ..EngineFaults::default()
+    };
+    // A pause past half the TTL and short of it: the client is alive, and comes back.
+    s.events.push((
+        std::time::Duration::from_secs(10),
+        Event::Pause(std::time::Duration::from_secs(7)),
+    ));
+    assert_caught(s, Invariant::NoTheft);
+}
+
+#[test]
+fn catches_an_engine_that_hands_out_records_after_a_takeover() {
+    let mut s = busy(8);
+    s.engine_faults = EngineFaults {
+        no_self_fencing: true,
+        ..EngineFaults::default()
+    };
+    // A zombie that neither fences itself nor is stopped by the store (whose checks would end
+    // its tenure at its next commit), cut off from the store's reads past the TTL: its lease
+    // moves while it goes on reading and handing out.
+    s.store_ignores_fencing = true;
+    s.events.push((
+        std::time::Duration::from_secs(10),
+        Event::HalfPartition(std::time::Duration::from_secs(20)),
+    ));
+    assert_caught(s, Invariant::NoHandOutAfterTakeover);
+}

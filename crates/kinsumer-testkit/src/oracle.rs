@@ -1,0 +1,152 @@
+//! Oracles on takeovers: checks that read a run's history — what the store applied, and what
+//! the application was handed — and say whether a lease ever moved away from a live client.
+//!
+//! - [`no_theft`]: a take of client X's lease is legitimate only if X's row was deleted after
+//!   its last heartbeat (it deregistered, or was reaped as long dead), or X's heartbeats had
+//!   stopped landing in the store for at least the TTL the engine promises. (A release is not
+//!   a take from X: the row has no owner then.)
+//! - [`no_hand_out_after_takeover`]: no record reaches the application from a tenure after
+//!   the store's token for that shard moved past it.
+//!
+//! Both work on the histories [`MemoryLeaseStore`](crate::MemoryLeaseStore) keeps, so any
+//! test on the memory store can call them; the simulation calls them after every run.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use kinsumer_core::source::ShardId;
+//! use kinsumer_core::store::{ClientId, LeaseStore};
+//! use kinsumer_testkit::{MemoryLeaseStore, oracle};
+//!
+//! let store = MemoryLeaseStore::new();
+//! let shard = ShardId::from("s-0");
+//! let (a, b) = (ClientId::from("a"), ClientId::from("b"));
+//! store.create_if_absent("st", &shard, &[]).await?;
+//! store.heartbeat(&a, 1).await?;
+//! store.take("st", &shard, &a, 0).await?;
+//! tokio::time::sleep(Duration::from_secs(3)).await;
+//! store.take("st", &shard, &b, 1).await?; // a heartbeated 3 s ago: robbed
+//!
+//! let ttl = Duration::from_secs(10);
+//! let found = oracle::no_theft(&store.history(), &store.client_history(), ttl);
+//! assert_eq!(found.len(), 1, "{found:?}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::ClientId;
+
+use crate::memory_store::{ClientEvent, ClientOp, StoreEvent, StoreOp};
+use crate::sim::{Delivery, Invariant, Violation};
+
+/// Every take of a lease from a client that was live throughout its tenure: no gap of `ttl`
+/// in its heartbeats' landings from the take that gave it the lease until this take, and no
+/// deletion of its row since its last heartbeat. `ttl` is the shortest TTL any observer may
+/// judge by (its `lease_ttl`, less the clock drift it may have).
+///
+/// A gap anywhere in the tenure is enough, even one that ended just before this take: a
+/// client whose heartbeats stopped landing for `ttl` fenced itself (it stops handing out
+/// after `lease_ttl - safety_margin` without a heartbeat of its own) and must take the lease
+/// again, under a new token, to go on. Its old tenure is dead, whatever the taker saw.
+pub fn no_theft(leases: &[StoreEvent], clients: &[ClientEvent], ttl: Duration) -> Vec<Violation> {
+    let mut by_client: BTreeMap<&ClientId, Vec<&ClientEvent>> = BTreeMap::new();
+    for e in clients {
+        by_client.entry(&e.client).or_default().push(e);
+    }
+    let takes: Vec<&StoreEvent> = leases.iter().filter(|e| e.op == StoreOp::Take).collect();
+    let mut found = Vec::new();
+    for (i, take) in takes.iter().enumerate() {
+        let Some(before) = &take.before else {
+            continue;
+        };
+        let Some(victim) = &before.owner else {
+            continue; // the lease was free
+        };
+        if take.claimed.as_ref().map(|c| &c.owner) == Some(victim) {
+            continue; // a client taking back its own lease
+        }
+        // When the victim's tenure began: the take that gave it this token.
+        let began = takes[..i]
+            .iter()
+            .rev()
+            .find(|t| {
+                t.shard == take.shard
+                    && t.after.as_ref().is_some_and(|a| {
+                        a.token == before.token && a.owner.as_ref() == Some(victim)
+                    })
+            })
+            .map_or(0, |t| t.at);
+        let events = by_client.get(victim).map(Vec::as_slice).unwrap_or_default();
+        let upto = &events[..events.partition_point(|e| e.at < take.at)];
+        if upto.last().is_none_or(|e| e.op == ClientOp::Deregister) {
+            continue; // no row ever, or deleted since its last heartbeat
+        }
+        // Landings from the last one before the tenure began up to this take, then the take.
+        let first = upto.partition_point(|e| e.at <= began).saturating_sub(1);
+        let mut times: Vec<_> = upto[first..]
+            .iter()
+            .filter(|e| e.op == ClientOp::Heartbeat)
+            .map(|e| e.time)
+            .collect();
+        times.push(take.time);
+        let longest_gap = times
+            .windows(2)
+            .map(|w| w[1].saturating_duration_since(w[0]))
+            .max()
+            .unwrap_or_default();
+        if longest_gap < ttl {
+            found.push(Violation {
+                invariant: Invariant::NoTheft,
+                detail: format!(
+                    "{:?} took {} (token {}) from {victim}, whose heartbeats never stopped for {ttl:?} in its tenure (longest gap {longest_gap:?})",
+                    take.claimed.as_ref().map(|c| &c.owner),
+                    take.shard,
+                    before.token,
+                ),
+            });
+        }
+    }
+    found
+}
+
+/// Every record handed to the application by a tenure after a take had moved the shard's
+/// token past that tenure's.
+pub fn no_hand_out_after_takeover(
+    leases: &[StoreEvent],
+    deliveries: &[Delivery],
+) -> Vec<Violation> {
+    // Per shard: the takes in store order, with the highest token reached by each.
+    let mut takes: BTreeMap<&ShardId, Vec<(u64, u64)>> = BTreeMap::new();
+    for e in leases.iter().filter(|e| e.op == StoreOp::Take) {
+        if let Some(after) = &e.after {
+            let list = takes.entry(&e.shard).or_default();
+            let highest = list.last().map_or(0, |(_, t)| *t).max(after.token);
+            list.push((e.at, highest));
+        }
+    }
+    let mut found = Vec::new();
+    for d in deliveries {
+        let Some(list) = takes.get(&d.shard) else {
+            continue;
+        };
+        let before = list.partition_point(|(at, _)| *at < d.at);
+        let Some((_, token)) = before.checked_sub(1).map(|i| list[i]) else {
+            continue;
+        };
+        if token > d.token {
+            found.push(Violation {
+                invariant: Invariant::NoHandOutAfterTakeover,
+                detail: format!(
+                    "{} handed out {:?} of {} under token {} after the token had moved to {token}",
+                    d.client, d.position, d.shard, d.token
+                ),
+            });
+        }
+    }
+    found
+}
