@@ -250,12 +250,14 @@ async fn release_lease(
             _ = tracker.changed() => {}
         }
     }
-    let checkpoint = tracker
-        .watermark()
-        .map(Checkpoint::After)
-        .filter(|c| c != committed);
     let mut attempt: u32 = 0;
     loop {
+        // Read again on every attempt: acks of records handed out before the drain still
+        // arrive while a release is retried, and each one released is one not delivered again.
+        let checkpoint = tracker
+            .watermark()
+            .map(Checkpoint::After)
+            .filter(|c| c != committed);
         match engine
             .store
             .release(&engine.stream, tenure, checkpoint.as_ref())

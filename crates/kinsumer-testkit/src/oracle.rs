@@ -6,9 +6,12 @@
 //!   stopped landing in the store for at least the TTL the engine promises. (A release is not
 //!   a take from X: the row has no owner then.)
 //! - [`no_hand_out_after_takeover`]: no record reaches the application from a tenure after
-//!   the store's token for that shard moved past it.
+//!   the store's token for that shard moved past it;
+//! - [`duplicates_bounded`]: every write of a tenure covers what its application had acked a
+//!   call's time before, so a graceful release leaves nothing acked to deliver again, and a
+//!   crash only what was acked since the last commit.
 //!
-//! Both work on the histories [`MemoryLeaseStore`](crate::MemoryLeaseStore) keeps, so any
+//! They work on the histories [`MemoryLeaseStore`](crate::MemoryLeaseStore) keeps, so any
 //! test on the memory store can call them; the simulation calls them after every run.
 //!
 //! ```
@@ -38,6 +41,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::ClientId;
 
@@ -144,6 +148,88 @@ pub fn no_hand_out_after_takeover(
                 detail: format!(
                     "{} handed out {:?} of {} under token {} after the token had moved to {token}",
                     d.client, d.position, d.shard, d.token
+                ),
+            });
+        }
+    }
+    found
+}
+
+/// Every successful write of a tenure — a checkpoint, a release, a finish — covers every record
+/// its application had acked `slack` before the write landed (`slack` = the client's
+/// `call_timeout`, the longest a write can take from the engine reading its watermark to
+/// landing). "Covers": the checkpoint is at or past the highest record up to which all that
+/// the tenure handed out was acked.
+///
+/// This is what bounds duplicates: after a graceful release nothing the application acked is
+/// delivered again; after a crash, only what was acked after the tenure's last successful
+/// commit — at most `commit_interval` plus a call earlier, while the store was reachable.
+pub fn duplicates_bounded(
+    leases: &[StoreEvent],
+    handed_out: &[Delivery],
+    acked: &[Delivery],
+    slack: Duration,
+) -> Vec<Violation> {
+    type Tenure<'a> = (&'a ShardId, u64);
+    let mut handed: BTreeMap<Tenure<'_>, Vec<&Delivery>> = BTreeMap::new();
+    for d in handed_out {
+        handed.entry((&d.shard, d.token)).or_default().push(d);
+    }
+    let mut first_ack: BTreeMap<(Tenure<'_>, &Position), tokio::time::Instant> = BTreeMap::new();
+    for a in acked {
+        first_ack
+            .entry(((&a.shard, a.token), &a.position))
+            .or_insert(a.time);
+    }
+    let mut found = Vec::new();
+    for w in leases {
+        if !matches!(
+            w.op,
+            StoreOp::Checkpoint | StoreOp::Release | StoreOp::Finish
+        ) {
+            continue;
+        }
+        let (Some(claimed), Some(after)) = (&w.claimed, &w.after) else {
+            continue;
+        };
+        // A release that left the checkpoint as it was claims nothing about the watermark: the
+        // engine hands back a lease no tenure of it ran (after a fence dropped the tenure
+        // without a write, as after a crash) that way.
+        let kept = w.before.as_ref().map(|b| &b.checkpoint) == Some(&after.checkpoint);
+        if w.op == StoreOp::Release && kept {
+            continue;
+        }
+        let key = (&w.shard, claimed.token);
+        let Some(records) = handed.get(&key) else {
+            continue;
+        };
+        // The highest record up to which everything handed out was acked by then.
+        let by = w.time.checked_sub(slack);
+        let mut covered: Option<&Position> = None;
+        for d in records {
+            let acked_then = first_ack
+                .get(&(key, &d.position))
+                .zip(by)
+                .is_some_and(|(at, by)| *at <= by);
+            if !acked_then {
+                break;
+            }
+            covered = Some(&d.position);
+        }
+        let Some(needed) = covered else {
+            continue;
+        };
+        let ok = match &after.checkpoint {
+            Some(Checkpoint::ShardEnd) => true,
+            Some(Checkpoint::After(p)) => p >= needed,
+            _ => false,
+        };
+        if !ok {
+            found.push(Violation {
+                invariant: Invariant::DuplicatesBounded,
+                detail: format!(
+                    "{:?} of {} by tenure #{} wrote {:?}, but everything up to {needed:?} had been acked {slack:?} before",
+                    w.op, w.shard, claimed.token, after.checkpoint
                 ),
             });
         }

@@ -18,6 +18,12 @@
 //! - no lease is taken from a client whose heartbeats were still landing ([`oracle::no_theft`]);
 //! - no record is handed out by a tenure after the store's token moved past it
 //!   ([`oracle::no_hand_out_after_takeover`]);
+//! - every write of a tenure covers what its application had acked a call's time before, so
+//!   duplicates come only from the commit window of a crash or fence, never from a graceful
+//!   release ([`oracle::duplicates_bounded`]);
+//! - once every fault healed, every record is acked within [`record_bound`], and — while a
+//!   client joins and one leaves in calm — no released lease stays free longer than
+//!   [`free_lease_bound`];
 //! - at the end every eligible shard is owned by a live client, balanced to within one.
 //!
 //! Half the seeds also run the *network* fault model: every store and source call of every
@@ -272,6 +278,9 @@ pub enum Invariant {
     NoTheft,
     /// A tenure handed out a record after the store's token moved past it.
     NoHandOutAfterTakeover,
+    /// A tenure's write did not cover what its application had acked: duplicates beyond the
+    /// commit window (or after a graceful release).
+    DuplicatesBounded,
 }
 
 /// One broken invariant, with what showed it.
@@ -288,6 +297,8 @@ pub struct Violation {
 pub struct Delivery {
     /// When, on the store's event clock (so it orders against store writes).
     pub at: u64,
+    /// When, on tokio's clock.
+    pub time: Instant,
     /// Who.
     pub client: String,
     /// Which shard.
@@ -317,6 +328,11 @@ pub struct Report {
     pub trace_digest: u64,
     /// Every broken invariant.
     pub violations: Vec<Violation>,
+    /// From the moment every fault healed until every record was acked.
+    pub settle: Duration,
+    /// The longest a released lease stayed without an owner, among releases after every
+    /// fault healed and every call made before then ended.
+    pub longest_free: Duration,
 }
 
 impl Report {
@@ -365,6 +381,8 @@ pub fn run(scenario: &Scenario) -> Report {
             acks: 0,
             sim_time: Duration::ZERO,
             trace_digest: 0,
+            settle: Duration::ZERO,
+            longest_free: Duration::ZERO,
             violations: vec![Violation {
                 invariant: Invariant::Liveness,
                 detail: format!("could not build a runtime: {e}"),
@@ -384,6 +402,8 @@ type Log = Arc<Mutex<Vec<Delivery>>>;
 struct AckBook {
     ids: BTreeSet<u64>,
     total: usize,
+    /// Every ack, by tenure, in order.
+    log: Vec<Delivery>,
 }
 
 type Acked = Arc<Mutex<AckBook>>;
@@ -405,18 +425,25 @@ struct App {
 
 impl App {
     fn deliver(&self, shard: &ShardId, token: u64, record: &SourceRecord) {
-        lock(&self.log).push(Delivery {
+        lock(&self.log).push(self.entry(shard, token, record));
+    }
+
+    fn entry(&self, shard: &ShardId, token: u64, record: &SourceRecord) -> Delivery {
+        Delivery {
             at: self.clock.tick(),
+            time: Instant::now(),
             client: self.client.clone(),
             shard: shard.clone(),
             token,
             position: record.position.clone(),
-        });
+        }
     }
 
-    fn ack(&self, record: &SourceRecord) {
+    fn ack(&self, shard: &ShardId, token: u64, record: &SourceRecord) {
+        let entry = self.entry(shard, token, record);
         let mut book = lock(&self.acked);
         book.total += 1;
+        book.log.push(entry);
         if let Some(id) = record_id(record) {
             book.ids.insert(id);
         }
@@ -575,7 +602,7 @@ impl World {
                         return Err("simulated handler failure".into());
                     }
                     for r in &batch.records {
-                        app.ack(r);
+                        app.ack(&batch.shard, batch.lease_token, r);
                     }
                     Ok(())
                 }
@@ -614,7 +641,11 @@ impl World {
                     app.gate.wait_open().await;
                     sleep(processing_time(&mut rng, slow)).await;
                     app.gate.wait_open().await;
-                    app.ack(record.source_record());
+                    app.ack(
+                        record.shard_id(),
+                        record.lease_token(),
+                        record.source_record(),
+                    );
                     if on_drop {
                         drop(record);
                     } else {
@@ -900,7 +931,8 @@ async fn run_async(scenario: Scenario) -> Report {
         })
         .collect();
     let mut violations = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let healed = Instant::now();
+    let deadline = healed + record_bound(&scenario);
     loop {
         let done = {
             let acked = lock(&world.acked);
@@ -912,15 +944,27 @@ async fn run_async(scenario: Scenario) -> Report {
         if Instant::now() >= deadline {
             violations.push(Violation {
                 invariant: Invariant::Liveness,
-                detail: "not every record was acked within 600 s of calm".into(),
+                detail: format!(
+                    "not every record was acked within {:?} of the faults healing",
+                    record_bound(&scenario)
+                ),
             });
             break;
         }
         sleep(Duration::from_secs(1)).await;
     }
-    // Let the fleet settle (a call sent before the calm may hang until `call_timeout`), then
-    // look at the final assignment.
-    sleep(Duration::from_secs(30) + scenario.call_timeout).await;
+    let settle = healed.elapsed();
+    // Let calls sent before the calm end, then move leases in calm: a client joins (leases
+    // are handed to it), later one leaves (its leases are handed to the others). How long a
+    // released lease stays free is judged from here on.
+    sleep(scenario.call_timeout).await;
+    let probe_from = Instant::now();
+    world.join();
+    sleep(Duration::from_secs(15)).await;
+    world.leave(false);
+    // Let the fleet settle, then look at the final assignment.
+    sleep(Duration::from_secs(30)).await;
+    let checked_until = Instant::now();
     let live: Vec<ClientId> = world
         .members
         .iter()
@@ -949,9 +993,9 @@ async fn run_async(scenario: Scenario) -> Report {
     let sim_time = start.elapsed();
 
     let log = lock(&world.log).clone();
-    let (acked, acks) = {
+    let (acked, acks, ack_log) = {
         let book = lock(&world.acked);
-        (book.ids.clone(), book.total)
+        (book.ids.clone(), book.total, book.log.clone())
     };
     let history = store.history();
     for e in lock(&world.errors).iter() {
@@ -972,6 +1016,22 @@ async fn run_async(scenario: Scenario) -> Report {
         shortest_ttl,
     ));
     violations.extend(oracle::no_hand_out_after_takeover(&history, &log));
+    violations.extend(oracle::duplicates_bounded(
+        &history,
+        &log,
+        &ack_log,
+        scenario.call_timeout,
+    ));
+    let longest_free = longest_free_after(&history, probe_from, checked_until);
+    let free_bound = free_lease_bound(&scenario);
+    if longest_free > free_bound {
+        violations.push(Violation {
+            invariant: Invariant::Liveness,
+            detail: format!(
+                "after the faults healed a released lease stayed free for {longest_free:?} (bound {free_bound:?})"
+            ),
+        });
+    }
 
     let mut seen = BTreeSet::new();
     let duplicates = log
@@ -988,7 +1048,43 @@ async fn run_async(scenario: Scenario) -> Report {
         sim_time,
         trace_digest,
         violations,
+        settle,
+        longest_free,
     }
+}
+
+/// How long after every fault healed every record must have been acked: a call sent before may
+/// hang until `call_timeout`; then a dead owner is judged within `lease_ttl`, its lease read and
+/// taken within a full read's period, and the backlog processed (the simulation's at most 400
+/// records take up to 100 ms each, spread over the shards): 45 s after `call_timeout`.
+pub fn record_bound(scenario: &Scenario) -> Duration {
+    scenario.call_timeout + Duration::from_secs(45)
+}
+
+/// How long a released lease may stay free once faults healed: `lease_ttl` (a starting client
+/// waits that long before judging anyone dead, and counts every row as alive meanwhile) plus two
+/// membership polls plus one full read's period, at the slowest clock drift.
+pub fn free_lease_bound(scenario: &Scenario) -> Duration {
+    let c = Config::new("sim");
+    (c.lease_ttl + c.membership_poll_interval * 2 + c.rebalance_interval)
+        .mul_f64(1.0 + scenario.max_clock_drift)
+}
+
+/// The longest time from a release in `from..until` to the next take of the same lease (a
+/// release still without a take at `until` counts until then).
+fn longest_free_after(history: &[StoreEvent], from: Instant, until: Instant) -> Duration {
+    let mut longest = Duration::ZERO;
+    for (i, e) in history.iter().enumerate() {
+        if e.op != StoreOp::Release || e.time < from || e.time > until {
+            continue;
+        }
+        let taken = history[i + 1..]
+            .iter()
+            .find(|t| t.shard == e.shard && matches!(t.op, StoreOp::Take | StoreOp::Delete))
+            .map_or(until, |t| t.time.min(until));
+        longest = longest.max(taken.saturating_duration_since(e.time));
+    }
+    longest
 }
 
 fn digest(log: &[Delivery], history: &[StoreEvent]) -> u64 {

@@ -48,6 +48,17 @@ fn sweep() {
     let violations: usize = failed.iter().map(|r| r.violations.len()).sum();
     let produced: usize = reports.iter().map(|r| r.produced).sum();
     let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
+    let slowest_settle = reports.iter().map(|r| r.settle).max().unwrap_or_default();
+    let beyond_timeout = reports
+        .iter()
+        .map(|r| r.settle.saturating_sub(r.scenario.call_timeout))
+        .max()
+        .unwrap_or_default();
+    let longest_free = reports
+        .iter()
+        .map(|r| r.longest_free)
+        .max()
+        .unwrap_or_default();
     println!(
         "sim sweep: {} seeds, {} violations, {} failing seeds; {} records produced, {} duplicates; {:.1} s wall",
         reports.len(),
@@ -56,6 +67,9 @@ fn sweep() {
         produced,
         duplicates,
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "after the faults healed: every record acked within {slowest_settle:?} ({beyond_timeout:?} past call_timeout); a released lease free for at most {longest_free:?}"
     );
     for r in &failed {
         println!("{r}");
@@ -305,4 +319,18 @@ fn catches_an_engine_that_hands_out_records_after_a_takeover() {
         Event::HalfPartition(std::time::Duration::from_secs(20)),
     ));
     assert_caught(s, Invariant::NoHandOutAfterTakeover);
+}
+
+#[test]
+fn catches_an_engine_that_releases_less_than_was_acked() {
+    let mut s = busy(9);
+    s.engine_faults = EngineFaults {
+        release_stale_checkpoint: true,
+        ..EngineFaults::default()
+    };
+    s.events
+        .push((std::time::Duration::from_secs(12), Event::Join));
+    s.events
+        .push((std::time::Duration::from_secs(20), Event::Leave));
+    assert_caught(s, Invariant::DuplicatesBounded);
 }
