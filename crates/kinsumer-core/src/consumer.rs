@@ -1319,6 +1319,19 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Removes our client row, with a few retries.
+    async fn deregister(&self) {
+        for attempt in 1..=3 {
+            match self.engine.store.deregister(&self.engine.me).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "deregister failed");
+                    sleep(self.engine.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
     /// Releases the rows the store says are ours though no tenure of ours ran them (an
     /// ambiguous take, a tenure abandoned at the deadline): otherwise they would wait a TTL
     /// for an owner that is gone. Best effort: each release is fenced by the row's token.
@@ -1339,16 +1352,27 @@ impl Supervisor {
         }
     }
 
-    /// Graceful shutdown: every tenure drains, commits and releases; then deregister.
+    /// Graceful shutdown: leave the membership, then every tenure drains, commits and releases.
+    ///
+    /// Deregistering *first* is what makes the handoff fast: peers re-plan without us at once,
+    /// so the leases we release go to them. Released while we still had a row, they were
+    /// planned back to us — a client that no longer takes anything — until our row went. Our
+    /// leases stay safe meanwhile: an owner without a row is judged dead only after
+    /// `lease_ttl` unseen, longer than a drain.
+    ///
     /// Bounded: tenures get `drain_timeout` plus a few store calls to drain, commit and
-    /// release; whatever has not ended by then is abandoned, and its lease expires as after a
-    /// crash (at-least-once still holds).
+    /// release; whatever has not ended by then is abandoned and released by a last read of the
+    /// leases (or expires as after a crash if the store is unreachable: at-least-once holds).
     async fn shutdown(
         &mut self,
         tasks: &mut Tenures,
         heartbeat: tokio::task::JoinHandle<()>,
         heartbeat_guard: AbortGuard,
     ) {
+        // Stop heartbeating before deregistering, so no later heartbeat re-creates our row.
+        drop(heartbeat_guard);
+        let _ = heartbeat.await;
+        self.deregister().await;
         for held in self.held.values() {
             held.release.send_replace(true);
         }
@@ -1376,18 +1400,8 @@ impl Supervisor {
         }
         self.held.clear();
         self.release_leftovers().await;
-        // Stop heartbeating before deregistering, so no late heartbeat re-creates our row.
-        drop(heartbeat_guard);
-        let _ = heartbeat.await;
-        for attempt in 1..=3 {
-            match self.engine.store.deregister(&self.engine.me).await {
-                Ok(()) => break,
-                Err(e) => {
-                    warn!(error = %e, "deregister failed");
-                    sleep(self.engine.backoff(attempt)).await;
-                }
-            }
-        }
+        // A heartbeat sent before we stopped may have landed after the first removal.
+        self.deregister().await;
         info!("shut down");
     }
 }

@@ -54,9 +54,9 @@ fn sweep() {
         .map(|r| r.settle.saturating_sub(r.scenario.call_timeout))
         .max()
         .unwrap_or_default();
-    let longest_free = reports
+    let (longest_free, free_seed) = reports
         .iter()
-        .map(|r| r.longest_free)
+        .map(|r| (r.longest_free, r.scenario.seed))
         .max()
         .unwrap_or_default();
     println!(
@@ -69,7 +69,7 @@ fn sweep() {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "after the faults healed: every record acked within {slowest_settle:?} ({beyond_timeout:?} past call_timeout); a released lease free for at most {longest_free:?}"
+        "after the faults healed: every record acked within {slowest_settle:?} ({beyond_timeout:?} past call_timeout); a released lease free for at most {longest_free:?} (seed {free_seed})"
     );
     for r in &failed {
         println!("{r}");

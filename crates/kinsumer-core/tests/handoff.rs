@@ -1,0 +1,104 @@
+//! Handoffs complete at once, whatever else is going on: a graceful leave whose slowest shard
+//! still drains does not hold back the shards already released.
+//!
+//! Under the paused clock; times are read from the store's history of applied writes.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kinsumer_core::store::ClientId;
+use kinsumer_core::{Config, Consumer};
+use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreOp};
+use tokio::time::sleep;
+
+fn config(client: &str) -> Config {
+    let mut c = Config::new("app").with_client_id(client);
+    c.rng_seed = Some(u64::from(client.as_bytes()[0]));
+    c
+}
+
+/// For every release after the `from`-th write, how long until the same lease was taken again.
+fn release_to_take(store: &MemoryLeaseStore, from: usize) -> Vec<(String, Duration)> {
+    let history = store.history();
+    history
+        .iter()
+        .enumerate()
+        .skip(from)
+        .filter(|(_, e)| e.op == StoreOp::Release)
+        .map(|(i, e)| {
+            let taken = history[i + 1..]
+                .iter()
+                .find(|t| t.shard == e.shard && t.op == StoreOp::Take)
+                .map_or(Duration::MAX, |t| t.time - e.time);
+            (e.shard.to_string(), taken)
+        })
+        .collect()
+}
+
+/// b leaves while one of its two shards still waits for an ack (that drain takes
+/// `drain_timeout`); the shard it released at once must reach a without waiting for the other.
+/// Released while b still had a row, a's plan gave it back to b — which takes nothing any
+/// more — until b's row went at the end of its shutdown.
+#[tokio::test(start_paused = true)]
+async fn a_leaving_client_hands_over_each_shard_as_soon_as_it_is_released() {
+    let stream = MemoryStream::new("s", 4);
+    let store = MemoryLeaseStore::new();
+    let mut a = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let mut a_records = a.records().expect("start");
+    let a_task = tokio::spawn(async move {
+        while let Some(Ok(r)) = a_records.next().await {
+            r.ack();
+        }
+    });
+    // b keeps the first record it gets without acking it, and acks the others.
+    let mut b = Consumer::new(config("b"), stream.clone(), store.clone()).expect("valid");
+    let mut b_records = b.records().expect("start");
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let b_task = tokio::spawn(async move {
+        let mut held_tx = Some(held_tx);
+        let mut kept = None;
+        while let Some(Ok(r)) = b_records.next().await {
+            match held_tx.take() {
+                Some(tx) => {
+                    let _ = tx.send(r.shard_id().clone());
+                    kept = Some(r);
+                }
+                None => r.ack(),
+            }
+        }
+        drop(kept);
+    });
+    sleep(Duration::from_secs(10)).await;
+    let owned = |c: &str| {
+        store
+            .peek_leases("s")
+            .iter()
+            .filter(|l| l.owner == Some(ClientId::from(c)))
+            .count()
+    };
+    assert_eq!((owned("a"), owned("b")), (2, 2), "settled");
+    let mut held_rx = held_rx;
+    for i in 0.. {
+        stream.put(&format!("key-{i}"), b"x".to_vec()).expect("put");
+        sleep(Duration::from_millis(500)).await;
+        if let Ok(shard) = held_rx.try_recv() {
+            println!("b holds an un-acked record of {shard}");
+            break;
+        }
+        assert!(i < 100, "b never got a record");
+    }
+
+    let from = store.history().len();
+    b.shutdown().await.expect("b leaves");
+    sleep(Duration::from_secs(2)).await;
+    let handed = release_to_take(&store, from);
+    assert_eq!(handed.len(), 2, "b released both its leases: {handed:?}");
+    assert!(
+        handed.iter().all(|(_, d)| *d < Duration::from_secs(1)),
+        "every lease b released was taken within 1 s: {handed:?}"
+    );
+    assert_eq!(owned("a"), 4);
+    a.shutdown().await.expect("a leaves");
+    a_task.abort();
+    b_task.abort();
+}
