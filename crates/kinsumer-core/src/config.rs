@@ -76,6 +76,9 @@ pub struct EngineFaults {
     pub no_self_fencing: bool,
     /// Judge other clients dead after half the lease TTL (takes leases from live clients).
     pub hasty_death: bool,
+    /// Plan only over every live row, never over the clients with evidence of life: a client
+    /// in its first TTL leaves leases handed to it unowned when it counts a dead row alive.
+    pub single_plan: bool,
 }
 
 /// Everything a consumer needs to know besides its source and store.

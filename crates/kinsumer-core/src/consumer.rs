@@ -579,6 +579,8 @@ struct Supervisor {
     epoch_seen: u64,
     /// The live clients at the last tick, to notice deaths without waiting for a full read.
     last_alive: Vec<ClientId>,
+    /// Leases we have seen owned by another client: free now, they were handed off.
+    seen_owned: BTreeSet<ShardId>,
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
@@ -663,6 +665,7 @@ async fn supervise(
         backlog: Vec::new(),
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
+        seen_owned: BTreeSet::new(),
         engine,
     };
     let mut tasks: Tenures = JoinSet::new();
@@ -699,6 +702,15 @@ async fn supervise(
     result
 }
 
+/// `live` with `me` in it, sorted: a client always counts itself.
+fn with_me(mut live: Vec<ClientId>, me: &ClientId) -> Vec<ClientId> {
+    if !live.contains(me) {
+        live.push(me.clone());
+        live.sort();
+    }
+    live
+}
+
 struct AbortGuard(AbortHandle);
 
 impl Drop for AbortGuard {
@@ -733,12 +745,23 @@ async fn heartbeat_loop(engine: Arc<Engine>) {
 
 impl Supervisor {
     fn now_alive(&self) -> Vec<ClientId> {
-        let mut live = self.membership.alive();
-        if !live.contains(&self.engine.me) {
-            live.push(self.engine.me.clone());
-            live.sort();
+        with_me(self.membership.alive(), &self.engine.me)
+    }
+
+    /// The shared assignment of `eligible` over `live`, sticky to the owners in the last read.
+    fn plan(&self, live: &[ClientId], eligible: &[ShardId]) -> BTreeMap<ShardId, ClientId> {
+        if self.engine.config.faults.greedy {
+            let me = &self.engine.me;
+            return eligible.iter().map(|s| (s.clone(), me.clone())).collect();
         }
-        live
+        let current: BTreeMap<ShardId, ClientId> = eligible
+            .iter()
+            .filter_map(|s| {
+                let owner = self.leases.get(s)?.owner.clone()?;
+                live.contains(&owner).then(|| (s.clone(), owner))
+            })
+            .collect();
+        assign(live, eligible, &current)
     }
 
     /// Whether we are fenced now, dropping every held lease (without a write) the first time a
@@ -956,6 +979,7 @@ impl Supervisor {
         }
         self.full_read_took.push_back(arrived - started);
         self.leases = rows.into_iter().map(|l| (l.shard.clone(), l)).collect();
+        self.note_owned();
         self.row_read_at = self.leases.keys().map(|s| (s.clone(), arrived)).collect();
         let owners: BTreeSet<ClientId> = self
             .leases
@@ -966,6 +990,27 @@ impl Supervisor {
         self.need_full = false;
         self.urgent_full = false;
         Ok(())
+    }
+
+    /// Whether `shard` is owned by another client, or free after we saw one own it.
+    fn handed_off(&self, shard: &ShardId) -> bool {
+        self.leases.get(shard).is_some_and(|l| match &l.owner {
+            Some(owner) => *owner != self.engine.me,
+            None => self.seen_owned.contains(shard),
+        })
+    }
+
+    /// Remembers the leases the rows show owned by another client (see `seen_owned`).
+    fn note_owned(&mut self) {
+        let me = &self.engine.me;
+        let owned = self
+            .leases
+            .values()
+            .filter(|l| l.owner.as_ref().is_some_and(|o| o != me))
+            .map(|l| l.shard.clone());
+        self.seen_owned.extend(owned);
+        let rows = &self.leases;
+        self.seen_owned.retain(|s| rows.contains_key(s));
     }
 
     /// Whether a parent stands in the way of its child: unfinished, or without a row while
@@ -993,18 +1038,32 @@ impl Supervisor {
             .filter(|l| faults.ignore_parents || !l.parents.iter().any(|p| self.parent_pending(p)))
             .map(|l| l.shard.clone())
             .collect();
-        let current: BTreeMap<ShardId, ClientId> = eligible
-            .iter()
-            .filter_map(|s| {
-                let owner = self.leases.get(s)?.owner.clone()?;
-                live.contains(&owner).then(|| (s.clone(), owner))
-            })
-            .collect();
-        let plan = if faults.greedy {
-            eligible.iter().map(|s| (s.clone(), me.clone())).collect()
-        } else {
-            assign(&live, &eligible, &current)
+        let plan = self.plan(&live, &eligible);
+        // In our first `lease_ttl`, a row that was there at our first read and has not changed
+        // since is alive for lack of evidence either way — a client that crashed just before
+        // we started looks like that, and the rest of the fleet, which watched it die, plans
+        // without it and hands us leases our own plan gives to the dead. A handoff must not
+        // wait for our view to catch up, so we also plan over the clients we have evidence
+        // about (just us, before any heartbeat moved): we wait for, and take once released,
+        // what either plan gives us, and hand off only what neither does. The second plan never
+        // takes a lease nobody handed off (a fleet starting together would grab everything),
+        // and never judges anyone dead sooner.
+        let with_evidence = with_me(self.membership.alive_with_evidence(), &me);
+        let alternative = (with_evidence != live && !self.engine.config.faults.single_plan)
+            .then(|| self.plan(&with_evidence, &eligible));
+        let planned = |shard: &ShardId| plan.get(shard) == Some(&me);
+        let also_planned = |shard: &ShardId| {
+            alternative
+                .as_ref()
+                .is_some_and(|p| p.get(shard) == Some(&me))
         };
+        let mine = |shard: &ShardId| planned(shard) || also_planned(shard);
+        // What to take (or wait for), in shard order.
+        let wanted: Vec<ShardId> = eligible
+            .iter()
+            .filter(|s| planned(s) || (also_planned(s) && self.handed_off(s)))
+            .cloned()
+            .collect();
 
         // Tenures the store says are no longer ours end now, without another write.
         let lost: Vec<ShardId> = self
@@ -1027,7 +1086,7 @@ impl Supervisor {
         }
         // Hand off what is now assigned elsewhere.
         for (shard, held) in &self.held {
-            if plan.get(shard) != Some(&me) && !*held.release.borrow() {
+            if !mine(shard) && !*held.release.borrow() {
                 info!(shard = %shard, to = ?plan.get(shard), "handing off");
                 held.release.send_replace(true);
                 self.engine.status.update(shard, |s| s.releasing = true);
@@ -1041,7 +1100,7 @@ impl Supervisor {
             .leases
             .values()
             .filter(|l| !l.finished && !self.held.contains_key(&l.shard))
-            .filter(|l| l.owner.as_ref() == Some(&me) && plan.get(&l.shard) != Some(&me))
+            .filter(|l| l.owner.as_ref() == Some(&me) && !mine(&l.shard))
             .filter_map(Lease::tenure)
             .collect();
         for tenure in stale {
@@ -1057,10 +1116,9 @@ impl Supervisor {
         }
         // Take what is ours, a burst per tick (see `take_backlog`).
         self.waiting.clear();
-        self.backlog = plan
-            .iter()
-            .filter(|(s, c)| **c == me && !self.held.contains_key(*s))
-            .map(|(s, _)| s.clone())
+        self.backlog = wanted
+            .into_iter()
+            .filter(|s| !self.held.contains_key(s))
             .rev() // popped from the back: taken in shard order
             .collect();
         self.take_backlog(tasks).await;

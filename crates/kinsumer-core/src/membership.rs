@@ -101,6 +101,10 @@ struct Seen {
     counter: u64,
     /// The arrival of the first reply that showed this counter.
     changed_at: Instant,
+    /// We have evidence the client lived while we watched: its row appeared after our first
+    /// read (a registration), or its value changed. A row already there at our first read and
+    /// never seen to change may belong to a client that died before we started.
+    evidence: bool,
 }
 
 /// Liveness of every client, as this observer sees it.
@@ -115,6 +119,8 @@ pub struct Membership {
     /// Lease owners asked about while they had no row, and since when (the arrival of the
     /// read that first lacked them, as far as we were asked). Cleared when a read shows them.
     unseen: BTreeMap<ClientId, Instant>,
+    /// How many reads we observed.
+    reads: u64,
 }
 
 impl Membership {
@@ -126,6 +132,7 @@ impl Membership {
             sent_at: None,
             arrived_at: None,
             unseen: BTreeMap::new(),
+            reads: 0,
         }
     }
 
@@ -136,15 +143,18 @@ impl Membership {
         // Reads are sequential; never let a reordered one move the evidence backwards.
         self.sent_at = Some(self.sent_at.map_or(sent, |s| s.max(sent)));
         self.arrived_at = Some(self.arrived_at.map_or(arrived, |a| a.max(arrived)));
+        let first_read = self.reads == 0;
+        self.reads += 1;
         let before: Vec<ClientId> = self.seen.keys().cloned().collect();
         let mut next = BTreeMap::new();
         for row in rows {
             self.unseen.remove(&row.id);
             let seen = match self.seen.remove(&row.id) {
                 Some(s) if s.counter == row.counter => s,
-                _ => Seen {
+                previous => Seen {
                     counter: row.counter,
                     changed_at: arrived,
+                    evidence: previous.is_some() || !first_read,
                 },
             };
             next.insert(row.id.clone(), seen);
@@ -199,6 +209,20 @@ impl Membership {
     /// cannot grow with every client id the fleet ever had.
     pub fn retain_unseen(&mut self, owners: &BTreeSet<ClientId>) {
         self.unseen.retain(|c, _| owners.contains(c));
+    }
+
+    /// The live clients we have evidence about (see `Seen::evidence`), sorted.
+    ///
+    /// Differs from [`Membership::alive`] only in an observer's first `lease_ttl`: then rows
+    /// that were there at its first read and have not changed since are alive (never declared
+    /// dead early) but without evidence — a client that crashed just before we started looks
+    /// like that, and the rest of the fleet, which watched it longer, already plans without it.
+    pub fn alive_with_evidence(&self) -> Vec<ClientId> {
+        self.seen
+            .iter()
+            .filter(|(c, s)| s.evidence && self.is_alive(c))
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// The live clients, sorted.

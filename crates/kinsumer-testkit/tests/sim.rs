@@ -334,3 +334,17 @@ fn catches_an_engine_that_releases_less_than_was_acked() {
         .push((std::time::Duration::from_secs(20), Event::Leave));
     assert_caught(s, Invariant::DuplicatesBounded);
 }
+
+#[test]
+fn catches_an_engine_whose_handoffs_wait_for_a_joiner_to_judge_the_dead() {
+    // Calm: the checks' own probe crashes a client and starts another within the dead row's
+    // lifetime; with one plan only, the joiner leaves some of what it is handed unowned.
+    let mut s = busy(10);
+    s.clients = 3;
+    s.shards = 6;
+    s.engine_faults = EngineFaults {
+        single_plan: true,
+        ..EngineFaults::default()
+    };
+    assert_caught(s, Invariant::Liveness);
+}
