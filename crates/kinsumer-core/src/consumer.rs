@@ -47,7 +47,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -111,6 +111,9 @@ pub(crate) struct Health {
     ttl_minus_margin: std::time::Duration,
     /// `EngineFaults::no_self_fencing`: a broken engine, for tests.
     never_fence: bool,
+    /// The wall clock, which — unlike the monotonic clock on Linux — runs on while the host is
+    /// suspended. (A function, so a test can move it.)
+    wall: fn() -> SystemTime,
     state: Mutex<HealthState>,
 }
 
@@ -118,6 +121,8 @@ pub(crate) struct Health {
 struct HealthState {
     /// When the last successful heartbeat was *sent* (the earliest it could have been applied).
     last_ok: Option<Instant>,
+    /// The same moment on the wall clock.
+    last_ok_wall: Option<SystemTime>,
     epoch: u64,
     /// Fencing was observed and the epoch advanced for it; cleared by a fresh heartbeat.
     fenced: bool,
@@ -128,6 +133,7 @@ impl Health {
         Self {
             ttl_minus_margin: config.lease_ttl - config.safety_margin,
             never_fence: config.faults.no_self_fencing,
+            wall: SystemTime::now,
             state: Mutex::new(HealthState::default()),
         }
     }
@@ -136,9 +142,19 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether our last good heartbeat is too old. By the monotonic clock, and by the wall
+    /// clock too: after a host suspend the monotonic clock has not moved (Linux stops it), so a
+    /// client waking up would think it was fine while its leases were taken. A wall clock
+    /// stepped forward by NTP can fence us once for nothing — safe; stepped back, it is ignored.
     fn expired(&self, s: &HealthState, now: Instant) -> bool {
-        s.last_ok
-            .is_none_or(|ok| now.saturating_duration_since(ok) >= self.ttl_minus_margin)
+        let Some(ok) = s.last_ok else {
+            return true;
+        };
+        let wall_elapsed = s
+            .last_ok_wall
+            .and_then(|w| (self.wall)().duration_since(w).ok())
+            .unwrap_or_default();
+        now.saturating_duration_since(ok).max(wall_elapsed) >= self.ttl_minus_margin
     }
 
     /// Checks for fencing at `now`, advancing the epoch the first time it is seen.
@@ -157,14 +173,22 @@ impl Health {
         s.last_ok.is_none()
     }
 
-    /// Records a heartbeat that succeeded and was sent at `sent`.
-    fn heartbeat_ok(&self, sent: Instant) {
+    /// The wall clock now (see `wall`).
+    fn wall_now(&self) -> SystemTime {
+        (self.wall)()
+    }
+
+    /// Records a heartbeat that succeeded and was sent at `sent` (`sent_wall` on the wall clock).
+    fn heartbeat_ok(&self, sent: Instant, sent_wall: SystemTime) {
         let mut s = self.lock();
         // A success learned after a gap long enough to have fenced us counts as fencing too:
         // judged now, when we learn of it, not at its sending — heartbeats overlap, so one sent
         // just before a pause ended says nothing about the pause.
         self.check(&mut s, Instant::now());
-        s.last_ok = Some(s.last_ok.map_or(sent, |prev| prev.max(sent)));
+        if s.last_ok.is_none_or(|prev| sent >= prev) {
+            s.last_ok = Some(sent);
+            s.last_ok_wall = Some(sent_wall);
+        }
         if !self.expired(&s, Instant::now()) {
             s.fenced = false;
         }
@@ -307,9 +331,9 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .next_beat();
-        let sent = Instant::now();
+        let (sent, sent_wall) = (Instant::now(), self.health.wall_now());
         self.store.heartbeat(&self.me, beat).await?;
-        self.health.heartbeat_ok(sent);
+        self.health.heartbeat_ok(sent, sent_wall);
         Ok(())
     }
 
@@ -1461,5 +1485,47 @@ impl Supervisor {
         // A heartbeat sent before we stopped may have landed after the first removal.
         self.deregister().await;
         info!("shut down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A wall clock the test moves by hand.
+    static WALL_SECS: AtomicU64 = AtomicU64::new(1_000_000);
+
+    fn fake_wall() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(WALL_SECS.load(Ordering::SeqCst))
+    }
+
+    /// A host suspended for a minute: its monotonic clock did not move, the wall clock did.
+    /// The client must fence itself on waking — its leases may have been taken meanwhile — and
+    /// hand out nothing it fetched before.
+    #[test]
+    fn a_host_suspend_fences_the_client_although_the_monotonic_clock_stood_still() {
+        let health = Health {
+            wall: fake_wall,
+            ..Health::new(&Config::new("app"))
+        };
+        let now = Instant::now();
+        health.heartbeat_ok(now, fake_wall());
+        let epoch = health.epoch();
+        assert!(!health.is_fenced(now), "a fresh heartbeat: not fenced");
+        assert!(health.may_hand_out_at(epoch, now));
+
+        WALL_SECS.fetch_add(60, Ordering::SeqCst); // suspended; Instant has not moved
+        assert!(health.is_fenced(now), "a minute asleep is a fence");
+        assert!(
+            !health.may_hand_out_at(epoch, now),
+            "nothing from before the sleep"
+        );
+        assert_ne!(health.epoch(), epoch);
+
+        // The next heartbeat that lands ends the fence, in a new epoch.
+        health.heartbeat_ok(now, fake_wall());
+        assert!(!health.is_fenced(now));
+        assert!(health.may_hand_out_at(health.epoch(), now));
     }
 }

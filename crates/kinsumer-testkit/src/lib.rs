@@ -72,7 +72,7 @@ pub use faults::{Gate, GatedSource, GatedStore};
 pub use latency::{Latency, LatencyProfile};
 pub use memory_store::{
     ClientEvent, ClientOp, EventClock, MemoryLeaseStore, StoreEvent, StoreFaults, StoreOp,
-    StoreStats,
+    StoreSnapshot, StoreStats,
 };
 pub use memory_stream::{
     MemoryShardReader, MemoryStream, MemoryStreamConfig, MemoryStreamError, SourceFaults,

@@ -124,6 +124,16 @@ pub enum StoreOp {
     Delete,
     /// `reset_checkpoint`.
     Reset,
+    /// The store restarted and lost its writes since a snapshot: the row went back to `after`.
+    Rollback,
+}
+
+/// The rows of a [`MemoryLeaseStore`] at one moment, to go back to with
+/// [`MemoryLeaseStore::lose_writes_since`].
+#[derive(Clone, Debug)]
+pub struct StoreSnapshot {
+    clients: BTreeMap<ClientId, u64>,
+    leases: BTreeMap<String, BTreeMap<ShardId, Lease>>,
 }
 
 /// One applied write to a lease row.
@@ -487,6 +497,53 @@ impl MemoryLeaseStore {
             .get(stream)
             .map(|rows| rows.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The rows as they are now, to go back to later.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let state = self.lock();
+        StoreSnapshot {
+            clients: state.clients.clone(),
+            leases: state.leases.clone(),
+        }
+    }
+
+    /// The store restarts and loses every write since `snapshot` — as Redis does without an
+    /// append-only file synced on every write, or after a failover to a replica that lagged.
+    /// Every lease row that changed goes back, and is logged as a [`StoreOp::Rollback`].
+    pub fn lose_writes_since(&self, snapshot: &StoreSnapshot) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.clients = snapshot.clients.clone();
+        let streams: std::collections::BTreeSet<String> = state
+            .leases
+            .keys()
+            .chain(snapshot.leases.keys())
+            .cloned()
+            .collect();
+        for stream in streams {
+            let now = state.leases.get(&stream).cloned().unwrap_or_default();
+            let then = snapshot.leases.get(&stream).cloned().unwrap_or_default();
+            let shards: std::collections::BTreeSet<&ShardId> =
+                now.keys().chain(then.keys()).collect();
+            for shard in shards {
+                let (before, after) = (now.get(shard), then.get(shard));
+                if before != after {
+                    state.history.push(StoreEvent {
+                        at: self.shared.clock.tick(),
+                        time: Instant::now(),
+                        stream: stream.clone(),
+                        shard: shard.clone(),
+                        op: StoreOp::Rollback,
+                        claimed: None,
+                        before: before.cloned(),
+                        after: after.cloned(),
+                        ambiguous: false,
+                    });
+                }
+            }
+            state.leases.insert(stream, then);
+        }
     }
 
     /// The client rows as stored now, without faults or counting (for checkers).

@@ -1232,7 +1232,7 @@ fn check_writes(history: &[StoreEvent], violations: &mut Vec<Violation>) {
                 });
             }
         }
-        if e.op == StoreOp::Reset {
+        if matches!(e.op, StoreOp::Reset | StoreOp::Rollback) {
             last.remove(&e.shard);
             continue;
         }
