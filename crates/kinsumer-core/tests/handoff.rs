@@ -36,6 +36,24 @@ fn release_to_take(store: &MemoryLeaseStore, from: usize) -> Vec<(String, Option
         .collect()
 }
 
+fn assert_taken_within_a_second(handed: &[(String, Option<Duration>)]) {
+    assert!(
+        handed
+            .iter()
+            .all(|(_, d)| d.is_some_and(|d| d < Duration::from_secs(1))),
+        "every lease released was taken within 1 s: {handed:?}"
+    );
+}
+
+/// The leases `client` owns now.
+fn owned(store: &MemoryLeaseStore, client: &str) -> usize {
+    store
+        .peek_leases("s")
+        .iter()
+        .filter(|l| l.owner == Some(ClientId::from(client)))
+        .count()
+}
+
 /// b leaves while one of its two shards still waits for an ack (that drain takes
 /// `drain_timeout`); the shard it released at once must reach a without waiting for the other.
 /// Released while b still had a row, a's plan gave it back to b — which takes nothing any
@@ -70,13 +88,7 @@ async fn a_leaving_client_hands_over_each_shard_as_soon_as_it_is_released() {
         drop(kept);
     });
     sleep(Duration::from_secs(10)).await;
-    let owned = |c: &str| {
-        store
-            .peek_leases("s")
-            .iter()
-            .filter(|l| l.owner == Some(ClientId::from(c)))
-            .count()
-    };
+    let owned = |c: &str| owned(&store, c);
     assert_eq!((owned("a"), owned("b")), (2, 2), "settled");
     let mut held_rx = held_rx;
     for i in 0.. {
@@ -94,12 +106,7 @@ async fn a_leaving_client_hands_over_each_shard_as_soon_as_it_is_released() {
     sleep(Duration::from_secs(2)).await;
     let handed = release_to_take(&store, from);
     assert_eq!(handed.len(), 2, "b released both its leases: {handed:?}");
-    assert!(
-        handed
-            .iter()
-            .all(|(_, d)| d.is_some_and(|d| d < Duration::from_secs(1))),
-        "every lease b released was taken within 1 s: {handed:?}"
-    );
+    assert_taken_within_a_second(&handed);
     assert_eq!(owned("a"), 4);
     a.shutdown().await.expect("a leaves");
     a_task.abort();
@@ -132,13 +139,7 @@ async fn a_client_that_joins_within_a_ttl_of_a_crash_takes_what_it_is_handed_at_
     sleep(Duration::from_secs(10)).await;
     drop(c); // a crash
     sleep(Duration::from_secs(13)).await; // a and b judged c dead and took its leases
-    let owned = |c: &str| {
-        store
-            .peek_leases("s")
-            .iter()
-            .filter(|l| l.owner == Some(ClientId::from(c)))
-            .count()
-    };
+    let owned = |c: &str| owned(&store, c);
     assert_eq!(
         (owned("a"), owned("b"), owned("c")),
         (3, 3, 0),
@@ -157,12 +158,7 @@ async fn a_client_that_joins_within_a_ttl_of_a_crash_takes_what_it_is_handed_at_
     sleep(Duration::from_secs(5)).await;
     let handed = release_to_take(&store, from);
     assert!(!handed.is_empty(), "a and b handed leases to d");
-    assert!(
-        handed
-            .iter()
-            .all(|(_, d)| d.is_some_and(|d| d < Duration::from_secs(1))),
-        "every lease handed to d was taken within 1 s: {handed:?}"
-    );
+    assert_taken_within_a_second(&handed);
     assert_eq!(owned("d"), 2);
     for consumer in [a, b, d] {
         consumer.shutdown().await.expect("shutdown");
