@@ -30,6 +30,10 @@ const SHARDS: usize = 8;
 pub(crate) enum Event {
     Leave,
     Crash,
+    /// A member crashes; once the others took its shards — while its row is still there — a
+    /// new member joins and is handed its share. Timed: from the join to the newcomer's first
+    /// delivery on each shard it was handed.
+    JoinAfterCrash,
 }
 
 /// Where the fleet keeps its leases.
@@ -60,6 +64,8 @@ struct Watch {
     since: Instant,
     victim: String,
     first: BTreeMap<ShardId, Option<Duration>>,
+    /// Time this member's first delivery on every shard instead (a joiner's handoffs).
+    joiner: Option<String>,
 }
 
 type Watched = Arc<Mutex<Option<Watch>>>;
@@ -92,12 +98,19 @@ async fn join(
     let me = id.clone();
     let reader = tokio::spawn(async move {
         while let Some(Ok(record)) = records.next().await {
-            if let Some(w) = lock(&watched).as_mut()
-                && w.victim != me
-                && let Some(slot) = w.first.get_mut(record.shard_id())
-                && slot.is_none()
-            {
-                *slot = Some(w.since.elapsed());
+            if let Some(w) = lock(&watched).as_mut() {
+                if w.joiner.as_ref() == Some(&me) {
+                    let since = w.since;
+                    w.first
+                        .entry(record.shard_id().clone())
+                        .or_insert_with(|| Some(since.elapsed()));
+                } else if w.joiner.is_none()
+                    && w.victim != me
+                    && let Some(slot) = w.first.get_mut(record.shard_id())
+                    && slot.is_none()
+                {
+                    *slot = Some(w.since.elapsed());
+                }
             }
             record.ack();
         }
@@ -160,7 +173,8 @@ pub(crate) async fn latencies(
     let watched: Watched = Arc::new(Mutex::new(None));
     let mut next = 0;
     let mut members = Vec::new();
-    for _ in 0..2 {
+    let fleet = if event == Event::JoinAfterCrash { 3 } else { 2 };
+    for _ in 0..fleet {
         members.push(join(&stores, &stream, format!("bench-{next:03}"), &watched).await?);
         next += 1;
     }
@@ -169,6 +183,51 @@ pub(crate) async fn latencies(
     let result: Result<()> = async {
         wait_settled(&members).await?;
         for _ in 0..events {
+            if event == Event::JoinAfterCrash {
+                sleep(config.lease_ttl + config.heartbeat_interval).await;
+                let mut victim = members.remove(0);
+                victim.reader.abort();
+                victim.consumer = None; // a crash
+                // The survivors judge it dead and take its shards; its row stays for three TTLs.
+                sleep(config.lease_ttl + config.heartbeat_interval * 2).await;
+                wait_settled(&members).await?;
+                let id = format!("bench-{next:03}");
+                next += 1;
+                *lock(&watched) = Some(Watch {
+                    since: Instant::now(),
+                    victim: String::new(),
+                    first: BTreeMap::new(),
+                    joiner: Some(id.clone()),
+                });
+                members.push(join(&stores, &stream, id, &watched).await?);
+                wait_settled(&members).await?;
+                let handed: Vec<ShardId> = members
+                    .last()
+                    .map(|m| m.status.shards().into_iter().map(|s| s.shard).collect())
+                    .unwrap_or_default();
+                let started = Instant::now();
+                loop {
+                    let all = lock(&watched)
+                        .as_ref()
+                        .is_some_and(|w| handed.iter().all(|s| w.first.contains_key(s)));
+                    if all {
+                        break;
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        return Err("the joiner delivered nothing from a shard within 60 s".into());
+                    }
+                    sleep(Duration::from_millis(5)).await;
+                }
+                if let Some(w) = lock(&watched).take() {
+                    out.extend(
+                        w.first
+                            .into_iter()
+                            .filter(|(s, _)| handed.contains(s))
+                            .filter_map(|(_, d)| d),
+                    );
+                }
+                continue;
+            }
             if event == Event::Crash {
                 // A consumer that started less than a lease TTL ago does not yet judge anyone
                 // dead (it has not watched long enough): a fleet in steady state has.
@@ -185,6 +244,7 @@ pub(crate) async fn latencies(
                 since: Instant::now(),
                 victim: victim.id.clone(),
                 first: held.iter().map(|s| (s.clone(), None)).collect(),
+                joiner: None,
             });
             match event {
                 Event::Leave => {
@@ -192,7 +252,7 @@ pub(crate) async fn latencies(
                         tokio::spawn(c.shutdown());
                     }
                 }
-                Event::Crash => {
+                Event::Crash | Event::JoinAfterCrash => {
                     victim.reader.abort();
                     victim.consumer = None; // dropping a started consumer is a crash
                 }
@@ -275,6 +335,9 @@ async fn measure(args: &BenchArgs, case: Case<'_>) -> Row {
     let what = match event {
         Event::Leave => "graceful handoff latency (owner leaves → another consumer delivers)",
         Event::Crash => "crash failover latency (owner vanishes → another consumer delivers)",
+        Event::JoinAfterCrash => {
+            "handoff to a client that joined < TTL after a crash (join → the joiner delivers from each shard handed to it)"
+        }
     };
     let row = Row::new(id, format!("{what}, {setting}"), goal).with_command(args.command(id));
     let (result, how) = if setting.starts_with("simulation") {
@@ -298,7 +361,7 @@ async fn measure(args: &BenchArgs, case: Case<'_>) -> Row {
             url: args.redis.clone(),
             app: unique("bench-handoff"),
         };
-        let budget = Duration::from_secs(60 + events as u64 * 40);
+        let budget = Duration::from_secs(60 + events as u64 * 60);
         (
             within(budget, "the Redis fleet", latencies(stores, event, events)).await,
             "Redis in real time, each consumer with its own connection",
@@ -317,7 +380,18 @@ async fn measure(args: &BenchArgs, case: Case<'_>) -> Row {
         checked <= limit,
         format!("{} is over {}: {why}", ms(checked), ms(limit)),
     )
-    .detail(format!(
+    .detail(if event == Event::JoinAfterCrash {
+        format!(
+            "{how}. Three consumers share 8 shards of a `MemoryStream` while a producer writes \
+             one record to every shard every 10 ms; {events} times, the oldest crashes, the two \
+             others judge it dead and take its shards, and a new consumer joins while the dead \
+             one's row is still in the store (rows of the dead go after three TTLs) — so for \
+             its first TTL the newcomer counts the dead client alive. Timed: from the join to \
+             the newcomer's first delivery on each shard handed to it (which includes the \
+             others noticing the join). Default configuration."
+        )
+    } else {
+        format!(
         "{how}. Two consumers share 8 shards of a `MemoryStream` while a producer writes one \
          record to every shard every 10 ms; {events} times, the older consumer {} and the \
          shards it held are timed from that moment to the first record another consumer \
@@ -333,7 +407,8 @@ async fn measure(args: &BenchArgs, case: Case<'_>) -> Row {
         } else {
             ""
         }
-    ))
+    )
+    })
     .detail(format!("all samples (ms): {}", v.iter().map(|d| d.as_millis().to_string()).collect::<Vec<_>>().join(", ")))
 }
 
@@ -349,9 +424,19 @@ pub(crate) async fn p3(args: &BenchArgs) -> Vec<Row> {
         why: "the newcomer notices a leave on its next membership poll (200 ms) and takes at \
               once; a longer gap means the release or the take was slow",
     };
+    let joined = |setting, events| Case {
+        event: Event::JoinAfterCrash,
+        why: "the joiner counts the crashed client's row alive for its first TTL; a shard handed \
+              to it that its own plan gives to the dead client must be taken at once all the \
+              same (kinsumer#23)",
+        ..case(setting, events)
+    };
+    let (sim_joins, redis_joins) = if args.quick { (2, 2) } else { (10, 6) };
     vec![
         measure(args, case("simulation (virtual time)", sim)).await,
         measure(args, case("Redis (real time)", redis)).await,
+        measure(args, joined("simulation (virtual time)", sim_joins)).await,
+        measure(args, joined("Redis (real time)", redis_joins)).await,
     ]
 }
 
