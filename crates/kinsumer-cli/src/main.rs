@@ -6,6 +6,8 @@
 //! - `kinsumer reset` — move checkpoints, through the store's fenced operations.
 //! - `kinsumer tail` — print a stream's records as they arrive, without taking leases.
 //! - `kinsumer bench` — the performance scenarios, written to `BENCHMARKS.md`.
+//! - `kinsumer chaos-member` (hidden) — one process of the chaos test's fleet
+//!   (`tests/chaos.rs`); see [`chaos_member`].
 //!
 //! Backends are chosen by URL (see [`backends`]). Exit codes: 0 success, 1 the operation was
 //! refused or found a problem (a reset refused, a demo that lost records), 2 bad usage or an
@@ -19,6 +21,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 mod backends;
 mod bench;
+mod chaos_member;
 mod demo;
 mod reset;
 mod status;
@@ -56,6 +59,16 @@ enum Command {
         after_help = "Examples:\n  kinsumer bench --quick\n  kinsumer bench --scenario P1,P6 --out /tmp/bench.md\n  kinsumer bench --scenario P5 --redis redis://10.0.0.5:6379\n\nBuild it with --release (cargo run --release -p kinsumer-cli -- bench). Start the services first (bash scripts/services.sh): one that is not reachable gives a \"not measured\" row, never a number. Exit 0 when every measured row meets its goal, 1 when one misses."
     )]
     Bench(bench::BenchArgs),
+    /// One member of the chaos test's fleet (crates/kinsumer-cli/tests/chaos.rs), which runs
+    /// several as separate processes and kills, stops and partitions them: consumes --source
+    /// with leases in --store, acks every record, and appends one JSON line per event (started,
+    /// taken, dropped, handed, acked, error, stopped) to --log. Exits 0 after SIGTERM's graceful
+    /// shutdown. Exists for that test only.
+    #[command(
+        hide = true,
+        after_help = "Example:\n  kinsumer chaos-member --store redis://127.0.0.1:6379 \\\n      --source 'kinesis://orders?endpoint=http://127.0.0.1:4567&region=us-east-1' \\\n      --app chaos --client-id a --log /tmp/a.jsonl"
+    )]
+    ChaosMember(chaos_member::ChaosMemberArgs),
 }
 
 fn main() {
@@ -84,6 +97,7 @@ fn main() {
             Command::Reset(args) => reset::run(args).await,
             Command::Tail(args) => tail::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::ChaosMember(args) => chaos_member::run(args).await,
         }
     });
     match code {

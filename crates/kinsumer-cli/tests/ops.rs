@@ -17,7 +17,7 @@ use kinsumer::{Checkpoint, ClientId, Consumer, LeaseStore, Position, SequenceNum
 use kinsumer_testkit::conformance::fleet_config;
 use kinsumer_testkit::kinesis_local::{self, TestStream, unique_name};
 use kinsumer_testkit::moto;
-use kinsumer_testkit::services::require_service;
+use kinsumer_testkit::services::{clear, require_service};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -63,24 +63,6 @@ async fn kinsumer(args: &[&str]) -> Run {
 
 fn after(sequence: &str) -> Checkpoint {
     Checkpoint::After(Position::new(sequence.parse().expect("a sequence"), 0))
-}
-
-/// Removes every lease of `stream` and every client row through the fenced operations, so
-/// tests leave nothing behind in shared servers whatever the store.
-async fn clear(store: &dyn LeaseStore, stream: &str) {
-    let me = ClientId::from("test-cleanup");
-    for lease in store.leases(stream).await.unwrap_or_default() {
-        if !lease.finished
-            && let Ok(taken) = store.take(stream, &lease.shard, &me, lease.token).await
-            && let Some(tenure) = taken.tenure()
-        {
-            let _ = store.finish(stream, &tenure).await;
-        }
-        let _ = store.delete_finished(stream, &lease.shard).await;
-    }
-    for client in store.clients().await.unwrap_or_default() {
-        let _ = store.deregister(&client.id).await;
-    }
 }
 
 /// Keeps `client`'s heartbeat going every 200 ms until dropped: a live consumer, as far as the

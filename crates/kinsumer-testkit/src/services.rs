@@ -14,6 +14,8 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use kinsumer_core::store::{ClientId, LeaseStore};
+
 /// The `host:port` of a URL, without scheme, credentials or path.
 pub fn authority(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -48,4 +50,23 @@ pub fn require_service(service: &str, var: &str, default: &str) -> Option<String
         "\n*** SKIPPED: {service} is not reachable at {url}. Set {var} (or run scripts/services.sh) to run this test. ***\n"
     );
     None
+}
+
+/// Removes every lease of `stream` and every client row of a store's application, through the
+/// fenced operations (take, finish, delete), so a test leaves nothing behind in a shared server
+/// whatever the store. Best effort: errors are ignored.
+pub async fn clear(store: &dyn LeaseStore, stream: &str) {
+    let me = ClientId::from("test-cleanup");
+    for lease in store.leases(stream).await.unwrap_or_default() {
+        if !lease.finished
+            && let Ok(taken) = store.take(stream, &lease.shard, &me, lease.token).await
+            && let Some(tenure) = taken.tenure()
+        {
+            let _ = store.finish(stream, &tenure).await;
+        }
+        let _ = store.delete_finished(stream, &lease.shard).await;
+    }
+    for client in store.clients().await.unwrap_or_default() {
+        let _ = store.deregister(&client.id).await;
+    }
 }
