@@ -78,6 +78,10 @@ pub enum Event {
     Join,
     /// A client's process stops for this long (GC pause, SIGSTOP), then goes on.
     Pause(Duration),
+    /// A client's application stops processing for this long — longer than the stream's
+    /// iterator lifetime — while the process runs on: its buffer fills, fetching pauses, the
+    /// idle iterator expires by itself, and reading must resume right after the last record.
+    HandlerStall(Duration),
     /// For this long a client's heartbeats and store reads hang while its writes still go
     /// through: the others stop hearing from it, and it stops hearing from them.
     HalfPartition(Duration),
@@ -205,9 +209,10 @@ impl Scenario {
         let events = 2 + rng.below(5);
         for _ in 0..events {
             let at = Duration::from_millis(rng.below(45_000));
-            let event = match rng.below(10) {
+            let event = match rng.below(11) {
                 0 => Event::Crash,
                 9 => Event::Restart,
+                10 => Event::HandlerStall(Duration::from_millis(310_000 + rng.below(90_000))),
                 1 => Event::Leave,
                 2 => Event::Join,
                 3 if rng.chance(0.5) => {
@@ -333,6 +338,8 @@ pub struct Report {
     /// The longest a released lease stayed without an owner, among releases after every
     /// fault healed and every call made before then ended.
     pub longest_free: Duration,
+    /// Reads that found their stream iterator expired (forced by a fault, or idle too long).
+    pub expired_iterators: u64,
 }
 
 impl Report {
@@ -383,6 +390,7 @@ pub fn run(scenario: &Scenario) -> Report {
             trace_digest: 0,
             settle: Duration::ZERO,
             longest_free: Duration::ZERO,
+            expired_iterators: 0,
             violations: vec![Violation {
                 invariant: Invariant::Liveness,
                 detail: format!("could not build a runtime: {e}"),
@@ -419,6 +427,8 @@ struct App {
     client: String,
     clock: EventClock,
     gate: Gate,
+    /// Closed while the application's handler is stalled (the process runs on).
+    stall: Gate,
     log: Log,
     acked: Acked,
 }
@@ -465,6 +475,7 @@ struct Member {
     id: String,
     gate: Gate,
     half_gate: Gate,
+    stall: Gate,
     /// The network delays of its store and source calls.
     network: [Latency; 2],
     consumer: Option<Consumer>,
@@ -490,6 +501,9 @@ struct World {
     rejoin: tokio::sync::mpsc::UnboundedSender<String>,
     /// The faults have healed: clients that join now get a calm network.
     calm: bool,
+    /// When the last handler stall ends (a stall is the application's, not a fault: it is not
+    /// cut short at the calm).
+    stalled_until: Instant,
 }
 
 impl World {
@@ -554,10 +568,12 @@ impl World {
             ),
             gate.clone(),
         ));
+        let stall = Gate::new();
         let app = App {
             client: id.clone(),
             clock: self.clock.clone(),
             gate: gate.clone(),
+            stall: stall.clone(),
             log: self.log.clone(),
             acked: self.acked.clone(),
         };
@@ -596,6 +612,7 @@ impl World {
                         }
                     }
                     app.gate.wait_open().await;
+                    app.stall.wait_open().await;
                     sleep(time).await;
                     app.gate.wait_open().await;
                     if fail {
@@ -639,6 +656,7 @@ impl World {
                         record.source_record(),
                     );
                     app.gate.wait_open().await;
+                    app.stall.wait_open().await;
                     sleep(processing_time(&mut rng, slow)).await;
                     app.gate.wait_open().await;
                     app.ack(
@@ -659,6 +677,7 @@ impl World {
             id,
             gate,
             half_gate,
+            stall,
             network,
             consumer,
             shutdown,
@@ -779,6 +798,18 @@ impl World {
             Event::Restart => self.leave(true),
             Event::Join => self.join(),
             Event::Pause(d) => self.pause(*d, false),
+            Event::HandlerStall(d) => {
+                if let Some(i) = self.pick_member() {
+                    let stall = self.members[i].stall.clone();
+                    stall.pause();
+                    let until = Instant::now() + *d;
+                    self.stalled_until = self.stalled_until.max(until);
+                    tokio::spawn(async move {
+                        sleep_until(until).await;
+                        stall.resume();
+                    });
+                }
+            }
             Event::HalfPartition(d) => self.pause(*d, true),
             Event::Split => self.split(),
             Event::Merge => self.merge(),
@@ -862,6 +893,7 @@ async fn run_async(scenario: Scenario) -> Report {
         next_client: 0,
         rejoin,
         calm: false,
+        stalled_until: start,
     };
     for _ in 0..scenario.clients {
         world.join();
@@ -931,6 +963,8 @@ async fn run_async(scenario: Scenario) -> Report {
         })
         .collect();
     let mut violations = Vec::new();
+    // Healed: faults are over and no handler is stalled any more.
+    sleep_until(world.stalled_until).await;
     let healed = Instant::now();
     let deadline = healed + record_bound(&scenario);
     loop {
@@ -1056,6 +1090,7 @@ async fn run_async(scenario: Scenario) -> Report {
         violations,
         settle,
         longest_free,
+        expired_iterators: stream.stats().expired_iterators,
     }
 }
 

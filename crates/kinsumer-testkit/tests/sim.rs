@@ -348,3 +348,20 @@ fn catches_an_engine_whose_handoffs_wait_for_a_joiner_to_judge_the_dead() {
     };
     assert_caught(s, Invariant::Liveness);
 }
+
+#[test]
+fn a_handler_stalled_past_the_iterator_lifetime_resumes_where_it_stopped() {
+    // No forced expiry: the stalled client's buffer fills, its fetcher stops, and its idle
+    // iterator expires by itself (5 minutes); every invariant must still hold.
+    let mut s = busy(11);
+    s.events.push((
+        std::time::Duration::from_secs(5),
+        Event::HandlerStall(std::time::Duration::from_secs(330)),
+    ));
+    let report = run(&s);
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(
+        report.expired_iterators > 0,
+        "the stall let an iterator expire: {report}"
+    );
+}
