@@ -605,6 +605,10 @@ struct Supervisor {
     last_alive: Vec<ClientId>,
     /// Leases we have seen owned by another client: free now, they were handed off.
     seen_owned: BTreeSet<ShardId>,
+    /// Our last plan gave free leases to other clients. They should take them within a poll;
+    /// if a lease is still free two polls later, the plans disagree — two clients read the
+    /// rows around one's takes, each planned the lease for the other — so we read again.
+    handed_to_others: bool,
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
@@ -690,6 +694,7 @@ async fn supervise(
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
         seen_owned: BTreeSet::new(),
+        handed_to_others: false,
         engine,
     };
     let mut tasks: Tenures = JoinSet::new();
@@ -917,7 +922,9 @@ impl Supervisor {
             .min(cfg.rebalance_interval * FULL_READ_PACE_CAP);
         let since = now.duration_since(last);
         let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
+        let unclaimed = self.handed_to_others && since >= cfg.membership_poll_interval * 2;
         (self.need_full && since >= pace.max(cfg.membership_poll_interval))
+            || (unclaimed && since >= pace)
             || (many_waiting && since >= pace.max(Duration::from_secs(1)))
             || since >= pace.max(cfg.rebalance_interval)
     }
@@ -1082,6 +1089,13 @@ impl Supervisor {
                 .is_some_and(|p| p.get(shard) == Some(&me))
         };
         let mine = |shard: &ShardId| planned(shard) || also_planned(shard);
+        self.handed_to_others = eligible.iter().any(|s| {
+            !mine(s)
+                && self
+                    .leases
+                    .get(s)
+                    .is_some_and(|l| l.owner.is_none() && !l.finished)
+        });
         // What to take (or wait for), in shard order.
         let wanted: Vec<ShardId> = eligible
             .iter()

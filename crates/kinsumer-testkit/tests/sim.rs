@@ -365,3 +365,18 @@ fn a_handler_stalled_past_the_iterator_lifetime_resumes_where_it_stopped() {
         "the stall let an iterator expire: {report}"
     );
 }
+
+#[test]
+fn plans_that_disagree_over_a_released_lease_are_read_again() {
+    // Found by the sweep: a leaver released three leases; one survivor read the rows before the
+    // other's takes and the other after, and each planned one free lease for the other — it
+    // stayed free until the next periodic read (5.2 s). A client whose plan leaves free leases
+    // to others now reads again two polls later if they are still free.
+    let report = run(&Scenario::from_seed(12307));
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(
+        report.longest_free < std::time::Duration::from_secs(1),
+        "{:?}",
+        report.longest_free
+    );
+}
