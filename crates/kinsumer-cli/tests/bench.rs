@@ -71,13 +71,13 @@ fn quick_scenarios_write_a_report_with_every_row_and_the_machine() {
         "{md}"
     );
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| P")).collect();
-    // Scenarios run in order: P3 in simulation and on Redis, then four P6 rows (join and
-    // leave at two sizes).
-    assert_eq!(rows.len(), 6, "{md}");
+    // Scenarios run in order: P3 (a leave, then a join after a crash) in simulation and on
+    // Redis, then four P6 rows (join and leave at two sizes).
+    assert_eq!(rows.len(), 8, "{md}");
     for row in &rows {
         assert_eq!(row.matches(" | ").count(), 5, "six cells: {row}");
     }
-    for row in &rows[2..] {
+    for row in &rows[4..] {
         assert!(
             row.starts_with("| P6 | leases moved when a client"),
             "{row}"
@@ -98,11 +98,19 @@ fn quick_scenarios_write_a_report_with_every_row_and_the_machine() {
         "{}",
         rows[0]
     );
+    for redis in [rows[1], rows[3]] {
+        assert!(
+            redis.contains("Redis")
+                && redis.contains("not measured: Redis not reachable at redis://127.0.0.1:1"),
+            "{redis}"
+        );
+    }
     assert!(
-        rows[1].contains("Redis")
-            && rows[1].contains("not measured: Redis not reachable at redis://127.0.0.1:1"),
+        rows[2].contains("joined < TTL after a crash")
+            && rows[2].contains("simulation")
+            && rows[2].contains("| met |"),
         "{}",
-        rows[1]
+        rows[2]
     );
     assert!(md.contains("## How each figure was measured"), "{md}");
 }
