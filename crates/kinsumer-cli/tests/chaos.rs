@@ -272,7 +272,12 @@ async fn chaos(label: &str, store_url: &str, endpoint: &str, app: &str) -> Strin
     // Judge.
     let events = read_events(&logs);
     let report = judge(&events, &produced, &faults, &joined);
-    eprintln!("{}", report.text(label, &clock));
+    // Straight to stderr, not through `eprintln!`, which the test harness captures: the
+    // figures belong in CI's log even when the test passes.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr().lock(),
+        format!("{}\n", report.text(label, &clock)).as_bytes(),
+    );
     let mut problems = report.violations.clone();
     if !drained {
         problems.push(format!(
