@@ -330,7 +330,7 @@ async fn take_over(
         return Err("the store returned an unowned lease after a take".to_owned());
     };
     store
-        .release(stream, &tenure, Some(target))
+        .release(stream, &tenure, Some(target), None)
         .await
         .map_err(|e| {
             format!(

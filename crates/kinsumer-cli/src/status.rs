@@ -332,6 +332,9 @@ struct JsonShard {
     checkpoint: Option<String>,
     finished: bool,
     parents: Vec<String>,
+    /// The client the last release handed this lease to (`null`: none named); shown as
+    /// `- (to worker-2)` in tables while the lease is free.
+    successor: Option<String>,
     /// With --source: whether the listing has this shard (`null` without --source).
     in_stream: Option<bool>,
     /// With --source: whether the shard is open (`null` if unknown).
@@ -422,6 +425,7 @@ impl Context {
                     checkpoint: None,
                     finished: false,
                     parents: info.parents.iter().map(ToString::to_string).collect(),
+                    successor: None,
                     in_stream: Some(true),
                     open: Some(info.open),
                     behind: None,
@@ -474,6 +478,7 @@ fn shard_row(
         checkpoint: lease.checkpoint.as_ref().map(ToString::to_string),
         finished: lease.finished,
         parents: lease.parents.iter().map(ToString::to_string).collect(),
+        successor: lease.successor.as_ref().map(ToString::to_string),
         in_stream: listed.map(|_| info.is_some()),
         open: info.map(|i| i.open),
         behind: None,
@@ -664,7 +669,10 @@ fn render_stream(stream: &JsonStream) -> String {
                     (Some(owner), Some(false)) => format!("{owner} (gone)"),
                     (Some(owner), _) => owner.clone(),
                     (None, _) if !s.has_lease => "(no lease yet)".to_owned(),
-                    (None, _) => "-".to_owned(),
+                    (None, _) => match &s.successor {
+                        Some(heir) => format!("- (to {heir})"),
+                        None => "-".to_owned(),
+                    },
                 },
                 s.token.map_or_else(|| "-".to_owned(), |t| t.to_string()),
                 if s.has_lease {

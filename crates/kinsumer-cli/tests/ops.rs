@@ -89,10 +89,11 @@ impl Drop for Beating {
 }
 
 /// Seeds `stream`: `s-0` owned by `live` (heartbeating) and checkpointed after 100, `s-1`
-/// owned by `gone` (no client row), `s-2` unowned without a checkpoint, `s-3` finished.
+/// owned by `gone` (no client row), `s-2` unowned without a checkpoint, `s-3` finished, `s-4`
+/// released by `old` to `heir`.
 async fn seed(store: &Arc<dyn LeaseStore>, stream: &str) -> Beating {
     let beating = Beating::start(store.clone(), "live");
-    for shard in ["s-0", "s-1", "s-2", "s-3"] {
+    for shard in ["s-0", "s-1", "s-2", "s-3", "s-4"] {
         store
             .create_if_absent(stream, &ShardId::from(shard), &[])
             .await
@@ -118,6 +119,11 @@ async fn seed(store: &Arc<dyn LeaseStore>, stream: &str) -> Beating {
     take("s-1", "gone").await;
     let s3 = take("s-3", "live").await;
     store.finish(stream, &s3).await.expect("finish");
+    let s4 = take("s-4", "old").await;
+    store
+        .release(stream, &s4, None, Some(&ClientId::from("heir")))
+        .await
+        .expect("release");
     // The heartbeat task has written the live client's row by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     beating
@@ -176,6 +182,12 @@ async fn assert_seeded_status(store_url: &str, app: &str, stream: &str) {
         (&Value::Null, &Value::from(0))
     );
     assert_eq!(shard(&report, stream, "s-3")["finished"], true);
+    let s4 = shard(&report, stream, "s-4");
+    assert_eq!(
+        (&s4["owner"], &s4["successor"]),
+        (&Value::Null, &Value::from("heir"))
+    );
+    assert_eq!(s0["successor"], Value::Null);
     assert_eq!(shard(&report, stream, "s-3")["checkpoint"], "SHARD_END");
 
     let table = kinsumer(&[
@@ -189,7 +201,8 @@ async fn assert_seeded_status(store_url: &str, app: &str, stream: &str) {
         "shard end",
         "none yet",
         "s ago",
-        "2 owned, 1 unowned, 1 finished",
+        "2 owned, 2 unowned, 1 finished",
+        "- (to heir)",
     ] {
         assert!(
             table.stdout.contains(expected),

@@ -79,6 +79,9 @@ pub struct EngineFaults {
     /// Plan only over every live row, never over the clients with evidence of life: a client
     /// in its first TTL leaves leases handed to it unowned when it counts a dead row alive.
     pub single_plan: bool,
+    /// Release without naming the successor: a lease handed to a client that still plans it
+    /// for someone else (a newcomer that counts a dead row alive) waits for views to agree.
+    pub anonymous_release: bool,
 }
 
 /// Everything a consumer needs to know besides its source and store.

@@ -65,7 +65,7 @@ use crate::metrics::{self, Labels};
 use crate::position::{Checkpoint, Position};
 use crate::record::{AckTracker, Record, ShardBatch};
 use crate::rng::{Rng, os_seed};
-use crate::shard::{Outcome, backoff_delay, run_tenure};
+use crate::shard::{Ask, Outcome, backoff_delay, run_tenure};
 use crate::source::{ShardId, ShardSource, SourceError};
 use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
 
@@ -566,7 +566,7 @@ impl Stream for Records {
 struct Held {
     tenure: Tenure,
     tracker: Arc<AckTracker>,
-    release: watch::Sender<bool>,
+    ask: watch::Sender<Ask>,
     task: AbortHandle,
 }
 
@@ -1053,6 +1053,18 @@ impl Supervisor {
         }
     }
 
+    /// The shards that may be read now, from the rows of the last full read: unfinished, and
+    /// every parent finished (or gone from the stream).
+    fn eligible(&self) -> Vec<ShardId> {
+        let faults = &self.engine.config.faults;
+        self.leases
+            .values()
+            .filter(|l| !l.finished)
+            .filter(|l| faults.ignore_parents || !l.parents.iter().any(|p| self.parent_pending(p)))
+            .map(|l| l.shard.clone())
+            .collect()
+    }
+
     /// Computes the shared assignment from the rows of the last full read and acts on it.
     async fn rebalance(&mut self, tasks: &mut Tenures) {
         let me = self.engine.me.clone();
@@ -1061,14 +1073,7 @@ impl Supervisor {
         }
         self.reap_dead_clients().await;
         let live = self.now_alive();
-        let faults = &self.engine.config.faults;
-        let eligible: Vec<ShardId> = self
-            .leases
-            .values()
-            .filter(|l| !l.finished)
-            .filter(|l| faults.ignore_parents || !l.parents.iter().any(|p| self.parent_pending(p)))
-            .map(|l| l.shard.clone())
-            .collect();
+        let eligible = self.eligible();
         let plan = self.plan(&live, &eligible);
         // In our first `lease_ttl`, a row that was there at our first read and has not changed
         // since is alive for lack of evidence either way — a client that crashed just before
@@ -1088,7 +1093,25 @@ impl Supervisor {
                 .as_ref()
                 .is_some_and(|p| p.get(shard) == Some(&me))
         };
-        let mine = |shard: &ShardId| planned(shard) || also_planned(shard);
+        // A lease released to us by name is ours whatever our plans say: its last owner's view
+        // is newer than ours about the client it left (see `Lease::successor`).
+        let named_to_me: BTreeSet<ShardId> = self
+            .leases
+            .values()
+            .filter(|l| l.owner.is_none() && !l.finished && l.successor.as_ref() == Some(&me))
+            .map(|l| l.shard.clone())
+            .collect();
+        let named = |shard: &ShardId| named_to_me.contains(shard);
+        let mine = |shard: &ShardId| planned(shard) || also_planned(shard) || named(shard);
+        // Whom we hand a lease to: while we count rows we have no evidence about, the plan over
+        // the clients we do (its choice is alive, as far as anyone can tell), else our plan.
+        let successor = |shard: &ShardId| {
+            alternative
+                .as_ref()
+                .and_then(|p| p.get(shard))
+                .or_else(|| plan.get(shard))
+                .cloned()
+        };
         self.handed_to_others = eligible.iter().any(|s| {
             !mine(s)
                 && self
@@ -1099,7 +1122,7 @@ impl Supervisor {
         // What to take (or wait for), in shard order.
         let wanted: Vec<ShardId> = eligible
             .iter()
-            .filter(|s| planned(s) || (also_planned(s) && self.handed_off(s)))
+            .filter(|s| planned(s) || (also_planned(s) && self.handed_off(s)) || named(s))
             .cloned()
             .collect();
 
@@ -1124,9 +1147,10 @@ impl Supervisor {
         }
         // Hand off what is now assigned elsewhere.
         for (shard, held) in &self.held {
-            if !mine(shard) && !*held.release.borrow() {
-                info!(shard = %shard, to = ?plan.get(shard), "handing off");
-                held.release.send_replace(true);
+            if !mine(shard) && *held.ask.borrow() == Ask::Run {
+                let to = successor(shard);
+                info!(shard = %shard, to = ?to, "handing off");
+                held.ask.send_replace(Ask::Release { to });
                 self.engine.status.update(shard, |s| s.releasing = true);
             }
         }
@@ -1134,18 +1158,19 @@ impl Supervisor {
         // take, or a restart under the same id): `consider` below takes back those planned for
         // us; the others are handed back at once, or their new owner would wait for a handoff
         // that never comes.
-        let stale: Vec<Tenure> = self
+        let stale: Vec<(Tenure, Option<ClientId>)> = self
             .leases
             .values()
             .filter(|l| !l.finished && !self.held.contains_key(&l.shard))
             .filter(|l| l.owner.as_ref() == Some(&me) && !mine(&l.shard))
-            .filter_map(Lease::tenure)
+            .filter_map(|l| Some((l.tenure()?, successor(&l.shard))))
             .collect();
-        for tenure in stale {
+        for (tenure, to) in stale {
+            let to = to.filter(|_| !self.engine.config.faults.anonymous_release);
             match self
                 .engine
                 .store
-                .release(&self.engine.stream, &tenure, None)
+                .release(&self.engine.stream, &tenure, None, to.as_ref())
                 .await
             {
                 Ok(()) => info!(tenure = %tenure, "released a lease no tenure of ours was running"),
@@ -1310,7 +1335,7 @@ impl Supervisor {
             cfg.max_unacked_bytes,
             self.engine.labels.shard(&tenure.shard),
         ));
-        let (release, release_rx) = watch::channel(false);
+        let (ask, asked) = watch::channel(Ask::Run);
         let epoch = self.engine.health.epoch();
         let span = info_span!("tenure", shard = %tenure.shard, token = tenure.token);
         let fut = run_tenure(
@@ -1319,7 +1344,7 @@ impl Supervisor {
             start,
             tracker.clone(),
             epoch,
-            release_rx,
+            asked,
         );
         let shard = tenure.shard.clone();
         let handle = tasks.spawn(async move { (shard, fut.await) }.instrument(span));
@@ -1330,7 +1355,7 @@ impl Supervisor {
             Held {
                 tenure,
                 tracker,
-                release,
+                ask,
                 task: handle,
             },
         );
@@ -1441,7 +1466,10 @@ impl Supervisor {
             .filter(|l| !l.finished && l.owner.as_ref() == Some(&self.engine.me))
             .filter_map(Lease::tenure);
         for tenure in mine {
-            match store.release(&self.engine.stream, &tenure, None).await {
+            match store
+                .release(&self.engine.stream, &tenure, None, None)
+                .await
+            {
                 Ok(()) => info!(tenure = %tenure, "released a lease left over at shutdown"),
                 Err(e) => debug!(tenure = %tenure, error = %e, "releasing a leftover lease failed"),
             }
@@ -1469,8 +1497,20 @@ impl Supervisor {
         drop(heartbeat_guard);
         let _ = heartbeat.await;
         self.deregister().await;
-        for held in self.held.values() {
-            held.release.send_replace(true);
+        // Each lease goes to whom the others will plan it for once our row is gone: the plan
+        // over the live clients without us. Named in the row, it is taken at once even by a
+        // client whose view of the fleet differs from ours.
+        let me = self.engine.me.clone();
+        let others: Vec<ClientId> = self
+            .membership
+            .alive()
+            .into_iter()
+            .filter(|c| *c != me)
+            .collect();
+        let plan = self.plan(&others, &self.eligible());
+        for (shard, held) in &self.held {
+            let to = plan.get(shard).filter(|c| **c != me).cloned();
+            held.ask.send_replace(Ask::Release { to });
         }
         let cfg = &self.engine.config;
         let deadline = Instant::now() + cfg.drain_timeout + cfg.call_timeout * 3;

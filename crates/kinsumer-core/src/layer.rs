@@ -159,8 +159,9 @@ impl<L: Layer, S: LeaseStore> LeaseStore for Layered<L, S> {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        let call = self.inner.release(stream, tenure, checkpoint);
+        let call = self.inner.release(stream, tenure, checkpoint, successor);
         self.layer.store_call("release", call).await
     }
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {

@@ -29,7 +29,7 @@ use crate::metrics;
 use crate::position::Checkpoint;
 use crate::record::{AckTracker, Fetched, Record, ShardBatch};
 use crate::source::{Batch, ShardId, ShardReader, SourceError};
-use crate::store::{StoreError, Tenure};
+use crate::store::{ClientId, StoreError, Tenure};
 
 /// How a tenure ended.
 #[derive(Debug)]
@@ -68,14 +68,29 @@ enum FetchEnd {
     Failed(ConsumerError),
 }
 
-/// Runs one tenure until it ends. `release` turning `true` asks for a graceful handoff.
+/// What the supervisor asks of a running tenure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Read on.
+    #[default]
+    Run,
+    /// Hand the lease off: stop fetching, drain, release with the watermark, and name `to` in
+    /// the row as the client it is handed to (see `Lease::successor`).
+    Release {
+        /// The successor, if the plan names one.
+        to: Option<ClientId>,
+    },
+}
+
+/// Runs one tenure until it ends. `ask` turning to [`Ask::Release`] asks for a graceful
+/// handoff.
 pub(crate) async fn run_tenure(
     engine: Arc<Engine>,
     tenure: Tenure,
     start: Checkpoint,
     tracker: Arc<AckTracker>,
     epoch: u64,
-    mut release: watch::Receiver<bool>,
+    mut ask: watch::Receiver<Ask>,
 ) -> Outcome {
     let cfg = &engine.config;
     let started_from = start.clone();
@@ -131,19 +146,21 @@ pub(crate) async fn run_tenure(
         }
         tokio::select! {
             biased;
-            changed = release.changed() => {
+            changed = ask.changed() => {
                 if changed.is_err() {
                     // The supervisor dropped this tenure (lost, or self-fenced): no more writes.
                     tracker.revoke();
                     return Outcome::Lost;
                 }
-                if *release.borrow() {
+                let asked = ask.borrow().clone();
+                if let Ask::Release { to } = asked {
                     drop(fetcher_guard);
+                    let to = to.filter(|_| !cfg.faults.anonymous_release);
                     if cfg.faults.release_stale_checkpoint {
-                        let _ = engine.store.release(&engine.stream, &tenure, Some(&started_from)).await;
+                        let _ = engine.store.release(&engine.stream, &tenure, Some(&started_from), to.as_ref()).await;
                         return Outcome::Released;
                     }
-                    return release_lease(&engine, &tenure, &tracker, &committed).await;
+                    return release_lease(&engine, &tenure, &tracker, &committed, to.as_ref()).await;
                 }
             }
             _ = tick.tick() => {
@@ -230,12 +247,13 @@ async fn commit(
 }
 
 /// Graceful handoff: no more hand-outs, wait for what is out to be acked, release with the
-/// watermark.
+/// watermark, naming the successor.
 async fn release_lease(
     engine: &Engine,
     tenure: &Tenure,
     tracker: &AckTracker,
     committed: &Checkpoint,
+    successor: Option<&ClientId>,
 ) -> Outcome {
     let started = Instant::now();
     tracker.revoke();
@@ -260,11 +278,11 @@ async fn release_lease(
             .filter(|c| c != committed);
         match engine
             .store
-            .release(&engine.stream, tenure, checkpoint.as_ref())
+            .release(&engine.stream, tenure, checkpoint.as_ref(), successor)
             .await
         {
             Ok(()) => {
-                info!(tenure = %tenure, drained_ms = started.elapsed().as_millis() as u64, "released");
+                info!(tenure = %tenure, to = ?successor, drained_ms = started.elapsed().as_millis() as u64, "released");
                 engine
                     .labels
                     .client_histogram(metrics::HANDOFF_SECONDS)

@@ -100,6 +100,12 @@ pub struct Lease {
     pub checkpoint: Option<Checkpoint>,
     /// Set by `finish` once the shard was read to its end and everything was processed.
     pub finished: bool,
+    /// The client a graceful `release` handed the lease to, if it named one; cleared by
+    /// `take`. The named client takes the lease at once, whatever its own plan says: a
+    /// handoff must not wait for the views of the fleet to agree (a client that just started
+    /// still counts a client that crashed just before as alive, and plans leases for it). A
+    /// hint, not a right: any client may take a free lease, as before.
+    pub successor: Option<ClientId>,
 }
 
 impl Lease {
@@ -112,6 +118,7 @@ impl Lease {
             token: 0,
             checkpoint: None,
             finished: false,
+            successor: None,
         }
     }
 
@@ -216,9 +223,9 @@ pub trait LeaseStore: Send + Sync + 'static {
         parents: &[ShardId],
     ) -> Result<Lease, StoreError>;
 
-    /// Sets `owner` and `token = expected_token + 1` if the stored token equals
-    /// `expected_token` and the lease is not finished; returns the new row. Otherwise
-    /// `LeaseLost` (or `NotFound`).
+    /// Sets `owner` and `token = expected_token + 1` and clears `successor`, if the stored
+    /// token equals `expected_token` and the lease is not finished; returns the new row.
+    /// Otherwise `LeaseLost` (or `NotFound`).
     async fn take(
         &self,
         stream: &str,
@@ -235,13 +242,15 @@ pub trait LeaseStore: Send + Sync + 'static {
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError>;
 
-    /// Clears the owner (keeping the token) and stores `checkpoint` if given, while `tenure`
-    /// still holds the lease and it is not finished.
+    /// Clears the owner (keeping the token), stores `checkpoint` if given and sets
+    /// `successor` to the client the lease is handed to (or clears it), while `tenure` still
+    /// holds the lease and it is not finished.
     async fn release(
         &self,
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError>;
 
     /// Marks the lease finished with checkpoint `ShardEnd`, keeping owner and token (so a
@@ -310,8 +319,11 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        (**self).release(stream, tenure, checkpoint).await
+        (**self)
+            .release(stream, tenure, checkpoint, successor)
+            .await
     }
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
         (**self).finish(stream, tenure).await

@@ -194,7 +194,10 @@ async fn one_slow_read_of_the_leases_does_not_slow_the_reads_after_it() {
     let op = ClientId::from("operator");
     let taken = store.take("s", &shard, &op, row.token).await.expect("take");
     let tenure = taken.tenure().expect("owned");
-    store.release("s", &tenure, None).await.expect("release");
+    store
+        .release("s", &tenure, None, None)
+        .await
+        .expect("release");
     sleep(secs(8.0)).await;
     assert_eq!(
         owned(&store, "b"),

@@ -32,6 +32,9 @@ pub(crate) const CHECKPOINT: &str = "checkpoint";
 pub(crate) const FINISHED: &str = "finished";
 /// Lease rows: the parent shard ids (L of S).
 pub(crate) const PARENTS: &str = "parents";
+/// Lease rows: the client a release handed the lease to (S), absent when none; `take`
+/// removes it.
+pub(crate) const SUCCESSOR: &str = "successor";
 
 /// The partition key of `application`'s client rows. Application names cannot hold `#`
 /// (`DynamoConfig::validate`), so keys of different applications never collide.
@@ -131,6 +134,7 @@ pub(crate) fn decode_lease(shard: &ShardId, item: &Item) -> Result<Lease, String
     let token =
         number(item, TOKEN)?.ok_or_else(|| format!("the fencing token {TOKEN:?} is missing"))?;
     let owner = string(item, OWNER)?.map(ClientId::from);
+    let successor = string(item, SUCCESSOR)?.map(ClientId::from);
     let checkpoint = string(item, CHECKPOINT)?
         .map(|text| {
             text.parse::<Checkpoint>()
@@ -165,6 +169,7 @@ pub(crate) fn decode_lease(shard: &ShardId, item: &Item) -> Result<Lease, String
         token,
         checkpoint,
         finished,
+        successor,
     })
 }
 
@@ -192,6 +197,7 @@ mod tests {
             (TOKEN, Some(s("1")), "type N"),
             (TOKEN, Some(AttributeValue::N("-1".into())), "unsigned"),
             (OWNER, Some(n(3)), "type S"),
+            (SUCCESSOR, Some(AttributeValue::Bool(true)), "type S"),
             (CHECKPOINT, Some(s("AFTER:x")), "checkpoint"),
             (FINISHED, Some(s("yes")), "BOOL"),
             (PARENTS, Some(AttributeValue::L(vec![n(1)])), "strings"),

@@ -18,7 +18,7 @@
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
 //! | client | `clients#billing` | client id, e.g. `worker-1` | `counter` (N, the last heartbeat value), `expires_at` (N, epoch s, only with `client_ttl`) |
-//! | lease | `lease#billing#<stream>`, e.g. `lease#billing#orders` | shard id, e.g. `shardId-000000000001` | `token` (N), `owner` (S, absent when unowned), `checkpoint` (S, [`Checkpoint`](kinsumer_core::Checkpoint) text, absent until the first commit), `finished` (BOOL), `parents` (L of S) |
+//! | lease | `lease#billing#<stream>`, e.g. `lease#billing#orders` | shard id, e.g. `shardId-000000000001` | `token` (N), `owner` (S, absent when unowned), `checkpoint` (S, [`Checkpoint`](kinsumer_core::Checkpoint) text, absent until the first commit), `finished` (BOOL), `parents` (L of S), `successor` (S, the client a release handed the lease to; absent when none) |
 //!
 //! A client's `counter` is the value of its last heartbeat, a `u64` over its whole range (the
 //! engine writes `(incarnation << 32) | sequence`): a DynamoDB number holds 38 digits, so it is
@@ -36,7 +36,7 @@
 //! | `leases` | `Query pk = "lease#<application>#<stream>"` (consistent, all pages) |
 //! | `lease` | `GetItem` (consistent) |
 //! | `create_if_absent` | `PutItem` if `attribute_not_exists(pk)`; on failure the `ALL_OLD` item is the answer |
-//! | `take` | `UpdateItem` `SET owner, token = expected + 1` if `token = expected` and not finished |
+//! | `take` | `UpdateItem` `SET owner, token = expected + 1 REMOVE successor` if `token = expected` and not finished |
 //! | `checkpoint` / `release` / `finish` | `UpdateItem` if `owner = me AND token = t` (and not finished, except `finish`) |
 //! | `delete_finished` | `DeleteItem` if missing or `finished = true` |
 //! | `reset_checkpoint` | `UpdateItem` if `owner` absent and `token = expected` |

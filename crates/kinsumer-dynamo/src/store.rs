@@ -506,6 +506,7 @@ impl DynamoLeaseStore {
             ("#t", item::TOKEN),
             ("#f", item::FINISHED),
             ("#c", item::CHECKPOINT),
+            ("#s", item::SUCCESSOR),
         ];
         let names: Vec<(&str, &str)> = names
             .into_iter()
@@ -697,12 +698,13 @@ impl LeaseStore for DynamoLeaseStore {
                 Op::Take,
                 stream,
                 shard,
-                "SET #o = :o, #t = :next",
+                "SET #o = :o, #t = :next REMOVE #s",
                 "#t = :expected AND (attribute_not_exists(#f) OR #f = :false)",
                 &[
                     ("#o", item::OWNER),
                     ("#t", item::TOKEN),
                     ("#f", item::FINISHED),
+                    ("#s", item::SUCCESSOR),
                 ],
                 vec![
                     (":o", s(owner.as_str())),
@@ -769,11 +771,27 @@ impl LeaseStore for DynamoLeaseStore {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        let (update, values) = match checkpoint {
-            Some(cp) => ("REMOVE #o SET #c = :c", vec![(":c", s(cp.to_string()))]),
-            None => ("REMOVE #o", vec![]),
-        };
+        let mut values = Vec::new();
+        let mut set = Vec::new();
+        if let Some(cp) = checkpoint {
+            set.push("#c = :c");
+            values.push((":c", s(cp.to_string())));
+        }
+        let mut remove = vec!["#o"];
+        match successor {
+            Some(heir) => {
+                set.push("#s = :s");
+                values.push((":s", s(heir.as_str())));
+            }
+            None => remove.push("#s"),
+        }
+        let mut update = format!("REMOVE {}", remove.join(", "));
+        if !set.is_empty() {
+            update.push_str(&format!(" SET {}", set.join(", ")));
+        }
+        let update = update.as_str();
         // Only this tenure's release leaves the row unowned at this token.
         self.fenced(
             Op::Release,

@@ -449,7 +449,7 @@ async fn one_checkpoint_is_one_write_and_no_read() {
         .await
         .expect("heartbeat");
     store
-        .release(stream, &tenure, Some(&after(u128::from(N) + 1)))
+        .release(stream, &tenure, Some(&after(u128::from(N) + 1)), None)
         .await
         .expect("release");
     let cost = store.stats().since(&before);

@@ -101,7 +101,7 @@
 //! [`PgLeaseStore::migrate`] (run by [`PgLeaseStore::connect`] unless
 //! `migrate_on_connect = false`) creates or upgrades it in one transaction under
 //! `pg_advisory_xact_lock(hashtext('kinsumer-postgres:' || schema))`, recording the version
-//! in `schema_version`, so many processes may run it at once. Version 1 ([`ddl`]):
+//! in `schema_version`, so many processes may run it at once. Version 2 ([`ddl`]):
 //!
 //! ```sql
 //! CREATE SCHEMA IF NOT EXISTS "kinsumer";
@@ -133,7 +133,12 @@
 //!     updated_at  timestamptz NOT NULL DEFAULT now(),   -- informational only
 //!     PRIMARY KEY (application, stream, shard)
 //! );
+//! ALTER TABLE "kinsumer".leases ADD COLUMN IF NOT EXISTS successor text; -- version 2:
+//!                            -- the client a release handed the lease to; take clears it
 //! ```
+//!
+//! A process of an earlier version refuses to start against a newer schema (processes already
+//! running go on working, and ignore `successor`): upgrade the fleet, then restart it.
 //!
 //! `clients.counter` is the value of the client's last heartbeat, written as the engine chose
 //! it (`(incarnation << 32) | sequence`, always in `1..=i64::MAX`, so it fits the `bigint` and

@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use crate::store::MigrateError;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Checks a schema name against `^[a-z_][a-z0-9_]{0,62}$` (so it needs no escaping and fits
 /// PostgreSQL's 63-byte identifiers).
@@ -61,6 +61,8 @@ const MIGRATIONS: &[&[&str]] = &[
             PRIMARY KEY (application, stream, shard)
         )",
     ],
+    // 2: the client a release handed the lease to (NULL: nobody named); `take` clears it.
+    &["ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS successor text"],
 ];
 
 /// The DDL of the current version for `schema` (for documentation and operators).

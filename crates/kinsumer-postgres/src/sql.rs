@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 /// The columns a `Lease` is read from, in order.
-const LEASE: &str = "shard, parents, owner, token, checkpoint, finished";
+const LEASE: &str = "shard, parents, owner, token, checkpoint, finished, successor";
 
 const KEY: &str = "application = $1 AND stream = $2 AND shard = $3";
 const L_KEY: &str = "l.application = $1 AND l.stream = $2 AND l.shard = $3";
@@ -69,7 +69,8 @@ impl Statements {
             .into()
         };
         let held = "AND l.owner = $4 AND l.token = $5";
-        // checkpoint / release bind the checkpoint at $6 text, $7 kind, $8 seq, $9 sub.
+        // checkpoint / release bind the checkpoint at $6 text, $7 kind, $8 seq, $9 sub;
+        // release binds the successor at $10.
         let back = backwards("$7", "$8", "$9");
         let checkpoint = fenced(
             &set_checkpoint(&back, "$6", "$7", "$8", "$9"),
@@ -77,7 +78,7 @@ impl Statements {
         );
         let release = fenced(
             &format!(
-                "owner = NULL, {}",
+                "owner = NULL, successor = $10::text, {}",
                 set_checkpoint(
                     &format!("($7::smallint IS NULL OR {back})"),
                     "$6",
@@ -137,12 +138,14 @@ impl Statements {
             take: format!(
                 "WITH target AS (SELECT 1 FROM {s}.leases WHERE {KEY}), \
                  upd AS (UPDATE {s}.leases AS l \
-                         SET owner = $4, token = l.token + 1, updated_at = now() \
+                         SET owner = $4, token = l.token + 1, successor = NULL, \
+                             updated_at = now() \
                          WHERE {L_KEY} AND l.token = $5 AND NOT l.finished \
                          RETURNING l.shard, l.parents, l.owner, l.token, l.checkpoint, \
-                                   l.finished) \
+                                   l.finished, l.successor) \
                  SELECT EXISTS (SELECT 1 FROM target) AS found, \
-                        u.shard, u.parents, u.owner, u.token, u.checkpoint, u.finished \
+                        u.shard, u.parents, u.owner, u.token, u.checkpoint, u.finished, \
+                        u.successor \
                  FROM (VALUES (1)) AS one (x) LEFT JOIN upd AS u ON true"
             )
             .into(),

@@ -353,6 +353,9 @@ impl PgLeaseStore {
         let finished: bool = row
             .try_get("finished")
             .map_err(|e| corrupt("finished", e.to_string()))?;
+        let successor: Option<String> = row
+            .try_get("successor")
+            .map_err(|e| corrupt("successor", e.to_string()))?;
         Ok(Lease {
             shard: shard.clone(),
             parents: parents.into_iter().map(ShardId::from).collect(),
@@ -360,6 +363,7 @@ impl PgLeaseStore {
             token,
             checkpoint,
             finished,
+            successor: successor.map(ClientId::from),
         })
     }
 
@@ -616,6 +620,7 @@ impl LeaseStore for PgLeaseStore {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
         let sql = &self.inner.sql.release;
         let cp = CpParams::of(checkpoint);
@@ -635,6 +640,7 @@ impl LeaseStore for PgLeaseStore {
                         .bind(cp.kind)
                         .bind(&cp.seq)
                         .bind(&cp.sub)
+                        .bind(successor.map(ClientId::as_str))
                         .fetch_optional(&self.inner.pool)
                 },
                 |now| match now {

@@ -92,6 +92,77 @@ async fn concurrent_migrate_is_safe() {
     common::drop_schema(store.pool(), &schema).await;
 }
 
+/// A schema left at version 1 by an earlier release (no `successor` column), with a lease in
+/// it, is upgraded in place: the row reads on (naming no successor), and a release can name one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_is_upgraded_in_place() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("v1");
+    let s = format!("\"{schema}\"");
+    let config = kinsumer_postgres::PgStoreConfig {
+        migrate_on_connect: false,
+        ..kinsumer_postgres::PgStoreConfig::new(&url, "app").with_schema(&schema)
+    };
+    let store = PgLeaseStore::connect(config).await.expect("connect");
+    // Version 1 as it was released (the leases table without `successor`).
+    for stmt in [
+        format!("CREATE SCHEMA {s}"),
+        format!(
+            "CREATE TABLE {s}.schema_version (singleton boolean PRIMARY KEY DEFAULT true \
+             CHECK (singleton), version integer NOT NULL)"
+        ),
+        format!("INSERT INTO {s}.schema_version VALUES (true, 1)"),
+        format!(
+            "CREATE TABLE {s}.clients (application text NOT NULL, client_id text NOT NULL, \
+             counter bigint NOT NULL CHECK (counter > 0), updated_at timestamptz NOT NULL \
+             DEFAULT now(), PRIMARY KEY (application, client_id))"
+        ),
+        format!(
+            "CREATE TABLE {s}.leases (application text NOT NULL, stream text NOT NULL, \
+             shard text NOT NULL, parents text[] NOT NULL DEFAULT '{{}}', owner text, \
+             token bigint NOT NULL DEFAULT 0 CHECK (token >= 0), checkpoint text, \
+             cp_kind smallint CHECK (cp_kind BETWEEN 0 AND 4), cp_seq numeric(64,0), \
+             cp_sub numeric(20,0), monotonic boolean NOT NULL DEFAULT false, \
+             finished boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL \
+             DEFAULT now(), PRIMARY KEY (application, stream, shard))"
+        ),
+        format!(
+            "INSERT INTO {s}.leases (application, stream, shard, owner, token, checkpoint, \
+             cp_kind, cp_seq, cp_sub) VALUES ('app', 's', 'shard-0', 'old', 3, 'AFTER:42/0', \
+             3, 42, 0)"
+        ),
+    ] {
+        sqlx::query(AssertSqlSafe(stmt))
+            .execute(store.pool())
+            .await
+            .expect("version 1 DDL");
+    }
+    store.migrate().await.expect("migrate 1 -> current");
+    let version: i32 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version FROM {s}.schema_version"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .expect("version");
+    assert_eq!(version, kinsumer_postgres::SCHEMA_VERSION);
+    let shard = ShardId::from("shard-0");
+    let row = store.lease("s", &shard).await.expect("read").expect("row");
+    assert_eq!(
+        (row.owner.clone(), row.token, row.successor.clone()),
+        (Some(ClientId::from("old")), 3, None)
+    );
+    assert_eq!(row.checkpoint, Some(Checkpoint::After(pos("42", 0))));
+    let tenure = row.tenure().expect("owned");
+    let heir = ClientId::from("new");
+    store
+        .release("s", &tenure, None, Some(&heir))
+        .await
+        .expect("release naming a successor");
+    let row = store.lease("s", &shard).await.expect("read").expect("row");
+    assert_eq!((row.owner, row.successor), (None, Some(heir)));
+    common::drop_schema(store.pool(), &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_values_are_written_as_they_are_and_old_counters_still_read() {
     let Some(url) = common::url() else { return };
@@ -204,7 +275,7 @@ async fn checkpoint_in_is_fenced_strictly_forward_and_makes_the_lease_monotonic(
     assert_eq!(lease.checkpoint, Some(Checkpoint::After(pos("10", 1))));
     // release keeps the higher checkpoint too.
     store
-        .release(stream, &tenure, Some(&Checkpoint::After(pos("3", 0))))
+        .release(stream, &tenure, Some(&Checkpoint::After(pos("3", 0))), None)
         .await
         .expect("release");
     let lease = store

@@ -44,8 +44,9 @@
 //!
 //! A lease row is a JSON object: `token` (a decimal string, so Lua never rounds it), `owner`,
 //! `checkpoint` (the text form of [`Checkpoint`]: `TRIM_HORIZON`,
-//! `LATEST`, `AT_TIMESTAMP:<ms>`, `AFTER:<seq>/<sub>`, `SHARD_END`), `finished: true` and
-//! `parents` (a list of shard ids). Absent fields mean none / false / empty: a new row is
+//! `LATEST`, `AT_TIMESTAMP:<ms>`, `AFTER:<seq>/<sub>`, `SHARD_END`), `finished: true`,
+//! `parents` (a list of shard ids) and `successor` (the client a release handed the lease to;
+//! `take` removes it). Absent fields mean none / false / empty: a new row is
 //! `{"token":"0"}`. Nothing has a TTL: the store never judges time, the engine does.
 //!
 //! Inspect or repair with `redis-cli`:
@@ -61,7 +62,7 @@
 //! | `leases` | `HGETALL leases:<stream>` (one round trip, whatever the shard count) |
 //! | `lease` | `HGET leases:<stream> <shard>` |
 //! | `create_if_absent` | script: `HSETNX`, then `HGET` the row now stored |
-//! | `take` | script: token equal and not finished → set owner, token + 1 |
+//! | `take` | script: token equal and not finished → set owner, token + 1, remove successor |
 //! | `checkpoint` / `release` / `finish` | one script: owner and token equal (and not finished, except a repeated `finish`) → write |
 //! | `delete_finished` | script: finished → `HDEL` |
 //! | `reset_checkpoint` | script: unowned and token equal → write |
@@ -344,10 +345,12 @@ impl RedisLeaseStore {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
         applied: impl FnOnce(&Lease) -> bool,
     ) -> Result<(), StoreError> {
         let shard = &tenure.shard;
         let checkpoint = checkpoint.map(ToString::to_string).unwrap_or_default();
+        let successor = successor.map_or("", ClientId::as_str);
         let mut invocation = scripts::FENCED.prepare_invoke();
         invocation
             .key(self.leases_key(stream))
@@ -355,7 +358,8 @@ impl RedisLeaseStore {
             .arg(tenure.owner.as_str())
             .arg(tenure.token.to_string())
             .arg(op)
-            .arg(checkpoint);
+            .arg(checkpoint)
+            .arg(successor);
         match self.run(stream, shard, &invocation).await {
             Ok(reply) => self.answer(stream, shard, reply).map(drop),
             Err(err) => {
@@ -543,11 +547,18 @@ impl LeaseStore for RedisLeaseStore {
         tenure: &Tenure,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        self.fenced("checkpoint", stream, tenure, Some(checkpoint), |row| {
-            row.owner.as_ref() == Some(&tenure.owner)
-                && !row.finished
-                && row.checkpoint.as_ref() == Some(checkpoint)
-        })
+        self.fenced(
+            "checkpoint",
+            stream,
+            tenure,
+            Some(checkpoint),
+            None,
+            |row| {
+                row.owner.as_ref() == Some(&tenure.owner)
+                    && !row.finished
+                    && row.checkpoint.as_ref() == Some(checkpoint)
+            },
+        )
         .await
     }
 
@@ -556,9 +567,10 @@ impl LeaseStore for RedisLeaseStore {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
         // Only this tenure's release leaves the row unowned at this token.
-        self.fenced("release", stream, tenure, checkpoint, |row| {
+        self.fenced("release", stream, tenure, checkpoint, successor, |row| {
             row.owner.is_none()
                 && !row.finished
                 && checkpoint.is_none_or(|cp| row.checkpoint.as_ref() == Some(cp))
@@ -567,7 +579,7 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
-        self.fenced("finish", stream, tenure, None, |row| {
+        self.fenced("finish", stream, tenure, None, None, |row| {
             row.owner.as_ref() == Some(&tenure.owner) && row.finished
         })
         .await

@@ -5,8 +5,8 @@
 //!
 //! - `token` is a decimal **string** so that Lua (whose numbers are doubles) compares and
 //!   stores it exactly;
-//! - `owner`, `checkpoint` and `parents` are left out when absent / empty, `finished` when
-//!   false;
+//! - `owner`, `checkpoint`, `parents` and `successor` (the client a release handed the lease
+//!   to) are left out when absent / empty, `finished` when false;
 //! - the checkpoint is [`Checkpoint`]'s text form.
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,8 @@ struct Row {
     finished: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     parents: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    successor: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -44,6 +46,7 @@ pub(crate) fn encode(lease: &Lease) -> String {
             .iter()
             .map(|p| p.as_str().to_owned())
             .collect(),
+        successor: lease.successor.as_ref().map(|c| c.as_str().to_owned()),
     };
     // Serializing a struct of strings, a bool and a list of strings cannot fail; fall back to
     // a hand-built object rather than panic if it ever did.
@@ -68,6 +71,12 @@ pub(crate) fn decode(shard: &ShardId, raw: &[u8]) -> Result<Lease, String> {
         Some(owner) => Some(ClientId::from(owner)),
         None => None,
     };
+    let successor = match row.successor {
+        Some(successor) if successor.is_empty() => {
+            return Err("successor is an empty string".to_owned());
+        }
+        other => other.map(ClientId::from),
+    };
     let checkpoint = row
         .checkpoint
         .map(|text| text.parse::<Checkpoint>().map_err(|e| e.to_string()))
@@ -79,6 +88,7 @@ pub(crate) fn decode(shard: &ShardId, raw: &[u8]) -> Result<Lease, String> {
         token,
         checkpoint,
         finished: row.finished,
+        successor,
     })
 }
 
@@ -102,6 +112,8 @@ mod tests {
             .expect("valid");
         lease.checkpoint = Some(Checkpoint::After(Position::new(seq, 3)));
         lease.finished = true;
+        assert_eq!(decode(&shard, encode(&lease).as_bytes()), Ok(lease.clone()));
+        lease.successor = Some(ClientId::from("worker-2"));
         assert_eq!(decode(&shard, encode(&lease).as_bytes()), Ok(lease));
     }
 
@@ -123,6 +135,8 @@ mod tests {
                 "sequence number",
             ),
             (r#"{"token":"1","owner":""}"#, "owner"),
+            (r#"{"token":"1","successor":""}"#, "successor"),
+            (r#"{"token":"1","successor":7}"#, "not a lease row"),
         ] {
             let err = decode(&shard, raw.as_bytes()).expect_err(raw);
             assert!(err.contains(needle), "{raw}: {err}");

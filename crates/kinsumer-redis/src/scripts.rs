@@ -37,6 +37,10 @@ local function load_lease(key, shard)
       or string.match(cp, '^AFTER:%d+/%d+$'))) then
     return nil, '"checkpoint" is not a checkpoint'
   end
+  if lease.successor == cjson.null then lease.successor = nil end
+  if lease.successor ~= nil and type(lease.successor) ~= 'string' then
+    return nil, '"successor" is not a string'
+  end
   if lease.parents == cjson.null then lease.parents = nil end
   if lease.parents ~= nil then
     if type(lease.parents) ~= 'table' then return nil, '"parents" is not a list' end
@@ -77,13 +81,14 @@ if not lease then return {{'NOTFOUND'}} end
 if lease.finished or lease.token ~= ARGV[3] then return {{'LOST'}} end
 lease.owner = ARGV[2]
 lease.token = ARGV[4]
+lease.successor = nil
 return {{'OK', store_lease(KEYS[1], ARGV[1], lease)}}
 "#
     ))
 });
 
 /// `checkpoint` / `release` / `finish`: ARGV = shard, owner, token, operation, checkpoint
-/// (empty for none). Succeeds only while owner and token match and, except for a repeated
+/// (empty for none), successor (`release` only; empty for none). Succeeds only while owner and token match and, except for a repeated
 /// `finish`, the lease is not finished.
 pub(crate) static FENCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -104,6 +109,7 @@ elseif op == 'checkpoint' then
 elseif op == 'release' then
   lease.owner = nil
   if ARGV[5] ~= '' then lease.checkpoint = ARGV[5] end
+  if ARGV[6] ~= '' then lease.successor = ARGV[6] else lease.successor = nil end
 else
   return redis.error_reply('kinsumer: unknown fenced operation ' .. op)
 end

@@ -124,7 +124,7 @@ async fn lost_replies_are_settled_by_re_reading() {
     // A release whose reply is lost: settled as done.
     mode.store(LOSE_REPLY, Ordering::SeqCst);
     store
-        .release(stream, &tenure, None)
+        .release(stream, &tenure, None, None)
         .await
         .expect("settled by re-reading");
     assert_eq!(mode.load(Ordering::SeqCst), PASS, "the fault fired");

@@ -279,7 +279,7 @@ async fn corrupt_values_are_typed_errors_naming_the_key() {
             ),
             ("take", store.take(stream, &id, &owner, 1).await.map(drop)),
             ("checkpoint", store.checkpoint(stream, &tenure, &cp).await),
-            ("release", store.release(stream, &tenure, None).await),
+            ("release", store.release(stream, &tenure, None, None).await),
             ("finish", store.finish(stream, &tenure).await),
             ("delete_finished", store.delete_finished(stream, &id).await),
             (

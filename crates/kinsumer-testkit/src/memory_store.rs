@@ -750,6 +750,7 @@ impl LeaseStore for MemoryLeaseStore {
             let before = row.clone();
             row.owner = Some(owner.clone());
             row.token = token;
+            row.successor = None;
             let after = row.clone();
             let claimed = Tenure {
                 shard: shard.clone(),
@@ -788,10 +789,12 @@ impl LeaseStore for MemoryLeaseStore {
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
         self.call(Method::Release, |txn| {
             txn.fenced(stream, tenure, StoreOp::Release, |row| {
                 row.owner = None;
+                row.successor = successor.cloned();
                 if let Some(checkpoint) = checkpoint {
                     row.checkpoint = Some(checkpoint.clone());
                 }

@@ -124,7 +124,7 @@ async fn the_history_shares_a_clock_and_records_only_applied_writes() {
     let tenure = taken(&store, "a", 0).await;
     store.create_if_absent(STREAM, &shard(), &[]).await.unwrap();
     let _ = store.take(STREAM, &shard(), &ClientId::from("b"), 0).await;
-    store.release(STREAM, &tenure, None).await.unwrap();
+    store.release(STREAM, &tenure, None, None).await.unwrap();
     store.heartbeat(&ClientId::from("a"), 1).await.unwrap();
     let events: Vec<(u64, StoreOp)> = store.history().iter().map(|e| (e.at, e.op)).collect();
     assert_eq!(

@@ -338,12 +338,14 @@ fn catches_an_engine_that_releases_less_than_was_acked() {
 #[test]
 fn catches_an_engine_whose_handoffs_wait_for_a_joiner_to_judge_the_dead() {
     // Calm: the checks' own probe crashes a client and starts another within the dead row's
-    // lifetime; with one plan only, the joiner leaves some of what it is handed unowned.
+    // lifetime; with one plan only and releases that name nobody (the engine before either
+    // fix), the joiner leaves some of what it is handed unowned.
     let mut s = busy(10);
     s.clients = 3;
     s.shards = 6;
     s.engine_faults = EngineFaults {
         single_plan: true,
+        anonymous_release: true,
         ..EngineFaults::default()
     };
     assert_caught(s, Invariant::Liveness);
@@ -379,4 +381,20 @@ fn plans_that_disagree_over_a_released_lease_are_read_again() {
         "{:?}",
         report.longest_free
     );
+}
+
+#[test]
+fn catches_an_engine_whose_releases_name_no_successor() {
+    // Calm: the probe's second joiner is slow to start (for this seed, slower than the others
+    // are to release), so leases are released to it before its first read of the leases; it
+    // counts the crashed client alive and plans some of them for it. Unless the release names
+    // it, such a lease stays free until the joiner's first TTL has passed (10.5 s here).
+    let mut s = busy(12);
+    s.clients = 3;
+    s.shards = 6;
+    s.engine_faults = EngineFaults {
+        anonymous_release: true,
+        ..EngineFaults::default()
+    };
+    assert_caught(s, Invariant::Liveness);
 }

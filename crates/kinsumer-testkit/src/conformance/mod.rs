@@ -72,6 +72,7 @@ where
     fenced_writes_by_a_wrong_tenure_are_lease_lost(&new_store().await).await;
     fenced_writes_of_a_missing_row_are_not_found(&new_store().await).await;
     release_clears_the_owner_and_keeps_the_token(&new_store().await).await;
+    release_names_the_successor_and_take_clears_it(&new_store().await).await;
     finish_marks_shard_end_and_is_idempotent(&new_store().await).await;
     delete_finished_deletes_only_finished_rows(&new_store().await).await;
     reset_checkpoint_needs_an_unowned_lease_and_its_token(&new_store().await).await;
@@ -390,7 +391,11 @@ async fn fenced_writes_by_a_wrong_tenure_are_lease_lost<S: LeaseStore>(store: &S
         let call = format!("checkpoint by {name}");
         assert_lease_lost(CHECK, &call, store.checkpoint(stream, tenure, &cp).await);
         let call = format!("release by {name}");
-        assert_lease_lost(CHECK, &call, store.release(stream, tenure, Some(&cp)).await);
+        assert_lease_lost(
+            CHECK,
+            &call,
+            store.release(stream, tenure, Some(&cp), None).await,
+        );
         let call = format!("finish by {name}");
         assert_lease_lost(CHECK, &call, store.finish(stream, tenure).await);
         assert_eq!(
@@ -401,7 +406,11 @@ async fn fenced_writes_by_a_wrong_tenure_are_lease_lost<S: LeaseStore>(store: &S
     }
 
     // A released lease fences its former owner too.
-    must(CHECK, "release", store.release(stream, &mine, None).await);
+    must(
+        CHECK,
+        "release",
+        store.release(stream, &mine, None, None).await,
+    );
     let released = row(CHECK, store, stream, &id).await;
     assert_lease_lost(
         CHECK,
@@ -411,7 +420,7 @@ async fn fenced_writes_by_a_wrong_tenure_are_lease_lost<S: LeaseStore>(store: &S
     assert_lease_lost(
         CHECK,
         "release after release",
-        store.release(stream, &mine, None).await,
+        store.release(stream, &mine, None, None).await,
     );
     assert_lease_lost(
         CHECK,
@@ -442,7 +451,7 @@ async fn fenced_writes_of_a_missing_row_are_not_found<S: LeaseStore>(store: &S) 
     assert_not_found(
         CHECK,
         "release",
-        store.release(stream, &tenure, Some(&cp)).await,
+        store.release(stream, &tenure, Some(&cp), None).await,
     );
     assert_not_found(CHECK, "finish", store.finish(stream, &tenure).await);
     assert_not_found(
@@ -460,7 +469,7 @@ async fn release_clears_the_owner_and_keeps_the_token<S: LeaseStore>(store: &S) 
     must(
         CHECK,
         "release with a checkpoint",
-        store.release(stream, &first, Some(&cp)).await,
+        store.release(stream, &first, Some(&cp), None).await,
     );
     let released = row(CHECK, store, stream, &id).await;
     assert_eq!(
@@ -484,13 +493,81 @@ async fn release_clears_the_owner_and_keeps_the_token<S: LeaseStore>(store: &S) 
     must(
         CHECK,
         "release without a checkpoint",
-        store.release(stream, &second, None).await,
+        store.release(stream, &second, None, None).await,
     );
     let released = row(CHECK, store, stream, &id).await;
     assert_eq!(
         (released.owner, released.token, released.checkpoint),
         (None, second.token, Some(cp)),
         "lease_store conformance [{CHECK}]: release without a checkpoint keeps the old one"
+    );
+}
+
+async fn release_names_the_successor_and_take_clears_it<S: LeaseStore>(store: &S) {
+    const CHECK: &str = "release_names_the_successor_and_take_clears_it";
+    let (stream, id) = ("conformance-successor", shard(0));
+    let first = owned(CHECK, store, stream, &id, "a").await;
+    assert_eq!(
+        row(CHECK, store, stream, &id).await.successor,
+        None,
+        "lease_store conformance [{CHECK}]: a taken lease names no successor"
+    );
+    // Any client id, however odd, round-trips.
+    let heir = ClientId::from("wörker-β #1 \"quoted\" {app}");
+    let cp = after("17", 2);
+    must(
+        CHECK,
+        "release naming a successor",
+        store.release(stream, &first, Some(&cp), Some(&heir)).await,
+    );
+    let released = row(CHECK, store, stream, &id).await;
+    assert_eq!(
+        (
+            released.owner.clone(),
+            released.token,
+            released.successor.clone()
+        ),
+        (None, first.token, Some(heir.clone())),
+        "lease_store conformance [{CHECK}]: release clears the owner and names the successor"
+    );
+    assert_eq!(released.checkpoint, Some(cp.clone()));
+    let listed = must(CHECK, "leases", store.leases(stream).await);
+    assert_eq!(
+        listed
+            .iter()
+            .find(|l| l.shard == id)
+            .map(|l| l.successor.clone()),
+        Some(Some(heir.clone())),
+        "lease_store conformance [{CHECK}]: leases() shows the successor too"
+    );
+
+    // Whoever takes it (the successor or not) clears the name.
+    let taken = must(
+        CHECK,
+        "take by another client",
+        store
+            .take(stream, &id, &ClientId::from("c"), first.token)
+            .await,
+    );
+    assert_eq!(
+        (taken.owner.clone(), taken.successor.clone()),
+        (Some(ClientId::from("c")), None),
+        "lease_store conformance [{CHECK}]: take clears the successor in the row it returns"
+    );
+    assert_eq!(row(CHECK, store, stream, &id).await, taken);
+    let second = taken.tenure().unwrap_or_else(|| {
+        panic!("lease_store conformance [{CHECK}]: take returned a row with no owner")
+    });
+    must(
+        CHECK,
+        "release naming nobody",
+        store.release(stream, &second, None, None).await,
+    );
+    let released = row(CHECK, store, stream, &id).await;
+    assert_eq!(
+        (released.owner, released.successor, released.checkpoint),
+        (None, None, Some(cp)),
+        "lease_store conformance [{CHECK}]: a release naming nobody leaves no successor"
     );
 }
 
@@ -549,7 +626,9 @@ async fn finish_marks_shard_end_and_is_idempotent<S: LeaseStore>(store: &S) {
     assert_lease_lost(
         CHECK,
         "release after finish",
-        store.release(stream, &tenure, Some(&after("78", 0))).await,
+        store
+            .release(stream, &tenure, Some(&after("78", 0)), None)
+            .await,
     );
     assert_eq!(
         row(CHECK, store, stream, &id).await,
@@ -619,7 +698,9 @@ async fn reset_checkpoint_needs_an_unowned_lease_and_its_token<S: LeaseStore>(st
     must(
         CHECK,
         "release",
-        store.release(stream, &tenure, Some(&after("5", 0))).await,
+        store
+            .release(stream, &tenure, Some(&after("5", 0)), None)
+            .await,
     );
     let before = row(CHECK, store, stream, &id).await;
     assert_lease_lost(
