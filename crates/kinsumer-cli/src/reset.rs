@@ -108,9 +108,30 @@ async fn execute(args: ResetArgs) -> Result<i32> {
         );
     }
     let store = open_store(&args.store, &args.app).await?;
-    let mut leases = store.leases(&args.stream).await?;
+    let read = store.leases(&args.stream).await?;
+    let mut leases = read.rows;
     leases.sort_by(|a, b| a.shard.cmp(&b.shard));
-    let registered: Vec<ClientId> = store.clients().await?.into_iter().map(|c| c.id).collect();
+    // A client row that does not decode is a registered client all the same (its next
+    // heartbeat rewrites the row): never take its leases without --force.
+    let clients = store.clients().await?;
+    let registered: Vec<ClientId> = clients
+        .rows
+        .into_iter()
+        .map(|c| c.id)
+        .chain(
+            clients
+                .corrupt
+                .into_iter()
+                .filter_map(|r| r.id.map(ClientId::from)),
+        )
+        .collect();
+    for bad in &read.corrupt {
+        eprintln!(
+            "kinsumer: {} does not decode ({}); reset cannot move it",
+            crate::tail::escape(&bad.key),
+            crate::tail::escape(&bad.reason)
+        );
+    }
 
     let chosen = match choose(&leases, &args) {
         Ok(chosen) => chosen,

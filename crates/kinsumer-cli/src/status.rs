@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kinsumer::kinesis::KinesisSource;
 use kinsumer::{
-    Checkpoint, ClientId, ClientRow, Lease, LeaseStore, ShardId, ShardInfo, ShardSource,
+    Checkpoint, ClientId, ClientRow, CorruptRow, Lease, LeaseStore, ShardId, ShardInfo, ShardSource,
 };
 use serde::Serialize;
 
@@ -138,10 +138,12 @@ async fn execute(args: StatusArgs) -> Result<i32> {
     observer.sample(&*context.store, args.sample).await?;
     let Some(every) = args.watch else {
         let report = context.report(&observer).await?;
+        // A row no consumer can use is a problem found: exit 1, as the README's table says.
+        let code = i32::from(report.problems() > 0);
         return match emit(&text(&report, args.json)?) {
             // `status | head`: the reader has seen what it wanted.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
-            other => other.map(|()| 0).map_err(Into::into),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(code),
+            other => other.map(|()| code).map_err(Into::into),
         };
     };
 
@@ -207,6 +209,8 @@ struct Observer {
     seen: BTreeMap<ClientId, Seen>,
     /// The latest rows read, in the store's order.
     rows: Vec<ClientRow>,
+    /// The rows of the latest read that do not decode.
+    corrupt: Vec<CorruptRow>,
 }
 
 struct Seen {
@@ -220,8 +224,9 @@ impl Observer {
     /// Reads the client rows now, then every 250 ms for `duration` after that first answer (so
     /// a slow store is still watched that long, and read at least twice).
     async fn sample(&mut self, store: &dyn LeaseStore, duration: Duration) -> Result<()> {
-        let rows = store.clients().await?;
-        self.observe(rows, Instant::now());
+        let read = store.clients().await?;
+        self.corrupt = read.corrupt;
+        self.observe(read.rows, Instant::now());
         let end = Instant::now() + duration;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -229,8 +234,9 @@ impl Observer {
                 return Ok(());
             }
             tokio::time::sleep(left.min(SAMPLE_EVERY)).await;
-            let rows = store.clients().await?;
-            self.observe(rows, Instant::now());
+            let read = store.clients().await?;
+            self.corrupt = read.corrupt;
+            self.observe(read.rows, Instant::now());
         }
     }
 
@@ -295,8 +301,50 @@ struct JsonReport {
     /// How long heartbeats were watched before this report (ms).
     observed_ms: u64,
     clients: Vec<JsonClient>,
+    /// Client rows that do not decode (the consumers count such a client as having no row).
+    corrupt_clients: Vec<JsonCorrupt>,
     /// One entry per stream shown (empty when no stream was named).
     streams: Vec<JsonStream>,
+}
+
+impl JsonReport {
+    /// How many rows no consumer can use.
+    fn problems(&self) -> usize {
+        self.corrupt_clients.len() + self.streams.iter().map(|s| s.corrupt.len()).sum::<usize>()
+    }
+}
+
+/// Renders rows that do not decode under `title`.
+fn render_corrupt(title: &str, rows: &[JsonCorrupt]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r.key.clone(), r.reason.clone()])
+        .collect();
+    format!("{title}\n{}", table(&["ROW", "WHAT IS WRONG"], &cells))
+}
+
+/// A row that does not decode: every consumer sets it aside until it is repaired.
+#[derive(Serialize)]
+struct JsonCorrupt {
+    /// The store's key of the row.
+    key: String,
+    /// The shard or client it is of, if that much could be read.
+    id: Option<String>,
+    /// What is wrong with it.
+    reason: String,
+}
+
+impl From<&CorruptRow> for JsonCorrupt {
+    fn from(row: &CorruptRow) -> Self {
+        Self {
+            key: row.key.clone(),
+            id: row.id.clone(),
+            reason: row.reason.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -317,6 +365,8 @@ struct JsonStream {
     /// Why the stream's shards could not be listed (with --source), if they could not.
     listing_error: Option<String>,
     shards: Vec<JsonShard>,
+    /// Lease rows that do not decode: their shards are not read until they are repaired.
+    corrupt: Vec<JsonCorrupt>,
 }
 
 #[derive(Serialize)]
@@ -388,13 +438,16 @@ impl Context {
             store: self.store_url.clone(),
             observed_ms: ms(observer.observed(now)),
             clients,
+            corrupt_clients: observer.corrupt.iter().map(JsonCorrupt::from).collect(),
             streams,
         })
     }
 
     async fn stream(&self, stream: &str, observer: &Observer) -> Result<JsonStream> {
-        let mut leases = self.store.leases(stream).await?;
+        let read = self.store.leases(stream).await?;
+        let mut leases = read.rows;
         leases.sort_by(|a, b| a.shard.cmp(&b.shard));
+        let corrupt = read.corrupt.iter().map(JsonCorrupt::from).collect();
         let source = self.source.as_ref().filter(|s| s.stream_name() == stream);
         let listing = match source {
             Some(source) => Some(list_shards(source).await),
@@ -459,6 +512,7 @@ impl Context {
             stream: stream.to_owned(),
             listing_error,
             shards,
+            corrupt,
         })
     }
 }
@@ -609,6 +663,10 @@ fn render(report: &JsonReport) -> String {
             &rows,
         ));
     }
+    out.push_str(&render_corrupt(
+        "\nPROBLEM: client rows that do not decode (such a client counts as having no row; its next heartbeat rewrites the row):",
+        &report.corrupt_clients,
+    ));
     if report.streams.is_empty() {
         out.push_str(
             "\nleases are kept per stream: add --stream NAME (or --source kinesis://NAME?…) to see them\n",
@@ -639,8 +697,17 @@ fn render_stream(stream: &JsonStream) -> String {
     if let Some(error) = &stream.listing_error {
         out.push_str(&format!("cannot list the stream's shards: {error}\n"));
     }
+    out.push_str(&render_corrupt(
+        &format!(
+            "PROBLEM: {} lease row(s) that do not decode: every consumer sets them aside, so their shards are not read until the rows are repaired:",
+            stream.corrupt.len()
+        ),
+        &stream.corrupt,
+    ));
     if stream.shards.is_empty() {
-        out.push_str("no leases: no consumer of this application has read this stream\n");
+        if stream.corrupt.is_empty() {
+            out.push_str("no leases: no consumer of this application has read this stream\n");
+        }
         return out;
     }
     let with_source = stream.shards.iter().any(|s| s.in_stream.is_some());
@@ -739,8 +806,15 @@ fn age_text(ms: u64) -> String {
     }
 }
 
-/// Left-aligned columns, two spaces apart; the last column is not padded.
+/// Left-aligned columns, two spaces apart; the last column is not padded. Cells hold store
+/// content (ids an operator or a bad row wrote): control characters are escaped, so none
+/// reaches the terminal.
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| crate::tail::escape(cell)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

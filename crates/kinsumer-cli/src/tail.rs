@@ -462,7 +462,7 @@ fn render(format: Format, shard: &ShardId, record: &SourceRecord) -> String {
 }
 
 /// `text` with control characters escaped, so a record stays on one line.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {

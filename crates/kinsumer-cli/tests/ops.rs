@@ -235,6 +235,77 @@ async fn status_on_redis_shows_owners_checkpoints_and_gone_owners() {
     clear(&*store, stream).await;
 }
 
+/// Rows that do not decode are shown as problems (store key and what is wrong, control
+/// characters escaped), the good rows as usual, and the exit code says a problem was found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_rows_that_do_not_decode_and_exits_1() {
+    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+        return;
+    };
+    let app = unique_name("cli-corrupt");
+    let stream = "orders";
+    let redis_store = RedisLeaseStore::connect(&url, &app).await.expect("Redis");
+    let (leases_key, clients_key) = (redis_store.leases_key(stream), redis_store.clients_key());
+    let store: Arc<dyn LeaseStore> = Arc::new(redis_store);
+    let beating = seed(&store, stream).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::pipe()
+        .hset(&leases_key, "s-bad", "\u{1b}[2J{\"token\":\"01\"}")
+        .hset(&clients_key, "ghost", "lots")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+
+    let run = kinsumer(&[
+        "status", "--store", &url, "--app", &app, "--stream", stream, "--json", "--sample", "0.3",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let report = run.json();
+    let corrupt = &report["streams"][0]["corrupt"];
+    assert_eq!(corrupt[0]["key"], format!("{leases_key} s-bad"), "{report}");
+    assert_eq!(corrupt[0]["id"], "s-bad");
+    assert_eq!(report["corrupt_clients"][0]["id"], "ghost", "{report}");
+    assert_eq!(
+        report["streams"][0]["shards"].as_array().map(Vec::len),
+        Some(5),
+        "the good rows are all there: {report}"
+    );
+
+    let table = kinsumer(&[
+        "status", "--store", &url, "--app", &app, "--stream", stream, "--sample", "0.3",
+    ])
+    .await;
+    assert_eq!(table.code, 1, "{table:?}");
+    assert!(
+        table.stdout.contains("PROBLEM: 1 lease row"),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("s-bad"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("PROBLEM: client rows"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        !table.stdout.contains('\u{1b}'),
+        "no control character reaches the terminal: {:?}",
+        table.stdout
+    );
+    drop(beating);
+    let _: () = redis::cmd("DEL")
+        .arg(&leases_key)
+        .arg(&clients_key)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_on_dynamodb_shows_owners_checkpoints_and_gone_owners() {
     let Some(endpoint) = moto::endpoint() else {
@@ -374,7 +445,7 @@ async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
             }
             let delivered: std::collections::BTreeSet<&String> =
                 seen.iter().map(|d| &d.2).collect();
-            let leases = store_ref.leases(name).await.ok()?;
+            let leases = store_ref.leases(name).await.ok()?.rows;
             let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
             for lease in &leases {
                 *per_owner

@@ -63,11 +63,12 @@ use crate::layer::{Layered, Timeout};
 use crate::membership::{Beats, Membership};
 use crate::metrics::{self, Labels};
 use crate::position::{Checkpoint, Position};
+use crate::quarantine::Quarantine;
 use crate::record::{AckTracker, Record, ShardBatch};
 use crate::rng::{Rng, os_seed};
 use crate::shard::{Ask, Outcome, backoff_delay, run_tenure};
 use crate::source::{ShardId, ShardSource, SourceError};
-use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
+use crate::store::{ClientId, CorruptRow, Lease, LeaseStore, StoreError, Tenure};
 
 /// What a [`BatchHandler`] may fail with; the batch is retried with back-off.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -311,6 +312,8 @@ pub(crate) struct Engine {
     rng: Mutex<Rng>,
     /// The values our heartbeats write: never the same twice, not even after a restart.
     beats: Mutex<Beats>,
+    /// A heartbeat failed with a fatal error: the supervisor stops on it.
+    heartbeat_fatal: Mutex<Option<StoreError>>,
 }
 
 impl Engine {
@@ -332,9 +335,29 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .next_beat();
         let (sent, sent_wall) = (Instant::now(), self.health.wall_now());
-        self.store.heartbeat(&self.me, beat).await?;
-        self.health.heartbeat_ok(sent, sent_wall);
-        Ok(())
+        match self.store.heartbeat(&self.me, beat).await {
+            Ok(()) => {
+                self.health.heartbeat_ok(sent, sent_wall);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Fatal(_)) {
+                    *self
+                        .heartbeat_fatal
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The fatal error a heartbeat met, if one did.
+    fn heartbeat_fatal(&self) -> Option<StoreError> {
+        self.heartbeat_fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn note_fetch(&self, shard: &ShardId, records: usize, behind: Option<u64>) {
@@ -460,6 +483,7 @@ impl Consumer {
             status: self.status.clone(),
             rng: Mutex::new(rng),
             beats: Mutex::new(Beats::new(incarnation)),
+            heartbeat_fatal: Mutex::new(None),
             labels: Labels::new(
                 &self.config.application,
                 self.source.stream_name(),
@@ -605,6 +629,12 @@ struct Supervisor {
     last_alive: Vec<ClientId>,
     /// Leases we have seen owned by another client: free now, they were handed off.
     seen_owned: BTreeSet<ShardId>,
+    /// Lease rows set aside: they do not decode, or the store refused to take them.
+    bad_leases: Quarantine,
+    /// Client rows set aside: they do not decode (the client counts as having no row).
+    bad_clients: Quarantine,
+    /// A fatal error met inside a tick (a take the store refused for good): stops the consumer.
+    fatal: Option<ConsumerError>,
     /// Our last plan gave free leases to other clients. They should take them within a poll;
     /// if a lease is still free two polls later, the plans disagree — two clients read the
     /// rows around one's takes, each planned the lease for the other — so we read again.
@@ -694,6 +724,9 @@ async fn supervise(
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
         seen_owned: BTreeSet::new(),
+        bad_leases: Quarantine::new("lease"),
+        bad_clients: Quarantine::new("client"),
+        fatal: None,
         handed_to_others: false,
         engine,
     };
@@ -829,6 +862,11 @@ impl Supervisor {
     /// *sent after* that row was read (DESIGN §4.1). Judging an owner dead from an older read
     /// could rob a client that heartbeated and re-took the lease in between.
     async fn step(&mut self, tasks: &mut Tenures) -> Result<(), ConsumerError> {
+        // Checked even while fenced: a store that came back broken (table gone, access
+        // revoked) fails every heartbeat, and must stop the consumer, not leave it idle.
+        if let Some(e) = self.engine.heartbeat_fatal() {
+            return Err(e.into());
+        }
         if self.fenced() {
             return Ok(());
         }
@@ -882,15 +920,21 @@ impl Supervisor {
                 self.consider(lease, tasks).await;
             }
         }
-        Ok(())
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Reads every client row (dated by when the read was sent and when it came back).
     /// True when the live set changed: a join, a leave, or a death judged on our clock.
     async fn read_clients(&mut self) -> Result<bool, ConsumerError> {
         let sent = Instant::now();
-        let rows = self.engine.store.clients().await?;
-        let joined_or_left = self.membership.observe(&rows, sent, Instant::now());
+        let read = self.engine.store.clients().await?;
+        let arrived = Instant::now();
+        self.bad_clients.read(&read.corrupt, |_| None);
+        self.set_corrupt_gauge();
+        let joined_or_left = self.membership.observe(&read.rows, sent, arrived);
         let alive = self.membership.alive();
         self.engine
             .labels
@@ -955,9 +999,9 @@ impl Supervisor {
         // after the row was read. The other way round, a slow read could return a child's
         // finished row while the listing predates the child — and delete it, so the child
         // would be created again and read again from its start.
-        let existing: BTreeMap<ShardId, Lease> = store
-            .leases(stream)
-            .await?
+        let read = store.leases(stream).await?;
+        let existing: BTreeMap<ShardId, Lease> = read
+            .rows
             .into_iter()
             .map(|l| (l.shard.clone(), l))
             .collect();
@@ -965,7 +1009,13 @@ impl Supervisor {
         let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
         self.listed = Some(shards.iter().map(|s| s.id.clone()).collect());
         // Parents before children, so a child's lease never exists without its parents'.
+        // A row that does not decode exists all the same: never created again over it.
         let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
+        created.extend(
+            read.corrupt
+                .iter()
+                .filter_map(|r| r.id.as_deref().map(ShardId::from)),
+        );
         let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
         pending.sort_by(|a, b| a.id.cmp(&b.id));
         while !pending.is_empty() {
@@ -977,10 +1027,18 @@ impl Supervisor {
                     .iter()
                     .all(|p| created.contains(p) || !listed.contains(p));
                 if parents_ready {
-                    store
+                    match store
                         .create_if_absent(stream, &shard.id, &shard.parents)
-                        .await?;
-                    debug!(shard = %shard.id, "lease created");
+                        .await
+                    {
+                        Ok(_) => debug!(shard = %shard.id, "lease created"),
+                        // It exists (written since our read) but does not decode: set aside
+                        // by the next read of the leases; the other shards go on.
+                        Err(StoreError::Corrupt { key, reason }) => {
+                            warn!(shard = %shard.id, key = %key, reason = %reason, "a new shard's lease row exists but does not decode");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     created.insert(shard.id.clone());
                 } else {
                     rest.push(shard);
@@ -1003,13 +1061,19 @@ impl Supervisor {
     /// Reads every lease row.
     async fn read_leases(&mut self) -> Result<(), ConsumerError> {
         let started = Instant::now();
-        let rows = self.engine.store.leases(&self.engine.stream).await?;
+        let read = self.engine.store.leases(&self.engine.stream).await?;
         let arrived = Instant::now();
+        let rows = read.rows;
         if self.full_read_took.len() == FULL_READ_SAMPLES {
             self.full_read_took.pop_front();
         }
         self.full_read_took.push_back(arrived - started);
         self.leases = rows.into_iter().map(|l| (l.shard.clone(), l)).collect();
+        let leases = &self.leases;
+        self.bad_leases.read(&read.corrupt, |id| {
+            leases.get(&ShardId::from(id)).map(fingerprint)
+        });
+        self.set_corrupt_gauge();
         self.note_owned();
         self.row_read_at = self.leases.keys().map(|s| (s.clone(), arrived)).collect();
         let owners: BTreeSet<ClientId> = self
@@ -1059,7 +1123,7 @@ impl Supervisor {
         let faults = &self.engine.config.faults;
         self.leases
             .values()
-            .filter(|l| !l.finished)
+            .filter(|l| !l.finished && !self.bad_leases.holds(l.shard.as_str()))
             .filter(|l| faults.ignore_parents || !l.parents.iter().any(|p| self.parent_pending(p)))
             .map(|l| l.shard.clone())
             .collect()
@@ -1138,7 +1202,11 @@ impl Supervisor {
             .map(|(s, _)| s.clone())
             .collect();
         for shard in lost {
-            info!(shard = %shard, "lease taken over by another client");
+            if self.bad_leases.holds(shard.as_str()) {
+                warn!(shard = %shard, "our lease's row can no longer be used: stopping its tenure without another write");
+            } else {
+                info!(shard = %shard, "lease taken over by another client");
+            }
             self.engine
                 .labels
                 .client_counter(metrics::LEASES_LOST, &[])
@@ -1236,16 +1304,28 @@ impl Supervisor {
     async fn poll_waiting(&mut self) -> Result<Vec<Lease>, ConsumerError> {
         let mut rows = Vec::new();
         for shard in self.waiting.clone() {
-            match self.engine.store.lease(&self.engine.stream, &shard).await? {
-                Some(lease) => {
+            match self.engine.store.lease(&self.engine.stream, &shard).await {
+                Ok(Some(lease)) => {
                     self.leases.insert(shard.clone(), lease.clone());
                     self.row_read_at.insert(shard, Instant::now());
                     rows.push(lease);
                 }
-                None => {
+                Ok(None) => {
                     self.waiting.remove(&shard);
                     self.need_sync = true;
                 }
+                // One bad row: set aside, and the others polled as usual.
+                Err(StoreError::Corrupt { key, reason }) => {
+                    self.waiting.remove(&shard);
+                    self.leases.remove(&shard);
+                    self.bad_leases.undecodable(CorruptRow {
+                        key,
+                        id: Some(shard.to_string()),
+                        reason,
+                    });
+                    self.set_corrupt_gauge();
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(rows)
@@ -1299,14 +1379,40 @@ impl Supervisor {
             }
             Err(StoreError::LeaseLost { .. }) => self.need_full = true,
             Err(StoreError::NotFound { .. }) => self.need_sync = true,
+            // The store cannot take this row as it is (it changed into something that does not
+            // decode, or its token cannot grow): set it aside until it changes, and go on
+            // with the rest of the plan.
+            Err(StoreError::Corrupt { key, reason }) => {
+                let row = CorruptRow {
+                    key,
+                    id: Some(lease.shard.to_string()),
+                    reason,
+                };
+                self.bad_leases
+                    .refused(lease.shard.as_str(), fingerprint(&lease), row);
+                self.set_corrupt_gauge();
+                return true;
+            }
+            Err(StoreError::Fatal(m)) => {
+                self.fatal = Some(StoreError::Fatal(m).into());
+            }
             // An ambiguous take may have succeeded: the next full read shows us as owner,
             // and we take it again from there (the token moves on, fencing the first).
             Err(e) => {
-                debug!(shard = %lease.shard, error = %e, "take failed");
+                warn!(shard = %lease.shard, error = %e, "take failed; reading the leases again");
                 self.need_full = true;
             }
         }
         false
+    }
+
+    fn set_corrupt_gauge(&self) {
+        for (kind, q) in [("lease", &self.bad_leases), ("client", &self.bad_clients)] {
+            self.engine
+                .labels
+                .client_gauge_with(metrics::CORRUPT_ROWS, &[("kind", kind)])
+                .set(q.len() as f64);
+        }
     }
 
     fn start_tenure(&mut self, lease: Lease, previous: Option<&ClientId>, tasks: &mut Tenures) {
@@ -1458,10 +1564,11 @@ impl Supervisor {
     /// for an owner that is gone. Best effort: each release is fenced by the row's token.
     async fn release_leftovers(&mut self) {
         let store = &self.engine.store;
-        let Ok(rows) = store.leases(&self.engine.stream).await else {
+        let Ok(read) = store.leases(&self.engine.stream).await else {
             return;
         };
-        let mine = rows
+        let mine = read
+            .rows
             .iter()
             .filter(|l| !l.finished && l.owner.as_ref() == Some(&self.engine.me))
             .filter_map(Lease::tenure);
@@ -1540,6 +1647,11 @@ impl Supervisor {
         self.deregister().await;
         info!("shut down");
     }
+}
+
+/// What a lease row says, to tell whether it changed since it was set aside.
+fn fingerprint(lease: &Lease) -> String {
+    format!("{lease:?}")
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Layered::new(MemoryLeaseStore::new(), Timeout(Duration::from_secs(5)));
 //! store.heartbeat(&ClientId::from("a"), 1).await?;
-//! assert_eq!(store.clients().await?.len(), 1);
+//! assert_eq!(store.clients().await?.rows.len(), 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -28,7 +28,7 @@ use async_trait::async_trait;
 
 use crate::position::Checkpoint;
 use crate::source::{Batch, ShardId, ShardInfo, ShardReader, ShardSource, SourceError};
-use crate::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+use crate::store::{ClientId, ClientRow, Lease, LeaseStore, Rows, StoreError, Tenure};
 
 /// Decides how each store and source call runs. `op` names the call (`"take"`, `"read"`, ...).
 pub trait Layer: Clone + Send + Sync + 'static {
@@ -110,14 +110,14 @@ impl<L: Layer, S: LeaseStore> LeaseStore for Layered<L, S> {
         let call = self.inner.heartbeat(client, beat);
         self.layer.store_call("heartbeat", call).await
     }
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         self.layer.store_call("clients", self.inner.clients()).await
     }
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         let call = self.inner.deregister(client);
         self.layer.store_call("deregister", call).await
     }
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         self.layer
             .store_call("leases", self.inner.leases(stream))
             .await

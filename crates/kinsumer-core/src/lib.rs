@@ -24,6 +24,7 @@ pub mod layer;
 pub mod membership;
 pub mod metrics;
 pub mod position;
+pub mod quarantine;
 pub mod record;
 pub mod rng;
 mod shard;
@@ -41,4 +42,4 @@ pub use position::{Checkpoint, InitialPosition, Position, SequenceNumber};
 pub use source::{
     Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord,
 };
-pub use store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+pub use store::{ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure};

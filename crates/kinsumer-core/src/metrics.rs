@@ -23,6 +23,7 @@
 //! | `kinsumer_leases_held` | gauge | client | leases this client holds |
 //! | `kinsumer_live_clients` | gauge | client | clients this client sees alive |
 //! | `kinsumer_self_fenced_total` | counter | client | times this client fenced itself |
+//! | `kinsumer_corrupt_rows` | gauge | client, `kind` = `lease` / `client` | rows set aside: they do not decode, or the store cannot take them (each named in the log) |
 //!
 //! The Kinesis source adds `kinsumer_kinesis_*` counters (GetRecords calls, throttles, expired
 //! iterators, malformed aggregates, trimmed checkpoints); see `kinsumer-kinesis`.
@@ -56,6 +57,7 @@ pub const HANDOFF_SECONDS: &str = "kinsumer_handoff_seconds";
 pub const LEASES_HELD: &str = "kinsumer_leases_held";
 pub const LIVE_CLIENTS: &str = "kinsumer_live_clients";
 pub const SELF_FENCED: &str = "kinsumer_self_fenced_total";
+pub const CORRUPT_ROWS: &str = "kinsumer_corrupt_rows";
 
 /// The labels every metric of one consumer carries.
 #[derive(Clone, Debug)]
@@ -104,6 +106,17 @@ impl Labels {
 
     pub(crate) fn client_gauge(&self, name: &'static str) -> Gauge {
         gauge!(name, self.client())
+    }
+
+    /// A client-level gauge with more labels, e.g. `CORRUPT_ROWS` with `kind`.
+    pub(crate) fn client_gauge_with(
+        &self,
+        name: &'static str,
+        extra: &[(&'static str, &str)],
+    ) -> Gauge {
+        let mut labels = self.client();
+        labels.extend(extra.iter().map(|(k, v)| Label::new(*k, v.to_string())));
+        gauge!(name, labels)
     }
 
     pub(crate) fn client_histogram(&self, name: &'static str) -> Histogram {

@@ -81,6 +81,15 @@ impl FromStr for SequenceNumber {
     }
 }
 
+/// A `u64` written as decimal digits only — no sign, no space, no fraction (Rust's own parser
+/// takes a leading `+`, which no server-side check of ours does).
+pub(crate) fn digits_u64(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
         // Both are canonical, so a longer string is a larger number.
@@ -219,9 +228,8 @@ impl FromStr for Checkpoint {
             _ => {}
         }
         if let Some(ms) = s.strip_prefix("AT_TIMESTAMP:") {
-            let t = ms
-                .parse::<u64>()
-                .map_err(|_| bad("AT_TIMESTAMP takes milliseconds since the epoch"))?;
+            let t = digits_u64(ms)
+                .ok_or_else(|| bad("AT_TIMESTAMP takes milliseconds since the epoch"))?;
             return Ok(Checkpoint::AtTimestamp(t));
         }
         if let Some(rest) = s.strip_prefix("AFTER:") {
@@ -229,9 +237,8 @@ impl FromStr for Checkpoint {
                 .split_once('/')
                 .ok_or_else(|| bad("AFTER takes <sequence>/<sub-sequence>"))?;
             let sequence = seq.parse::<SequenceNumber>()?;
-            let sub_sequence = sub
-                .parse::<u64>()
-                .map_err(|_| bad("the sub-sequence must be an unsigned integer"))?;
+            let sub_sequence = digits_u64(sub)
+                .ok_or_else(|| bad("the sub-sequence must be an unsigned 64-bit integer"))?;
             return Ok(Checkpoint::After(Position::new(sequence, sub_sequence)));
         }
         Err(bad(

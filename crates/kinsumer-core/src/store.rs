@@ -150,6 +150,87 @@ impl fmt::Display for Tenure {
     }
 }
 
+/// A `u64` in its one canonical decimal form (`0`, or digits without a leading zero; no sign):
+/// how stores that keep numbers as text must read tokens and heartbeat values, so that text
+/// compared by the server (a Lua script compares strings) and the value the engine read agree.
+/// `"01"`, `"+1"`, `" 1"`, `"1.0"` and anything past `u64::MAX` are `None`.
+///
+/// ```
+/// use kinsumer_core::store::canonical_u64;
+/// assert_eq!(canonical_u64("18446744073709551615"), Some(u64::MAX));
+/// for odd in ["01", "+1", "-1", " 1", "1.0", "1e3", "", "18446744073709551616"] {
+///     assert_eq!(canonical_u64(odd), None, "{odd:?}");
+/// }
+/// ```
+pub fn canonical_u64(text: &str) -> Option<u64> {
+    let canonical = text == "0"
+        || (text.starts_with(|c: char| matches!(c, '1'..='9'))
+            && text.bytes().all(|b| b.is_ascii_digit()));
+    if canonical { text.parse().ok() } else { None }
+}
+
+/// A row that a read of every row could not decode: named, with what is wrong with it. The
+/// engine sets it aside — never guesses at its owner, token or checkpoint — and goes on with
+/// every other row; an operator sees it in `kinsumer status` and repairs it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CorruptRow {
+    /// The store's key of the row, as an operator looks it up (a Redis hash and field, a
+    /// table and primary key, a DynamoDB item's keys).
+    pub key: String,
+    /// The shard (of a lease row) or client (of a client row) the row is of, if that much could
+    /// be read.
+    pub id: Option<String>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for CorruptRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl From<CorruptRow> for StoreError {
+    fn from(row: CorruptRow) -> Self {
+        StoreError::Corrupt {
+            key: row.key,
+            reason: row.reason,
+        }
+    }
+}
+
+/// A read of every row of one kind: those that decode, in order, and those that do not. One
+/// bad row never fails the read of the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rows<T> {
+    /// The rows that decode, sorted by shard or client id.
+    pub rows: Vec<T>,
+    /// The rows that do not, sorted by key.
+    pub corrupt: Vec<CorruptRow>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Self::all(Vec::new())
+    }
+}
+
+impl<T> Rows<T> {
+    /// A read in which every row decoded.
+    pub fn all(rows: Vec<T>) -> Self {
+        Self {
+            rows,
+            corrupt: Vec::new(),
+        }
+    }
+
+    /// Sorts `corrupt` by key (stores collect them in their own order).
+    pub fn new(rows: Vec<T>, mut corrupt: Vec<CorruptRow>) -> Self {
+        corrupt.sort();
+        Self { rows, corrupt }
+    }
+}
+
 /// An error from a lease store, classified.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -203,16 +284,17 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// store during a rolling upgrade.
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError>;
 
-    /// Every client row.
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError>;
+    /// Every client row; a row that does not decode is in [`Rows::corrupt`], not an error.
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError>;
 
     /// Removes `client`'s row (a graceful leave). Removing a missing row is not an error.
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError>;
 
-    /// Every lease row of `stream`.
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError>;
+    /// Every lease row of `stream`; a row that does not decode is in [`Rows::corrupt`], not an
+    /// error.
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError>;
 
-    /// One lease row, if it exists.
+    /// One lease row, if it exists (`Corrupt` if it does not decode).
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError>;
 
     /// Creates the row [`Lease::new`] describes unless one exists; returns the row now stored.
@@ -277,13 +359,13 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         (**self).heartbeat(client, beat).await
     }
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         (**self).clients().await
     }
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         (**self).deregister(client).await
     }
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         (**self).leases(stream).await
     }
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, Lease};
+use kinsumer_core::store::{ClientId, ClientRow, Lease, canonical_u64};
 
 /// An item as the SDK hands it over.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -98,7 +98,9 @@ fn wrong_type(name: &str, want: &str, got: &AttributeValue) -> String {
 fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
     match item.get(name) {
         None => Ok(None),
-        Some(AttributeValue::N(text)) => text.parse::<u64>().map(Some).map_err(|_| {
+        // DynamoDB writes numbers in canonical form; anything else (a sign, a fraction, an
+        // exponent, a value past u64::MAX) is not a token or heartbeat value we wrote.
+        Some(AttributeValue::N(text)) => canonical_u64(text).map(Some).ok_or_else(|| {
             format!("attribute {name:?} must be an unsigned 64-bit integer, found {text:?}")
         }),
         Some(other) => Err(wrong_type(name, "N", other)),

@@ -19,7 +19,9 @@ use aws_sdk_dynamodb::types::{
 use kinsumer_core::config::{NAME_RULE, is_valid_name};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{
+    ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure,
+};
 
 use crate::errors::{ConditionItem, Failure, classify};
 use crate::item::{self, Item, n, s};
@@ -555,14 +557,12 @@ impl LeaseStore for DynamoLeaseStore {
             .table_name(&*self.table)
             .set_key(Some(item::key(self.clients_pk(), client.as_str())))
             .update_expression(update)
-            // The value is written whatever it was, but a counter of another type means the
-            // item is not ours to overwrite: check it, and get the item back to name it.
-            .condition_expression("attribute_not_exists(#c) OR attribute_type(#c, :n)")
+            // Unconditional, as on every store: the row is this client's own, so a value an
+            // operator or a bug left in it (of another type, say) is overwritten — a live
+            // client repairs its row with its next heartbeat instead of fencing itself.
             .expression_attribute_names("#c", item::COUNTER)
             .expression_attribute_values(":beat", n(beat))
-            .expression_attribute_values(":n", s("N"))
-            .return_values(ReturnValue::None)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+            .return_values(ReturnValue::None);
         if let Some(at) = expires_at {
             request = request
                 .expression_attribute_names("#e", item::EXPIRES_AT)
@@ -571,32 +571,31 @@ impl LeaseStore for DynamoLeaseStore {
         // Not settled by re-reading: writing the same value again is harmless.
         self.send(Op::Heartbeat, || request.clone().send())
             .await
-            .map_err(|failure| match failure {
-                Failure::Condition(_) => StoreError::Corrupt {
-                    key: name.clone(),
-                    reason: format!("attribute {:?} is not a number", item::COUNTER),
-                },
-                other => self.plain(other, &format!("heartbeat on {name}")),
-            })?;
+            .map_err(|failure| self.plain(failure, &format!("heartbeat on {name}")))?;
         Ok(())
     }
 
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         let items = self
             .query(Op::Clients, &self.clients_pk())
             .await
             .map_err(|f| self.plain(f, &format!("clients() on {}", self.table)))?;
-        let mut rows = items
-            .iter()
-            .map(|it| {
-                item::decode_client(it).map_err(|reason| StoreError::Corrupt {
-                    key: self.key_name(&self.clients_pk(), item::sort_key(it).unwrap_or("?")),
-                    reason,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut rows, mut corrupt) = (Vec::new(), Vec::new());
+        for it in &items {
+            match item::decode_client(it) {
+                Ok(row) => rows.push(row),
+                Err(reason) => {
+                    let sk = item::sort_key(it).ok();
+                    corrupt.push(CorruptRow {
+                        key: self.key_name(&self.clients_pk(), sk.unwrap_or("?")),
+                        id: sk.map(str::to_owned),
+                        reason,
+                    });
+                }
+            }
+        }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(rows)
+        Ok(Rows::new(rows, corrupt))
     }
 
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
@@ -616,24 +615,32 @@ impl LeaseStore for DynamoLeaseStore {
         })
     }
 
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         let pk = self.lease_pk(stream);
         let items = self
             .query(Op::Leases, &pk)
             .await
             .map_err(|f| self.plain(f, &format!("leases() on {}/{pk}", self.table)))?;
-        let mut leases = items
-            .iter()
-            .map(|it| {
-                let sk = item::sort_key(it).map_err(|reason| StoreError::Corrupt {
-                    key: format!("{}/{pk}/?", self.table),
-                    reason,
-                })?;
-                self.decode(stream, &ShardId::from(sk), it)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut leases, mut corrupt) = (Vec::new(), Vec::new());
+        for it in &items {
+            let sk = item::sort_key(it);
+            match sk
+                .clone()
+                .and_then(|sk| item::decode_lease(&ShardId::from(sk), it))
+            {
+                Ok(lease) => leases.push(lease),
+                Err(reason) => {
+                    let sk = sk.ok();
+                    corrupt.push(CorruptRow {
+                        key: self.key_name(&pk, sk.unwrap_or("?")),
+                        id: sk.map(str::to_owned),
+                        reason,
+                    });
+                }
+            }
+        }
         leases.sort_by(|a, b| a.shard.cmp(&b.shard));
-        Ok(leases)
+        Ok(Rows::new(leases, corrupt))
     }
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {

@@ -25,7 +25,7 @@ fn after(n: u128) -> Checkpoint {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_items_are_typed_errors_naming_the_key() {
+async fn a_corrupt_item_is_reported_by_itself_and_the_others_read_on() {
     let Some(endpoint) = common::endpoint() else {
         return;
     };
@@ -90,19 +90,67 @@ async fn corrupt_items_are_typed_errors_naming_the_key() {
             &format!("lease#tests#s/{shard}"),
         );
     }
-    let listed = store.leases("s").await;
+    // The read of every lease names each bad row by itself and returns the good one.
+    let good = ShardId::from("good");
+    store
+        .create_if_absent("s", &good, &[])
+        .await
+        .expect("create");
+    let listed = store
+        .leases("s")
+        .await
+        .expect("the read of every lease succeeds");
+    assert_eq!(
+        listed.rows.iter().map(|l| &l.shard).collect::<Vec<_>>(),
+        [&good]
+    );
+    let mut named: Vec<String> = listed.corrupt.iter().map(|r| r.key.clone()).collect();
+    named.sort();
+    let mut expected: Vec<String> = ["bad-checkpoint", "no-token", "string-token"]
+        .iter()
+        .map(|sk| format!("{table}/lease#tests#s/{sk}"))
+        .collect();
+    expected.sort();
+    assert_eq!(named, expected, "{:?}", listed.corrupt);
     assert!(
-        matches!(&listed, Err(StoreError::Corrupt { key, .. }) if key.starts_with(&format!("{table}/lease#tests#s/"))),
-        "{listed:?}"
+        listed
+            .corrupt
+            .iter()
+            .all(|r| r.id.is_some() && !r.reason.is_empty())
     );
-    corrupt_at(
-        store
-            .heartbeat(&ClientId::from("bad-counter"), 1)
-            .await
-            .map(drop),
-        "clients#tests/bad-counter",
+    // The same for clients, beside a good one.
+    store
+        .heartbeat(&ClientId::from("fine"), 3)
+        .await
+        .expect("heartbeat");
+    let clients = store
+        .clients()
+        .await
+        .expect("the read of every client succeeds");
+    assert_eq!(
+        clients
+            .rows
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["fine"]
     );
-    corrupt_at(store.clients().await.map(drop), "clients#tests/bad-counter");
+    assert_eq!(
+        clients
+            .corrupt
+            .iter()
+            .map(|r| r.key.clone())
+            .collect::<Vec<_>>(),
+        [format!("{table}/clients#tests/bad-counter")]
+    );
+    // A heartbeat writes its value unconditionally: the client repairs its own row.
+    store
+        .heartbeat(&ClientId::from("bad-counter"), 1)
+        .await
+        .expect("heartbeat over a bad value");
+    let clients = store.clients().await.expect("clients");
+    assert!(clients.corrupt.is_empty(), "{:?}", clients.corrupt);
+    assert_eq!(clients.rows.len(), 2);
     common::drop_table(&client, &table).await;
 }
 
@@ -126,8 +174,10 @@ async fn heartbeat_values_are_exact_numbers_and_old_rows_still_read() {
         .send()
         .await
         .expect("put");
-    let rows = |rows: Vec<kinsumer_core::store::ClientRow>| {
-        rows.into_iter()
+    let rows = |read: kinsumer_core::store::Rows<kinsumer_core::store::ClientRow>| {
+        assert!(read.corrupt.is_empty(), "{:?}", read.corrupt);
+        read.rows
+            .into_iter()
             .map(|r| (r.id.as_str().to_owned(), r.counter))
             .collect::<Vec<_>>()
     };
@@ -201,8 +251,14 @@ async fn applications_sharing_a_table_share_nothing() {
         .await
         .expect("checkpoint");
 
-    assert_eq!(audit.clients().await.expect("clients"), vec![]);
-    assert_eq!(audit.leases("s").await.expect("leases"), vec![]);
+    assert_eq!(
+        audit.clients().await.expect("clients"),
+        kinsumer_core::store::Rows::default()
+    );
+    assert_eq!(
+        audit.leases("s").await.expect("leases"),
+        kinsumer_core::store::Rows::default()
+    );
     assert_eq!(audit.lease("s", &shard).await.expect("lease"), None);
     // The other application starts its own lease from scratch, at token 0.
     audit
@@ -211,7 +267,7 @@ async fn applications_sharing_a_table_share_nothing() {
         .expect("create");
     let mine = audit.take("s", &shard, &a, 0).await.expect("a fresh lease");
     assert_eq!((mine.token, mine.checkpoint), (1, None));
-    assert_eq!(billing.leases("s").await.expect("leases").len(), 1);
+    assert_eq!(billing.leases("s").await.expect("leases").rows.len(), 1);
     common::drop_table(&client, &table).await;
 }
 

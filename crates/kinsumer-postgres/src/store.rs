@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{
+    ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure,
+};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
 use tracing::debug;
@@ -323,13 +325,20 @@ impl PgLeaseStore {
     }
 
     fn parse_lease(&self, stream: &str, row: &PgRow) -> Result<Lease, StoreError> {
-        let shard: String = row.try_get("shard").map_err(|e| StoreError::Corrupt {
+        self.decode_lease(stream, row).map_err(StoreError::from)
+    }
+
+    /// A lease row, or what is wrong with it.
+    fn decode_lease(&self, stream: &str, row: &PgRow) -> Result<Lease, CorruptRow> {
+        let shard: String = row.try_get("shard").map_err(|e| CorruptRow {
             key: format!("{}/{stream}/?", self.inner.application),
+            id: None,
             reason: format!("shard: {e}"),
         })?;
         let shard = ShardId::from(shard);
-        let corrupt = |field: &str, reason: String| StoreError::Corrupt {
+        let corrupt = |field: &str, reason: String| CorruptRow {
             key: self.key(stream, &shard),
+            id: Some(shard.to_string()),
             reason: format!("{field}: {reason}"),
         };
         let parents: Vec<String> = row
@@ -356,6 +365,11 @@ impl PgLeaseStore {
         let successor: Option<String> = row
             .try_get("successor")
             .map_err(|e| corrupt("successor", e.to_string()))?;
+        for (field, id) in [("owner", &owner), ("successor", &successor)] {
+            if id.as_deref() == Some("") {
+                return Err(corrupt(field, "an empty client id".to_owned()));
+            }
+        }
         Ok(Lease {
             shard: shard.clone(),
             parents: parents.into_iter().map(ShardId::from).collect(),
@@ -429,7 +443,7 @@ impl LeaseStore for PgLeaseStore {
         Ok(())
     }
 
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         let sql = &self.inner.sql.clients;
         let rows = self
             .retrying(Kind::Read, || {
@@ -438,25 +452,38 @@ impl LeaseStore for PgLeaseStore {
                     .fetch_all(&self.inner.pool)
             })
             .await?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("client_id").map_err(|e| StoreError::Corrupt {
-                    key: format!("{}/client/?", self.inner.application),
-                    reason: e.to_string(),
-                })?;
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    key: format!("{}/client/{id}", self.inner.application),
-                    reason,
-                };
-                let counter: i64 = row.try_get("counter").map_err(|e| corrupt(e.to_string()))?;
-                let counter = u64::try_from(counter)
-                    .map_err(|_| corrupt(format!("negative counter {counter}")))?;
-                Ok(ClientRow {
-                    id: ClientId::from(id),
-                    counter,
-                })
+        let decode = |row: &PgRow| -> Result<ClientRow, CorruptRow> {
+            let id: String = row.try_get("client_id").map_err(|e| CorruptRow {
+                key: format!("{}/client/?", self.inner.application),
+                id: None,
+                reason: e.to_string(),
+            })?;
+            let corrupt = |reason: String| CorruptRow {
+                key: format!("{}/client/{id}", self.inner.application),
+                id: Some(id.clone()),
+                reason,
+            };
+            let counter: i64 = row.try_get("counter").map_err(|e| corrupt(e.to_string()))?;
+            let counter = u64::try_from(counter)
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| corrupt(format!("counter {counter} is not positive")))?;
+            if id.is_empty() {
+                return Err(corrupt("an empty client id".to_owned()));
+            }
+            Ok(ClientRow {
+                id: ClientId::from(id),
+                counter,
             })
-            .collect()
+        };
+        let (mut good, mut corrupt) = (Vec::new(), Vec::new());
+        for row in &rows {
+            match decode(row) {
+                Ok(client) => good.push(client),
+                Err(bad) => corrupt.push(bad),
+            }
+        }
+        Ok(Rows::new(good, corrupt))
     }
 
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
@@ -471,7 +498,7 @@ impl LeaseStore for PgLeaseStore {
         Ok(())
     }
 
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         let sql = &self.inner.sql.leases;
         let rows = self
             .retrying(Kind::Read, || {
@@ -481,9 +508,15 @@ impl LeaseStore for PgLeaseStore {
                     .fetch_all(&self.inner.pool)
             })
             .await?;
-        rows.iter()
-            .map(|row| self.parse_lease(stream, row))
-            .collect()
+        let mut leases = Vec::new();
+        let mut corrupt = Vec::new();
+        for row in &rows {
+            match self.decode_lease(stream, row) {
+                Ok(lease) => leases.push(lease),
+                Err(bad) => corrupt.push(bad),
+            }
+        }
+        Ok(Rows::new(leases, corrupt))
     }
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
@@ -538,6 +571,16 @@ impl LeaseStore for PgLeaseStore {
         owner: &ClientId,
         expected_token: u64,
     ) -> Result<Lease, StoreError> {
+        // The next token must fit the column (a bigint): a row at its largest value cannot be
+        // taken, and says so instead of failing with a numeric overflow.
+        if expected_token >= i64::MAX as u64 {
+            return Err(StoreError::Corrupt {
+                key: self.key(stream, shard),
+                reason: format!(
+                    "token {expected_token} is the largest a bigint holds: it cannot grow (reset the row)"
+                ),
+            });
+        }
         let sql = &self.inner.sql.take;
         let row = self
             .resolving(

@@ -81,7 +81,7 @@ async fn concurrent_migrate_is_safe() {
     // The table takes the whole range of heartbeat values.
     let c = ClientId::from("c");
     assert_eq!(store.heartbeat(&c, i64::MAX as u64).await, Ok(()));
-    let clients = store.clients().await.expect("clients");
+    let clients = store.clients().await.expect("clients").rows;
     assert_eq!(
         clients
             .iter()
@@ -176,8 +176,10 @@ async fn heartbeat_values_are_written_as_they_are_and_old_counters_still_read() 
     .execute(store.pool())
     .await
     .expect("insert");
-    let rows = |rows: Vec<kinsumer_core::store::ClientRow>| {
-        rows.into_iter()
+    let rows = |read: kinsumer_core::store::Rows<kinsumer_core::store::ClientRow>| {
+        assert!(read.corrupt.is_empty(), "{:?}", read.corrupt);
+        read.rows
+            .into_iter()
             .map(|r| (r.id.as_str().to_owned(), r.counter))
             .collect::<Vec<_>>()
     };
@@ -211,7 +213,7 @@ async fn heartbeat_values_are_written_as_they_are_and_old_counters_still_read() 
             other => panic!("expected Fatal for {beat}, got {other:?}"),
         }
     }
-    assert_eq!(store.clients().await.expect("clients").len(), 3);
+    assert_eq!(store.clients().await.expect("clients").rows.len(), 3);
     common::drop_schema(store.pool(), &schema).await;
 }
 
@@ -404,32 +406,91 @@ async fn a_zombie_commits_nothing_after_the_lease_moved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_row_is_an_error_naming_its_key() {
+async fn a_corrupt_row_is_reported_by_itself_and_the_others_read_on() {
     let Some(url) = common::url() else { return };
     let schema = common::unique_schema("corrupt");
+    let s = format!("\"{schema}\"");
     let store = common::store(&url, &schema, "app").await;
-    let shard = ShardId::from("shard-0");
+    // One bad value per row, each of a shape an operator's UPDATE could leave behind.
+    let bad = [
+        ("checkpoint = 'AFTER:banana/1'", "checkpoint"),
+        ("checkpoint = 'AFTER:5/+1'", "checkpoint"),
+        ("checkpoint = 'AT_TIMESTAMP:-5'", "checkpoint"),
+        ("checkpoint = 'AFTER:5/18446744073709551616'", "checkpoint"),
+        ("checkpoint = E'\\x1b[31mred'", "checkpoint"),
+        ("owner = ''", "owner"),
+        ("successor = ''", "successor"),
+        ("parents = ARRAY[NULL]::text[]", "parents"),
+    ];
+    let good = ShardId::from("good");
     store
-        .create_if_absent("s", &shard, &[])
+        .create_if_absent("s", &good, &[])
+        .await
+        .expect("create");
+    for (n, (set, field)) in bad.iter().enumerate() {
+        let shard = ShardId::from(format!("shard-{n}"));
+        store
+            .create_if_absent("s", &shard, &[])
+            .await
+            .expect("create");
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {s}.leases SET {set} WHERE shard = $1"
+        )))
+        .bind(shard.as_str())
+        .execute(store.pool())
+        .await
+        .expect("corrupt it");
+        let key = format!("app/s/{shard}");
+        match store.lease("s", &shard).await {
+            Err(StoreError::Corrupt { key: k, reason }) => {
+                assert_eq!(k, key);
+                assert!(reason.contains(field), "{set}: {reason}");
+            }
+            other => panic!("{set}: expected Corrupt, got {other:?}"),
+        }
+        let read = store
+            .leases("s")
+            .await
+            .expect("the read of every lease succeeds");
+        assert_eq!(
+            read.rows.iter().map(|l| &l.shard).collect::<Vec<_>>(),
+            [&good],
+            "{set}"
+        );
+        assert_eq!(read.corrupt.len(), 1, "{set}: {:?}", read.corrupt);
+        assert_eq!(read.corrupt[0].key, key, "{set}");
+        assert_eq!(read.corrupt[0].id.as_deref(), Some(shard.as_str()));
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {s}.leases WHERE shard = $1"
+        )))
+        .bind(shard.as_str())
+        .execute(store.pool())
+        .await
+        .expect("delete");
+    }
+    // A token at the largest bigint decodes, but cannot be taken: a typed error naming the
+    // row, not a numeric overflow from the server.
+    let full = ShardId::from("full");
+    store
+        .create_if_absent("s", &full, &[])
         .await
         .expect("create");
     sqlx::query(AssertSqlSafe(format!(
-        "UPDATE \"{schema}\".leases SET checkpoint = 'AFTER:banana/1'"
+        "UPDATE {s}.leases SET token = 9223372036854775807 WHERE shard = 'full'"
     )))
     .execute(store.pool())
     .await
-    .expect("corrupt it");
-    match store.lease("s", &shard).await {
+    .expect("max token");
+    match store
+        .take("s", &full, &ClientId::from("a"), i64::MAX as u64)
+        .await
+    {
         Err(StoreError::Corrupt { key, reason }) => {
-            assert_eq!(key, "app/s/shard-0");
-            assert!(reason.contains("checkpoint"), "{reason}");
+            assert_eq!(key, "app/s/full");
+            assert!(reason.contains("cannot grow"), "{reason}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    assert!(matches!(
-        store.leases("s").await,
-        Err(StoreError::Corrupt { .. })
-    ));
     common::drop_schema(store.pool(), &schema).await;
 }
 

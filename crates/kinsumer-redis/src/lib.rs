@@ -142,7 +142,9 @@ use redis::{RedisError, ScriptInvocation};
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{
+    ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure, canonical_u64,
+};
 
 use crate::errors::{classify, is_ambiguous};
 
@@ -392,7 +394,7 @@ impl LeaseStore for RedisLeaseStore {
         Ok(())
     }
 
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         let key = self.clients_key();
         let mut conn = self.conn.clone();
         let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
@@ -400,31 +402,32 @@ impl LeaseStore for RedisLeaseStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| classify(&e, &key))?;
-        let mut rows = fields
-            .into_iter()
-            .map(|(id, counter)| {
-                let id = String::from_utf8(id).map_err(|e| StoreError::Corrupt {
-                    key: key.clone(),
-                    reason: format!("a client id is not UTF-8: {e}"),
-                })?;
-                let counter = std::str::from_utf8(&counter)
-                    .ok()
-                    .and_then(|c| c.parse::<u64>().ok())
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: format!("{key} {id}"),
-                        reason: format!(
-                            "the heartbeat value {:?} is not an unsigned 64-bit integer",
-                            String::from_utf8_lossy(&counter)
-                        ),
-                    })?;
-                Ok(ClientRow {
+        let mut rows = Vec::new();
+        let mut corrupt = Vec::new();
+        for (id, counter) in fields {
+            let shown = String::from_utf8_lossy(&id).into_owned();
+            let bad = |reason: String| CorruptRow {
+                key: format!("{key} {shown}"),
+                id: Some(shown.clone()),
+                reason,
+            };
+            let Ok(id) = String::from_utf8(id) else {
+                corrupt.push(bad("the client id is not UTF-8".to_owned()));
+                continue;
+            };
+            match std::str::from_utf8(&counter).ok().and_then(canonical_u64) {
+                Some(counter) => rows.push(ClientRow {
                     id: ClientId::from(id),
                     counter,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+                }),
+                None => corrupt.push(bad(format!(
+                    "the heartbeat value {:?} is not an unsigned 64-bit integer in canonical decimal form",
+                    String::from_utf8_lossy(&counter)
+                ))),
+            }
+        }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(rows)
+        Ok(Rows::new(rows, corrupt))
     }
 
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
@@ -440,7 +443,7 @@ impl LeaseStore for RedisLeaseStore {
         Ok(())
     }
 
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         let key = self.leases_key(stream);
         let mut conn = self.conn.clone();
         let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
@@ -448,18 +451,24 @@ impl LeaseStore for RedisLeaseStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| classify(&e, &key))?;
-        let mut leases = fields
-            .into_iter()
-            .map(|(shard, raw)| {
-                let shard = String::from_utf8(shard).map_err(|e| StoreError::Corrupt {
-                    key: key.clone(),
-                    reason: format!("a shard id is not UTF-8: {e}"),
-                })?;
-                self.decode(stream, &ShardId::from(shard), &raw)
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut leases = Vec::new();
+        let mut corrupt = Vec::new();
+        for (shard, raw) in fields {
+            let shown = String::from_utf8_lossy(&shard).into_owned();
+            let decoded = String::from_utf8(shard)
+                .map_err(|_| "the shard id is not UTF-8".to_owned())
+                .and_then(|shard| row::decode(&ShardId::from(shard), &raw));
+            match decoded {
+                Ok(lease) => leases.push(lease),
+                Err(reason) => corrupt.push(CorruptRow {
+                    key: format!("{key} {shown}"),
+                    id: Some(shown),
+                    reason,
+                }),
+            }
+        }
         leases.sort_by(|a, b| a.shard.cmp(&b.shard));
-        Ok(leases)
+        Ok(Rows::new(leases, corrupt))
     }
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {

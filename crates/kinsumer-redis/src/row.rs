@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, Lease};
+use kinsumer_core::store::{ClientId, Lease, canonical_u64};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Row {
@@ -62,10 +62,13 @@ pub(crate) fn decode(shard: &ShardId, raw: &[u8]) -> Result<Lease, String> {
             String::from_utf8_lossy(&raw[..raw.len().min(120)])
         )
     })?;
-    let token = row
-        .token
-        .parse::<u64>()
-        .map_err(|_| format!("token {:?} is not an unsigned 64-bit integer", row.token))?;
+    // Canonical only: the scripts compare tokens as text, so "01" must not read as 1.
+    let token = canonical_u64(&row.token).ok_or_else(|| {
+        format!(
+            "token {:?} is not an unsigned 64-bit integer in canonical decimal form",
+            row.token
+        )
+    })?;
     let owner = match row.owner {
         Some(owner) if owner.is_empty() => return Err("owner is an empty string".to_owned()),
         Some(owner) => Some(ClientId::from(owner)),
@@ -130,6 +133,10 @@ mod tests {
             ("garbage", "not a lease row"),
             (r#"{"token":5}"#, "not a lease row"),
             (r#"{"token":"-1"}"#, "token"),
+            (r#"{"token":"01"}"#, "canonical"),
+            (r#"{"token":"+1"}"#, "canonical"),
+            (r#"{"token":"18446744073709551616"}"#, "token"),
+            (r#"{"token":"1","checkpoint":"AFTER:5/+1"}"#, "sub-sequence"),
             (
                 r#"{"token":"1","checkpoint":"AFTER:x/1"}"#,
                 "sequence number",

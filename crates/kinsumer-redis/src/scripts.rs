@@ -19,12 +19,16 @@ local function load_lease(key, shard)
   if not raw then return nil, nil end
   local ok, lease = pcall(cjson.decode, raw)
   if not ok or type(lease) ~= 'table' then return nil, 'the value is not a JSON object' end
-  if type(lease.token) ~= 'string' or not string.match(lease.token, '^%d+$') then
-    return nil, '"token" is not a decimal string'
+  if type(lease.token) ~= 'string' or not (lease.token == '0' or string.match(lease.token, '^[1-9]%d*$')) then
+    return nil, '"token" is not a canonical decimal string'
+  end
+  -- Equal-length digit strings compare as numbers: the same rule as the Rust side's u64.
+  if #lease.token > 20 or (#lease.token == 20 and lease.token > '18446744073709551615') then
+    return nil, '"token" is larger than an unsigned 64-bit integer'
   end
   if lease.owner == cjson.null then lease.owner = nil end
-  if lease.owner ~= nil and type(lease.owner) ~= 'string' then
-    return nil, '"owner" is not a string'
+  if lease.owner ~= nil and (type(lease.owner) ~= 'string' or lease.owner == '') then
+    return nil, '"owner" is not a client id'
   end
   if lease.finished == cjson.null then lease.finished = nil end
   if lease.finished ~= nil and type(lease.finished) ~= 'boolean' then
@@ -38,8 +42,8 @@ local function load_lease(key, shard)
     return nil, '"checkpoint" is not a checkpoint'
   end
   if lease.successor == cjson.null then lease.successor = nil end
-  if lease.successor ~= nil and type(lease.successor) ~= 'string' then
-    return nil, '"successor" is not a string'
+  if lease.successor ~= nil and (type(lease.successor) ~= 'string' or lease.successor == '') then
+    return nil, '"successor" is not a client id'
   end
   if lease.parents == cjson.null then lease.parents = nil end
   if lease.parents ~= nil then

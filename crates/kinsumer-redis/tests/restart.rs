@@ -161,8 +161,8 @@ async fn a_fleet_survives_a_redis_restart_and_loses_no_record() {
     // restarted server.
     let store = RedisLeaseStore::connect(&url, &app).await.expect("connect");
     use kinsumer_core::store::LeaseStore;
-    assert!(store.clients().await.expect("clients").is_empty());
-    let leases = store.leases("events").await.expect("leases");
+    assert!(store.clients().await.expect("clients").rows.is_empty());
+    let leases = store.leases("events").await.expect("leases").rows;
     assert_eq!(leases.len(), SHARDS);
     assert!(
         leases

@@ -5,7 +5,7 @@ mod common;
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{ClientId, ClientRow, LeaseStore, Rows, StoreError, Tenure};
 use kinsumer_redis::RedisLeaseStore;
 
 fn shard(n: u32) -> ShardId {
@@ -116,8 +116,10 @@ async fn heartbeat_values_are_decimal_u64_text_and_old_rows_still_read() {
         .await
         .expect("hincrby");
     let key = store.clients_key();
-    let rows = |rows: Vec<ClientRow>| {
-        rows.into_iter()
+    let rows = |read: Rows<ClientRow>| {
+        assert!(read.corrupt.is_empty(), "{:?}", read.corrupt);
+        read.rows
+            .into_iter()
             .map(|r| (r.id.as_str().to_owned(), r.counter))
             .collect::<Vec<_>>()
     };
@@ -193,7 +195,7 @@ async fn applications_and_streams_do_not_interfere() {
         }
     }
     for (i, store) in stores.iter().enumerate() {
-        let clients = store.clients().await.expect("clients");
+        let clients = store.clients().await.expect("clients").rows;
         assert_eq!(clients.len(), 1);
         // The last value this application's client wrote, untouched by the others'.
         assert_eq!(
@@ -203,7 +205,7 @@ async fn applications_and_streams_do_not_interfere() {
             store.application()
         );
         for (j, stream) in streams.iter().enumerate() {
-            let leases = store.leases(stream).await.expect("leases");
+            let leases = store.leases(stream).await.expect("leases").rows;
             assert_eq!(leases.len(), j + 1, "{} {stream}", store.application());
             let first = &leases[0];
             assert_eq!(first.owner, Some(ClientId::from(format!("owner-{i}-{j}"))));
@@ -235,7 +237,7 @@ async fn applications_and_streams_do_not_interfere() {
 }
 
 #[tokio::test]
-async fn corrupt_values_are_typed_errors_naming_the_key() {
+async fn a_corrupt_row_is_reported_by_itself_and_the_others_read_on() {
     let Some(url) = common::redis_url() else {
         return;
     };
@@ -253,7 +255,20 @@ async fn corrupt_values_are_typed_errors_naming_the_key() {
         r#"{"token":"1","checkpoint":"AFTER:12x/0"}"#,
         r#"{"token":"1","finished":"yes"}"#,
         r#"{"token":"1","parents":"p"}"#,
+        r#"{"token":"01"}"#,
+        r#"{"token":"+1"}"#,
+        r#"{"token":"18446744073709551616"}"#,
+        r#"{"token":"1","checkpoint":"AFTER:5/+1"}"#,
+        r#"{"token":"1","successor":["x"]}"#,
+        r#"{"token":"1","owner":""}"#,
+        "\u{1b}[31m{\"token\":\"1\"}",
     ];
+    // A good row beside the bad ones: every read of the leases still returns it.
+    let good = ShardId::from("good");
+    store
+        .create_if_absent(stream, &good, &[])
+        .await
+        .expect("create");
     for (n, raw) in bad_rows.iter().enumerate() {
         let id = shard(n as u32);
         let _: i64 = redis::cmd("HSET")
@@ -272,7 +287,6 @@ async fn corrupt_values_are_typed_errors_naming_the_key() {
         let cp = Checkpoint::TrimHorizon;
         let results = [
             ("lease", store.lease(stream, &id).await.map(drop)),
-            ("leases", store.leases(stream).await.map(drop)),
             (
                 "create_if_absent",
                 store.create_if_absent(stream, &id, &[]).await.map(drop),
@@ -290,17 +304,21 @@ async fn corrupt_values_are_typed_errors_naming_the_key() {
         for (op, result) in results {
             match result {
                 Err(StoreError::Corrupt { key, reason }) => {
-                    // `leases` names the first bad row it meets; the others this one.
-                    if op == "leases" {
-                        assert!(key.starts_with(&hash), "{op} on {raw}: {key}");
-                    } else {
-                        assert_eq!(key, name, "{op} on {raw}: {reason}");
-                    }
+                    assert_eq!(key, name, "{op} on {raw}: {reason}");
                     assert!(!reason.is_empty());
                 }
                 other => panic!("{op} on {raw}: expected Corrupt naming {name}, got {other:?}"),
             }
         }
+        let read = store.leases(stream).await.expect("leases");
+        assert_eq!(
+            read.rows.iter().map(|l| &l.shard).collect::<Vec<_>>(),
+            [&good],
+            "{raw}: the good row reads on"
+        );
+        assert_eq!(read.corrupt.len(), 1, "{raw}: {:?}", read.corrupt);
+        assert_eq!(read.corrupt[0].key, name, "{raw}");
+        assert_eq!(read.corrupt[0].id.as_deref(), Some(id.as_str()), "{raw}");
         let _: i64 = redis::cmd("HDEL")
             .arg(&hash)
             .arg(id.as_str())
@@ -334,27 +352,38 @@ async fn corrupt_values_are_typed_errors_naming_the_key() {
         .await
         .expect("hset");
     let name = format!("{} a", store.clients_key());
-    let result = store.clients().await;
-    assert!(
-        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == name),
-        "{result:?}"
-    );
-    // A negative number (no version wrote one) is not a heartbeat value either.
-    let _: i64 = redis::cmd("HSET")
+    store
+        .heartbeat(&ClientId::from("b"), 7)
+        .await
+        .expect("heartbeat");
+    // Not a number, negative (no version wrote one), or not in canonical form: the row is
+    // reported by itself, and the other client reads on.
+    for odd in ["lots", "-3", "+3", "03", "3.0", "18446744073709551616", ""] {
+        let _: i64 = redis::cmd("HSET")
+            .arg(store.clients_key())
+            .arg("a")
+            .arg(odd)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let read = store.clients().await.expect("clients");
+        assert_eq!(
+            read.rows.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            ["b"],
+            "{odd:?}"
+        );
+        assert_eq!(read.corrupt.len(), 1, "{odd:?}");
+        assert_eq!(read.corrupt[0].key, name, "{odd:?}");
+    }
+    let _: i64 = redis::cmd("HDEL")
         .arg(store.clients_key())
-        .arg("a")
-        .arg("-3")
+        .arg("b")
         .query_async(&mut conn)
         .await
-        .expect("hset");
-    let result = store.clients().await;
-    assert!(
-        matches!(&result, Err(StoreError::Corrupt { key, .. }) if *key == name),
-        "{result:?}"
-    );
+        .expect("hdel");
     // A heartbeat writes its value unconditionally, so it repairs the row.
     store.heartbeat(&owner, 5).await.expect("heartbeat");
-    let clients = store.clients().await.expect("clients");
+    let clients = store.clients().await.expect("clients").rows;
     assert_eq!(
         clients
             .iter()

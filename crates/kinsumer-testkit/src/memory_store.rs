@@ -46,7 +46,9 @@ use tokio::time::Instant;
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{
+    ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure,
+};
 
 /// A global logical clock shared by the components of a test, so their events interleave in
 /// one order. Cheap to clone: clones share the counter.
@@ -316,6 +318,11 @@ struct StoreState {
     clients: BTreeMap<ClientId, u64>,
     /// stream → shard → row.
     leases: BTreeMap<String, BTreeMap<ShardId, Lease>>,
+    /// Rows made unreadable by [`MemoryLeaseStore::corrupt_lease`]: (stream, shard) → why.
+    corrupt_leases: BTreeMap<(String, ShardId), String>,
+    /// Client rows made unreadable by [`MemoryLeaseStore::corrupt_client`], until the
+    /// client's next heartbeat rewrites them (as on every real store).
+    corrupt_clients: BTreeMap<ClientId, String>,
     faults: StoreFaults,
     rng: Rng,
     history: Vec<StoreEvent>,
@@ -366,6 +373,13 @@ impl Txn<'_> {
     }
 
     fn row_mut(&mut self, stream: &str, shard: &ShardId) -> Result<&mut Lease, StoreError> {
+        if let Some(reason) = self
+            .state
+            .corrupt_leases
+            .get(&(stream.to_owned(), shard.clone()))
+        {
+            return Err(corrupt_lease_row(stream, shard, reason).into());
+        }
         self.state
             .leases
             .get_mut(stream)
@@ -407,6 +421,14 @@ impl Txn<'_> {
     }
 }
 
+fn corrupt_lease_row(stream: &str, shard: &ShardId, reason: &str) -> CorruptRow {
+    CorruptRow {
+        key: format!("{stream}/{shard}"),
+        id: Some(shard.to_string()),
+        reason: reason.to_owned(),
+    }
+}
+
 fn lease_lost(shard: &ShardId) -> StoreError {
     StoreError::LeaseLost {
         shard: shard.clone(),
@@ -430,6 +452,8 @@ impl MemoryLeaseStore {
         let state = StoreState {
             clients: BTreeMap::new(),
             leases: BTreeMap::new(),
+            corrupt_leases: BTreeMap::new(),
+            corrupt_clients: BTreeMap::new(),
             faults: StoreFaults::default(),
             rng: Rng::new(0),
             history: Vec::new(),
@@ -546,6 +570,39 @@ impl MemoryLeaseStore {
         }
     }
 
+    /// Writes `lease` as its row of `stream`, unconditionally and without history, as an
+    /// operator editing the store by hand would (e.g. a token at the largest value).
+    pub fn put_lease(&self, stream: &str, lease: Lease) {
+        self.lock()
+            .leases
+            .entry(stream.to_owned())
+            .or_default()
+            .insert(lease.shard.clone(), lease);
+    }
+
+    /// Makes the lease row of `shard` unreadable, as garbage written by hand would be: reads
+    /// of every lease report it in [`Rows::corrupt`], and every operation on it fails with
+    /// `Corrupt` naming `reason`, until [`MemoryLeaseStore::repair_lease`].
+    pub fn corrupt_lease(&self, stream: &str, shard: &ShardId, reason: &str) {
+        self.lock()
+            .corrupt_leases
+            .insert((stream.to_owned(), shard.clone()), reason.to_owned());
+    }
+
+    /// Makes the row of `shard` readable again, as it was before [`Self::corrupt_lease`].
+    pub fn repair_lease(&self, stream: &str, shard: &ShardId) {
+        self.lock()
+            .corrupt_leases
+            .remove(&(stream.to_owned(), shard.clone()));
+    }
+
+    /// Makes `client`'s row unreadable until its next heartbeat rewrites it.
+    pub fn corrupt_client(&self, client: &ClientId, reason: &str) {
+        self.lock()
+            .corrupt_clients
+            .insert(client.clone(), reason.to_owned());
+    }
+
     /// The client rows as stored now, without faults or counting (for checkers).
     pub fn peek_clients(&self) -> Vec<ClientRow> {
         client_rows(&self.lock())
@@ -623,9 +680,23 @@ fn client_rows(state: &StoreState) -> Vec<ClientRow> {
     state
         .clients
         .iter()
+        .filter(|(id, _)| !state.corrupt_clients.contains_key(*id))
         .map(|(id, counter)| ClientRow {
             id: id.clone(),
             counter: *counter,
+        })
+        .collect()
+}
+
+fn corrupt_client_rows(state: &StoreState) -> Vec<CorruptRow> {
+    state
+        .corrupt_clients
+        .iter()
+        .filter(|(id, _)| state.clients.contains_key(*id))
+        .map(|(id, reason)| CorruptRow {
+            key: format!("clients/{id}"),
+            id: Some(id.to_string()),
+            reason: reason.clone(),
         })
         .collect()
 }
@@ -635,15 +706,21 @@ impl LeaseStore for MemoryLeaseStore {
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         self.call(Method::Heartbeat, |txn| {
             txn.state.clients.insert(client.clone(), beat);
+            txn.state.corrupt_clients.remove(client);
             txn.record_client(client, ClientOp::Heartbeat);
             Ok(())
         })
         .await
     }
 
-    async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        self.call(Method::Clients, |txn| Ok(client_rows(txn.state)))
-            .await
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
+        self.call(Method::Clients, |txn| {
+            Ok(Rows::new(
+                client_rows(txn.state),
+                corrupt_client_rows(txn.state),
+            ))
+        })
+        .await
     }
 
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
@@ -656,10 +733,28 @@ impl LeaseStore for MemoryLeaseStore {
         .await
     }
 
-    async fn leases(&self, stream: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         let page = self.lock().faults.leases_page;
         let page = if page == 0 { usize::MAX } else { page };
         let mut rows: Vec<Lease> = Vec::new();
+        let split = |rows: Vec<Lease>| {
+            let state = self.lock();
+            let (bad, good): (Vec<Lease>, Vec<Lease>) = rows.into_iter().partition(|l| {
+                state
+                    .corrupt_leases
+                    .contains_key(&(stream.to_owned(), l.shard.clone()))
+            });
+            let corrupt = bad
+                .iter()
+                .filter_map(|l| {
+                    let reason = state
+                        .corrupt_leases
+                        .get(&(stream.to_owned(), l.shard.clone()))?;
+                    Some(corrupt_lease_row(stream, &l.shard, reason))
+                })
+                .collect();
+            Rows::new(good, corrupt)
+        };
         loop {
             let after = rows.last().map(|l| l.shard.clone());
             let part = self
@@ -684,13 +779,20 @@ impl LeaseStore for MemoryLeaseStore {
             let last_page = part.len() < page;
             rows.extend(part);
             if last_page {
-                return Ok(rows);
+                return Ok(split(rows));
             }
         }
     }
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
         self.call(Method::Lease, |txn| {
+            if let Some(reason) = txn
+                .state
+                .corrupt_leases
+                .get(&(stream.to_owned(), shard.clone()))
+            {
+                return Err(corrupt_lease_row(stream, shard, reason).into());
+            }
             Ok(txn
                 .state
                 .leases
@@ -708,6 +810,13 @@ impl LeaseStore for MemoryLeaseStore {
         parents: &[ShardId],
     ) -> Result<Lease, StoreError> {
         self.call(Method::CreateIfAbsent, |txn| {
+            if let Some(reason) = txn
+                .state
+                .corrupt_leases
+                .get(&(stream.to_owned(), shard.clone()))
+            {
+                return Err(corrupt_lease_row(stream, shard, reason).into());
+            }
             let rows = txn.state.leases.entry(stream.to_owned()).or_default();
             if let Some(existing) = rows.get(shard) {
                 return Ok(existing.clone());

@@ -57,7 +57,7 @@ pub fn require_service(service: &str, var: &str, default: &str) -> Option<String
 /// whatever the store. Best effort: errors are ignored.
 pub async fn clear(store: &dyn LeaseStore, stream: &str) {
     let me = ClientId::from("test-cleanup");
-    for lease in store.leases(stream).await.unwrap_or_default() {
+    for lease in store.leases(stream).await.unwrap_or_default().rows {
         if !lease.finished
             && let Ok(taken) = store.take(stream, &lease.shard, &me, lease.token).await
             && let Some(tenure) = taken.tenure()
@@ -66,7 +66,7 @@ pub async fn clear(store: &dyn LeaseStore, stream: &str) {
         }
         let _ = store.delete_finished(stream, &lease.shard).await;
     }
-    for client in store.clients().await.unwrap_or_default() {
+    for client in store.clients().await.unwrap_or_default().rows {
         let _ = store.deregister(&client.id).await;
     }
 }

@@ -102,6 +102,10 @@ pub enum Event {
         /// Each call takes up to this long.
         max_latency: Duration,
     },
+    /// For this long one lease row does not decode (garbage written by hand), and one client's
+    /// row does until that client's next heartbeat rewrites it: the fleet must go on with every
+    /// other row, and take the shard up again once the row is repaired.
+    CorruptRows(Duration),
     /// For this long the stream throttles, fails reads and expires iterators.
     SourceFaults {
         /// How long.
@@ -246,6 +250,14 @@ impl Scenario {
                 }
             };
             s.events.push((at, event));
+        }
+        // Drawn from a stream of its own, so every other choice is what it was before rows
+        // could be corrupted (seeds kept as regression tests still replay the same runs).
+        let mut extra = Rng::new(stable_hash(&[b"corrupt rows", &seed.to_le_bytes()]));
+        if extra.chance(0.2) {
+            let at = Duration::from_millis(extra.below(30_000));
+            let d = Duration::from_millis(2_000 + extra.below(13_000));
+            s.events.push((at, Event::CorruptRows(d)));
         }
         s.events.sort_by_key(|(at, _)| *at);
         s
@@ -811,6 +823,26 @@ impl World {
                 }
             }
             Event::HalfPartition(d) => self.pause(*d, true),
+            Event::CorruptRows(d) => {
+                let leases = self.store.peek_leases(self.stream.name());
+                if !leases.is_empty() {
+                    let shard = leases[self.rng.below(leases.len() as u64) as usize]
+                        .shard
+                        .clone();
+                    let (store, stream) = (self.store.clone(), self.stream.name().to_owned());
+                    store.corrupt_lease(&stream, &shard, "not a lease row (simulated garbage)");
+                    let d = *d;
+                    tokio::spawn(async move {
+                        sleep(d).await;
+                        store.repair_lease(&stream, &shard);
+                    });
+                }
+                if let Some(i) = self.pick_member() {
+                    let id = ClientId::from(self.members[i].id.as_str());
+                    self.store
+                        .corrupt_client(&id, "not a heartbeat value (simulated garbage)");
+                }
+            }
             Event::Split => self.split(),
             Event::Merge => self.merge(),
             Event::StoreFaults {

@@ -38,7 +38,7 @@ use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
 use kinsumer_core::source::{
     HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceRecord,
 };
-use kinsumer_core::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{ClientId, Lease, LeaseStore, Rows, StoreError, Tenure};
 
 use crate::memory_stream::{MemoryStream, partition_hash_key};
 
@@ -88,6 +88,17 @@ fn must<T, E: Debug>(check: &str, call: &str, result: Result<T, E>) -> T {
         Ok(value) => value,
         Err(err) => panic!("lease_store conformance [{check}]: {call} failed: {err:?}"),
     }
+}
+
+/// The rows of a read that must have decoded every row (the contract's own rows always do).
+fn every_row<T, E: Debug>(check: &str, call: &str, result: Result<Rows<T>, E>) -> Vec<T> {
+    let read = must(check, call, result);
+    assert!(
+        read.corrupt.is_empty(),
+        "lease_store conformance [{check}]: {call} reported rows it wrote itself as corrupt: {:?}",
+        read.corrupt
+    );
+    read.rows
 }
 
 fn assert_lease_lost<T: Debug>(check: &str, call: &str, result: Result<T, StoreError>) {
@@ -153,7 +164,7 @@ async fn heartbeat_writes_the_value_and_creates_the_row<S: LeaseStore>(store: &S
     // Values as the engine writes them: an incarnation in the high bits, a sequence below.
     let (first, second) = ((7u64 << 32) | 1, (7u64 << 32) | 2);
     must(CHECK, "heartbeat", store.heartbeat(&client, first).await);
-    let rows = must(CHECK, "clients", store.clients().await);
+    let rows = every_row(CHECK, "clients", store.clients().await);
     assert!(
         rows.iter().any(|r| r.id == client && r.counter == first),
         "lease_store conformance [{CHECK}]: the first heartbeat must create the row with its value, got {rows:?}"
@@ -163,7 +174,7 @@ async fn heartbeat_writes_the_value_and_creates_the_row<S: LeaseStore>(store: &S
     let high = ClientId::from("client-high");
     let top = i64::MAX as u64;
     must(CHECK, "heartbeat", store.heartbeat(&high, top).await);
-    let rows = must(CHECK, "clients", store.clients().await);
+    let rows = every_row(CHECK, "clients", store.clients().await);
     assert!(
         rows.iter().any(|r| r.id == client && r.counter == second),
         "lease_store conformance [{CHECK}]: clients() must show the last value written, got {rows:?}"
@@ -187,7 +198,7 @@ async fn clients_lists_every_row<S: LeaseStore>(store: &S) {
         must(CHECK, "heartbeat", store.heartbeat(id, 10 + n as u64).await);
     }
     must(CHECK, "heartbeat", store.heartbeat(&ids[1], 20).await);
-    let rows: BTreeMap<ClientId, u64> = must(CHECK, "clients", store.clients().await)
+    let rows: BTreeMap<ClientId, u64> = every_row(CHECK, "clients", store.clients().await)
         .into_iter()
         .map(|r| (r.id, r.counter))
         .collect();
@@ -213,7 +224,7 @@ async fn deregister_removes_and_is_idempotent<S: LeaseStore>(store: &S) {
         "deregister of a never-seen client",
         store.deregister(&ClientId::from("never-seen")).await,
     );
-    let ids: Vec<ClientId> = must(CHECK, "clients", store.clients().await)
+    let ids: Vec<ClientId> = every_row(CHECK, "clients", store.clients().await)
         .into_iter()
         .map(|r| r.id)
         .collect();
@@ -227,7 +238,7 @@ async fn deregister_removes_and_is_idempotent<S: LeaseStore>(store: &S) {
         "heartbeat after deregister",
         store.heartbeat(&gone, 5).await,
     );
-    let rows = must(CHECK, "clients", store.clients().await);
+    let rows = every_row(CHECK, "clients", store.clients().await);
     assert!(
         rows.iter().any(|r| r.id == gone && r.counter == 5),
         "lease_store conformance [{CHECK}]: a heartbeat after deregister creates the row again, got {rows:?}"
@@ -531,7 +542,7 @@ async fn release_names_the_successor_and_take_clears_it<S: LeaseStore>(store: &S
         "lease_store conformance [{CHECK}]: release clears the owner and names the successor"
     );
     assert_eq!(released.checkpoint, Some(cp.clone()));
-    let listed = must(CHECK, "leases", store.leases(stream).await);
+    let listed = every_row(CHECK, "leases", store.leases(stream).await);
     assert_eq!(
         listed
             .iter()
@@ -675,7 +686,7 @@ async fn delete_finished_deletes_only_finished_rows<S: LeaseStore>(store: &S) {
         "delete_finished of a missing row",
         store.delete_finished(stream, &done).await,
     );
-    let rows = must(CHECK, "leases", store.leases(stream).await);
+    let rows = every_row(CHECK, "leases", store.leases(stream).await);
     assert_eq!(
         rows,
         vec![before],
@@ -796,7 +807,7 @@ async fn streams_are_isolated<S: LeaseStore>(store: &S) {
         Lease::new(id.clone(), vec![]),
         "lease_store conformance [{CHECK}]: the same shard id on another stream is its own row"
     );
-    let left_rows = must(CHECK, "leases", store.leases(left).await);
+    let left_rows = every_row(CHECK, "leases", store.leases(left).await);
     assert_eq!(
         left_rows.len(),
         1,
@@ -816,7 +827,7 @@ async fn lease_of_a_missing_row_is_none<S: LeaseStore>(store: &S) {
         lease.is_none(),
         "lease_store conformance [{CHECK}]: got {lease:?}"
     );
-    let rows = must(CHECK, "leases", store.leases("conformance-none").await);
+    let rows = every_row(CHECK, "leases", store.leases("conformance-none").await);
     assert!(
         rows.is_empty(),
         "lease_store conformance [{CHECK}]: an unknown stream has no rows, got {rows:?}"

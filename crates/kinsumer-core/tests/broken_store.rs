@@ -1,0 +1,89 @@
+//! A store that comes back broken stops the consumer and says why — even while the consumer
+//! had fenced itself during the outage (before, a fenced consumer never looked at what its
+//! heartbeats failed with, sat idle forever, and `shutdown` returned `Ok`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kinsumer_core::layer::{Layer, Layered};
+use kinsumer_core::source::SourceError;
+use kinsumer_core::store::StoreError;
+use kinsumer_core::{Config, Consumer, ConsumerError};
+use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
+use tokio::time::sleep;
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const BROKEN: u8 = 2;
+
+/// Every store call passes (`UP`), hangs (`DOWN`, an outage) or fails as fatal (`BROKEN`: the
+/// table was dropped, the credentials revoked).
+#[derive(Clone, Default)]
+struct Outage(Arc<AtomicU8>);
+
+impl Layer for Outage {
+    async fn store_call<'a, T: Send + 'a>(
+        &'a self,
+        _op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> Result<T, StoreError> {
+        match self.0.load(Ordering::SeqCst) {
+            UP => call.await,
+            DOWN => std::future::pending().await,
+            _ => Err(StoreError::Fatal(
+                "table kinsumer-app does not exist".into(),
+            )),
+        }
+    }
+
+    async fn source_call<'a, T: Send + 'a>(
+        &'a self,
+        _op: &'static str,
+        call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
+    ) -> Result<T, SourceError> {
+        call.await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_comes_back_broken_after_an_outage_stops_the_consumer_with_its_error() {
+    let stream = MemoryStream::new("s", 2);
+    let outage = Outage::default();
+    let store = Layered::new(MemoryLeaseStore::new(), outage.clone());
+    let mut config = Config::new("app").with_client_id("a");
+    config.rng_seed = Some(1);
+    let mut consumer = Consumer::new(config, stream.clone(), store).expect("valid");
+    let mut records = consumer.records().expect("start");
+    let reader = tokio::spawn(async move {
+        while let Some(next) = records.next().await {
+            match next {
+                Ok(r) => r.ack(),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    });
+    sleep(Duration::from_secs(5)).await;
+    // An outage longer than the TTL: the consumer fences itself.
+    outage.0.store(DOWN, Ordering::SeqCst);
+    sleep(Duration::from_secs(30)).await;
+    // The store answers again, but every call is refused for good.
+    outage.0.store(BROKEN, Ordering::SeqCst);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the record stream ends within seconds of the store coming back broken")
+        .expect("reader");
+    match stopped {
+        Some(ConsumerError::Store(StoreError::Fatal(m))) => {
+            assert!(m.contains("does not exist"), "{m}")
+        }
+        other => panic!("the stream ends with the store's fatal error, got {other:?}"),
+    }
+    match consumer.shutdown().await {
+        Err(ConsumerError::Store(StoreError::Fatal(_))) => {}
+        other => panic!("shutdown reports it too, got {other:?}"),
+    }
+}
