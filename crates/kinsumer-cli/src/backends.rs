@@ -155,16 +155,57 @@ impl SourceUrl {
     }
 }
 
-/// `url` with any `user:password@` replaced by `***@`.
+/// `url` with any `user:password@` replaced by `***@`, and the value of every query parameter
+/// whose name holds `password` (PostgreSQL's `?password=`, `sslpassword=`) by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                        format!("{k}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// `text` (an error message, say) with every URL in it redacted as [`redact`] does: a URL runs
+/// from its scheme to the next white space or quote.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // The scheme: the letters (and + - .) right before `://`.
+        let start = rest[..i]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(j, c)| j + c.len_utf8());
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`'))
+            .map_or(rest.len(), |j| i + j);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact(&rest[start..end]));
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 fn split_scheme<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, &'a str), UrlError> {
@@ -722,6 +763,42 @@ mod tests {
         assert_eq!(url.to_string(), "dynamodb://t?region=eu-west-1");
         assert_eq!(redact("redis://:secret@h:6379"), "redis://***@h:6379");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact("postgres://u@h/db?password=Secret&sslpassword=S2&schema=x"),
+            "postgres://***@h/db?password=***&sslpassword=***&schema=x"
+        );
+        let url: StoreUrl = "postgres://u@h/db?password=Secret".parse().unwrap();
+        assert!(!url.to_string().contains("Secret"), "{url}");
+        assert!(!format!("{url:?}").contains("Secret"), "{url:?}");
+    }
+
+    #[test]
+    fn urls_in_messages_are_redacted() {
+        let message = "error: invalid value 'mysql://u:Secret@h/db' for '--store <URL>': \
+                       no store for scheme mysql (postgres://x:Two@h/db?password=Three)";
+        let redacted = redact_text(message);
+        for secret in ["Secret", "Two", "Three"] {
+            assert!(!redacted.contains(secret), "{redacted}");
+        }
+        assert!(redacted.contains("'mysql://***@h/db'"), "{redacted}");
+        assert_eq!(redact_text("no url here"), "no url here");
+        // Any text, multi-byte characters next to the scheme or the end included, never panics.
+        for text in [
+            "…://",
+            "(…://x:y@h)",
+            "é://a:b@c",
+            "://",
+            "a://",
+            "x://…",
+            "`s://u:p@h`…",
+            "redis://:p@h… and postgres://u:q@h/d?password=r…",
+        ] {
+            let redacted = redact_text(text);
+            assert!(
+                !redacted.contains(":p@") && !redacted.contains("=r"),
+                "{text} -> {redacted}"
+            );
+        }
     }
 
     #[test]

@@ -943,6 +943,58 @@ async fn an_unreachable_store_is_exit_2_and_hides_credentials() {
         "{run:?}"
     );
     assert!(!run.stderr.contains("secret"), "{run:?}");
+    // Every way a password can be in a URL, in every place a URL is shown: a rejected value
+    // (clap's own message), a query password in the header and JSON, and errors.
+    for args in [
+        vec!["status", "--store", "mysql://u:Secret1@h/db", "--app", "a"],
+        vec![
+            "reset",
+            "--store",
+            "mysql://u:Secret1@h/db",
+            "--app",
+            "a",
+            "--stream",
+            "s",
+            "--all",
+            "--to",
+            "latest",
+        ],
+        vec![
+            "status",
+            "--store",
+            "postgres://u@127.0.0.1:1/db?password=Secret1",
+            "--app",
+            "a",
+            "--sample",
+            "0",
+        ],
+        vec![
+            "status",
+            "--store",
+            "postgres://u@127.0.0.1:1/db?password=Secret1",
+            "--app",
+            "a",
+            "--sample",
+            "0",
+            "--json",
+        ],
+        vec![
+            "status",
+            "--store",
+            "redis://:Secret1@127.0.0.1:1",
+            "--app",
+            "a",
+            "--sample",
+            "x",
+        ],
+    ] {
+        let run = kinsumer(&args).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            !run.stderr.contains("Secret1") && !run.stdout.contains("Secret1"),
+            "{args:?}: {run:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

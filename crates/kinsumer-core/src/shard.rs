@@ -192,9 +192,10 @@ pub(crate) async fn run_tenure(
             joined = OptionFuture::from(worker.as_mut()), if worker.is_some() => {
                 worker = None;
                 if let Some(Err(e)) = joined {
-                    // A panicking handler: restart the shard (the batch is retried, never skipped).
-                    tracker.revoke();
-                    return Outcome::Failed(ConsumerError::Panicked(format!("batch handler: {e}")));
+                    // A panicking handler: restart the shard (the batch is retried, never skipped),
+                    // keeping what was handled before it.
+                    let e = ConsumerError::Panicked(format!("batch handler: {e}"));
+                    return fail(&engine, &tenure, &tracker, &mut committed, e).await;
                 }
             }
             joined = &mut fetcher, if !ended => match joined {
@@ -205,17 +206,34 @@ pub(crate) async fn run_tenure(
                     ended = true;
                 }
                 Ok(FetchEnd::Failed(e)) => {
-                    tracker.revoke();
-                    return Outcome::Failed(e);
+                    return fail(&engine, &tenure, &tracker, &mut committed, e).await;
                 }
                 Err(e) => {
-                    tracker.revoke();
-                    return Outcome::Failed(ConsumerError::Panicked(e.to_string()));
+                    let e = ConsumerError::Panicked(e.to_string());
+                    return fail(&engine, &tenure, &tracker, &mut committed, e).await;
                 }
             },
             _ = tracker.changed(), if ended => {}
         }
     }
+}
+
+/// Ends a tenure that failed (a panic, a read error no retry fixes): no more hand-outs, and
+/// the watermark committed first, so the next tenure resumes right after what was processed —
+/// after a handler panic only the batch that panicked comes again, not everything since the
+/// last periodic commit. Best effort: a failed commit leaves the last one standing.
+async fn fail(
+    engine: &Engine,
+    tenure: &Tenure,
+    tracker: &AckTracker,
+    committed: &mut Checkpoint,
+    error: ConsumerError,
+) -> Outcome {
+    tracker.revoke();
+    if let Err(e) = commit(engine, tenure, tracker, committed).await {
+        warn!(tenure = %tenure, error = %e, "committing the watermark of a failed tenure failed");
+    }
+    Outcome::Failed(error)
 }
 
 /// Writes the watermark if it moved since the last commit; `true` if it wrote.
