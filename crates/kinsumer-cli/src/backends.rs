@@ -393,11 +393,22 @@ pub async fn aws_config(aws: &AwsTarget) -> Result<aws_config::SdkConfig, OpenEr
     Ok(config)
 }
 
+/// How a subcommand uses a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads and fenced writes of what exists: never creates or migrates anything (a missing
+    /// PostgreSQL schema, or one at another version, is an error saying so).
+    Existing,
+    /// As a consumer: a PostgreSQL schema is created or migrated.
+    Consumer,
+}
+
 /// Opens the lease store `url` for `application`. Never creates a DynamoDB table: a missing
 /// table is an error naming it.
 pub async fn open_store(
     url: &StoreUrl,
     application: &str,
+    access: Access,
 ) -> Result<Arc<dyn LeaseStore>, OpenError> {
     let store: Arc<dyn LeaseStore> = match url {
         StoreUrl::Memory => Arc::new(MemoryLeaseStore::new()),
@@ -411,11 +422,14 @@ pub async fn open_store(
             if let Some(schema) = schema {
                 config = config.with_schema(schema.clone());
             }
-            Arc::new(
-                PgLeaseStore::connect(config)
-                    .await
-                    .map_err(|e| OpenError(format!("PostgreSQL at {}: {e}", redact(url))))?,
-            )
+            config.migrate_on_connect = access == Access::Consumer;
+            let failed =
+                |e: kinsumer::StoreError| OpenError(format!("PostgreSQL at {}: {e}", redact(url)));
+            let store = PgLeaseStore::connect(config).await.map_err(failed)?;
+            if access == Access::Existing {
+                store.check_schema().await.map_err(failed)?;
+            }
+            Arc::new(store)
         }
         StoreUrl::Dynamo { table, aws } => {
             let sdk = aws_config(aws).await?;

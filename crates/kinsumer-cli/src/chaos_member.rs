@@ -43,7 +43,7 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Result;
-use crate::backends::{SourceUrl, StoreUrl, open_source, open_store};
+use crate::backends::{Access, SourceUrl, StoreUrl, open_source, open_store};
 
 /// How often the held leases are compared with the last poll, to log takes and drops.
 const STATUS_POLL: Duration = Duration::from_millis(50);
@@ -229,7 +229,7 @@ pub async fn run(args: ChaosMemberArgs) -> Result<i32> {
     }
     config.faults.no_self_fencing = args.break_self_fencing;
     config.validate()?;
-    let store = open_store(&args.store, &args.app).await?;
+    let store = open_store(&args.store, &args.app, Access::Consumer).await?;
     let source = open_source(&args.source).await?;
     let mut consumer = Consumer::from_shared(config, Arc::new(source), store)?;
     let status = consumer.status();

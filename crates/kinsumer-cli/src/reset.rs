@@ -21,7 +21,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use kinsumer::{Checkpoint, ClientId, Lease, LeaseStore, StoreError};
 
 use crate::Result;
-use crate::backends::{StartAt, StoreUrl, brief, checkpoint_text, open_store};
+use crate::backends::{Access, StartAt, StoreUrl, brief, checkpoint_text, open_store};
 use crate::status::{emit, table};
 
 /// Examples and exit codes at the end of `kinsumer reset --help`.
@@ -107,7 +107,7 @@ async fn execute(args: ResetArgs) -> Result<i32> {
                 .into(),
         );
     }
-    let store = open_store(&args.store, &args.app).await?;
+    let store = open_store(&args.store, &args.app, Access::Existing).await?;
     let read = store.leases(&args.stream).await?;
     let mut leases = read.rows;
     leases.sort_by(|a, b| a.shard.cmp(&b.shard));

@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::backends::{
-    SourceUrl, StoreUrl, brief, checkpoint_text, open_source, open_store, parse_seconds,
+    Access, SourceUrl, StoreUrl, brief, checkpoint_text, open_source, open_store, parse_seconds,
 };
 
 /// Records counted behind a checkpoint before status stops counting (and prints `≥`).
@@ -109,7 +109,7 @@ pub async fn run(args: StatusArgs) -> Result<i32> {
 }
 
 async fn execute(args: StatusArgs) -> Result<i32> {
-    let store = open_store(&args.store, &args.app).await?;
+    let store = open_store(&args.store, &args.app, Access::Existing).await?;
     let source = match &args.source {
         Some(url) => Some(open_source(url).await?),
         None => None,

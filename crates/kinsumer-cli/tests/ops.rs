@@ -366,6 +366,86 @@ async fn status_on_dynamodb_shows_owners_checkpoints_and_gone_owners() {
 /// PostgreSQL; `status --source` shows who owns which shard, the checkpoints they committed,
 /// and the records they have not acknowledged as "behind the tip" — then, after they leave, no
 /// clients, no owners and the same checkpoints.
+/// `status` and `reset` never create or migrate: they work as a role that may only read, and a
+/// schema name with a typo is an error saying so — not a new, empty schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_postgres_is_read_only() {
+    let Some(pg) = require_service(
+        "PostgreSQL",
+        "KINSUMER_POSTGRES_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    ) else {
+        return;
+    };
+    let suffix = unique_name("ro").replace('-', "_");
+    let (schema, role) = (format!("kt_{suffix}"), format!("kinsumer_{suffix}"));
+    let store = PgLeaseStore::connect(PgStoreConfig::new(&pg, "billing").with_schema(&schema))
+        .await
+        .expect("PostgreSQL");
+    store
+        .create_if_absent("orders", &ShardId::from("s-0"), &[])
+        .await
+        .expect("create");
+    let admin = |sql: String| {
+        let pool = store.pool().clone();
+        async move {
+            kinsumer::postgres::sqlx::query(kinsumer::postgres::sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect("admin statement");
+        }
+    };
+    admin(format!("CREATE ROLE {role} LOGIN PASSWORD 'ro-pass'")).await;
+    admin(format!("GRANT USAGE ON SCHEMA \"{schema}\" TO {role}")).await;
+    admin(format!(
+        "GRANT SELECT ON ALL TABLES IN SCHEMA \"{schema}\" TO {role}"
+    ))
+    .await;
+    let host = pg
+        .rsplit_once('@')
+        .map_or("127.0.0.1:5432/postgres", |(_, h)| h);
+    let host = host.split('?').next().unwrap_or(host);
+    let as_reader = format!("postgres://{role}:ro-pass@{host}?schema={schema}");
+
+    let run = kinsumer(&[
+        "status", "--store", &as_reader, "--app", "billing", "--stream", "orders", "--sample", "0",
+    ])
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "a role that may only read sees the leases: {run:?}"
+    );
+    assert!(run.stdout.contains("s-0"), "{run:?}");
+    assert!(!run.stdout.contains("ro-pass") && !run.stderr.contains("ro-pass"));
+
+    let typo = format!("{schema}_typo");
+    let run = kinsumer(&[
+        "status",
+        "--store",
+        &format!("{pg}?schema={typo}"),
+        "--app",
+        "billing",
+        "--stream",
+        "orders",
+        "--sample",
+        "0",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("no kinsumer tables"), "{run:?}");
+    let created: Option<String> = kinsumer::postgres::sqlx::query_scalar(
+        "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name = $1",
+    )
+    .bind(&typo)
+    .fetch_optional(store.pool())
+    .await
+    .expect("query");
+    assert_eq!(created, None, "status created nothing");
+
+    admin(format!("DROP SCHEMA \"{schema}\" CASCADE")).await;
+    admin(format!("DROP ROLE {role}")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
     let Some(pg) = require_service(

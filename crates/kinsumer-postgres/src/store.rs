@@ -195,6 +195,47 @@ impl PgLeaseStore {
         self.retrying(Kind::Write, || self.migrate_once()).await
     }
 
+    /// Checks, without changing anything, that the schema exists at the version this build
+    /// reads and writes — for read-only tools (`kinsumer status`), which must neither create a
+    /// schema nor need the right to: a missing schema (a typo in its name) or one at another
+    /// version is a `Fatal` error saying so.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let schema = &self.inner.schema;
+        let table = format!("{}.schema_version", schema::quote(schema));
+        let exists: Option<String> = self
+            .retrying(Kind::Read, || {
+                sqlx::query_scalar("SELECT to_regclass($1)::text")
+                    .bind(&table)
+                    .fetch_one(&self.inner.pool)
+            })
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::Fatal(format!(
+                "schema {schema} has no kinsumer tables in this database: no consumer has used \
+                 it yet, or the schema name is wrong"
+            )));
+        }
+        let version: Option<i32> = self
+            .retrying(Kind::Read, || {
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
+                    .fetch_optional(&self.inner.pool)
+            })
+            .await?;
+        match version {
+            Some(v) if v == crate::SCHEMA_VERSION => Ok(()),
+            other => Err(StoreError::Fatal(format!(
+                "schema {schema} is at version {}, this build reads version {}: {}",
+                other.map_or("none".to_owned(), |v| v.to_string()),
+                crate::SCHEMA_VERSION,
+                if other.is_some_and(|v| v > crate::SCHEMA_VERSION) {
+                    "upgrade this tool"
+                } else {
+                    "start a consumer of this version (it migrates the schema), or run PgLeaseStore::migrate"
+                }
+            ))),
+        }
+    }
+
     async fn migrate_once(&self) -> Result<(), sqlx::Error> {
         match schema::migrate(&self.inner.pool, &self.inner.schema).await {
             Ok(()) => Ok(()),
