@@ -19,8 +19,11 @@
 //!   `TRIM_HORIZON` with a warning (the default), or stop.
 //! - **Shard end.** A closed shard read to its end reports the end and its `ChildShards`.
 //! - **Errors** are classified: `ProvisionedThroughputExceeded` and KMS throttling →
-//!   `Throttled` (the consumer backs off with jitter); a missing shard → `ShardGone`; access,
-//!   KMS and argument errors → `Fatal`; network failures and 5xx → `Transient`.
+//!   `Throttled` (the consumer backs off with jitter); a missing shard → `ShardGone`, but only
+//!   once a listing agrees it is gone (a shard still listed — a stream deleted and created
+//!   again, a restarted service — is re-opened after the last record read, and a stream that
+//!   was listed before and is missing now is retried, not fatal); access, KMS and argument
+//!   errors → `Fatal`; network failures and 5xx → `Transient`.
 //! - The pace — at least `Config::poll_interval` (200 ms) between reads of a shard, as Kinesis
 //!   allows 5 reads per second per shard shared by every application — is the consumer's.
 //!

@@ -2,7 +2,7 @@
 //! GetRecords.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
@@ -109,6 +109,9 @@ pub struct KinesisSource {
     fan_out: Option<Arc<FanOut>>,
     /// ListShards page size (the service's default when `None`).
     page_size: Option<i32>,
+    /// A listing succeeded once: the stream exists (or existed), so a later "not found" is a
+    /// stream deleted and created again, or a restarted service — retried, not fatal.
+    listed_once: Arc<AtomicBool>,
 }
 
 impl KinesisSource {
@@ -121,6 +124,7 @@ impl KinesisSource {
             stream: Arc::new(StreamRef { name, arn: None }),
             fan_out: None,
             page_size: None,
+            listed_once: Arc::default(),
         }
     }
 
@@ -146,6 +150,7 @@ impl KinesisSource {
             }),
             fan_out: None,
             page_size: None,
+            listed_once: Arc::default(),
         })
     }
 
@@ -173,29 +178,44 @@ impl KinesisSource {
         self
     }
 
-    /// A shard reported missing when asked for a position in it may only be missing that
-    /// position (some implementations answer a sequence number they do not know with
-    /// ResourceNotFound). Finishing a live shard's lease would skip its records, so `ShardGone`
-    /// stands only if the listing agrees; otherwise the position is treated as trimmed.
+    /// A shard reported missing may not be: some implementations answer a sequence number
+    /// they do not know with ResourceNotFound, and an iterator of a stream that was deleted and
+    /// created again (or of a service that restarted) is not found either. Finishing a live
+    /// shard's lease would skip its records, so `ShardGone` stands only if a listing agrees;
+    /// otherwise a position is treated as trimmed, and anything else is retried.
     pub(crate) async fn confirm_gone(
         &self,
         shard: &ShardId,
         from: &Checkpoint,
         err: SourceError,
     ) -> SourceError {
-        let (SourceError::ShardGone(_), Checkpoint::After(p)) = (&err, from) else {
+        let SourceError::ShardGone(_) = &err else {
             return err;
         };
-        match self.list_shards().await {
-            Ok(shards) if shards.iter().any(|s| &s.id == shard) => SourceError::Trimmed {
-                shard: shard.clone(),
-                position: format!("{p} (not found in a shard that still exists)"),
-            },
-            Ok(_) => err,
+        match self.still_listed(shard).await {
+            Ok(false) => err,
             // Unsure: retry later rather than finish a lease on a guess.
-            Err(e) => {
-                SourceError::Transient(format!("could not confirm that {shard} is gone: {e}"))
-            }
+            Err(unsure) => unsure,
+            Ok(true) => match from {
+                Checkpoint::After(p) => SourceError::Trimmed {
+                    shard: shard.clone(),
+                    position: format!("{p} (not found in a shard that still exists)"),
+                },
+                _ => SourceError::Transient(format!(
+                    "{shard} was answered as not found, but the stream still lists it; retrying"
+                )),
+            },
+        }
+    }
+
+    /// Whether the stream's listing has `shard` (a failed listing is a transient error: never
+    /// decide a shard is gone on a guess).
+    pub(crate) async fn still_listed(&self, shard: &ShardId) -> Result<bool, SourceError> {
+        match self.list_shards().await {
+            Ok(shards) => Ok(shards.iter().any(|s| &s.id == shard)),
+            Err(e) => Err(SourceError::Transient(format!(
+                "could not confirm that {shard} is gone: {e}"
+            ))),
         }
     }
 
@@ -264,7 +284,19 @@ impl ShardSource for KinesisSource {
                 (None, Some(arn)) => req.stream_arn(arn),
                 (None, None) => req.stream_name(&self.stream.name),
             };
-            let out = req.send().await.map_err(|e| classify(&e, None))?;
+            let out = req.send().await.map_err(|e| {
+                let err = classify(&e, None);
+                if e.code() == Some("ResourceNotFoundException")
+                    && self.listed_once.load(Ordering::Relaxed)
+                {
+                    return SourceError::Transient(format!(
+                        "stream {} is not found, though it was listed before (deleted and \
+                         created again, or the service restarted?); retrying: {err}",
+                        self.stream.name
+                    ));
+                }
+                err
+            })?;
             for s in out.shards() {
                 let range = s.hash_key_range().ok_or_else(|| {
                     SourceError::Fatal(format!(
@@ -292,7 +324,10 @@ impl ShardSource for KinesisSource {
             }
             match out.next_token() {
                 Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => return Ok(shards),
+                _ => {
+                    self.listed_once.store(true, Ordering::Relaxed);
+                    return Ok(shards);
+                }
             }
         }
     }
@@ -563,6 +598,22 @@ impl ShardReader for PollingReader {
                 let err = classify(&e, Some(&self.cursor.shard));
                 if matches!(err, SourceError::Throttled(_)) {
                     bump(stats, &stats.throttled, THROTTLED, &self.cursor.shard);
+                }
+                if let SourceError::ShardGone(_) = err {
+                    // Gone only if a listing agrees. A shard still listed had its iterator
+                    // invalidated (the stream deleted and created again, a restarted
+                    // service): read on from right after the last record handed out.
+                    let from = self.cursor.resume_point(&self.start);
+                    let shard = self.cursor.shard.clone();
+                    return match self.source.still_listed(&shard).await? {
+                        false => Err(err),
+                        true => {
+                            warn!(shard = %shard, from = %from, "GetRecords answered not found for a shard the stream still lists; re-opening");
+                            self.iterator = None;
+                            self.reopen(from).await?;
+                            Ok(Batch::default())
+                        }
+                    };
                 }
                 return Err(err);
             }

@@ -440,3 +440,77 @@ async fn stream_put(stream: &common::TestStream, key: &str, data: Bytes) {
         .await
         .expect("PutRecord");
 }
+
+/// A stream deleted and created again under the same name (its shards have the same ids) —
+/// as after an emulator restart and re-provisioning: GetRecords answers the old iterator with
+/// ResourceNotFound and the stream is missing for a while. Before, the lease was finished
+/// (SHARD_END for good: the new records were never read) or a listing stopped the consumer as
+/// fatal; now the shard is finished only if a listing agrees it is gone, and the consumer
+/// reads on in the new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_and_created_again_is_read_on_not_finished() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let client = common::client(&endpoint);
+    let stream = common::TestStream::create(&client, "recreate", 1).await;
+    let first: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("k{i}"), format!("first-{i}").into_bytes()))
+        .collect();
+    stream.put_all(&first).await;
+    let store = MemoryLeaseStore::new();
+    let mut consumer = Consumer::new(
+        config("a"),
+        KinesisSource::new(client.clone(), &stream.name),
+        store.clone(),
+    )
+    .expect("valid");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let task = collect(
+        consumer.records().expect("start"),
+        EventClock::new(),
+        log.clone(),
+    );
+    wait_for(&log, 5, "the first stream's records").await;
+
+    client
+        .delete_stream()
+        .stream_name(&stream.name)
+        .enforce_consumer_deletion(true)
+        .send()
+        .await
+        .expect("DeleteStream");
+    // Gone for a while: listings and reads fail meanwhile.
+    for _ in 0..100 {
+        let described = client
+            .describe_stream_summary()
+            .stream_name(&stream.name)
+            .send()
+            .await;
+        if described.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .create_stream()
+        .stream_name(&stream.name)
+        .shard_count(1)
+        .send()
+        .await
+        .expect("CreateStream again");
+    stream.wait_active().await;
+    let second: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("k{i}"), format!("second-{i}").into_bytes()))
+        .collect();
+    stream.put_all(&second).await;
+    wait_for(&log, 10, "the records of the stream created again").await;
+    let leases = store.peek_leases(&stream.name);
+    assert!(
+        leases.iter().all(|l| !l.finished),
+        "no lease was finished on a guess: {leases:?}"
+    );
+    consumer.shutdown().await.expect("shutdown");
+    task.abort();
+}
