@@ -21,7 +21,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use kinsumer::{Checkpoint, ClientId, Lease, LeaseStore, StoreError};
 
 use crate::Result;
-use crate::backends::{Access, StartAt, StoreUrl, brief, checkpoint_text, open_store};
+use crate::backends::{
+    Access, StartAt, StoreUrl, brief, checkpoint_text, format_rfc3339, open_store,
+};
 use crate::status::{emit, table};
 
 /// Examples and exit codes at the end of `kinsumer reset --help`.
@@ -106,6 +108,22 @@ async fn execute(args: ResetArgs) -> Result<i32> {
             "--to sequence:N names one record, which lives in one shard: use it with one --shard"
                 .into(),
         );
+    }
+    if let StartAt::Timestamp(ms) = args.to {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if ms > now_ms {
+            // Kinesis refuses to read from a time it has not reached: every consumer would
+            // set the shard aside until the next reset.
+            return Err(format!(
+                "--to timestamp:{} is in the future (now is {}): no record arrived then yet; \
+                 use latest to skip what is there now",
+                format_rfc3339(ms),
+                format_rfc3339(now_ms)
+            )
+            .into());
+        }
     }
     let store = open_store(&args.store, &args.app, Access::Existing).await?;
     let read = store.leases(&args.stream).await?;

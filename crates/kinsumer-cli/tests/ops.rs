@@ -888,6 +888,22 @@ async fn bad_urls_and_flags_are_one_line_errors_with_exit_2() {
             "unknown scheme `mysql://`",
         ),
         (
+            &[
+                "reset",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--stream",
+                "s",
+                "--all",
+                "--to",
+                "timestamp:2099-01-01T00:00:00Z",
+                "--yes",
+            ],
+            "is in the future",
+        ),
+        (
             &["status", "--store", "localhost:6379", "--app", "a"],
             "examples: memory://",
         ),

@@ -589,6 +589,8 @@ impl Stream for Records {
 /// One held lease.
 struct Held {
     tenure: Tenure,
+    /// The row as the take left it: what a read shows while nobody else changed it.
+    taken: Lease,
     tracker: Arc<AckTracker>,
     ask: watch::Sender<Ask>,
     task: AbortHandle,
@@ -1231,6 +1233,8 @@ impl Supervisor {
             .values()
             .filter(|l| !l.finished && !self.held.contains_key(&l.shard))
             .filter(|l| l.owner.as_ref() == Some(&me) && !mine(&l.shard))
+            // Set aside while ours: keep it, or every client would try and fail in turn.
+            .filter(|l| !self.bad_leases.holds(l.shard.as_str()))
             .filter_map(|l| Some((l.tenure()?, successor(&l.shard))))
             .collect();
         for (tenure, to) in stale {
@@ -1460,6 +1464,7 @@ impl Supervisor {
             tenure.shard.clone(),
             Held {
                 tenure,
+                taken: lease.clone(),
                 tracker,
                 ask,
                 task: handle,
@@ -1515,9 +1520,10 @@ impl Supervisor {
         if self.held.get(&shard).is_some_and(|h| h.task.id() != id) {
             return Ok(());
         }
-        if let Some(held) = self.held.remove(&shard) {
+        let taken = self.held.remove(&shard).map(|held| {
             held.tracker.revoke();
-        }
+            held.taken
+        });
         self.set_held_gauge();
         self.engine.status.remove(&shard);
         self.need_full = true;
@@ -1536,6 +1542,19 @@ impl Supervisor {
                 self.retry.remove(&shard);
             }
             Outcome::Failed(e) if is_fatal(&e) => return Err(e),
+            // The source refuses the stored position: no retry can help, and another client
+            // would fail the same way. We keep the lease (so nobody else tries) and set the
+            // shard aside until someone resets its checkpoint.
+            Outcome::Failed(ConsumerError::Source(e @ SourceError::BadPosition { .. })) => {
+                let row = CorruptRow {
+                    key: format!("{}/{shard}", self.engine.stream),
+                    id: Some(shard.to_string()),
+                    reason: format!("{e}; reset its checkpoint"),
+                };
+                let fingerprint = taken.as_ref().map(fingerprint).unwrap_or_default();
+                self.bad_leases.refused(shard.as_str(), fingerprint, row);
+                self.set_corrupt_gauge();
+            }
             Outcome::Failed(e) => {
                 let failures = self.retry.get(&shard).map_or(0, |(_, n)| *n) + 1;
                 let delay = self.engine.backoff(failures);

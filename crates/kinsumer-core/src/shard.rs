@@ -368,7 +368,9 @@ async fn recover(engine: &Engine, shard: &ShardId, e: SourceError, attempt: &mut
             }
             TrimmedPolicy::Fail => Next::Stop(FetchEnd::Failed(e.into())),
         },
-        SourceError::Fatal(_) => Next::Stop(FetchEnd::Failed(e.into())),
+        SourceError::Fatal(_) | SourceError::BadPosition { .. } => {
+            Next::Stop(FetchEnd::Failed(e.into()))
+        }
     };
     if !matches!(next, Next::Stop(_)) {
         *attempt = attempt.saturating_add(1);

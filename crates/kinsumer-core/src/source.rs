@@ -158,6 +158,18 @@ pub enum SourceError {
         /// The position that is gone.
         position: String,
     },
+    /// The source refuses to start reading the shard at this position (a timestamp in the
+    /// future, say): not retried, and not fatal for the consumer — the engine sets the shard
+    /// aside, holding its lease, until its checkpoint is reset; every other shard goes on.
+    #[error("shard {shard} cannot be read from {position}: {reason}")]
+    BadPosition {
+        /// The shard.
+        shard: ShardId,
+        /// The position refused.
+        position: String,
+        /// Why.
+        reason: String,
+    },
     /// Nothing will fix this by retrying (stream deleted, access denied, bad configuration).
     #[error("fatal source error: {0}")]
     Fatal(String),

@@ -189,3 +189,54 @@ async fn a_live_clients_row_that_does_not_decode_for_a_moment_costs_it_no_lease(
     a.shutdown().await.expect("shutdown");
     b.shutdown().await.expect("shutdown");
 }
+
+/// A checkpoint the source refuses to start at (a timestamp in the future, as a mistaken
+/// `reset` could write): before, the source's error was fatal and every consumer that took
+/// the shard stopped in turn. Now the shard is set aside by the client that holds it — which
+/// keeps the lease, so no other client tries and fails — and every other shard goes on.
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_the_source_refuses_sets_its_shard_aside_not_the_fleet() {
+    use kinsumer_core::position::Checkpoint;
+    let (stream, store, shards) = stream_and_store().await;
+    let in_a_year = stream.now_ms() + 365 * 24 * 3600 * 1000;
+    store
+        .reset_checkpoint("s", &shards[0], 0, &Checkpoint::AtTimestamp(in_a_year))
+        .await
+        .expect("reset");
+    let seen = Seen::default();
+    let a = start("a", &stream, &store, &seen);
+    let b = start("b", &stream, &store, &seen);
+    sleep(Duration::from_secs(15)).await;
+    for shard in &shards[1..] {
+        assert_eq!(delivered_from(&seen, shard), 10, "{shard} flows");
+    }
+    assert_eq!(delivered_from(&seen, &shards[0]), 0);
+    let takes_of_0 = || {
+        store
+            .history()
+            .iter()
+            .filter(|e| e.shard == shards[0] && e.op == StoreOp::Take)
+            .count()
+    };
+    assert_eq!(takes_of_0(), 1, "one client tried it once, and keeps it");
+
+    // An operator moves it (as `kinsumer reset --force` does: take, release at a position).
+    let row = store
+        .lease("s", &shards[0])
+        .await
+        .expect("read")
+        .expect("row");
+    let op = store
+        .take("s", &shards[0], &ClientId::from("operator"), row.token)
+        .await
+        .expect("take");
+    let tenure = op.tenure().expect("owned");
+    store
+        .release("s", &tenure, Some(&Checkpoint::TrimHorizon), None)
+        .await
+        .expect("release");
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(delivered_from(&seen, &shards[0]), 10, "read once reset");
+    a.shutdown().await.expect("shutdown");
+    b.shutdown().await.expect("shutdown");
+}

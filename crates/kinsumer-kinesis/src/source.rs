@@ -497,6 +497,17 @@ where
                 position: format!("{p} ({text})"),
             }
         }
+        // A timestamp the service refuses (one in the future): this shard's problem, not the
+        // consumer's — it is set aside until its checkpoint is reset.
+        (Checkpoint::AtTimestamp(_), SourceError::Fatal(text))
+            if err.code() == Some("InvalidArgumentException") =>
+        {
+            SourceError::BadPosition {
+                shard: shard.clone(),
+                position: from.to_string(),
+                reason: text,
+            }
+        }
         (_, other) => other,
     }
 }

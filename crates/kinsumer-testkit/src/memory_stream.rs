@@ -642,6 +642,17 @@ impl MemoryStream {
                 };
                 (Cursor::Index(log.records.len()), pinned)
             }
+            // Kinesis refuses a timestamp in the future.
+            Checkpoint::AtTimestamp(ms) if *ms > self.now_ms() => {
+                return Err(SourceError::BadPosition {
+                    shard: shard.clone(),
+                    position: from.to_string(),
+                    reason: format!(
+                        "the timestamp is after the stream's clock ({} ms)",
+                        self.now_ms()
+                    ),
+                });
+            }
             Checkpoint::AtTimestamp(ms) => {
                 let at = log.records.partition_point(|r| r.arrival_ms < *ms);
                 (Cursor::Index(at.max(first_retained)), from.clone())
