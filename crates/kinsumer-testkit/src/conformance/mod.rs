@@ -36,7 +36,7 @@ use futures::future::join_all;
 
 use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
 use kinsumer_core::source::{
-    HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceRecord,
+    HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord,
 };
 use kinsumer_core::store::{ClientId, Lease, LeaseStore, Rows, StoreError, Tenure};
 
@@ -924,6 +924,7 @@ pub async fn shard_source(source: &dyn ShardSource, admin: &dyn StreamAdmin) {
     model.track(&roots);
     records_are_read_back_exactly_once_in_order(source, admin, &mut model).await;
     open_after_starts_after_the_position(source, &model).await;
+    a_timestamp_in_the_future_is_a_bad_position(source, &model).await;
     latest_sees_only_later_records(source, admin, &mut model).await;
     split_closes_the_parent_and_hands_over_to_its_children(source, admin, &mut model).await;
     merge_closes_both_parents_and_hands_over_to_the_child(source, admin, &mut model).await;
@@ -1198,6 +1199,28 @@ async fn open_after_starts_after_the_position(source: &dyn ShardSource, model: &
     )
     .await;
     assert_caught_up(CHECK, reader.as_mut(), "After(the last record)").await;
+}
+
+/// A position the source refuses is `BadPosition` — that shard's problem — never `Fatal`,
+/// which would stop a consumer (and, in turn, every consumer that takes the shard).
+async fn a_timestamp_in_the_future_is_a_bad_position(
+    source: &dyn ShardSource,
+    model: &StreamModel,
+) {
+    const CHECK: &str = "a_timestamp_in_the_future_is_a_bad_position";
+    let Some(shard) = model.shards.keys().next() else {
+        panic!("shard_source conformance [{CHECK}]: no shard to test with")
+    };
+    let in_a_day = Checkpoint::AtTimestamp(source.now_ms() + 24 * 3600 * 1000);
+    match source.open(shard, &in_a_day).await {
+        Err(SourceError::BadPosition { shard: s, .. }) => assert_eq!(&s, shard),
+        Err(other) => {
+            panic!("shard_source conformance [{CHECK}]: expected BadPosition, got {other:?}")
+        }
+        Ok(_) => {
+            panic!("shard_source conformance [{CHECK}]: expected BadPosition, the open succeeded")
+        }
+    }
 }
 
 async fn latest_sees_only_later_records(
