@@ -10,6 +10,8 @@
 //! - [`consumer_fleet`] runs three whole consumers over a source and a store through a crash
 //!   and a graceful leave, and judges every delivery: nothing lost, duplicates only from the
 //!   crash and within its window, key order kept (see [`fleet`]).
+//! - [`fleet_under_vandal`] runs two consumers while a backend's [`Vandal`] writes hostile
+//!   values into rows of the real store: the other shards flow, nobody stops (see [`vandal`]).
 //!
 //! Each check panics with a message naming itself. Resharding and reads are polled a bounded
 //! number of times with short sleeps, since emulators are eventually consistent.
@@ -43,7 +45,9 @@ use kinsumer_core::store::{ClientId, Lease, LeaseStore, Rows, StoreError, Tenure
 use crate::memory_stream::{MemoryStream, partition_hash_key};
 
 pub mod fleet;
+pub mod vandal;
 pub use fleet::{FleetReport, consumer_fleet, consumer_fleet_with, fleet_config};
+pub use vandal::{Vandal, VandalReport, fleet_under_vandal, hostile_number, hostile_text};
 
 // ---------------------------------------------------------------------------------------------
 // LeaseStore

@@ -1,0 +1,90 @@
+//! Hostile items written into a running fleet's DynamoDB table (on moto): attributes of the
+//! wrong type, odd numbers, missing keys' attributes. The other shards flow, no consumer stops,
+//! and every read names the bad items (the testkit's vandal check).
+
+mod common;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use kinsumer_core::rng::Rng;
+use kinsumer_core::source::ShardId;
+use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text};
+
+struct DynamoVandal {
+    client: Client,
+    table: String,
+}
+
+/// A hostile attribute value: of a random type, or a number no kinsumer code writes.
+fn hostile_value(rng: &mut Rng) -> AttributeValue {
+    match rng.below(6) {
+        0 => AttributeValue::S(hostile_text(rng)),
+        1 => AttributeValue::N(
+            ["1.5", "-1", "1E3", "18446744073709551616"][rng.below(4) as usize].into(),
+        ),
+        2 => AttributeValue::Bool(rng.chance(0.5)),
+        3 => AttributeValue::L(vec![AttributeValue::N("1".into())]),
+        4 => AttributeValue::Null(true),
+        _ => AttributeValue::Ss(vec![hostile_number(rng).replace(' ', "x") + "s"]),
+    }
+}
+
+#[async_trait]
+impl Vandal for DynamoVandal {
+    async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng) {
+        let field = [
+            "token",
+            "owner",
+            "checkpoint",
+            "finished",
+            "parents",
+            "successor",
+        ][rng.below(6) as usize];
+        let _ = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("lease#tests#{stream}")))
+            .key("sk", AttributeValue::S(shard.to_string()))
+            .update_expression("SET #f = :v")
+            .expression_attribute_names("#f", field)
+            .expression_attribute_values(":v", hostile_value(rng))
+            .send()
+            .await; // refused values are fine
+    }
+
+    async fn spoil_client(&self, client: &str, rng: &mut Rng) {
+        let _ = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S("clients#tests".into()))
+            .key("sk", AttributeValue::S(client.to_owned()))
+            .update_expression("SET #c = :v")
+            .expression_attribute_names("#c", "counter")
+            .expression_attribute_values(":v", hostile_value(rng))
+            .send()
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let client = common::client(&endpoint);
+    let store = common::fresh_store(&client, "vandal").await;
+    let vandal = DynamoVandal {
+        client: client.clone(),
+        table: store.table().to_owned(),
+    };
+    let report = conformance::fleet_under_vandal(store.clone(), "tests", &vandal, 13).await;
+    eprintln!("dynamodb under a vandal: {report:?}");
+    assert!(
+        report.most_corrupt_seen > 0,
+        "the vandal's items were reported: {report:?}"
+    );
+    common::drop_table(&client, store.table()).await;
+}

@@ -1,0 +1,82 @@
+//! Hostile values written into the rows of a running fleet's PostgreSQL tables (whatever the
+//! column types let through): the other shards flow, no consumer stops, and every read names
+//! the bad rows (the testkit's vandal check).
+
+mod common;
+
+use async_trait::async_trait;
+use kinsumer_core::rng::Rng;
+use kinsumer_core::source::ShardId;
+use kinsumer_postgres::sqlx::{self, AssertSqlSafe, PgPool};
+use kinsumer_testkit::conformance::{self, Vandal, hostile_text};
+
+struct PgVandal {
+    pool: PgPool,
+    schema: String,
+    application: String,
+}
+
+#[async_trait]
+impl Vandal for PgVandal {
+    async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng) {
+        let s = format!("\"{}\"", self.schema);
+        let (set, text): (&str, Option<String>) = match rng.below(7) {
+            0 => ("checkpoint = $4", Some(hostile_text(rng))),
+            1 => ("owner = $4", Some(hostile_text(rng))),
+            2 => ("successor = $4", Some(hostile_text(rng))),
+            3 => ("token = 9223372036854775807", None),
+            4 => ("parents = ARRAY[NULL]::text[]", None),
+            5 => ("owner = '', checkpoint = 'AFTER:1/+1'", None),
+            _ => ("token = (random() * 1000)::bigint", None),
+        };
+        let sql = format!(
+            "UPDATE {s}.leases SET {set} WHERE application = $1 AND stream = $2 AND shard = $3"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(stream)
+            .bind(shard.as_str());
+        if let Some(text) = text {
+            query = query.bind(text);
+        }
+        let _ = query.execute(&self.pool).await; // refused values are fine
+    }
+
+    async fn spoil_client(&self, client: &str, rng: &mut Rng) {
+        let s = format!("\"{}\"", self.schema);
+        let id = if rng.chance(0.5) {
+            client.to_owned()
+        } else {
+            hostile_text(rng)
+        };
+        let sql = format!(
+            "INSERT INTO {s}.clients (application, client_id, counter) VALUES ($1, $2, $3) \
+             ON CONFLICT (application, client_id) DO UPDATE SET counter = EXCLUDED.counter"
+        );
+        let _ = sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(id)
+            .bind(i64::MAX)
+            .execute(&self.pool)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("vandal");
+    let store = common::store(&url, &schema, "vandal").await;
+    let vandal = PgVandal {
+        pool: store.pool().clone(),
+        schema: schema.clone(),
+        application: "vandal".to_owned(),
+    };
+    let report = conformance::fleet_under_vandal(store.clone(), "vandal", &vandal, 11).await;
+    eprintln!("postgres under a vandal: {report:?}");
+    assert!(
+        report.most_corrupt_seen > 0,
+        "the vandal's rows were reported: {report:?}"
+    );
+    common::drop_schema(store.pool(), &schema).await;
+}

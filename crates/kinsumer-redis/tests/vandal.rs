@@ -1,0 +1,84 @@
+//! Hostile values written into the rows of a running fleet's Redis: the other shards flow,
+//! no consumer stops, and every read names the bad rows (the testkit's vandal check).
+
+mod common;
+
+use async_trait::async_trait;
+use kinsumer_core::rng::Rng;
+use kinsumer_core::source::ShardId;
+use kinsumer_redis::RedisLeaseStore;
+use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text};
+
+struct RedisVandal {
+    conn: redis::aio::MultiplexedConnection,
+    store: RedisLeaseStore,
+}
+
+#[async_trait]
+impl Vandal for RedisVandal {
+    async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng) {
+        // Raw bytes, or a lease-shaped JSON object with one hostile field.
+        let value: Vec<u8> = match rng.below(3) {
+            0 => (0..rng.below(60)).map(|_| rng.below(256) as u8).collect(),
+            1 => hostile_text(rng).into_bytes(),
+            _ => {
+                let field = [
+                    "token",
+                    "owner",
+                    "checkpoint",
+                    "finished",
+                    "parents",
+                    "successor",
+                ][rng.below(6) as usize];
+                let hostile = match rng.below(4) {
+                    0 => serde_json::json!(hostile_number(rng)),
+                    1 => serde_json::json!(rng.below(u64::MAX)),
+                    2 => serde_json::json!([hostile_text(rng)]),
+                    _ => serde_json::json!({ "nested": hostile_text(rng) }),
+                };
+                let mut row = serde_json::json!({ "token": "1", "checkpoint": "TRIM_HORIZON" });
+                row[field] = hostile;
+                row.to_string().into_bytes()
+            }
+        };
+        let mut conn = self.conn.clone();
+        let _: Result<i64, _> = redis::cmd("HSET")
+            .arg(self.store.leases_key(stream))
+            .arg(shard.as_str())
+            .arg(value)
+            .query_async(&mut conn)
+            .await;
+    }
+
+    async fn spoil_client(&self, client: &str, rng: &mut Rng) {
+        let mut conn = self.conn.clone();
+        let _: Result<i64, _> = redis::cmd("HSET")
+            .arg(self.store.clients_key())
+            .arg(client)
+            .arg(hostile_number(rng))
+            .query_async(&mut conn)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let application = common::unique_app("vandal");
+    let store = RedisLeaseStore::connect(&url, &application)
+        .await
+        .expect("connect");
+    let vandal = RedisVandal {
+        conn: common::raw_connection(&url).await,
+        store: store.clone(),
+    };
+    let report = conformance::fleet_under_vandal(store, &application, &vandal, 7).await;
+    eprintln!("redis under a vandal: {report:?}");
+    assert!(
+        report.most_corrupt_seen > 0,
+        "the vandal's rows were reported: {report:?}"
+    );
+    common::cleanup(&url, &application).await;
+}
