@@ -410,6 +410,20 @@ pub async fn open_store(
     application: &str,
     access: Access,
 ) -> Result<Arc<dyn LeaseStore>, OpenError> {
+    // A server that accepts connections and never answers must not hang the command.
+    tokio::time::timeout(OPEN_TIMEOUT, open_store_now(url, application, access))
+        .await
+        .map_err(|_| OpenError(format!("{url}: no answer in {} s", OPEN_TIMEOUT.as_secs())))?
+}
+
+/// How long opening a store may take.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn open_store_now(
+    url: &StoreUrl,
+    application: &str,
+    access: Access,
+) -> Result<Arc<dyn LeaseStore>, OpenError> {
     let store: Arc<dyn LeaseStore> = match url {
         StoreUrl::Memory => Arc::new(MemoryLeaseStore::new()),
         StoreUrl::Redis(url) => Arc::new(

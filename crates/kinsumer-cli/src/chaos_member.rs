@@ -154,7 +154,7 @@ impl EventLog {
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = file.write_all(&line) {
-            eprintln!("kinsumer chaos-member: cannot write the event log: {e}");
+            note!("kinsumer chaos-member: cannot write the event log: {e}");
             std::process::exit(2);
         }
     }
@@ -284,7 +284,7 @@ pub async fn run(args: ChaosMemberArgs) -> Result<i32> {
                 }
                 Some(Err(e)) => {
                     log.simple("error", Some(e.to_string()));
-                    eprintln!("kinsumer chaos-member: the consumer stopped: {e}");
+                    note!("kinsumer chaos-member: the consumer stopped: {e}");
                     code = 1;
                     break;
                 }
@@ -305,7 +305,7 @@ pub async fn run(args: ChaosMemberArgs) -> Result<i32> {
     match stopped {
         Ok(()) => log.simple("stopped", None),
         Err(e) => {
-            eprintln!("kinsumer chaos-member: shutdown failed: {e}");
+            note!("kinsumer chaos-member: shutdown failed: {e}");
             log.simple("stopped", Some(e));
             code = 1;
         }

@@ -19,6 +19,25 @@ use clap::{Parser, Subcommand};
 /// A boxed-error result: every subcommand reports one line and an exit code, no error crate.
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// `eprintln!` that never panics: a closed stderr (`kinsumer tail 2>&1 | head`) ends nothing of
+/// ours badly — what could not be said is dropped.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`note!`]).
+macro_rules! note_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut err = std::io::stderr();
+        let _ = write!(err, $($arg)*);
+        let _ = err.flush();
+    }};
+}
+
 mod backends;
 mod bench;
 mod chaos_member;
@@ -78,9 +97,10 @@ fn main() {
             // clap echoes a rejected value whole, and a URL's password with it.
             let text = backends::redact_text(&e.render().to_string());
             if e.use_stderr() {
-                eprint!("{text}");
+                note_inline!("{text}");
             } else {
-                print!("{text}");
+                use std::io::Write as _;
+                let _ = write!(std::io::stdout(), "{text}"); // `--help | head` is fine
             }
             std::process::exit(e.exit_code());
         }
@@ -98,7 +118,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kinsumer: cannot start the async runtime: {e}");
+            note!("kinsumer: cannot start the async runtime: {e}");
             std::process::exit(2);
         }
     };
@@ -115,7 +135,7 @@ fn main() {
     match code {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("kinsumer: {e}");
+            note!("kinsumer: {e}");
             std::process::exit(2);
         }
     }

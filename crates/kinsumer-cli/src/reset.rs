@@ -144,7 +144,7 @@ async fn execute(args: ResetArgs) -> Result<i32> {
         )
         .collect();
     for bad in &read.corrupt {
-        eprintln!(
+        note!(
             "kinsumer: {} does not decode ({}); reset cannot move it",
             crate::tail::escape(&bad.key),
             crate::tail::escape(&bad.reason)
@@ -154,7 +154,7 @@ async fn execute(args: ResetArgs) -> Result<i32> {
     let chosen = match choose(&leases, &args) {
         Ok(chosen) => chosen,
         Err(problem) => {
-            eprintln!("kinsumer: {problem}; nothing changed");
+            note!("kinsumer: {problem}; nothing changed");
             return Ok(1);
         }
     };
@@ -174,9 +174,9 @@ async fn execute(args: ResetArgs) -> Result<i32> {
         .collect();
     if !refused.is_empty() {
         for line in &refused {
-            eprintln!("kinsumer: refused: {line}");
+            note!("kinsumer: refused: {line}");
         }
-        eprintln!("kinsumer: nothing changed");
+        note!("kinsumer: nothing changed");
         return Ok(1);
     }
     let work: Vec<&(&Lease, Action)> = plan
@@ -214,7 +214,7 @@ async fn execute(args: ResetArgs) -> Result<i32> {
         }
     }
     if failed > 0 {
-        eprintln!("kinsumer: {failed} shard(s) not reset (see above)");
+        note!("kinsumer: {failed} shard(s) not reset (see above)");
         return Ok(1);
     }
     Ok(0)
@@ -336,19 +336,19 @@ fn say(text: &str) {
 /// Asks on the terminal; `Ok(false)` (after saying why) when not confirmed.
 fn confirm(changes: usize) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        eprintln!(
+        note!(
             "kinsumer: stdin is not a terminal, so nobody can confirm: pass --yes to apply; nothing changed"
         );
         return Ok(false);
     }
-    eprint!("apply {changes} change(s)? [y/N] ");
+    note_inline!("apply {changes} change(s)? [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
         Ok(true)
     } else {
-        eprintln!("kinsumer: not confirmed; nothing changed");
+        note!("kinsumer: not confirmed; nothing changed");
         Ok(false)
     }
 }

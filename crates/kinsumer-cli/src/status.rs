@@ -130,7 +130,7 @@ async fn execute(args: StatusArgs) -> Result<i32> {
 
     let mut observer = Observer::default();
     if !args.json && !args.sample.is_zero() {
-        eprintln!(
+        note!(
             "watching heartbeats for {:.1} s (--sample)…",
             args.sample.as_secs_f64()
         );
@@ -138,8 +138,13 @@ async fn execute(args: StatusArgs) -> Result<i32> {
     observer.sample(&*context.store, args.sample).await?;
     let Some(every) = args.watch else {
         let report = context.report(&observer).await?;
-        // A row no consumer can use is a problem found: exit 1, as the README's table says.
-        let code = i32::from(report.problems() > 0);
+        // A stream that cannot be listed is exit 2, a row no consumer can use exit 1 (the
+        // README's table).
+        let code = if report.streams.iter().any(|s| s.listing_error.is_some()) {
+            2
+        } else {
+            i32::from(report.problems() > 0)
+        };
         return match emit(&text(&report, args.json)?) {
             // `status | head`: the reader has seen what it wanted.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(code),
@@ -151,7 +156,13 @@ async fn execute(args: StatusArgs) -> Result<i32> {
     // watch is shown as such and retried; it only ends the command before the first report.
     let mut last_error = None;
     loop {
-        match context.report(&observer).await {
+        // Ctrl-C ends the watch whatever it is doing (a refresh against a slow store included):
+        // once listened for, SIGINT no longer ends the process by itself.
+        let report = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+            report = context.report(&observer) => report,
+        };
+        match report {
             Ok(report) => {
                 let screen = if args.json {
                     text(&report, true)?
@@ -172,7 +183,7 @@ async fn execute(args: StatusArgs) -> Result<i32> {
             Err(e) => {
                 let error = brief(&e.to_string());
                 if last_error.as_ref() != Some(&error) {
-                    eprintln!("kinsumer: {error} (retrying)");
+                    note!("kinsumer: {error} (retrying)");
                 }
                 last_error = Some(error);
             }
@@ -181,7 +192,7 @@ async fn execute(args: StatusArgs) -> Result<i32> {
             _ = tokio::signal::ctrl_c() => return Ok(0),
             result = observer.sample(&*context.store, every.max(SAMPLE_EVERY)) => {
                 if let Err(e) = result {
-                    eprintln!("kinsumer: {} (retrying)", brief(&e.to_string()));
+                    note!("kinsumer: {} (retrying)", brief(&e.to_string()));
                 }
             }
         }

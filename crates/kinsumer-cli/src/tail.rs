@@ -140,9 +140,14 @@ async fn execute(args: TailArgs) -> Result<i32> {
     }
     let source = Arc::new(open_source(&args.source).await?);
     let stream = source.stream_name().to_owned();
-    let listing = source
-        .list_shards()
+    let listing = tokio::time::timeout(CALL_TIMEOUT, source.list_shards())
         .await
+        .map_err(|_| {
+            format!(
+                "cannot list the shards of stream {stream}: no answer in {} s",
+                CALL_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("cannot list the shards of stream {stream}: {e}"))?;
     let chosen: Vec<ShardId> = if args.shards.is_empty() {
         listing.iter().map(|s| s.id.clone()).collect()
@@ -151,7 +156,7 @@ async fn execute(args: TailArgs) -> Result<i32> {
         for id in &args.shards {
             if !listing.iter().any(|s| s.id.as_str() == id) {
                 let known: Vec<&str> = listing.iter().map(|s| s.id.as_str()).collect();
-                eprintln!(
+                note!(
                     "kinsumer: stream {stream} has no shard {id} (shards: {})",
                     known.join(", ")
                 );
@@ -177,7 +182,7 @@ async fn execute(args: TailArgs) -> Result<i32> {
     for shard in chosen {
         readers.start(shard, &from);
     }
-    eprintln!(
+    note!(
         "tailing stream {stream}: {} shard(s) from {}; Ctrl-C to stop",
         readers.tailed.len(),
         checkpoint_text(Some(&from))
@@ -225,7 +230,7 @@ async fn execute(args: TailArgs) -> Result<i32> {
                     if follow && readers.start(info.id.clone(), &Checkpoint::TrimHorizon) {
                         let parents: Vec<String> =
                             info.parents.iter().map(ToString::to_string).collect();
-                        eprintln!(
+                        note!(
                             "new shard {} (parents: {}): reading from its start",
                             info.id,
                             parents.join(", ")
@@ -235,13 +240,13 @@ async fn execute(args: TailArgs) -> Result<i32> {
             }
             _ = idle => {
                 let idle = args.idle_exit.unwrap_or_default().as_secs_f64();
-                eprintln!("no new record for {idle:.1} s (--idle-exit): stopping");
+                note!("no new record for {idle:.1} s (--idle-exit): stopping");
                 break;
             }
         }
     }
     readers.tasks.abort_all();
-    eprintln!("{} record(s)", progress.printed);
+    note!("{} record(s)", progress.printed);
     Ok(if progress.failures > 0 { 1 } else { 0 })
 }
 
@@ -287,18 +292,18 @@ fn on_event(
         }
         Event::Ended(shard, children) => {
             if children.is_empty() {
-                eprintln!("shard {shard} ended");
+                note!("shard {shard} ended");
             }
             // Children are read at once, not at the next listing.
             for child in children {
                 if readers.start(child.clone(), &Checkpoint::TrimHorizon) {
-                    eprintln!("shard {shard} ended: reading child {child} from its start");
+                    note!("shard {shard} ended: reading child {child} from its start");
                 }
             }
         }
         Event::Failed(shard, why) => {
             progress.failures += 1;
-            eprintln!("kinsumer: shard {shard} stopped: {why}");
+            note!("kinsumer: shard {shard} stopped: {why}");
         }
     }
     Ok(Flow::Go)

@@ -1093,6 +1093,90 @@ async fn an_unreachable_store_is_exit_2_and_hides_credentials() {
     }
 }
 
+/// A `--source` stream that does not exist is exit 2 ("an unreachable store or stream"), with
+/// the report still shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_a_missing_source_stream_exits_2() {
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let source = format!(
+        "kinesis://no-such-stream-{}?endpoint={endpoint}&region=us-east-1",
+        std::process::id()
+    );
+    let run = kinsumer(&[
+        "status",
+        "--store",
+        "memory://",
+        "--app",
+        "a",
+        "--source",
+        &source,
+        "--sample",
+        "0",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stdout.contains("cannot list the stream's shards"),
+        "{run:?}"
+    );
+}
+
+/// A closed stderr or stdout (`kinsumer … 2>&1 | head`) ends a command quietly, never with a
+/// panic (exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_pipes_end_quietly() {
+    for (args, close_stdout) in [
+        (
+            vec![
+                "status",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--sample",
+                "0.3",
+            ],
+            false,
+        ),
+        (
+            vec![
+                "status",
+                "--store",
+                "memory://",
+                "--app",
+                "a",
+                "--sample",
+                "0.3",
+            ],
+            true,
+        ),
+        (vec!["status", "--help"], true),
+        (vec!["status", "--store", "nope://", "--app", "a"], false),
+    ] {
+        let code = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_kinsumer"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("the binary runs");
+            // The reader goes away at once.
+            drop(child.stderr.take());
+            if close_stdout {
+                drop(child.stdout.take());
+            }
+            let status = child.wait().expect("wait");
+            (args, status.code())
+        })
+        .await
+        .expect("join");
+        assert_ne!(code.1, Some(101), "{:?} panicked on a closed pipe", code.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_without_a_stream_shows_clients_and_says_how_to_see_leases() {
     let run = kinsumer(&[

@@ -127,12 +127,12 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
     let scenarios = match args.scenarios() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("kinsumer bench: {e}");
+            note!("kinsumer bench: {e}");
             return Ok(2);
         }
     };
     if cfg!(debug_assertions) {
-        eprintln!(
+        note!(
             "kinsumer bench: this is a debug build; speeds mean little (use cargo run --release)"
         );
     }
@@ -140,7 +140,7 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
     println!("{}", machine.one_line());
     let mut rows: Vec<Row> = Vec::new();
     for id in scenarios {
-        eprintln!("kinsumer bench: running {id}…");
+        note!("kinsumer bench: running {id}…");
         let started = std::time::Instant::now();
         let new_rows = match id {
             "P1" => pipeline::p1(&args).await,
@@ -152,7 +152,7 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
             "P7" => memory::p7(&args).await,
             _ => Vec::new(),
         };
-        eprintln!(
+        note!(
             "kinsumer bench: {id} took {:.1} s",
             started.elapsed().as_secs_f64()
         );
