@@ -1206,6 +1206,8 @@ impl Supervisor {
         for shard in lost {
             if self.bad_leases.holds(shard.as_str()) {
                 warn!(shard = %shard, "our lease's row can no longer be used: stopping its tenure without another write");
+            } else if !self.leases.contains_key(&shard) {
+                report_vanished(&self.engine, &shard);
             } else {
                 info!(shard = %shard, "lease taken over by another client");
             }
@@ -1666,6 +1668,33 @@ impl Supervisor {
         self.deregister().await;
         info!("shut down");
     }
+}
+
+/// A lease row we held is gone — nobody deletes an unfinished lease, so the store lost its rows
+/// (a restart without persistence, a failover, a table emptied by hand). Said loudly: the shard
+/// starts again as a new lease, at the configured initial position, so with `Latest` the
+/// records since our last commit are skipped.
+pub(crate) fn report_vanished(engine: &Engine, shard: &ShardId) {
+    let skipped = matches!(
+        engine.config.initial_position,
+        crate::position::InitialPosition::Latest
+    );
+    tracing::error!(
+        shard = %shard,
+        initial_position = ?engine.config.initial_position,
+        "the lease row of a shard we held vanished: the store lost its rows (restarted without \
+         persistence?). The shard starts again as a new lease at the initial position{}",
+        if skipped {
+            " — with Latest, every record since our last commit is skipped; use TrimHorizon or \
+             a store that keeps its writes"
+        } else {
+            ""
+        }
+    );
+    engine
+        .labels
+        .client_counter(metrics::LEASES_VANISHED, &[])
+        .increment(1);
 }
 
 /// What a lease row says, to tell whether it changed since it was set aside.

@@ -184,6 +184,9 @@ pub(crate) async fn run_tenure(
                     }
                     Err(e) => {
                         m.checkpoint_failed.increment(1);
+                        if let StoreError::NotFound { .. } = e {
+                            crate::consumer::report_vanished(&engine, &tenure.shard);
+                        }
                         tracker.revoke();
                         return Outcome::Failed(e.into());
                     }

@@ -87,3 +87,57 @@ async fn a_store_that_comes_back_broken_after_an_outage_stops_the_consumer_with_
         other => panic!("shutdown reports it too, got {other:?}"),
     }
 }
+
+/// A log sink for one test: every event, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A store that restarts empty (Redis without persistence): every lease row is gone. Nothing
+/// can bring back the checkpoints, but it must not pass in silence — with `Latest`, the shards
+/// start again at the tip and what arrived since the last commit is skipped. The client whose
+/// rows vanished says so at ERROR, naming the shard and what it costs.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_lost_its_leases_is_reported_loudly() {
+    use kinsumer_core::InitialPosition;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let stream = MemoryStream::new("s", 2);
+    let store = MemoryLeaseStore::new();
+    let empty = store.snapshot();
+    let mut config = Config::new("app").with_client_id("a");
+    config.initial_position = InitialPosition::Latest;
+    config.rng_seed = Some(3);
+    let mut consumer = Consumer::new(config, stream.clone(), store.clone()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    tokio::spawn(async move {
+        while let Some(Ok(r)) = records.next().await {
+            r.ack();
+        }
+    });
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(store.peek_leases("s").len(), 2);
+    store.lose_writes_since(&empty); // restarted empty
+    sleep(Duration::from_secs(10)).await;
+    let log = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    assert!(
+        log.contains("ERROR") && log.contains("vanished") && log.contains("with Latest"),
+        "the loss is said at ERROR: {log}"
+    );
+    consumer.shutdown().await.expect("shutdown");
+}
