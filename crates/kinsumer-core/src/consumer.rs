@@ -1248,7 +1248,11 @@ impl Supervisor {
                 .await
             {
                 Ok(()) => info!(tenure = %tenure, "released a lease no tenure of ours was running"),
-                Err(e) => debug!(tenure = %tenure, error = %e, "releasing a stale lease failed"),
+                // Lost to another client: expected. Anything else is said.
+                Err(StoreError::LeaseLost { .. }) => {
+                    debug!(tenure = %tenure, "a stale lease was taken meanwhile")
+                }
+                Err(e) => warn!(tenure = %tenure, error = %e, "releasing a stale lease failed"),
             }
         }
         // Take what is ours, a burst per tick (see `take_backlog`).
@@ -1599,7 +1603,10 @@ impl Supervisor {
                 .await
             {
                 Ok(()) => info!(tenure = %tenure, "released a lease left over at shutdown"),
-                Err(e) => debug!(tenure = %tenure, error = %e, "releasing a leftover lease failed"),
+                Err(StoreError::LeaseLost { .. }) => {
+                    debug!(tenure = %tenure, "a leftover lease was taken meanwhile")
+                }
+                Err(e) => warn!(tenure = %tenure, error = %e, "releasing a leftover lease failed"),
             }
         }
     }

@@ -180,7 +180,7 @@ pub(crate) async fn run_tenure(
                     }
                     Err(e) if e.is_retryable() => {
                         m.checkpoint_failed.increment(1);
-                        debug!(tenure = %tenure, error = %e, "commit failed; retrying next tick");
+                        warn!(tenure = %tenure, error = %e, "commit failed; retrying next tick");
                     }
                     Err(e) => {
                         m.checkpoint_failed.increment(1);
