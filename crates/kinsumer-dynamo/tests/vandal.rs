@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
-use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text};
+use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text, lease_field};
 
 struct DynamoVandal {
     client: Client,
@@ -33,14 +33,7 @@ fn hostile_value(rng: &mut Rng) -> AttributeValue {
 #[async_trait]
 impl Vandal for DynamoVandal {
     async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng) {
-        let field = [
-            "token",
-            "owner",
-            "checkpoint",
-            "finished",
-            "parents",
-            "successor",
-        ][rng.below(6) as usize];
+        let field = lease_field(rng);
         let _ = self
             .client
             .update_item()

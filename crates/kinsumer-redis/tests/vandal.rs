@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
 use kinsumer_redis::RedisLeaseStore;
-use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text};
+use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text, lease_field};
 
 struct RedisVandal {
     conn: redis::aio::MultiplexedConnection,
@@ -22,14 +22,7 @@ impl Vandal for RedisVandal {
             0 => (0..rng.below(60)).map(|_| rng.below(256) as u8).collect(),
             1 => hostile_text(rng).into_bytes(),
             _ => {
-                let field = [
-                    "token",
-                    "owner",
-                    "checkpoint",
-                    "finished",
-                    "parents",
-                    "successor",
-                ][rng.below(6) as usize];
+                let field = lease_field(rng);
                 let hostile = match rng.below(4) {
                     0 => serde_json::json!(hostile_number(rng)),
                     1 => serde_json::json!(rng.below(u64::MAX)),

@@ -47,7 +47,9 @@ use crate::memory_stream::{MemoryStream, partition_hash_key};
 pub mod fleet;
 pub mod vandal;
 pub use fleet::{FleetReport, consumer_fleet, consumer_fleet_with, fleet_config};
-pub use vandal::{Vandal, VandalReport, fleet_under_vandal, hostile_number, hostile_text};
+pub use vandal::{
+    Vandal, VandalReport, fleet_under_vandal, hostile_number, hostile_text, lease_field,
+};
 
 // ---------------------------------------------------------------------------------------------
 // LeaseStore

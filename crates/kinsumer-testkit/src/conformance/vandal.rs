@@ -35,6 +35,20 @@ pub trait Vandal: Send + Sync {
     async fn spoil_client(&self, client: &str, rng: &mut Rng);
 }
 
+/// The fields of a lease row, as the stores name them: one of them, at random, for a vandal
+/// to spoil.
+pub fn lease_field(rng: &mut Rng) -> &'static str {
+    const FIELDS: [&str; 6] = [
+        "token",
+        "owner",
+        "checkpoint",
+        "finished",
+        "parents",
+        "successor",
+    ];
+    FIELDS[rng.below(FIELDS.len() as u64) as usize]
+}
+
 /// A hostile piece of text: random bytes (as text, lossily), control characters and escape
 /// codes, quotes and braces, odd numbers, huge or empty strings.
 pub fn hostile_text(rng: &mut Rng) -> String {
