@@ -1628,10 +1628,22 @@ impl Supervisor {
         heartbeat: tokio::task::JoinHandle<()>,
         heartbeat_guard: AbortGuard,
     ) {
+        // Bounded as a whole: against a frozen store every call waits `call_timeout`, and a
+        // shutdown must still end — by `drain_timeout` + 2 calls for leaving and draining, one
+        // call more for the last release and deregister. What is not done by then expires as
+        // after a crash.
+        let cfg = self.engine.config.clone();
+        let deadline = Instant::now() + cfg.drain_timeout + cfg.call_timeout * 2;
+        let last_deadline = deadline + cfg.call_timeout;
         // Stop heartbeating before deregistering, so no later heartbeat re-creates our row.
         drop(heartbeat_guard);
         let _ = heartbeat.await;
-        self.deregister().await;
+        if tokio::time::timeout_at(deadline, self.deregister())
+            .await
+            .is_err()
+        {
+            warn!("shutdown: removing our client row did not finish in time");
+        }
         // Each lease goes to whom the others will plan it for once our row is gone: the plan
         // over the live clients without us. Named in the row, it is taken at once even by a
         // client whose view of the fleet differs from ours.
@@ -1647,8 +1659,6 @@ impl Supervisor {
             let to = plan.get(shard).filter(|c| **c != me).cloned();
             held.ask.send_replace(Ask::Release { to });
         }
-        let cfg = &self.engine.config;
-        let deadline = Instant::now() + cfg.drain_timeout + cfg.call_timeout * 3;
         loop {
             tokio::select! {
                 biased;
@@ -1670,9 +1680,17 @@ impl Supervisor {
             self.engine.status.remove(&shard);
         }
         self.held.clear();
-        self.release_leftovers().await;
-        // A heartbeat sent before we stopped may have landed after the first removal.
-        self.deregister().await;
+        let last_steps = async {
+            self.release_leftovers().await;
+            // A heartbeat sent before we stopped may have landed after the first removal.
+            self.deregister().await;
+        };
+        if tokio::time::timeout_at(last_deadline, last_steps)
+            .await
+            .is_err()
+        {
+            warn!("shutdown deadline passed before the last release and deregister");
+        }
         info!("shut down");
     }
 }

@@ -141,3 +141,32 @@ async fn a_store_that_lost_its_leases_is_reported_loudly() {
     );
     consumer.shutdown().await.expect("shutdown");
 }
+
+/// Shutdown against a store that stopped answering ends within `drain_timeout` + 3 ×
+/// `call_timeout` (35 s with the defaults), whatever is left undone — before, each of its
+/// steps waited out its own time limits and retries (54 s seen against a frozen store).
+#[tokio::test(start_paused = true)]
+async fn shutdown_against_a_frozen_store_is_bounded() {
+    let stream = MemoryStream::new("s", 2);
+    let outage = Outage::default();
+    let store = Layered::new(MemoryLeaseStore::new(), outage.clone());
+    let mut config = Config::new("app").with_client_id("a");
+    config.rng_seed = Some(2);
+    let bound = config.drain_timeout + config.call_timeout * 3;
+    let mut consumer = Consumer::new(config, stream.clone(), store).expect("valid");
+    let mut records = consumer.records().expect("start");
+    tokio::spawn(async move {
+        while let Some(Ok(r)) = records.next().await {
+            r.ack();
+        }
+    });
+    sleep(Duration::from_secs(5)).await;
+    outage.0.store(DOWN, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let _ = consumer.shutdown().await;
+    let took = started.elapsed();
+    assert!(
+        took <= bound + Duration::from_secs(1),
+        "shutdown took {took:?} (bound {bound:?})"
+    );
+}

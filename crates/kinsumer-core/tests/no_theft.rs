@@ -270,11 +270,11 @@ async fn shutdown_releases_leases_whose_tenure_was_abandoned() {
     );
     sleep(secs(5.0)).await;
     assert_eq!(owned(&store, "a"), 1);
-    // The tenure's release hangs until the shutdown deadline (drain_timeout + 3 call
-    // timeouts = 35 s) abandons it; releases go through again just after.
+    // The tenure's release hangs until the drain deadline (drain_timeout + 2 call timeouts =
+    // 25 s) abandons it; releases go through again just after, within the last call's time.
     releases.pause();
     let stopping = tokio::spawn(consumer.shutdown());
-    sleep(secs(36.0)).await;
+    sleep(secs(26.0)).await;
     releases.resume();
     stopping.await.expect("joined").expect("shut down");
     task.abort();
