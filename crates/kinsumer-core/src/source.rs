@@ -150,8 +150,11 @@ pub enum SourceError {
     /// The shard no longer exists in the stream (it left retention).
     #[error("shard {0} no longer exists in the stream")]
     ShardGone(ShardId),
-    /// The requested position fell off the stream's retention.
-    #[error("position {position} of shard {shard} is older than the stream's retention")]
+    /// The requested position is not in the shard: it fell off the stream's retention (or,
+    /// for a sequence number the source does not know, was never written there).
+    #[error(
+        "position {position} of shard {shard} is not in the stream: older than its retention, or never written"
+    )]
     Trimmed {
         /// The shard.
         shard: ShardId,
