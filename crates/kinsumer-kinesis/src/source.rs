@@ -476,6 +476,10 @@ pub(crate) fn start_of(
     })
 }
 
+/// How far ahead of this host's clock a timestamp may be and still be taken for clock skew
+/// between this host and the service (retried) rather than a position in the future.
+const CLOCK_SKEW_MS: u64 = 60_000;
+
 /// Classifies an error of a call that started reading at `from`: a starting sequence number
 /// Kinesis rejects means the checkpoint fell off retention — `Trimmed`, so the consumer's
 /// `TrimmedPolicy` decides.
@@ -497,15 +501,26 @@ where
                 position: format!("{p} ({text})"),
             }
         }
-        // A timestamp the service refuses (one in the future): this shard's problem, not the
-        // consumer's — it is set aside until its checkpoint is reset.
-        (Checkpoint::AtTimestamp(_), SourceError::Fatal(text))
+        // A timestamp the service refuses as in the future. Near our own clock it is the
+        // service's clock that is behind (a start at `Latest` is written down as our time):
+        // retried, it passes once the service catches up. Well ahead of our clock it is a bad
+        // position — that shard's problem, not the consumer's: set aside until it is reset.
+        (Checkpoint::AtTimestamp(ms), SourceError::Fatal(text))
             if err.code() == Some("InvalidArgumentException") =>
         {
-            SourceError::BadPosition {
-                shard: shard.clone(),
-                position: from.to_string(),
-                reason: text,
+            let host_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            if *ms <= host_now.saturating_add(CLOCK_SKEW_MS) {
+                SourceError::Transient(format!(
+                    "{shard}: the service refused {from} (its clock is behind ours?); retrying: {text}"
+                ))
+            } else {
+                SourceError::BadPosition {
+                    shard: shard.clone(),
+                    position: from.to_string(),
+                    reason: text,
+                }
             }
         }
         (_, other) => other,

@@ -74,21 +74,44 @@ async fn at_timestamp_starts_at_the_first_record_at_or_after_it() {
     let client = common::client(&endpoint);
     let stream = common::TestStream::create(&client, "timestamp", 1).await;
     stream.put_all(&[("k".into(), b"before".to_vec())]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let cut = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as u64;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     stream.put_all(&[("k".into(), b"after".to_vec())]).await;
     let source = KinesisSource::new(client.clone(), &stream.name);
     let shard = source.list_shards().await.expect("list")[0].id.clone();
+    // The cut is taken on the service's clock (the arrival stamps), not ours: an emulator's
+    // clock can run seconds behind this host's, and refuses a time it has not reached.
+    let mut all = source
+        .open(&shard, &Checkpoint::TrimHorizon)
+        .await
+        .expect("open");
+    let mut both = Vec::new();
+    for _ in 0..20 {
+        if both.len() >= 2 {
+            break;
+        }
+        both.extend(all.next_batch(100).await.expect("read").records);
+    }
+    assert_eq!(both.len(), 2, "{both:?}");
+    // Exactly at the second record's arrival ("at or after"); the first arrived over a second
+    // before (the emulator compares whole seconds, so the gap must pass a second boundary).
+    let cut = both[1].arrival_ms;
+    assert!(
+        both[0].arrival_ms + 1_000 < cut,
+        "arrivals over a second apart: {both:?}"
+    );
     let mut reader = source
         .open(&shard, &Checkpoint::AtTimestamp(cut))
         .await
         .expect("open");
-    let batch = reader.next_batch(100).await.expect("read");
-    let data: Vec<&[u8]> = batch.records.iter().map(|r| &r.data[..]).collect();
+    // A read may come back empty before the records: read until some arrive.
+    let mut read = Vec::new();
+    for _ in 0..20 {
+        read.extend(reader.next_batch(100).await.expect("read").records);
+        if !read.is_empty() {
+            break;
+        }
+    }
+    let data: Vec<&[u8]> = read.iter().map(|r| &r.data[..]).collect();
     assert_eq!(data, vec![&b"after"[..]]);
 }
 
