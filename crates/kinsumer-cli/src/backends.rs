@@ -18,6 +18,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use kinsumer::dynamo::{DynamoConfig, DynamoLeaseStore};
 use kinsumer::kinesis::KinesisSource;
+use kinsumer::layer::{Layered, Timeout};
 use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
 use kinsumer::redis::RedisLeaseStore;
 use kinsumer::testkit::MemoryLeaseStore;
@@ -456,14 +457,31 @@ async fn open_store_now(
             )
         }
     };
-    Ok(store)
+    Ok(match access {
+        // An operator's command: every call of it has a time limit, so a store that accepts
+        // connections and stops answering ends the command with an error instead of hanging
+        // it. A consumer limits its calls itself (`call_timeout`).
+        Access::Existing => Arc::new(Layered::new(store, Timeout(CALL_TIMEOUT))),
+        Access::Consumer => store,
+    })
 }
+
+/// How long one store call of an operator's command may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the source `url`.
 pub async fn open_source(url: &SourceUrl) -> Result<KinesisSource, OpenError> {
     match url {
         SourceUrl::Kinesis { stream, aws } => {
-            let sdk = aws_config(aws).await?;
+            // Resolving the region may ask the instance metadata service: bounded too.
+            let sdk = tokio::time::timeout(OPEN_TIMEOUT, aws_config(aws))
+                .await
+                .map_err(|_| {
+                    OpenError(format!(
+                        "Kinesis stream {stream}: the AWS configuration took over {} s to load",
+                        OPEN_TIMEOUT.as_secs()
+                    ))
+                })??;
             let client = aws_sdk_kinesis::Client::new(&sdk);
             if stream.starts_with("arn:") {
                 KinesisSource::from_arn(client, stream.clone())
@@ -708,6 +726,55 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that answered the connection and then stops answering (black-holed through
+    /// a proxy) ends an operator's read with an error naming the time limit, instead of
+    /// hanging `status` or `reset`: every call of an operator's command has the same limit,
+    /// whatever its client library would wait.
+    #[tokio::test]
+    async fn an_operators_store_call_without_an_answer_ends_in_an_error() {
+        let Some(url) = kinsumer_testkit::services::require_service(
+            "PostgreSQL",
+            "KINSUMER_POSTGRES_URL",
+            "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+        ) else {
+            return;
+        };
+        let direct = StoreUrl::Postgres {
+            url: url.clone(),
+            schema: None,
+        };
+        // The schema exists (a consumer made it), as `status` requires.
+        open_store(&direct, "cli-time-limit", Access::Consumer)
+            .await
+            .expect("open directly");
+        let authority = kinsumer_testkit::services::authority(&url).expect("host:port");
+        let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority)
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("the server's address");
+        let proxy = kinsumer_testkit::FaultProxy::start(upstream).expect("proxy");
+        let via = StoreUrl::Postgres {
+            url: url.replacen(&authority, &proxy.addr().to_string(), 1),
+            schema: None,
+        };
+        let store = open_store(&via, "cli-time-limit", Access::Existing)
+            .await
+            .expect("open through the proxy");
+        proxy.set_mode(kinsumer_testkit::ProxyMode::BlackHole);
+        let read = tokio::time::timeout(CALL_TIMEOUT * 3, store.leases("s")).await;
+        match read {
+            // The command's own limit, not whatever the client library may give up after.
+            Ok(Err(e)) => assert!(
+                e.to_string()
+                    .contains(&format!("timed out after {CALL_TIMEOUT:?}")),
+                "{e}"
+            ),
+            Ok(Ok(_)) => panic!("a read through a black hole succeeded"),
+            Err(_) => panic!("the read hung past {:?}", CALL_TIMEOUT * 3),
+        }
+        proxy.stop().await;
+    }
 
     #[test]
     fn store_urls_parse() {

@@ -479,6 +479,21 @@ mod tests {
         assert_eq!((t.outstanding(), t.unacked()), (0, 0));
     }
 
+    /// What a fetched record is counted at covers what it takes: the handle the caller holds,
+    /// its entry in the book (twice: a queue grows by doubling), the record of the batch it was
+    /// read in, and the allocation of its partition key.
+    #[test]
+    fn the_per_record_overhead_covers_a_record_in_memory() {
+        let held = std::mem::size_of::<Record>()
+            + 2 * std::mem::size_of::<Entry>()
+            + std::mem::size_of::<SourceRecord>()
+            + 32;
+        assert!(
+            held <= crate::source::RECORD_OVERHEAD_BYTES,
+            "{held} bytes held per record"
+        );
+    }
+
     #[test]
     fn bounds_count_records_and_bytes() {
         let t = AckTracker::new(3, 100);

@@ -451,7 +451,12 @@ async fn fetch_loop(
                 mut records,
                 millis_behind_latest,
                 end,
+                more_ready,
             } = batch;
+            if more_ready {
+                // The reader has more at once (the rest of its last read): nothing to pace.
+                last_call = None;
+            }
             // Never deliver a record at or before one already delivered in this tenure (a
             // source that replays after a re-open would otherwise break shard order).
             // A replay starts at or before the last record delivered: only then look further.
@@ -527,7 +532,11 @@ async fn deliver(
         return true;
     }
     // One lock for the whole batch; the records take the indices from `first` on, in order.
-    let first = tracker.register_all(records.iter().map(|r| (r.position.clone(), r.data.len())));
+    let first = tracker.register_all(
+        records
+            .iter()
+            .map(|r| (r.position.clone(), r.memory_size())),
+    );
     match sink {
         Sink::Stream(tx) => {
             let from = Arc::new(Fetched {

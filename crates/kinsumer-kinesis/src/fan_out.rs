@@ -145,7 +145,9 @@ impl FanOut {
         };
         let consumer_arn = self.consumer_arn(source).await?;
         cursor.starting_at(from);
-        let (tx, events) = mpsc::channel(2);
+        // One event waiting: with the one the reader hands out and the one the pump holds,
+        // three events at most are in memory (an event carries up to a few MB).
+        let (tx, events) = mpsc::channel(1);
         let pump = Pump {
             client: source.client.clone(),
             source: source.clone(),
@@ -309,6 +311,19 @@ impl Pump {
             };
             let until = Instant::now() + self.resubscribe_after;
             loop {
+                // A free slot first, then the next event off the wire: an event waits in the
+                // channel or is handed out by the reader, never a third one in between.
+                let slot = tokio::select! {
+                    biased;
+                    _ = sleep_until(until) => {
+                        debug!(shard = %self.shard, "resubscribing before the subscription expires");
+                        break;
+                    }
+                    slot = self.tx.reserve() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return, // the reader is gone
+                    },
+                };
                 let event = tokio::select! {
                     biased;
                     _ = sleep_until(until) => {
@@ -318,7 +333,7 @@ impl Pump {
                     event = out.event_stream.recv() => event,
                 };
                 match event {
-                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(e))) => {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(mut e))) => {
                         // Only a delivered event proves the subscription works: a refusal
                         // (ResourceInUse) arrives as the stream's first message, after an OK.
                         attempt = 0;
@@ -342,17 +357,14 @@ impl Pump {
                             end = self.probe_end(&continuation).await;
                         }
                         let at_end = end.is_some();
-                        let records = e.records().to_vec();
-                        let sent = self
-                            .tx
-                            .send(Event::Records {
-                                records,
-                                millis_behind_latest: e.millis_behind_latest(),
-                                end,
-                            })
-                            .await;
-                        if sent.is_err() || at_end {
-                            return; // the reader is gone, or the shard ended
+                        // Moved, not copied: an event may carry megabytes.
+                        slot.send(Event::Records {
+                            records: std::mem::take(&mut e.records),
+                            millis_behind_latest: e.millis_behind_latest(),
+                            end,
+                        });
+                        if at_end {
+                            return; // the shard ended
                         }
                         if !continuation.is_empty() {
                             start = (
@@ -414,37 +426,48 @@ impl Drop for FanOutReader {
 
 #[async_trait::async_trait]
 impl ShardReader for FanOutReader {
-    async fn next_batch(&mut self, _max_records: usize) -> Result<Batch, SourceError> {
-        if let Some(children) = &self.ended {
-            return Ok(Batch {
-                end: Some(children.clone()),
-                ..Batch::default()
-            });
-        }
-        match timeout(EVENT_WAIT, self.events.recv()).await {
-            Err(_) => Ok(Batch {
-                millis_behind_latest: self.behind,
-                ..Batch::default()
-            }),
-            Ok(None) => Err(SourceError::Transient(format!(
-                "the fan-out subscription of {} stopped",
-                self.cursor.shard
-            ))),
-            Ok(Some(Event::Error(e))) => Err(e),
-            Ok(Some(Event::Records {
-                records,
-                millis_behind_latest,
-                end,
-            })) => {
-                let records = self.cursor.take(&records)?;
-                self.behind = u64::try_from(millis_behind_latest).ok();
-                self.ended.clone_from(&end);
-                Ok(Batch {
+    async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError> {
+        // Records of an event are handed out at most `max_records` at a time; the next event
+        // is received only once they are all out (the pump waits meanwhile).
+        if self.cursor.is_drained() {
+            if let Some(children) = &self.ended {
+                return Ok(Batch {
+                    end: Some(children.clone()),
+                    ..Batch::default()
+                });
+            }
+            match timeout(EVENT_WAIT, self.events.recv()).await {
+                Err(_) => {
+                    return Ok(Batch {
+                        millis_behind_latest: self.behind,
+                        ..Batch::default()
+                    });
+                }
+                Ok(None) => {
+                    return Err(SourceError::Transient(format!(
+                        "the fan-out subscription of {} stopped",
+                        self.cursor.shard
+                    )));
+                }
+                Ok(Some(Event::Error(e))) => return Err(e),
+                Ok(Some(Event::Records {
                     records,
-                    millis_behind_latest: self.behind,
+                    millis_behind_latest,
                     end,
-                })
+                })) => {
+                    self.behind = u64::try_from(millis_behind_latest).ok();
+                    self.ended = end;
+                    self.cursor.push(records)?;
+                }
             }
         }
+        let records = self.cursor.pop(max_records);
+        let drained = self.cursor.is_drained();
+        Ok(Batch {
+            records,
+            millis_behind_latest: self.behind,
+            end: self.ended.clone().filter(|_| drained),
+            more_ready: !drained,
+        })
     }
 }

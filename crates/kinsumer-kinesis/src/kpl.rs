@@ -1,11 +1,12 @@
 //! KPL aggregation: many user records packed into one Kinesis record.
 //!
 //! The Kinesis Producer Library writes, in one stream record: the magic bytes `F3 89 9A C2`,
-//! a protobuf `AggregatedRecord`, and the MD5 of that protobuf. [`deaggregate`] splits such a
-//! record into its user records, numbered by sub-sequence (0, 1, …) under the stream record's
+//! a protobuf `AggregatedRecord`, and the MD5 of that protobuf. [`UserRecords`] splits such a
+//! record into its user records (one at a time, so an aggregate never costs more memory than
+//! its own bytes), numbered by sub-sequence (0, 1, …) under the stream record's
 //! sequence number, each with its own partition key. A record without the magic prefix is a
 //! plain record (sub-sequence 0). A record *with* the prefix whose checksum or protobuf is
-//! invalid is delivered raw, as KCL does, and counted in [`Deaggregated::malformed`] — never a
+//! invalid is delivered raw, as KCL does, and flagged by [`UserRecords::malformed`] — never a
 //! panic, never a lost record.
 //!
 //! ```
@@ -127,93 +128,298 @@ pub fn aggregate(records: &[UserRecord]) -> Bytes {
 }
 
 /// The user records of a KPL aggregate, or `None` if `data` is not a valid aggregate (no magic
-/// prefix, wrong checksum, bad protobuf, or an index outside its table).
+/// prefix, wrong checksum, bad protobuf, or an index outside its table). Expands the whole
+/// aggregate at once: a reader uses [`UserRecords`], which does not.
 pub fn deaggregate_bytes(data: &[u8]) -> Option<Vec<UserRecord>> {
+    let checked = check(data)?;
+    let body = body_of(data);
+    let mut out = Vec::with_capacity(checked.entries);
+    let mut offset = 0;
+    while let Some((data, key, hash_key)) =
+        next_entry(body, &mut offset, &checked.keys, &checked.hash_keys)
+    {
+        out.push(UserRecord {
+            partition_key: key.to_owned(),
+            explicit_hash_key: hash_key.map(str::to_owned),
+            data,
+        });
+    }
+    Some(out)
+}
+
+/// The user records of one stream record, produced one at a time.
+///
+/// An aggregate of a megabyte can hold half a million empty user records: expanded whole it
+/// would take hundreds of bytes of memory per record, past any read bound. So an aggregate is
+/// checked whole once, in [`UserRecords::new`] (magic, checksum, every entry and every table
+/// index), then walked entry by entry as records are asked for; meanwhile only the
+/// aggregate's own bytes and its key tables are held.
+///
+/// ```
+/// use bytes::Bytes;
+/// use kinsumer_core::position::SequenceNumber;
+/// use kinsumer_kinesis::kpl::{UserRecord, UserRecords, aggregate};
+///
+/// let user = |k: &str| UserRecord { partition_key: k.into(), explicit_hash_key: None, data: Bytes::new() };
+/// let packed = aggregate(&[user("a"), user("b"), user("a")]);
+/// let mut records = UserRecords::new(SequenceNumber::from_u128(7), "outer".into(), packed, 0);
+/// assert!(!records.malformed());
+/// let second = records.nth(1).expect("three records");
+/// assert_eq!((second.partition_key.as_str(), second.position.sub_sequence), ("b", 1));
+/// assert_eq!(records.count(), 1);
+/// ```
+#[derive(Debug)]
+pub struct UserRecords {
+    sequence: SequenceNumber,
+    arrival_ms: u64,
+    next_sub: u64,
+    malformed: bool,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A plain record, or one delivered raw: `None` once handed out.
+    Raw {
+        data: Option<Bytes>,
+        partition_key: String,
+    },
+    /// A valid aggregate (`data` whole), walked from `offset` into its body.
+    Aggregate {
+        data: Bytes,
+        offset: usize,
+        keys: Vec<String>,
+        hash_keys: Vec<String>,
+    },
+}
+
+impl UserRecords {
+    /// Checks one stream record: a valid aggregate yields its user records, numbered by
+    /// sub-sequence 0, 1, …; anything else yields the record itself (sub-sequence 0). A record
+    /// with the KPL prefix that is not a valid aggregate is delivered raw, as KCL does, and
+    /// [`malformed`](Self::malformed) says so — never a panic, never a lost record.
+    pub fn new(
+        sequence: SequenceNumber,
+        partition_key: String,
+        data: Bytes,
+        arrival_ms: u64,
+    ) -> Self {
+        let checked = if data.starts_with(&MAGIC) {
+            check(&data)
+        } else {
+            None
+        };
+        let malformed = data.starts_with(&MAGIC) && checked.is_none();
+        let kind = match checked {
+            // An aggregate of nothing still occupies a sequence number: keep it as the raw
+            // record so the checkpoint can pass it.
+            Some(Checked { entries: 0, .. }) | None => Kind::Raw {
+                data: Some(data),
+                partition_key,
+            },
+            Some(Checked {
+                keys, hash_keys, ..
+            }) => Kind::Aggregate {
+                data,
+                offset: 0,
+                keys,
+                hash_keys,
+            },
+        };
+        Self {
+            sequence,
+            arrival_ms,
+            next_sub: 0,
+            malformed,
+            kind,
+        }
+    }
+
+    /// The record carried the KPL prefix but was not a valid aggregate: it is delivered raw.
+    pub fn malformed(&self) -> bool {
+        self.malformed
+    }
+
+    /// The sequence number of the stream record.
+    pub fn sequence(&self) -> &SequenceNumber {
+        &self.sequence
+    }
+
+    /// Whether every user record was handed out.
+    pub fn is_done(&self) -> bool {
+        match &self.kind {
+            Kind::Raw { data, .. } => data.is_none(),
+            Kind::Aggregate { data, offset, .. } => {
+                let (body, mut at) = (body_of(data), *offset);
+                // Fields other than entries may follow the last entry.
+                std::iter::from_fn(|| next_field(body, &mut at)).all(|(tag, _)| tag != ENTRY_TAG)
+            }
+        }
+    }
+}
+
+impl Iterator for UserRecords {
+    type Item = SourceRecord;
+
+    fn next(&mut self) -> Option<SourceRecord> {
+        let (data, partition_key, explicit_hash_key) = match &mut self.kind {
+            Kind::Raw {
+                data,
+                partition_key,
+            } => (data.take()?, std::mem::take(partition_key), None),
+            Kind::Aggregate {
+                data,
+                offset,
+                keys,
+                hash_keys,
+            } => {
+                let (data, key, hash_key) = next_entry(body_of(data), offset, keys, hash_keys)?;
+                // Checked in `new`: a hash key an entry names is a 128-bit decimal.
+                (data, key.to_owned(), hash_key.and_then(|h| h.parse().ok()))
+            }
+        };
+        let position = Position::new(self.sequence.clone(), self.next_sub);
+        self.next_sub += 1;
+        Some(SourceRecord {
+            data,
+            partition_key,
+            explicit_hash_key,
+            position,
+            arrival_ms: self.arrival_ms,
+        })
+    }
+}
+
+/// Top-level field numbers of an `AggregatedRecord`.
+const KEY_TABLE_TAG: u64 = 1;
+const HASH_KEY_TABLE_TAG: u64 = 2;
+const ENTRY_TAG: u64 = 3;
+
+/// The protobuf between the magic prefix and the checksum of a checked aggregate.
+fn body_of(data: &[u8]) -> &[u8] {
+    &data[MAGIC.len()..data.len() - DIGEST_LEN]
+}
+
+/// One top-level protobuf field: a length-delimited value, or another wire type skipped.
+enum Field<'a> {
+    Bytes(&'a [u8]),
+    Other,
+}
+
+/// Reads the field at `*offset` of `body` and moves past it; `None` at the end or on bytes
+/// that are not protobuf.
+fn next_field<'a>(body: &'a [u8], offset: &mut usize) -> Option<(u64, Field<'a>)> {
+    let mut rest = body.get(*offset..).filter(|r| !r.is_empty())?;
+    // As protobuf (and prost) define a key: a field number from 1 on, in 32 bits.
+    let key = prost::encoding::decode_varint(&mut rest)
+        .ok()
+        .filter(|k| *k <= u64::from(u32::MAX) && *k >> 3 != 0)?;
+    let field = match key & 7 {
+        0 => {
+            prost::encoding::decode_varint(&mut rest).ok()?;
+            Field::Other
+        }
+        1 => {
+            rest = rest.get(8..)?;
+            Field::Other
+        }
+        2 => {
+            let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+            let value = rest.get(..len)?;
+            rest = &rest[len..];
+            Field::Bytes(value)
+        }
+        5 => {
+            rest = rest.get(4..)?;
+            Field::Other
+        }
+        // Groups (3, 4) and unknown wire types: not what the KPL writes.
+        _ => return None,
+    };
+    *offset = body.len() - rest.len();
+    Some((key >> 3, field))
+}
+
+/// The next user record at or after `*offset` of a checked aggregate's `body`; `None` at the
+/// end.
+fn next_entry<'t>(
+    body: &[u8],
+    offset: &mut usize,
+    keys: &'t [String],
+    hash_keys: &'t [String],
+) -> Option<(Bytes, &'t str, Option<&'t str>)> {
+    loop {
+        if let (ENTRY_TAG, Field::Bytes(bytes)) = next_field(body, offset)? {
+            return decode_entry(bytes, keys, hash_keys);
+        }
+    }
+}
+
+/// One entry: its data, and its partition key and explicit hash key looked up in the tables.
+/// `None` if it does not decode or names a key its table lacks.
+fn decode_entry<'t>(
+    bytes: &[u8],
+    keys: &'t [String],
+    hash_keys: &'t [String],
+) -> Option<(Bytes, &'t str, Option<&'t str>)> {
+    // Decoding from a slice copies the data: a user record kept does not keep the whole
+    // aggregate alive, so the bytes counted against the read bound are the bytes held.
+    let entry = AggregatedEntry::decode(bytes).ok()?;
+    let key = keys.get(usize::try_from(entry.partition_key_index).ok()?)?;
+    let hash_key = match entry.explicit_hash_key_index {
+        Some(i) => Some(hash_keys.get(usize::try_from(i).ok()?)?.as_str()),
+        None => None,
+    };
+    Some((entry.data, key, hash_key))
+}
+
+/// What checking an aggregate whole found.
+struct Checked {
+    keys: Vec<String>,
+    hash_keys: Vec<String>,
+    entries: usize,
+}
+
+/// Checks `data` as a KPL aggregate without expanding it: the magic prefix, the checksum, the
+/// key tables, and that every entry decodes and names keys its tables hold (an explicit hash
+/// key must be a 128-bit decimal). `None` if any of it fails.
+fn check(data: &[u8]) -> Option<Checked> {
     let rest = data.strip_prefix(&MAGIC)?;
     let split = rest.len().checked_sub(DIGEST_LEN)?;
     let (body, digest) = rest.split_at(split);
     if Md5::digest(body).as_slice() != digest {
         return None;
     }
-    let aggregate = AggregatedRecord::decode(body).ok()?;
-    let lookup = |table: &[String], i: u64| -> Option<String> {
-        table.get(usize::try_from(i).ok()?).cloned()
-    };
-    aggregate
-        .records
-        .into_iter()
-        .map(|e| {
-            Some(UserRecord {
-                partition_key: lookup(&aggregate.partition_key_table, e.partition_key_index)?,
-                explicit_hash_key: match e.explicit_hash_key_index {
-                    // A hash key is a 128-bit decimal; anything else makes the aggregate invalid.
-                    Some(i) => Some(
-                        lookup(&aggregate.explicit_hash_key_table, i)
-                            .filter(|h| h.parse::<u128>().is_ok())?,
-                    ),
-                    None => None,
-                },
-                data: e.data,
-            })
-        })
-        .collect()
-}
-
-/// What [`deaggregate`] made of one stream record.
-#[derive(Debug)]
-pub struct Deaggregated {
-    /// The user records, in order, with sub-sequence numbers 0, 1, ….
-    pub records: Vec<SourceRecord>,
-    /// The record carried the KPL prefix but was not a valid aggregate; it is delivered raw.
-    pub malformed: bool,
-}
-
-/// Turns one stream record into the user records it holds.
-pub fn deaggregate(
-    sequence: &SequenceNumber,
-    partition_key: &str,
-    data: Bytes,
-    arrival_ms: u64,
-) -> Deaggregated {
-    let raw = |data: Bytes| SourceRecord {
-        data,
-        partition_key: partition_key.to_string(),
-        explicit_hash_key: None,
-        position: Position::new(sequence.clone(), 0),
-        arrival_ms,
-    };
-    if !data.starts_with(&MAGIC) {
-        return Deaggregated {
-            records: vec![raw(data)],
-            malformed: false,
-        };
+    // The tables may come after the entries that use them: read them first.
+    let (mut keys, mut hash_keys) = (Vec::new(), Vec::new());
+    let mut offset = 0;
+    while offset < body.len() {
+        match next_field(body, &mut offset)? {
+            (KEY_TABLE_TAG, Field::Bytes(b)) => keys.push(String::from_utf8(b.to_vec()).ok()?),
+            (HASH_KEY_TABLE_TAG, Field::Bytes(b)) => {
+                hash_keys.push(String::from_utf8(b.to_vec()).ok()?)
+            }
+            (KEY_TABLE_TAG | HASH_KEY_TABLE_TAG | ENTRY_TAG, Field::Other) => return None,
+            _ => {}
+        }
     }
-    match deaggregate_bytes(&data) {
-        // An aggregate of nothing still occupies a sequence number: keep it as the raw record
-        // so the checkpoint can pass it.
-        Some(users) if !users.is_empty() => Deaggregated {
-            records: users
-                .into_iter()
-                .enumerate()
-                .map(|(i, u)| SourceRecord {
-                    data: u.data,
-                    partition_key: u.partition_key,
-                    explicit_hash_key: u.explicit_hash_key.and_then(|h| h.parse().ok()),
-                    position: Position::new(sequence.clone(), i as u64),
-                    arrival_ms,
-                })
-                .collect(),
-            malformed: false,
-        },
-        Some(_) => Deaggregated {
-            records: vec![raw(data)],
-            malformed: false,
-        },
-        None => Deaggregated {
-            records: vec![raw(data)],
-            malformed: true,
-        },
+    let mut entries = 0;
+    let mut offset = 0;
+    while offset < body.len() {
+        if let (ENTRY_TAG, Field::Bytes(b)) = next_field(body, &mut offset)? {
+            let (_, _, hash_key) = decode_entry(b, &keys, &hash_keys)?;
+            // A hash key is a 128-bit decimal; anything else makes the aggregate invalid.
+            if hash_key.is_some_and(|h| h.parse::<u128>().is_err()) {
+                return None;
+            }
+            entries += 1;
+        }
     }
+    Some(Checked {
+        keys,
+        hash_keys,
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -238,17 +444,15 @@ mod tests {
         let seq: SequenceNumber = "49590338271490256608559692538361571095921575989136588898"
             .parse()
             .expect("valid");
-        let out = deaggregate(&seq, "outer", packed, 7);
-        assert!(!out.malformed);
-        assert_eq!(out.records[1].explicit_hash_key, Some(u128::MAX));
-        assert_eq!(out.records[0].explicit_hash_key, None);
-        let subs: Vec<u64> = out
-            .records
-            .iter()
-            .map(|r| r.position.sub_sequence)
-            .collect();
+        let out = UserRecords::new(seq, "outer".into(), packed, 7);
+        assert!(!out.malformed());
+        let out: Vec<SourceRecord> = out.collect();
+        assert_eq!(out[1].explicit_hash_key, Some(u128::MAX));
+        assert_eq!(out[0].explicit_hash_key, None);
+        assert_eq!(out[2].arrival_ms, 7);
+        let subs: Vec<u64> = out.iter().map(|r| r.position.sub_sequence).collect();
         assert_eq!(subs, vec![0, 1, 2]);
-        assert_eq!(out.records[2].partition_key, "a");
+        assert_eq!(out[2].partition_key, "a");
     }
 
     #[test]
@@ -264,12 +468,89 @@ mod tests {
         let mut packed = aggregate(&[user("a", "1")]).to_vec();
         let last = packed.len() - 1;
         packed[last] ^= 0xff; // checksum no longer matches
-        let out = deaggregate(&seq, "k", Bytes::from(packed.clone()), 0);
-        assert!(out.malformed);
-        assert_eq!(out.records.len(), 1);
-        assert_eq!(&out.records[0].data[..], &packed[..]);
-        let plain = deaggregate(&seq, "k", Bytes::from_static(b"hello"), 0);
-        assert!(!plain.malformed && plain.records[0].position.sub_sequence == 0);
+        let out = UserRecords::new(seq.clone(), "k".into(), Bytes::from(packed.clone()), 0);
+        assert!(out.malformed());
+        let out: Vec<SourceRecord> = out.collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0].data[..], &packed[..]);
+        let plain = UserRecords::new(seq.clone(), "k".into(), Bytes::from_static(b"hello"), 0);
+        assert!(!plain.malformed());
+        let plain: Vec<SourceRecord> = plain.collect();
+        assert_eq!((plain.len(), plain[0].position.sub_sequence), (1, 0));
+        // An aggregate of nothing is kept as the record itself (valid, not malformed).
+        let empty = UserRecords::new(seq, "k".into(), aggregate(&[]), 0);
+        assert!(!empty.malformed());
+        assert_eq!(empty.count(), 1);
+    }
+
+    /// The KPL writes the key tables first, but protobuf allows any order: tables after the
+    /// entries that use them are read all the same.
+    #[test]
+    fn tables_after_entries_are_read() {
+        let entry = AggregatedEntry {
+            partition_key_index: 1,
+            explicit_hash_key_index: None,
+            data: Bytes::from_static(b"x"),
+            tags: Vec::new(),
+        }
+        .encode_to_vec();
+        let mut body = vec![0x1a, entry.len() as u8];
+        body.extend_from_slice(&entry);
+        for key in ["a", "b"] {
+            body.extend_from_slice(&[0x0a, 1]);
+            body.extend_from_slice(key.as_bytes());
+        }
+        let mut packed = MAGIC.to_vec();
+        packed.extend_from_slice(&body);
+        packed.extend_from_slice(&Md5::digest(&body));
+        let out: Vec<SourceRecord> =
+            UserRecords::new(SequenceNumber::from_u128(1), "k".into(), packed.into(), 0).collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].partition_key.as_str(), &out[0].data[..]),
+            ("b", &b"x"[..])
+        );
+    }
+
+    /// Half a million empty user records in under a megabyte: walked one at a time, each with
+    /// its own sub-sequence, and a resume can stop anywhere in it.
+    #[test]
+    fn a_huge_aggregate_is_walked_lazily() {
+        let packed = aggregate(&vec![user("a", ""); 490_000]);
+        assert!(packed.len() < 1 << 20, "{} bytes", packed.len());
+        let mut records = UserRecords::new(SequenceNumber::from_u128(9), "k".into(), packed, 0);
+        let first: Vec<SourceRecord> = records.by_ref().take(3).collect();
+        assert_eq!(first[2].position.sub_sequence, 2);
+        let last = records.last().expect("more records");
+        assert_eq!(last.position.sub_sequence, 489_999);
+    }
+
+    /// The user records of an aggregate as prost decodes the whole message (after the same
+    /// checksum test): an independent reading to compare the lazy walk with.
+    fn decode_whole(data: &[u8]) -> Option<Vec<(String, Bytes)>> {
+        let rest = data.strip_prefix(&MAGIC)?;
+        let (body, digest) = rest.split_at(rest.len().checked_sub(DIGEST_LEN)?);
+        if Md5::digest(body).as_slice() != digest {
+            return None;
+        }
+        let whole = AggregatedRecord::decode(body).ok()?;
+        whole
+            .records
+            .iter()
+            .map(|e| {
+                let key = whole
+                    .partition_key_table
+                    .get(e.partition_key_index as usize)?;
+                if let Some(i) = e.explicit_hash_key_index {
+                    whole
+                        .explicit_hash_key_table
+                        .get(i as usize)?
+                        .parse::<u128>()
+                        .ok()?;
+                }
+                Some((key.clone(), e.data.clone()))
+            })
+            .collect()
     }
 
     /// Any bytes in, no panic out: random bytes, and random damage to valid aggregates (with a
@@ -298,8 +579,27 @@ mod tests {
                 b.extend_from_slice(&Md5::digest(&body));
                 b
             };
-            let out = deaggregate(&seq, "k", Bytes::from(bytes), 0);
-            assert!(!out.records.is_empty());
+            let whole = decode_whole(&bytes);
+            let out = UserRecords::new(seq.clone(), "k".into(), Bytes::from(bytes.clone()), 0);
+            let malformed = out.malformed();
+            let out: Vec<SourceRecord> = out.collect();
+            assert!(!out.is_empty());
+            // What the lazy walk accepts, prost's decoder of the whole message reads alike.
+            if !malformed && out[0].data != bytes {
+                let whole = whole.expect("prost reads what the walk accepted");
+                assert_eq!(out.len(), whole.len());
+                assert!(
+                    out.iter()
+                        .zip(&whole)
+                        .all(|(o, (key, data))| &o.partition_key == key && o.data == *data)
+                );
+            } else {
+                assert_eq!((out.len(), &out[0].data[..]), (1, &bytes[..]));
+                assert_eq!(
+                    malformed,
+                    bytes.starts_with(&MAGIC) && whole.is_none_or(|w| !w.is_empty())
+                );
+            }
         }
     }
 }

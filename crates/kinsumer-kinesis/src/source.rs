@@ -1,6 +1,7 @@
 //! [`KinesisSource`]: the `ShardSource` contract over ListShards, GetShardIterator and
 //! GetRecords.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -22,6 +23,9 @@ use crate::kpl;
 
 /// Kinesis's largest `Limit` for one GetRecords call.
 const MAX_RECORDS_PER_CALL: usize = 10_000;
+/// The bytes one GetRecords call aims at: a shard serves 2 MB/s to all its readers, which 5
+/// calls a second of 1 MiB already exceed; asking for more per call only costs memory.
+const BYTES_PER_CALL: u64 = 1 << 20;
 
 /// A bad stream reference.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -345,17 +349,24 @@ impl ShardSource for KinesisSource {
             cursor: Cursor::new(shard.clone(), self.stats.clone()),
             start: from.clone(),
             iterator: None,
-            ended: matches!(from, Checkpoint::ShardEnd),
+            end: None,
+            behind: None,
+            read_records: 0,
+            read_bytes: 0,
         };
-        if !reader.ended {
-            reader.reopen(from.clone()).await?;
-        }
+        reader.reopen(from.clone()).await?;
         Ok(Box::new(reader))
     }
 }
 
 /// What polling and fan-out readers share: turning the service's records into user records,
 /// skipping what was delivered already, and noticing a checkpoint that fell off retention.
+///
+/// The service counts stream records, the consumer's bounds count user records: one read may
+/// return 10,000 aggregates of thousands of user records each. So the records read are queued
+/// here whole, and handed out at most `max_records` user records at a time ([`Cursor::pop`]);
+/// the reader asks the service again only once the queue is empty. What the queue holds is at
+/// most one response of the service, in the service's own bytes.
 pub(crate) struct Cursor {
     pub(crate) shard: ShardId,
     stats: Arc<KinesisStats>,
@@ -367,6 +378,8 @@ pub(crate) struct Cursor {
     expect_first: Option<SequenceNumber>,
     /// The last record handed out.
     last: Option<Position>,
+    /// Stream records read and not yet handed out whole, in order.
+    queue: VecDeque<kpl::UserRecords>,
 }
 
 impl Cursor {
@@ -377,11 +390,13 @@ impl Cursor {
             skip_through: None,
             expect_first: None,
             last: None,
+            queue: VecDeque::new(),
         }
     }
 
     /// Notes that reading (re)starts at `from`.
     pub(crate) fn starting_at(&mut self, from: &Checkpoint) {
+        self.queue.clear();
         if let Checkpoint::After(p) = from {
             self.skip_through = Some(p.clone());
             self.expect_first = Some(p.sequence.clone());
@@ -396,14 +411,18 @@ impl Cursor {
             .map_or_else(|| start.clone(), Checkpoint::After)
     }
 
-    /// The user records in `records`, de-aggregated, minus those delivered already.
-    pub(crate) fn take(
+    /// Whether every record read was handed out.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues the records of one response of the service (their bytes moved, not copied).
+    pub(crate) fn push(
         &mut self,
-        records: &[aws_sdk_kinesis::types::Record],
-    ) -> Result<Vec<SourceRecord>, SourceError> {
-        let mut out = Vec::with_capacity(records.len());
+        records: Vec<aws_sdk_kinesis::types::Record>,
+    ) -> Result<(), SourceError> {
         for r in records {
-            let sequence: SequenceNumber = r.sequence_number().parse().map_err(|e| {
+            let sequence: SequenceNumber = r.sequence_number.parse().map_err(|e| {
                 SourceError::Fatal(format!("Kinesis returned a bad sequence number: {e}"))
             })?;
             if let Some(expected) = self.expect_first.take()
@@ -415,39 +434,67 @@ impl Cursor {
                     TRIMMED,
                     &self.shard,
                 );
+                self.queue.clear();
                 return Err(SourceError::Trimmed {
                     shard: self.shard.clone(),
                     position: format!("{expected} (the first record still retained is {sequence})"),
                 });
             }
             let arrival_ms = r
-                .approximate_arrival_timestamp()
+                .approximate_arrival_timestamp
                 .and_then(|t| t.to_millis().ok())
                 .and_then(|ms| u64::try_from(ms).ok())
                 .unwrap_or(0);
-            let data = Bytes::copy_from_slice(r.data().as_ref());
-            let users = kpl::deaggregate(&sequence, r.partition_key(), data, arrival_ms);
-            if users.malformed {
+            let data = Bytes::from(r.data.into_inner());
+            let users = kpl::UserRecords::new(sequence, r.partition_key, data, arrival_ms);
+            if users.malformed() {
                 bump(
                     &self.stats,
                     &self.stats.malformed_aggregates,
                     MALFORMED,
                     &self.shard,
                 );
-                warn!(shard = %self.shard, sequence = %sequence, "record has the KPL prefix but is not a valid aggregate; delivering it raw");
+                warn!(shard = %self.shard, sequence = %users.sequence(), "record has the KPL prefix but is not a valid aggregate; delivering it raw");
             }
-            out.extend(
-                users
-                    .records
-                    .into_iter()
-                    .filter(|u| self.skip_through.as_ref().is_none_or(|s| u.position > *s)),
-            );
+            self.queue.push_back(users);
+        }
+        Ok(())
+    }
+
+    /// Hands out up to `max_records` user records from the queue (at least one is asked for),
+    /// minus those delivered already.
+    pub(crate) fn pop(&mut self, max_records: usize) -> Vec<SourceRecord> {
+        let max = max_records.max(1);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            match front.next() {
+                Some(user) => {
+                    if self
+                        .skip_through
+                        .as_ref()
+                        .is_none_or(|s| user.position > *s)
+                    {
+                        out.push(user);
+                    }
+                }
+                None => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+        // Drop a finished record at the front now, so `is_drained` is true as soon as the last
+        // user record is out (the shard's end is reported with it).
+        while self.queue.front().is_some_and(kpl::UserRecords::is_done) {
+            self.queue.pop_front();
         }
         if let Some(last) = out.last() {
             self.last = Some(last.position.clone());
             self.skip_through = None;
         }
-        Ok(out)
+        out
     }
 }
 
@@ -534,14 +581,21 @@ struct PollingReader {
     /// Where it was opened, to re-open there if an iterator expires before any record.
     start: Checkpoint,
     iterator: Option<String>,
-    ended: bool,
+    /// `Some(children)` once the service said the shard ends (reported when the cursor has
+    /// handed out every record read).
+    end: Option<Vec<ShardId>>,
+    /// The last `millis_behind_latest` the service gave.
+    behind: Option<u64>,
+    /// Stream records and their bytes read so far: their ratio sizes the next call.
+    read_records: u64,
+    read_bytes: u64,
 }
 
 impl PollingReader {
     /// Gets a fresh iterator for `from`.
     async fn reopen(&mut self, from: Checkpoint) -> Result<(), SourceError> {
         let Some((kind, sequence, timestamp)) = start_of(&from) else {
-            self.ended = true;
+            self.end = Some(Vec::new());
             return Ok(());
         };
         let stream = &self.source.stream;
@@ -577,22 +631,56 @@ impl PollingReader {
         self.cursor.starting_at(&from);
         self.iterator = out.shard_iterator().map(str::to_string);
         if self.iterator.is_none() {
-            self.ended = true;
+            self.end = Some(Vec::new());
         }
         Ok(())
+    }
+
+    /// How many stream records to ask for when `max_records` user records are wanted: about
+    /// [`BYTES_PER_CALL`] at the size of the records read so far, and a single record while no
+    /// size is known. A response is held whole while its user records are handed out (and
+    /// parsing it takes a few times its size), so its size counts against memory as surely as
+    /// the records handed out do; a shard gives no more than 2 MB/s anyway.
+    fn limit(&self, max_records: usize) -> usize {
+        let max = max_records.clamp(1, MAX_RECORDS_PER_CALL);
+        match self.read_bytes.checked_div(self.read_records) {
+            None => 1,
+            Some(average) => {
+                let fit = BYTES_PER_CALL / average.max(1);
+                max.min(usize::try_from(fit).unwrap_or(usize::MAX)).max(1)
+            }
+        }
+    }
+
+    /// Up to `max_records` records from the cursor's queue; the shard's end only once the
+    /// queue is empty.
+    fn batch_from_queue(&mut self, max_records: usize, probed: bool) -> Batch {
+        let records = self.cursor.pop(max_records);
+        let drained = self.cursor.is_drained();
+        Batch {
+            records,
+            millis_behind_latest: self.behind,
+            end: self.end.clone().filter(|_| drained),
+            more_ready: !drained || probed,
+        }
     }
 }
 
 #[async_trait]
 impl ShardReader for PollingReader {
     async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError> {
-        let Some(iterator) = self.iterator.clone().filter(|_| !self.ended) else {
+        if !self.cursor.is_drained() {
+            return Ok(self.batch_from_queue(max_records, false));
+        }
+        let Some(iterator) = self.iterator.clone().filter(|_| self.end.is_none()) else {
             return Ok(Batch {
-                end: Some(Vec::new()),
+                end: Some(self.end.clone().unwrap_or_default()),
                 ..Batch::default()
             });
         };
-        let limit = max_records.clamp(1, MAX_RECORDS_PER_CALL) as i32;
+        // The service counts stream records (an aggregate yields more user records, which wait
+        // in the cursor's queue), and bytes only up to 10 MiB a call: size the call by both.
+        let limit = self.limit(max_records);
         let stats = &self.source.stats;
         bump(
             stats,
@@ -605,7 +693,7 @@ impl ShardReader for PollingReader {
             .client
             .get_records()
             .shard_iterator(iterator)
-            .limit(limit);
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX));
         if let Some(arn) = &self.source.stream.arn {
             req = req.stream_arn(arn);
         }
@@ -644,28 +732,28 @@ impl ShardReader for PollingReader {
                 return Err(err);
             }
         };
-        let records = self.cursor.take(out.records())?;
-        let end = match out.next_shard_iterator() {
-            Some(next) => {
-                self.iterator = Some(next.to_string());
-                None
-            }
+        self.behind = out.millis_behind_latest.and_then(|m| u64::try_from(m).ok());
+        match out.next_shard_iterator {
+            Some(next) => self.iterator = Some(next),
             None => {
-                self.ended = true;
-                Some(
-                    out.child_shards()
-                        .iter()
-                        .map(|c| ShardId::from(c.shard_id()))
+                self.end = Some(
+                    out.child_shards
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| ShardId::from(c.shard_id))
                         .collect(),
-                )
+                );
             }
-        };
-        Ok(Batch {
-            records,
-            millis_behind_latest: out
-                .millis_behind_latest()
-                .and_then(|m| u64::try_from(m).ok()),
-            end,
-        })
+        }
+        // The first record of a reader measured the records' size: read on at once.
+        let probed = self.read_records == 0 && !out.records.is_empty() && self.end.is_none();
+        self.read_records += out.records.len() as u64;
+        self.read_bytes += out
+            .records
+            .iter()
+            .map(|r| r.data.as_ref().len() as u64)
+            .sum::<u64>();
+        self.cursor.push(out.records)?;
+        Ok(self.batch_from_queue(max_records, probed))
     }
 }

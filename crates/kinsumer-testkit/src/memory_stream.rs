@@ -706,6 +706,7 @@ impl MemoryStream {
                     records: Vec::new(),
                     millis_behind_latest: Some(0),
                     end: Some(log.children.clone()),
+                    more_ready: false,
                 };
                 return Ok((batch, Cursor::End));
             }
@@ -741,6 +742,7 @@ impl MemoryStream {
             records,
             millis_behind_latest: Some(millis_behind_latest),
             end,
+            more_ready: false,
         };
         Ok((batch, cursor))
     }

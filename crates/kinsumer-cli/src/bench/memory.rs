@@ -91,6 +91,7 @@ impl ShardReader for EndlessReader {
             records,
             millis_behind_latest: Some(3_600_000),
             end: None,
+            more_ready: false,
         })
     }
 }
