@@ -459,12 +459,17 @@ async fn open_store_now(
     Ok(store)
 }
 
+/// A Kinesis client for `aws` (for the calls `KinesisSource` does not make, such as
+/// `reset`'s check of a sequence number).
+pub async fn kinesis_client(aws: &AwsTarget) -> Result<aws_sdk_kinesis::Client, OpenError> {
+    Ok(aws_sdk_kinesis::Client::new(&aws_config(aws).await?))
+}
+
 /// Opens the source `url`.
 pub async fn open_source(url: &SourceUrl) -> Result<KinesisSource, OpenError> {
     match url {
         SourceUrl::Kinesis { stream, aws } => {
-            let sdk = aws_config(aws).await?;
-            let client = aws_sdk_kinesis::Client::new(&sdk);
+            let client = kinesis_client(aws).await?;
             if stream.starts_with("arn:") {
                 KinesisSource::from_arn(client, stream.clone())
                     .map_err(|e| OpenError(format!("Kinesis stream {stream}: {e}")))
