@@ -469,20 +469,28 @@ async fn open_store_now(
 /// How long one store call of an operator's command may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A Kinesis client for `aws` (for the calls `KinesisSource` does not make, such as
+/// `reset`'s check of a sequence number).
+pub async fn kinesis_client(aws: &AwsTarget) -> Result<aws_sdk_kinesis::Client, OpenError> {
+    // Resolving the region may ask the instance metadata service: bounded too.
+    let sdk = tokio::time::timeout(OPEN_TIMEOUT, aws_config(aws))
+        .await
+        .map_err(|_| {
+            OpenError(format!(
+                "the AWS configuration took over {} s to load",
+                OPEN_TIMEOUT.as_secs()
+            ))
+        })??;
+    Ok(aws_sdk_kinesis::Client::new(&sdk))
+}
+
 /// Opens the source `url`.
 pub async fn open_source(url: &SourceUrl) -> Result<KinesisSource, OpenError> {
     match url {
         SourceUrl::Kinesis { stream, aws } => {
-            // Resolving the region may ask the instance metadata service: bounded too.
-            let sdk = tokio::time::timeout(OPEN_TIMEOUT, aws_config(aws))
+            let client = kinesis_client(aws)
                 .await
-                .map_err(|_| {
-                    OpenError(format!(
-                        "Kinesis stream {stream}: the AWS configuration took over {} s to load",
-                        OPEN_TIMEOUT.as_secs()
-                    ))
-                })??;
-            let client = aws_sdk_kinesis::Client::new(&sdk);
+                .map_err(|e| OpenError(format!("Kinesis stream {stream}: {e}")))?;
             if stream.starts_with("arn:") {
                 KinesisSource::from_arn(client, stream.clone())
                     .map_err(|e| OpenError(format!("Kinesis stream {stream}: {e}")))

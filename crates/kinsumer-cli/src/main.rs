@@ -3,7 +3,8 @@
 //! - `kinsumer demo` — a fleet of consumers on the in-memory stream and store, with a split, a
 //!   join, a graceful leave and a crash; ends with a summary (lost must be 0).
 //! - `kinsumer status` — clients and leases of an application, from any store.
-//! - `kinsumer reset` — move checkpoints, through the store's fenced operations.
+//! - `kinsumer reset` — move checkpoints, through the store's fenced operations, and repair
+//!   lease rows that do not decode.
 //! - `kinsumer tail` — print a stream's records as they arrive, without taking leases.
 //! - `kinsumer bench` — the performance scenarios, written to `BENCHMARKS.md`.
 //! - `kinsumer chaos-member` (hidden) — one process of the chaos test's fleet
@@ -43,6 +44,7 @@ mod bench;
 mod chaos_member;
 mod demo;
 mod reset;
+mod sequence;
 mod status;
 mod tail;
 
@@ -70,6 +72,7 @@ enum Command {
     Status(status::StatusArgs),
     /// Move checkpoints (to the horizon, the tip, a time or a sequence number) through the
     /// store's fenced operations; refuses while a live client owns the shard unless --force.
+    /// Repairs lease rows that do not decode (with --source, for the shards' parents).
     Reset(reset::ResetArgs),
     /// Print a stream's records as they arrive, from a chosen position, without taking leases.
     Tail(tail::TailArgs),

@@ -1,4 +1,5 @@
-//! `kinsumer reset`: move checkpoints, through the store's fenced operations only.
+//! `kinsumer reset`: move checkpoints, through the store's fenced operations only — and
+//! repair lease rows that do not decode.
 //!
 //! For each chosen lease the command reads the row, prints the plan (current owner, token and
 //! checkpoint → new checkpoint), asks for confirmation, then:
@@ -10,21 +11,40 @@
 //!   checkpoint. Records the old owner delivered in between may be delivered again
 //!   (at-least-once). This needs `--force` when the owner has a client row (it is live, or not
 //!   yet known to be dead); an owner with no row has left, and its lease is taken without.
+//! - a row that **does not decode** (consumers set it aside and never read its shard) is
+//!   rewritten whole by `replace_corrupt`, which writes only while the stored row still does
+//!   not decode — never over a row repaired or re-created meanwhile: unowned, at the new
+//!   checkpoint, unfinished, with a token above any the row held ([`repair_token`]) and the
+//!   shard's parents from `--source`'s listing. Without `--source` the repair is refused: the
+//!   row can no longer tell its parents, and a child written without them would be read
+//!   before its parents end.
 //!
-//! Nothing is written when any chosen shard is refused (owned without `--force`, finished),
+//! With `--source`, `--to sequence:N[/S]` is checked against the shard before anything is
+//! written ([`crate::sequence`]): a number the shard does not hold — past its tip, trimmed,
+//! another shard's — is refused. Without it, a note says the position was not checked.
+//!
+//! Nothing is written when any chosen shard is refused (owned without `--force`, finished, a
+//! row that does not decode without `--source`, a sequence number the shard does not hold),
 //! when a shard has no lease, or when the confirmation is not given. A lost race (`LeaseLost`)
 //! is reported per shard; the other shards are still reset. Exit codes: 0 every shard reset,
-//! 1 refused or a shard failed, 2 bad usage or an unreachable store.
+//! 1 refused or a shard failed, 2 bad usage or an unreachable store or source.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
 
-use kinsumer::{Checkpoint, ClientId, Lease, LeaseStore, StoreError};
+use kinsumer::{
+    Checkpoint, ClientId, CorruptRow, Lease, LeaseStore, ShardId, ShardInfo, ShardSource,
+    StoreError,
+};
 
 use crate::Result;
 use crate::backends::{
-    Access, StartAt, StoreUrl, brief, checkpoint_text, format_rfc3339, open_store,
+    Access, SourceUrl, StartAt, StoreUrl, brief, checkpoint_text, format_rfc3339, open_source,
+    open_store,
 };
+use crate::sequence::{self, Verdict};
 use crate::status::{emit, table};
+use crate::tail::escape;
 
 /// Examples and exit codes at the end of `kinsumer reset --help`.
 const AFTER_HELP: &str = "\
@@ -33,20 +53,28 @@ Examples:
   kinsumer reset --store postgres://user:pass@db:5432/kinsumer --app billing --stream orders \\
       --shard shardId-000000000001 --to timestamp:2026-11-26T07:00:00Z --yes
   kinsumer reset --store 'dynamodb://leases?region=eu-west-1' --app billing --stream orders \\
-      --shard shardId-000000000001 --to sequence:49590338271490256608559692538361571095921575989136588898 --force
+      --source 'kinesis://orders?region=eu-west-1' --shard shardId-000000000001 \\
+      --to sequence:49590338271490256608559692538361571095921575989136588898 --force
 
 Positions: trim-horizon (the oldest retained record), latest (records written after the next
 reader opens), timestamp:RFC3339 (the first record that arrived at or after it, e.g.
 2026-11-26T08:00:00.250+01:00), sequence:N (resume AFTER record N, as if it was the last one
-processed; sequence:N/S after user record S of a KPL aggregate).
+processed; sequence:N/S after user record S of a KPL aggregate). With --source, a sequence
+number is checked first: one the shard does not hold (past its tip, trimmed, another shard's)
+is refused.
 
 The plan is printed first; on a terminal you are asked to confirm, otherwise pass --yes. A shard
 owned by a registered client (live, or not yet known to be dead) is refused unless --force: then
 the lease is taken from its owner and released at the new checkpoint, and the owner's next
 checkpoint fails (it lets go; records it delivered meanwhile may come again).
 
-Exit codes: 0 every chosen shard reset; 1 refused, not confirmed, or a shard failed (e.g. its
-lease changed meanwhile); 2 bad usage or an unreachable store.";
+A lease row that does not decode (kinsumer status lists it under PROBLEM) is repaired: rewritten
+whole, unowned, at the new checkpoint, with a fencing token above any it held (the current time
+in ms) and the shard's parents from the stream's listing, so --source is required for it. The
+write happens only while the row still does not decode: a row repaired meanwhile is left alone.
+
+Exit codes: 0 every chosen shard reset or repaired; 1 refused, not confirmed, or a shard failed
+(e.g. its lease changed meanwhile); 2 bad usage or an unreachable store or source.";
 
 /// Flags of `kinsumer reset`.
 #[derive(clap::Args, Debug)]
@@ -63,15 +91,20 @@ pub struct ResetArgs {
     /// The stream whose leases to reset.
     #[arg(long, value_name = "NAME")]
     pub stream: String,
+    /// The stream as a source (kinesis://STREAM?region=R[&endpoint=URL]): needed to repair a
+    /// row that does not decode (the listing gives the shard's parents), and checks that a
+    /// --to sequence:N is a record the shard holds.
+    #[arg(long, value_name = "URL")]
+    pub source: Option<SourceUrl>,
     /// The new checkpoint: trim-horizon, latest, timestamp:RFC3339 (the first record that
     /// arrived at or after it) or sequence:N (resume AFTER record N, as if N was the last one
     /// processed; sequence:N/S after user record S of a KPL aggregate).
     #[arg(long, value_name = "POSITION")]
     pub to: StartAt,
-    /// A shard to reset (repeatable).
+    /// A shard to reset or repair (repeatable).
     #[arg(long = "shard", value_name = "ID")]
     pub shards: Vec<String>,
-    /// Reset every unfinished lease of the stream.
+    /// Reset every unfinished lease of the stream, and repair every row that does not decode.
     #[arg(long, conflicts_with = "shards")]
     pub all: bool,
     /// Take over shards whose owner is still registered (the owner loses the lease).
@@ -89,17 +122,71 @@ enum Action {
     Reset,
     /// `take` from an owner, then `release` with the new checkpoint.
     TakeOver,
+    /// `replace_corrupt` of a row that does not decode, with this row.
+    Repair(Lease),
     /// Nothing: refused, with the reason.
     Refuse(String),
     /// Nothing, and not an error: a finished lease under `--all`.
     Skip(&'static str),
 }
 
+/// A chosen row, as read.
+#[derive(Debug, Clone, Copy)]
+enum Row<'a> {
+    Healthy(&'a Lease),
+    Corrupt(&'a CorruptRow),
+}
+
+impl Row<'_> {
+    fn shard(&self) -> &str {
+        match self {
+            Row::Healthy(lease) => lease.shard.as_str(),
+            // Only rows whose shard id could be read are ever chosen.
+            Row::Corrupt(bad) => bad.id.as_deref().unwrap_or(""),
+        }
+    }
+}
+
+/// How long listing the source's shards may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The earliest time this host's clock may show for a repair (2025-01-01T00:00:00Z): a clock
+/// before it is wrong, and its time would make a token too small (see [`repair_token`]).
+const SANE_CLOCK_MS: u64 = 1_735_689_600_000;
+
 /// Runs `kinsumer reset`; an error (exit 2) is one readable line.
 pub async fn run(args: ResetArgs) -> Result<i32> {
     execute(args)
         .await
         .map_err(|e| brief(&e.to_string()).into())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The fencing token of a repaired row: the current Unix time in milliseconds.
+///
+/// The row's own token cannot be read, and the new one must be larger than any it held: a
+/// token must never become current again for a client that held it before (its late writes
+/// would pass the fence). A token grows by one per take, and takes of one lease are at least a
+/// store round trip apart, so no row reaches the number of milliseconds since 1970 (1.7·10¹²
+/// in 2025: 55 years of 1,000 takes a second) — and after an earlier repair, it would need a
+/// take per millisecond ever since to catch up with the clock. It stays far below the largest
+/// token any store holds (2⁶³ − 1 in PostgreSQL), leaving room for every take to come. This
+/// holds as long as the clock of the host that repairs is not behind that of an earlier repair
+/// of the same row; a clock before 2025 is refused.
+fn repair_token(now_ms: u64) -> std::result::Result<u64, String> {
+    if now_ms < SANE_CLOCK_MS {
+        return Err(format!(
+            "this host's clock reads {}: a repaired row's fencing token is the current time in \
+             ms, so the clock must be right (set it, or repair from another host)",
+            format_rfc3339(now_ms)
+        ));
+    }
+    Ok(now_ms)
 }
 
 async fn execute(args: ResetArgs) -> Result<i32> {
@@ -109,10 +196,18 @@ async fn execute(args: ResetArgs) -> Result<i32> {
                 .into(),
         );
     }
+    if let Some(url) = &args.source
+        && url.stream_name() != args.stream
+    {
+        return Err(format!(
+            "--source names stream {}, but --stream is {}: they must be the same stream",
+            url.stream_name(),
+            args.stream
+        )
+        .into());
+    }
     if let StartAt::Timestamp(ms) = args.to {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = now_ms();
         if ms > now_ms {
             // Kinesis refuses to read from a time it has not reached: every consumer would
             // set the shard aside until the next reset.
@@ -129,6 +224,7 @@ async fn execute(args: ResetArgs) -> Result<i32> {
     let read = store.leases(&args.stream).await?;
     let mut leases = read.rows;
     leases.sort_by(|a, b| a.shard.cmp(&b.shard));
+    let corrupt = read.corrupt;
     // A client row that does not decode is a registered client all the same (its next
     // heartbeat rewrites the row): never take its leases without --force.
     let clients = store.clients().await?;
@@ -143,15 +239,12 @@ async fn execute(args: ResetArgs) -> Result<i32> {
                 .filter_map(|r| r.id.map(ClientId::from)),
         )
         .collect();
-    for bad in &read.corrupt {
-        note!(
-            "kinsumer: {} does not decode ({}); reset cannot move it",
-            crate::tail::escape(&bad.key),
-            crate::tail::escape(&bad.reason)
-        );
-    }
+    let listing = match &args.source {
+        Some(url) => Some(list_shards(url).await?),
+        None => None,
+    };
 
-    let chosen = match choose(&leases, &args) {
+    let chosen = match choose(&leases, &corrupt, &args) {
         Ok(chosen) => chosen,
         Err(problem) => {
             note!("kinsumer: {problem}; nothing changed");
@@ -159,16 +252,26 @@ async fn execute(args: ResetArgs) -> Result<i32> {
         }
     };
     let target = args.to.checkpoint();
-    let plan: Vec<(&Lease, Action)> = chosen
-        .into_iter()
-        .map(|lease| (lease, action(lease, &registered, args.all, args.force)))
-        .collect();
+    let mut plan: Vec<(Row, Action)> = Vec::new();
+    for row in chosen {
+        let action = match row {
+            Row::Healthy(lease) => action(lease, &registered, args.all, args.force),
+            Row::Corrupt(bad) => {
+                let token = repair_token(now_ms())?;
+                repair_action(bad, &args.stream, listing.as_deref(), &target, token)
+            }
+        };
+        plan.push((row, action));
+    }
+    if let StartAt::After(position) = &args.to {
+        check_sequence(&args, listing.as_deref(), position, &mut plan).await?;
+    }
     print_plan(&args, &plan, &target, &registered);
 
     let refused: Vec<String> = plan
         .iter()
-        .filter_map(|(lease, action)| match action {
-            Action::Refuse(why) => Some(format!("{}: {why}", lease.shard)),
+        .filter_map(|(row, action)| match action {
+            Action::Refuse(why) => Some(format!("{}: {}", escape(row.shard()), escape(why))),
             _ => None,
         })
         .collect();
@@ -179,9 +282,9 @@ async fn execute(args: ResetArgs) -> Result<i32> {
         note!("kinsumer: nothing changed");
         return Ok(1);
     }
-    let work: Vec<&(&Lease, Action)> = plan
+    let work: Vec<&(Row, Action)> = plan
         .iter()
-        .filter(|(_, a)| matches!(a, Action::Reset | Action::TakeOver))
+        .filter(|(_, a)| matches!(a, Action::Reset | Action::TakeOver | Action::Repair(_)))
         .collect();
     if work.is_empty() {
         say("nothing to reset\n");
@@ -193,23 +296,35 @@ async fn execute(args: ResetArgs) -> Result<i32> {
 
     let me = ClientId::from(format!("kinsumer-cli-{}", std::process::id()));
     let mut failed = 0;
-    for (lease, action) in work {
-        let outcome = match action {
-            Action::TakeOver => take_over(&*store, &args.stream, lease, &me, &target).await,
-            _ => store
+    for (row, action) in work {
+        let outcome = match (row, action) {
+            (_, Action::Repair(new)) => store
+                .replace_corrupt(&args.stream, new)
+                .await
+                .map_err(|e| describe_repair(&e)),
+            (Row::Healthy(lease), Action::TakeOver) => {
+                take_over(&*store, &args.stream, lease, &me, &target).await
+            }
+            (Row::Healthy(lease), _) => store
                 .reset_checkpoint(&args.stream, &lease.shard, lease.token, &target)
                 .await
                 .map_err(|e| describe(&e, lease)),
+            (Row::Corrupt(_), _) => Err("nothing planned for a row that does not decode".into()),
         };
         match outcome {
             Ok(()) => say(&format!(
-                "{}: checkpoint now {}\n",
-                lease.shard,
+                "{}: {} now {}\n",
+                escape(row.shard()),
+                if matches!(action, Action::Repair(_)) {
+                    "repaired; checkpoint"
+                } else {
+                    "checkpoint"
+                },
                 checkpoint_text(Some(&target))
             )),
             Err(why) => {
                 failed += 1;
-                say(&format!("{}: FAILED: {why}\n", lease.shard));
+                say(&format!("{}: FAILED: {why}\n", escape(row.shard())));
             }
         }
     }
@@ -220,38 +335,123 @@ async fn execute(args: ResetArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The leases the flags name: every lease with `--all`, else each `--shard` (all must exist).
+/// The shards of `url`'s stream, with their parents.
+async fn list_shards(url: &SourceUrl) -> Result<Vec<ShardInfo>> {
+    let source = open_source(url).await?;
+    match tokio::time::timeout(LIST_TIMEOUT, source.list_shards()).await {
+        Ok(Ok(shards)) => Ok(shards),
+        Ok(Err(e)) => Err(format!(
+            "cannot list the shards of --source stream {}: {e}",
+            url.stream_name()
+        )
+        .into()),
+        Err(_) => Err(format!(
+            "listing the shards of --source stream {} took longer than {} s",
+            url.stream_name(),
+            LIST_TIMEOUT.as_secs()
+        )
+        .into()),
+    }
+}
+
+/// With `--source`, checks that the one shard a `--to sequence:N` is for holds record N, and
+/// refuses it in `plan` when it does not; without, says the position was not checked.
+async fn check_sequence(
+    args: &ResetArgs,
+    listing: Option<&[ShardInfo]>,
+    position: &kinsumer::Position,
+    plan: &mut [(Row<'_>, Action)],
+) -> Result<()> {
+    for (row, action) in plan.iter_mut() {
+        if matches!(action, Action::Refuse(_) | Action::Skip(_)) {
+            continue;
+        }
+        let shard = ShardId::from(row.shard());
+        let (Some(url), Some(listing)) = (&args.source, listing) else {
+            note!(
+                "kinsumer: note: sequence {} was not checked against the stream (pass --source \
+                 kinesis://{}?… to check that shard {shard} holds it)",
+                position.sequence,
+                args.stream
+            );
+            continue;
+        };
+        if !listing.iter().any(|s| s.id == shard) {
+            *action = Action::Refuse(format!(
+                "shard {shard} is not in stream {}'s listing, so sequence {} cannot be checked \
+                 (the shard left the stream)",
+                args.stream, position.sequence
+            ));
+            continue;
+        }
+        match sequence::check(url, &shard, position).await {
+            Ok(Verdict::Held) => {}
+            Ok(Verdict::NotHeld(why)) => *action = Action::Refuse(why),
+            Err(e) => return Err(format!("checking sequence {}: {e}", position.sequence).into()),
+        }
+    }
+    Ok(())
+}
+
+/// The rows the flags name: every row with `--all` (those that do not decode included, if
+/// their shard id could be read), else each `--shard` (all must exist).
 fn choose<'a>(
     leases: &'a [Lease],
+    corrupt: &'a [CorruptRow],
     args: &ResetArgs,
-) -> std::result::Result<Vec<&'a Lease>, String> {
+) -> std::result::Result<Vec<Row<'a>>, String> {
+    let repairable = |bad: &&CorruptRow| bad.id.is_some();
     if args.all {
-        if leases.is_empty() {
+        for bad in corrupt.iter().filter(|b| b.id.is_none()) {
+            note!(
+                "kinsumer: {} does not decode ({}) and its shard id cannot be read: reset \
+                 cannot repair it; delete it in the store's console",
+                escape(&bad.key),
+                escape(&bad.reason)
+            );
+        }
+        if leases.is_empty() && !corrupt.iter().any(|b| repairable(&b)) {
             return Err(format!(
                 "application {} has no leases for stream {}",
                 args.app, args.stream
             ));
         }
-        return Ok(leases.iter().collect());
+        let mut rows: Vec<Row> = leases.iter().map(Row::Healthy).collect();
+        rows.extend(corrupt.iter().filter(repairable).map(Row::Corrupt));
+        rows.sort_by(|a, b| a.shard().cmp(b.shard()));
+        return Ok(rows);
     }
-    let mut chosen = Vec::new();
+    let mut chosen: Vec<Row> = Vec::new();
     for id in &args.shards {
-        match leases.iter().find(|l| l.shard.as_str() == id) {
-            Some(lease) if !chosen.contains(&lease) => chosen.push(lease),
-            Some(_) => {}
-            None => {
-                let known: Vec<&str> = leases.iter().map(|l| l.shard.as_str()).collect();
-                return Err(format!(
-                    "no lease for shard {id} of stream {} in application {} (leases: {})",
-                    args.stream,
-                    args.app,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ));
-            }
+        if chosen.iter().any(|row| row.shard() == id) {
+            continue;
+        }
+        if let Some(lease) = leases.iter().find(|l| l.shard.as_str() == id) {
+            chosen.push(Row::Healthy(lease));
+        } else if let Some(bad) = corrupt.iter().find(|b| b.id.as_deref() == Some(id)) {
+            chosen.push(Row::Corrupt(bad));
+        } else {
+            let known: Vec<&str> = leases.iter().map(|l| l.shard.as_str()).collect();
+            let bad: Vec<String> = corrupt
+                .iter()
+                .filter_map(|b| b.id.as_deref().map(escape))
+                .collect();
+            return Err(format!(
+                "no lease for shard {} of stream {} in application {} (leases: {}{})",
+                escape(id),
+                args.stream,
+                args.app,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                },
+                if bad.is_empty() {
+                    String::new()
+                } else {
+                    format!("; rows that do not decode: {}", bad.join(", "))
+                }
+            ));
         }
     }
     Ok(chosen)
@@ -279,9 +479,42 @@ fn action(lease: &Lease, registered: &[ClientId], all: bool, force: bool) -> Act
     }
 }
 
+/// What to do with a row that does not decode: rewrite it whole with the parents the stream
+/// lists — or refuse, when there is no listing to take them from. Nobody reads a shard whose
+/// row does not decode, so no owner needs `--force`.
+fn repair_action(
+    bad: &CorruptRow,
+    stream: &str,
+    listing: Option<&[ShardInfo]>,
+    target: &Checkpoint,
+    token: u64,
+) -> Action {
+    let shard = bad.id.as_deref().unwrap_or("");
+    let Some(listing) = listing else {
+        return Action::Refuse(format!(
+            "the row does not decode ({}); repairing it needs --source kinesis://{stream}?…: \
+             the row can no longer tell the shard's parents, and the stream's listing does",
+            bad.reason
+        ));
+    };
+    let Some(info) = listing.iter().find(|s| s.id.as_str() == shard) else {
+        return Action::Refuse(format!(
+            "the row does not decode ({}), and shard {shard} is not in the --source stream's \
+             listing (it left the stream, or the stream is another one): its parents cannot be \
+             known, so reset cannot repair it",
+            bad.reason
+        ));
+    };
+    Action::Repair(Lease {
+        token,
+        checkpoint: Some(target.clone()),
+        ..Lease::new(info.id.clone(), info.parents.clone())
+    })
+}
+
 fn print_plan(
     args: &ResetArgs,
-    plan: &[(&Lease, Action)],
+    plan: &[(Row, Action)],
     target: &Checkpoint,
     registered: &[ClientId],
 ) {
@@ -291,16 +524,28 @@ fn print_plan(
     ));
     let rows: Vec<Vec<String>> = plan
         .iter()
-        .map(|(lease, action)| {
+        .map(|(row, action)| {
+            let (owner, token, checkpoint) = match row {
+                Row::Healthy(lease) => (
+                    match &lease.owner {
+                        None => "-".to_owned(),
+                        Some(owner) if registered.contains(owner) => owner.to_string(),
+                        Some(owner) => format!("{owner} (gone)"),
+                    },
+                    lease.token.to_string(),
+                    checkpoint_text(lease.checkpoint.as_ref()),
+                ),
+                Row::Corrupt(_) => (
+                    "?".to_owned(),
+                    "?".to_owned(),
+                    "? (does not decode)".to_owned(),
+                ),
+            };
             vec![
-                lease.shard.to_string(),
-                match &lease.owner {
-                    None => "-".to_owned(),
-                    Some(owner) if registered.contains(owner) => owner.to_string(),
-                    Some(owner) => format!("{owner} (gone)"),
-                },
-                lease.token.to_string(),
-                checkpoint_text(lease.checkpoint.as_ref()),
+                row.shard().to_owned(),
+                owner,
+                token,
+                checkpoint,
                 match action {
                     Action::Refuse(_) | Action::Skip(_) => "-".to_owned(),
                     _ => checkpoint_text(Some(target)),
@@ -308,6 +553,22 @@ fn print_plan(
                 match action {
                     Action::Reset => "reset (unowned)".to_owned(),
                     Action::TakeOver => "take over, then release at the new checkpoint".to_owned(),
+                    Action::Repair(new) => format!(
+                        "repair: rewrite the row, unowned, token {}, {}",
+                        new.token,
+                        if new.parents.is_empty() {
+                            "no parents".to_owned()
+                        } else {
+                            format!(
+                                "parents {}",
+                                new.parents
+                                    .iter()
+                                    .map(ShardId::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    ),
                     Action::Refuse(_) => "REFUSED".to_owned(),
                     Action::Skip(why) => format!("skip: {why}"),
                 },
@@ -325,6 +586,16 @@ fn print_plan(
         ],
         &rows,
     ));
+    for (row, _) in plan {
+        if let Row::Corrupt(bad) = row {
+            say(&format!(
+                "{} does not decode: {} ({})\n",
+                escape(row.shard()),
+                escape(&bad.reason),
+                escape(&bad.key)
+            ));
+        }
+    }
 }
 
 /// Prints to stdout; a closed stdout does not stop a reset half-way (nor panic, as `print!`
@@ -393,6 +664,16 @@ fn describe(error: &StoreError, lease: &Lease) -> String {
     }
 }
 
+fn describe_repair(error: &StoreError) -> String {
+    match error {
+        StoreError::LeaseLost { .. } => "the row decodes now (repaired meanwhile, by someone \
+             else or by hand): nothing written — run kinsumer status to see it as it is"
+            .to_owned(),
+        StoreError::NotFound { .. } => "the row was deleted meanwhile: nothing written".to_owned(),
+        other => brief(&other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +707,55 @@ mod tests {
             action(&lease(Some("gone"), false), &registered, false, false),
             Action::TakeOver
         );
+    }
+
+    fn bad(id: &str) -> CorruptRow {
+        CorruptRow {
+            key: format!("leases {id}"),
+            id: Some(id.to_owned()),
+            reason: "token \"01\" is not canonical".to_owned(),
+        }
+    }
+
+    fn info(id: &str, parents: &[&str]) -> ShardInfo {
+        ShardInfo {
+            id: ShardId::from(id),
+            parents: parents.iter().map(|p| ShardId::from(*p)).collect(),
+            hash_range: kinsumer::HashRange::FULL,
+            open: true,
+        }
+    }
+
+    #[test]
+    fn a_row_that_does_not_decode_is_repaired_only_with_the_listing() {
+        let target = Checkpoint::TrimHorizon;
+        let without = repair_action(&bad("c"), "s", None, &target, SANE_CLOCK_MS);
+        assert!(
+            matches!(&without, Action::Refuse(why) if why.contains("--source") && why.contains("canonical")),
+            "{without:?}"
+        );
+        let listing = [info("p", &[]), info("c", &["p"])];
+        let gone = repair_action(&bad("x"), "s", Some(&listing), &target, SANE_CLOCK_MS);
+        assert!(
+            matches!(&gone, Action::Refuse(why) if why.contains("not in the --source stream")),
+            "{gone:?}"
+        );
+        let repair = repair_action(&bad("c"), "s", Some(&listing), &target, SANE_CLOCK_MS + 7);
+        assert_eq!(
+            repair,
+            Action::Repair(Lease {
+                token: SANE_CLOCK_MS + 7,
+                checkpoint: Some(Checkpoint::TrimHorizon),
+                ..Lease::new(ShardId::from("c"), vec![ShardId::from("p")])
+            })
+        );
+    }
+
+    #[test]
+    fn a_repair_token_is_the_time_and_needs_a_sane_clock() {
+        assert_eq!(repair_token(1_795_676_400_000), Ok(1_795_676_400_000));
+        let err = repair_token(86_400_000).expect_err("1970 is no time to repair");
+        assert!(err.contains("1970-01-02"), "{err}");
     }
 
     #[test]

@@ -765,6 +765,464 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
 }
 
 // ---------------------------------------------------------------------------------------------
+// reset: repairing rows that do not decode, checking sequence numbers
+
+/// A one-shard stream on kinesis-local, split: its parent and the two children (sorted).
+async fn split_stream(kinesis: &aws_sdk_kinesis::Client) -> (TestStream, ShardId, [ShardId; 2]) {
+    let stream = TestStream::create(kinesis, "repair", 1).await;
+    let open = stream.open_shards().await;
+    let parent = open.first().expect("one open shard").0.clone();
+    stream.split(&parent, 1u128 << 127).await.expect("split");
+    let mut children: Vec<ShardId> = stream
+        .open_shards()
+        .await
+        .into_iter()
+        .map(|(id, _, _)| ShardId::from(id))
+        .collect();
+    children.sort();
+    assert_eq!(children.len(), 2, "a split has two children: {children:?}");
+    (
+        stream,
+        ShardId::from(parent),
+        [children[0].clone(), children[1].clone()],
+    )
+}
+
+/// Leases as a fleet writes them for a split stream: the parent read to its end (finished), and
+/// each child created with the parent as its parent.
+async fn seed_split(
+    store: &Arc<dyn LeaseStore>,
+    stream: &str,
+    parent: &ShardId,
+    children: &[ShardId; 2],
+) {
+    store
+        .create_if_absent(stream, parent, &[])
+        .await
+        .expect("create parent");
+    let tenure = store
+        .take(stream, parent, &ClientId::from("gone"), 0)
+        .await
+        .expect("take")
+        .tenure()
+        .expect("owned");
+    store.finish(stream, &tenure).await.expect("finish");
+    for child in children {
+        store
+            .create_if_absent(stream, child, std::slice::from_ref(parent))
+            .await
+            .expect("create child");
+    }
+}
+
+/// `reset` of the child whose row `spoil(stream, shard)` makes undecodable: refused without
+/// `--source` (the row
+/// stays as it is), repaired with it — unowned, at the new checkpoint, a token from the clock,
+/// its parent from the listing — after which `status` reads every row, and a second repair is
+/// refused without touching the row. `all` uses `--all` instead of `--shard`.
+async fn assert_reset_repairs<F, Fut>(
+    store: Arc<dyn LeaseStore>,
+    store_url: &str,
+    app: &str,
+    endpoint: &str,
+    all: bool,
+    spoil: F,
+) where
+    F: FnOnce(String, ShardId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let kinesis = kinesis_local::client(endpoint);
+    let (stream, parent, children) = split_stream(&kinesis).await;
+    let name = stream.name.as_str();
+    seed_split(&store, name, &parent, &children).await;
+    let child = &children[0];
+    spoil(name.to_owned(), child.clone()).await;
+    assert!(
+        matches!(
+            store.lease(name, child).await,
+            Err(kinsumer::StoreError::Corrupt { .. })
+        ),
+        "the spoiled row does not decode"
+    );
+    let source = format!("kinesis://{name}?endpoint={endpoint}&region=us-east-1");
+    let reset = |with_source: bool| {
+        let mut args: Vec<String> = [
+            "reset", "--store", store_url, "--app", app, "--stream", name, "--to",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("trim-horizon".into());
+        args.push("--yes".into());
+        if all {
+            args.push("--all".into());
+        } else {
+            args.extend(["--shard".to_owned(), child.to_string()]);
+        }
+        if with_source {
+            args.extend(["--source".to_owned(), source.clone()]);
+        }
+        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+
+    let refused = reset(false).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!("refused: {child}"))
+            && refused.stderr.contains("--source")
+            && refused.stderr.contains("does not decode"),
+        "{refused:?}"
+    );
+    assert!(refused.stderr.contains("nothing changed"), "{refused:?}");
+    assert!(
+        matches!(
+            store.lease(name, child).await,
+            Err(kinsumer::StoreError::Corrupt { .. })
+        ),
+        "a refused repair writes nothing"
+    );
+
+    let before_ms = now_ms();
+    let repaired = reset(true).await;
+    let after_ms = now_ms();
+    assert_eq!(repaired.code, 0, "{repaired:?}");
+    assert!(
+        repaired.stdout.contains("repair: rewrite the row")
+            && repaired.stdout.contains(&format!("parents {parent}"))
+            && repaired.stdout.contains("does not decode:")
+            && repaired
+                .stdout
+                .contains(&format!("{child}: repaired; checkpoint now trim horizon")),
+        "the plan names the repair and why: {repaired:?}"
+    );
+    let lease = store
+        .lease(name, child)
+        .await
+        .expect("the repaired row decodes")
+        .expect("the row exists");
+    assert!(
+        (before_ms..=after_ms).contains(&lease.token),
+        "a token from the clock, above any the row held: {lease:?}"
+    );
+    assert_eq!(
+        lease,
+        kinsumer::Lease {
+            token: lease.token,
+            checkpoint: Some(Checkpoint::TrimHorizon),
+            ..kinsumer::Lease::new(child.clone(), vec![parent.clone()])
+        },
+        "unowned, unfinished, at the new checkpoint, with its parent"
+    );
+
+    let status = kinsumer(&[
+        "status", "--store", store_url, "--app", app, "--source", &source, "--json", "--sample",
+        "0",
+    ])
+    .await;
+    assert_eq!(status.code, 0, "every row decodes again: {status:?}");
+    let report = status.json();
+    let row = shard(&report, name, child.as_str());
+    assert_eq!(
+        row["parents"],
+        serde_json::json!([parent.as_str()]),
+        "{row}"
+    );
+    assert_eq!(row["checkpoint"], "TRIM_HORIZON", "{row}");
+    assert_eq!(row["token"], lease.token, "{row}");
+    assert_eq!(
+        report["streams"][0]["corrupt"],
+        serde_json::json!([]),
+        "{report}"
+    );
+
+    // The row is healthy now: a second repair (another operator's, say) changes nothing.
+    let other = kinsumer::Lease {
+        token: lease.token + 1,
+        ..kinsumer::Lease::new(child.clone(), vec![])
+    };
+    assert!(
+        matches!(
+            store.replace_corrupt(name, &other).await,
+            Err(kinsumer::StoreError::LeaseLost { .. })
+        ),
+        "replace_corrupt refuses a healthy row"
+    );
+    assert_eq!(
+        store.lease(name, child).await.expect("read"),
+        Some(lease.clone()),
+        "the healthy row is untouched"
+    );
+    // And the fleet can take it up from there.
+    let taken = store
+        .take(name, child, &ClientId::from("reader"), lease.token)
+        .await
+        .expect("the repaired lease can be taken");
+    assert_eq!(taken.token, lease.token + 1);
+    clear(&*store, name).await;
+}
+
+/// `decimal` + 1, in decimal (sequence numbers have more digits than any integer type).
+fn plus_one(decimal: &str) -> String {
+    let mut digits: Vec<u8> = decimal.bytes().collect();
+    for d in digits.iter_mut().rev() {
+        if *d == b'9' {
+            *d = b'0';
+        } else {
+            *d += 1;
+            return String::from_utf8(digits).expect("digits");
+        }
+    }
+    format!("1{}", String::from_utf8(digits).expect("digits"))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_repairs_a_row_that_does_not_decode_on_redis() {
+    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+        return;
+    };
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let app = unique_name("cli-repair");
+    let redis_store = RedisLeaseStore::connect(&url, &app).await.expect("Redis");
+    let store: Arc<dyn LeaseStore> = Arc::new(redis_store.clone());
+    let spoil = |stream: String, shard: ShardId| {
+        let url = url.clone();
+        async move {
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let _: i64 = redis::cmd("HSET")
+                .arg(redis_store.leases_key(&stream))
+                .arg(shard.as_str())
+                .arg("{\"token\":\"01\"}")
+                .query_async(&mut conn)
+                .await
+                .expect("hset");
+        }
+    };
+    assert_reset_repairs(store, &url, &app, &endpoint, true, spoil).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_repairs_a_row_that_does_not_decode_on_postgres() {
+    let Some(pg) = require_service(
+        "PostgreSQL",
+        "KINSUMER_POSTGRES_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    ) else {
+        return;
+    };
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let app = unique_name("cli-repair");
+    let pg_store = PgLeaseStore::connect(PgStoreConfig::new(&pg, &app))
+        .await
+        .expect("PostgreSQL");
+    let store: Arc<dyn LeaseStore> = Arc::new(pg_store.clone());
+    let spoil = |stream: String, shard: ShardId| {
+        let app = app.clone();
+        async move {
+            // A checkpoint that is none: a sub-sequence with a sign.
+            let done = kinsumer::postgres::sqlx::query(
+                "UPDATE kinsumer.leases SET checkpoint = 'AFTER:1/+1' \
+                 WHERE application = $1 AND stream = $2 AND shard = $3",
+            )
+            .bind(&app)
+            .bind(&stream)
+            .bind(shard.as_str())
+            .execute(pg_store.pool())
+            .await
+            .expect("update");
+            assert_eq!(done.rows_affected(), 1);
+        }
+    };
+    assert_reset_repairs(store, &pg, &app, &endpoint, false, spoil).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_repairs_a_row_that_does_not_decode_on_dynamodb() {
+    let Some(moto_endpoint) = moto::endpoint() else {
+        return;
+    };
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let table = moto::unique_table("cli-repair");
+    let client = moto::client(&moto_endpoint);
+    let config = DynamoConfig::new("billing")
+        .with_table(table.clone())
+        .create_table_if_missing(true);
+    let store: Arc<dyn LeaseStore> = Arc::new(
+        DynamoLeaseStore::open(client.clone(), config)
+            .await
+            .expect("the table"),
+    );
+    let spoil = |stream: String, shard: ShardId| {
+        let (client, table) = (client.clone(), table.clone());
+        async move {
+            use kinsumer::dynamo::aws_sdk_dynamodb::types::AttributeValue;
+            // The token as a string: an attribute of the wrong type.
+            client
+                .update_item()
+                .table_name(&table)
+                .key("pk", AttributeValue::S(format!("lease#billing#{stream}")))
+                .key("sk", AttributeValue::S(shard.to_string()))
+                .update_expression("SET #t = :v")
+                .expression_attribute_names("#t", "token")
+                .expression_attribute_values(":v", AttributeValue::S("1".into()))
+                .send()
+                .await
+                .expect("update");
+        }
+    };
+    let url = format!("dynamodb://{table}?endpoint={moto_endpoint}&region=us-east-1");
+    assert_reset_repairs(store, &url, "billing", &endpoint, false, spoil).await;
+    moto::drop_table(&client, &table).await;
+}
+
+/// With `--source`, `--to sequence:N` must name a record the shard holds: a number past its tip,
+/// one of another shard, or a user record a plain record does not have is refused before
+/// anything is written; a record it holds is accepted. Without `--source`, a note says the
+/// number was not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
+    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+        return;
+    };
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let kinesis = kinesis_local::client(&endpoint);
+    let stream = TestStream::create(&kinesis, "sequence", 2).await;
+    let name = stream.name.as_str();
+    let open = stream.open_shards().await;
+    let (first, second) = (ShardId::from(open[0].0.as_str()), &open[1]);
+    let put = |hash_key: u128| {
+        let kinesis = kinesis.clone();
+        async move {
+            kinesis
+                .put_record()
+                .stream_name(name)
+                .partition_key("k")
+                .explicit_hash_key(hash_key.to_string())
+                .data(aws_sdk_kinesis::primitives::Blob::new(b"record".to_vec()))
+                .send()
+                .await
+                .expect("PutRecord")
+                .sequence_number()
+                .to_owned()
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(put(open[0].1).await);
+    }
+    let of_second = put(second.2).await;
+    let app = unique_name("cli-sequence");
+    let store: Arc<dyn LeaseStore> =
+        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
+    store
+        .create_if_absent(name, &first, &[])
+        .await
+        .expect("create");
+    let source = format!("kinesis://{name}?endpoint={endpoint}&region=us-east-1");
+    let reset = |to: String, with_source: bool| {
+        let mut args: Vec<String> = [
+            "reset", "--store", &url, "--app", &app, "--stream", name, "--shard",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([first.to_string(), "--to".into(), to, "--yes".into()]);
+        if with_source {
+            args.extend(["--source".to_owned(), source.clone()]);
+        }
+        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let checkpoint = || {
+        let store = store.clone();
+        let first = first.clone();
+        async move {
+            store
+                .lease(name, &first)
+                .await
+                .expect("read")
+                .expect("lease")
+                .checkpoint
+        }
+    };
+
+    let past_tip: SequenceNumber = plus_one(&held[2]).parse().expect("a sequence number");
+    for (to, why) in [
+        (format!("sequence:{past_tip}"), "past the tip"),
+        (format!("sequence:{of_second}"), "another shard's record"),
+        (
+            format!("sequence:{}/3", held[1]),
+            "a user record of a plain record",
+        ),
+    ] {
+        let run = reset(to.clone(), true).await;
+        assert_eq!(run.code, 1, "{why}: {run:?}");
+        assert!(
+            run.stderr.contains(&format!("refused: {first}"))
+                && run.stderr.contains("nothing changed"),
+            "{why}: {run:?}"
+        );
+        assert_eq!(checkpoint().await, None, "{why}: nothing written");
+    }
+    let plain = reset(format!("sequence:{}/3", held[1]), true).await;
+    assert!(plain.stderr.contains("not a KPL aggregate"), "{plain:?}");
+
+    let ok = reset(format!("sequence:{}", held[1]), true).await;
+    assert_eq!(ok.code, 0, "a record the shard holds: {ok:?}");
+    assert_eq!(checkpoint().await, Some(after(&held[1])));
+    assert!(!ok.stderr.contains("not checked"), "{ok:?}");
+
+    let unchecked = reset(format!("sequence:{past_tip}"), false).await;
+    assert_eq!(unchecked.code, 0, "{unchecked:?}");
+    assert!(
+        unchecked.stderr.contains("was not checked") && unchecked.stderr.contains("--source"),
+        "{unchecked:?}"
+    );
+
+    let mut other = reset("trim-horizon".into(), false).await;
+    assert_eq!(other.code, 0, "{other:?}");
+    other = kinsumer(&[
+        "reset",
+        "--store",
+        &url,
+        "--app",
+        &app,
+        "--stream",
+        "another-stream",
+        "--source",
+        &source,
+        "--shard",
+        first.as_str(),
+        "--to",
+        "latest",
+        "--yes",
+    ])
+    .await;
+    assert_eq!(other.code, 2, "{other:?}");
+    assert!(
+        other.stderr.contains("must be the same stream"),
+        "{other:?}"
+    );
+    clear(&*store, name).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // tail
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,6 +184,10 @@ impl<L: Layer, S: LeaseStore> LeaseStore for Layered<L, S> {
             .reset_checkpoint(stream, shard, expected_token, checkpoint);
         self.layer.store_call("reset_checkpoint", call).await
     }
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        let call = self.inner.replace_corrupt(stream, lease);
+        self.layer.store_call("replace_corrupt", call).await
+    }
 }
 
 #[async_trait]

@@ -352,6 +352,18 @@ pub trait LeaseStore: Send + Sync + 'static {
         expected_token: u64,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError>;
+
+    /// Writes `lease` as the row of `lease.shard` — an operator's repair — **only while the
+    /// stored row exists and does not decode**. Atomic as the server allows: the store checks,
+    /// in the same step as the write, that the row is still the undecodable one it read (or
+    /// still does not decode), so a repair never overwrites a healthy row, whether another
+    /// operator repaired it meanwhile or it was deleted and created again. `LeaseLost` if the
+    /// row decodes, `NotFound` if there is none.
+    ///
+    /// The caller chooses every field: the row's own token cannot be read, so it must choose
+    /// one larger than any the row may have held (see `kinsumer reset`), and the parents from
+    /// the stream's listing (a child written without its parents would be read before them).
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -423,5 +435,8 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
         (**self)
             .reset_checkpoint(stream, shard, expected_token, checkpoint)
             .await
+    }
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        (**self).replace_corrupt(stream, lease).await
     }
 }

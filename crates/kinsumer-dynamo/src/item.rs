@@ -36,6 +36,10 @@ pub(crate) const PARENTS: &str = "parents";
 /// removes it.
 pub(crate) const SUCCESSOR: &str = "successor";
 
+/// Every attribute [`decode_lease`] reads: whether a lease item decodes depends on these only.
+pub(crate) const LEASE_ATTRIBUTES: [&str; 6] =
+    [TOKEN, OWNER, SUCCESSOR, CHECKPOINT, FINISHED, PARENTS];
+
 /// The partition key of `application`'s client rows. Application names cannot hold `#`
 /// (`DynamoConfig::validate`), so keys of different applications never collide.
 pub(crate) fn clients_pk(application: &str) -> String {
@@ -70,6 +74,62 @@ pub(crate) fn new_lease_item(pk: String, shard: &ShardId, parents: &[ShardId]) -
         AttributeValue::L(parents.iter().map(|p| s(p.as_str())).collect()),
     );
     item
+}
+
+/// The whole item of `lease` (absent owner, checkpoint and successor left out), as
+/// `replace_corrupt` writes it.
+pub(crate) fn lease_item(pk: String, lease: &Lease) -> Item {
+    let mut item = new_lease_item(pk, &lease.shard, &lease.parents);
+    item.insert(TOKEN.to_owned(), n(lease.token));
+    item.insert(FINISHED.to_owned(), AttributeValue::Bool(lease.finished));
+    let optional = [
+        (OWNER, lease.owner.as_ref().map(|o| o.as_str().to_owned())),
+        (
+            CHECKPOINT,
+            lease.checkpoint.as_ref().map(ToString::to_string),
+        ),
+        (
+            SUCCESSOR,
+            lease.successor.as_ref().map(|c| c.as_str().to_owned()),
+        ),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), s(value));
+        }
+    }
+    item
+}
+
+/// A condition expression with its attribute names and values, as aliases.
+pub(crate) struct Condition {
+    pub expression: String,
+    pub names: Vec<(String, String)>,
+    pub values: Vec<(String, AttributeValue)>,
+}
+
+/// A condition that holds while `item` still has exactly the lease attributes it has now
+/// (equal values, and the absent ones still absent).
+pub(crate) fn unchanged_condition(item: &Item) -> Condition {
+    let mut terms = vec!["attribute_exists(#pk)".to_owned()];
+    let mut names = vec![("#pk".to_owned(), PK.to_owned())];
+    let mut values = Vec::new();
+    for (i, attribute) in LEASE_ATTRIBUTES.iter().enumerate() {
+        let alias = format!("#a{i}");
+        match item.get(*attribute) {
+            Some(value) => {
+                terms.push(format!("{alias} = :a{i}"));
+                values.push((format!(":a{i}"), value.clone()));
+            }
+            None => terms.push(format!("attribute_not_exists({alias})")),
+        }
+        names.push((alias, (*attribute).to_owned()));
+    }
+    Condition {
+        expression: terms.join(" AND "),
+        names,
+        values,
+    }
 }
 
 fn kind(value: &AttributeValue) -> &'static str {
@@ -188,6 +248,43 @@ mod tests {
             decode_lease(&shard, &item),
             Ok(Lease::new(shard.clone(), parents))
         );
+    }
+
+    #[test]
+    fn a_lease_item_decodes_to_the_lease() {
+        let shard = ShardId::from("shardId-000000000003");
+        let mut lease = Lease::new(shard.clone(), vec![ShardId::from("shardId-000000000001")]);
+        lease.token = 1_795_676_400_000;
+        lease.checkpoint = Some(Checkpoint::TrimHorizon);
+        assert_eq!(
+            decode_lease(&shard, &lease_item(lease_pk("a", "s"), &lease)),
+            Ok(lease.clone())
+        );
+        lease.owner = Some(ClientId::from("o"));
+        lease.successor = Some(ClientId::from("h"));
+        lease.finished = true;
+        assert_eq!(
+            decode_lease(&shard, &lease_item(lease_pk("a", "s"), &lease)),
+            Ok(lease)
+        );
+    }
+
+    #[test]
+    fn the_unchanged_condition_names_every_lease_attribute() {
+        let mut item = new_lease_item(lease_pk("a", "s"), &ShardId::from("x"), &[]);
+        item.insert(TOKEN.to_owned(), s("01"));
+        let Condition {
+            expression,
+            names,
+            values,
+        } = unchanged_condition(&item);
+        for attribute in LEASE_ATTRIBUTES {
+            assert!(names.iter().any(|(_, n)| n == attribute), "{attribute}");
+        }
+        // token, finished and parents are present; owner, successor, checkpoint absent.
+        assert_eq!(values.len(), 3, "{expression}");
+        assert_eq!(expression.matches("attribute_not_exists").count(), 3);
+        assert!(values.iter().any(|(_, v)| *v == s("01")));
     }
 
     #[test]

@@ -40,6 +40,7 @@
 //! | `checkpoint` / `release` / `finish` | `UpdateItem` if `owner = me AND token = t` (and not finished, except `finish`) |
 //! | `delete_finished` | `DeleteItem` if missing or `finished = true` |
 //! | `reset_checkpoint` | `UpdateItem` if `owner` absent and `token = expected` |
+//! | `replace_corrupt` | consistent `GetItem`, decoded in Rust; if it does not decode, `PutItem` of the new item if every lease attribute still equals (or is still absent as) what was read |
 //!
 //! Every conditional write asks `ReturnValuesOnConditionCheckFailure = ALL_OLD`: an item comes
 //! back → `LeaseLost` (or `Corrupt` if it does not parse), none → `NotFound`, with no second

@@ -17,11 +17,12 @@ pub(crate) enum Op {
     Finish,
     DeleteFinished,
     ResetCheckpoint,
+    ReplaceCorrupt,
     Reread,
     Admin,
 }
 
-const OPS: usize = 14;
+const OPS: usize = 15;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -53,6 +54,7 @@ impl Counters {
             finish: get(Op::Finish),
             delete_finished: get(Op::DeleteFinished),
             reset_checkpoint: get(Op::ResetCheckpoint),
+            replace_corrupt: get(Op::ReplaceCorrupt),
             rereads: get(Op::Reread),
             admin: get(Op::Admin),
             items_read: self.items_read.load(Ordering::Relaxed),
@@ -89,6 +91,8 @@ pub struct DynamoStats {
     pub delete_finished: u64,
     /// `UpdateItem`s of `reset_checkpoint` (writes).
     pub reset_checkpoint: u64,
+    /// `PutItem`s of `replace_corrupt` (writes; its first read counts under `lease`).
+    pub replace_corrupt: u64,
     /// `GetItem`s that settled an ambiguous write (reads).
     pub rereads: u64,
     /// Table administration: `DescribeTable`, `CreateTable`, TTL set-up.
@@ -114,6 +118,7 @@ impl DynamoStats {
             + self.finish
             + self.delete_finished
             + self.reset_checkpoint
+            + self.replace_corrupt
     }
 
     /// Every request of the contract's operations (table administration excluded).
@@ -140,6 +145,7 @@ impl DynamoStats {
             reset_checkpoint: self
                 .reset_checkpoint
                 .saturating_sub(earlier.reset_checkpoint),
+            replace_corrupt: self.replace_corrupt.saturating_sub(earlier.replace_corrupt),
             rereads: self.rereads.saturating_sub(earlier.rereads),
             admin: self.admin.saturating_sub(earlier.admin),
             items_read: self.items_read.saturating_sub(earlier.items_read),
@@ -161,6 +167,7 @@ impl DynamoStats {
             finish: self.finish + other.finish,
             delete_finished: self.delete_finished + other.delete_finished,
             reset_checkpoint: self.reset_checkpoint + other.reset_checkpoint,
+            replace_corrupt: self.replace_corrupt + other.replace_corrupt,
             rereads: self.rereads + other.rereads,
             admin: self.admin + other.admin,
             items_read: self.items_read + other.items_read,

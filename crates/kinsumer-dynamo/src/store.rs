@@ -33,6 +33,9 @@ const THROTTLE_RETRIES: u32 = 4;
 /// The first backoff after throttling; doubled each time, capped at [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// How many times `replace_corrupt` tries again when the item changed (to another value that
+/// does not decode) between its read and its write.
+const REPAIR_ATTEMPTS: usize = 3;
 /// How often `open` polls `DescribeTable` while a table is being created, and for how long.
 const POLL: Duration = Duration::from_millis(50);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -898,6 +901,73 @@ impl LeaseStore for DynamoLeaseStore {
                 .await
             }
         }
+    }
+
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        let shard = &lease.shard;
+        let name = self.lease_key_name(stream, shard);
+        let new = item::lease_item(self.lease_pk(stream), lease);
+        let mut current = self
+            .get(Op::Lease, stream, shard)
+            .await
+            .map_err(|f| self.plain(f, &format!("replace_corrupt on {name}")))?;
+        for _ in 0..REPAIR_ATTEMPTS {
+            let Some(old) = current else {
+                return Err(StoreError::NotFound {
+                    shard: shard.clone(),
+                });
+            };
+            if item::decode_lease(shard, &old).is_ok() {
+                return Err(StoreError::LeaseLost {
+                    shard: shard.clone(),
+                });
+            }
+            // Decoding reads only these attributes: while each is as read, the item still
+            // does not decode, so a repaired or re-created item is never overwritten.
+            let condition = item::unchanged_condition(&old);
+            let result = self
+                .send(Op::ReplaceCorrupt, || {
+                    let mut request = self
+                        .client
+                        .put_item()
+                        .table_name(&*self.table)
+                        .set_item(Some(new.clone()))
+                        .condition_expression(condition.expression.as_str())
+                        .return_values_on_condition_check_failure(
+                            ReturnValuesOnConditionCheckFailure::AllOld,
+                        );
+                    for (alias, attribute) in &condition.names {
+                        request = request.expression_attribute_names(alias, attribute);
+                    }
+                    for (alias, value) in &condition.values {
+                        request = request.expression_attribute_values(alias, value.clone());
+                    }
+                    request.send()
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                // Changed meanwhile: judge the item as it is now (gone: `NotFound`).
+                Err(Failure::Condition(now)) => current = now,
+                Err(Failure::Ambiguous(message)) => {
+                    let now = self.get(Op::Reread, stream, shard).await;
+                    return match now {
+                        Ok(Some(now)) if now == new => Ok(()),
+                        _ => Err(StoreError::Transient(format!(
+                            "replace_corrupt on {name}: the outcome was unknown ({message}) and \
+                             the item does not show the write; read it before retrying"
+                        ))),
+                    };
+                }
+                Err(failure) => {
+                    return Err(self.plain(failure, &format!("replace_corrupt on {name}")));
+                }
+            }
+        }
+        Err(StoreError::Transient(format!(
+            "replace_corrupt on {name}: the item changed between each read and write \
+             ({REPAIR_ATTEMPTS} times); retry"
+        )))
     }
 }
 

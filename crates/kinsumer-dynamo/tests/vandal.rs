@@ -1,6 +1,8 @@
 //! Hostile items written into a running fleet's DynamoDB table (on moto): attributes of the
 //! wrong type, odd numbers, missing keys' attributes. The other shards flow, no consumer stops,
-//! and every read names the bad items (the testkit's vandal check).
+//! and every read names the bad items (the testkit's vandal check); and an item the vandal
+//! spoiled is repaired by `replace_corrupt`, which never overwrites a healthy item (the
+//! testkit's repair check).
 
 mod common;
 
@@ -47,6 +49,22 @@ impl Vandal for DynamoVandal {
             .await; // refused values are fine
     }
 
+    async fn corrupt_lease(&self, stream: &str, shard: &ShardId) {
+        // The token as a string: an attribute of the wrong type.
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("lease#tests#{stream}")))
+            .key("sk", AttributeValue::S(shard.to_string()))
+            .update_expression("SET #t = :v")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#t", "token")
+            .expression_attribute_values(":v", AttributeValue::S("1".into()))
+            .send()
+            .await
+            .expect("UpdateItem of a corrupt lease item");
+    }
+
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {
         let _ = self
             .client
@@ -79,5 +97,20 @@ async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
         report.most_corrupt_seen > 0,
         "the vandal's items were reported: {report:?}"
     );
+    common::drop_table(&client, store.table()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_item_is_repaired_and_a_healthy_one_never_overwritten() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let client = common::client(&endpoint);
+    let store = common::fresh_store(&client, "repair").await;
+    let vandal = DynamoVandal {
+        client: client.clone(),
+        table: store.table().to_owned(),
+    };
+    conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::drop_table(&client, store.table()).await;
 }

@@ -91,8 +91,9 @@
 //! text). Why a no-op and not an error: the engine's lagging watermark is not a fault, and an
 //! error would end the tenure. Why only for such leases: the contract (and its conformance
 //! suite) requires the plain `checkpoint` to store exactly what it is given. Only
-//! `reset_checkpoint` (an operator's reset of an unowned lease) moves a monotonic lease
-//! anywhere, and it clears the mark.
+//! `reset_checkpoint` (an operator's reset of an unowned lease) and `replace_corrupt` (an
+//! operator's repair of a row that does not decode) move a monotonic lease anywhere, and they
+//! clear the mark.
 //!
 //! ## Schema
 //!
@@ -162,6 +163,7 @@
 //! | `delete_finished` | `WITH target, del AS (DELETE … WHERE finished) SELECT deleted, finished_or_missing` |
 //! | `reset_checkpoint` | fenced on `owner IS NULL AND token = $exp`; clears `monotonic` |
 //! | `checkpoint_in` | fenced like `checkpoint`, and only if `(cp_seq, cp_sub) < new`; `SELECT updated, found, held` |
+//! | `replace_corrupt` | the one operation of two statements, in one transaction: `SELECT … FOR UPDATE`, decoded by the same Rust code as every read, then — only if it does not decode — `UPDATE` of every column (clears `monotonic`) |
 //!
 //! Zero rows updated is told apart in the same statement: the CTE `target` reads the key in the
 //! statement's snapshot, so `found = false` is `NotFound` and `found = true` is `LeaseLost`.

@@ -53,6 +53,10 @@ pub(crate) struct Statements {
     pub delete_finished: Arc<str>,
     pub reset_checkpoint: Arc<str>,
     pub checkpoint_in: Arc<str>,
+    /// `replace_corrupt`, in one transaction: lock and read the row ...
+    pub lease_for_update: Arc<str>,
+    /// ... and, if it does not decode, overwrite every column.
+    pub replace_row: Arc<str>,
 }
 
 impl Statements {
@@ -175,6 +179,18 @@ impl Statements {
                         EXISTS (SELECT 1 FROM target) AS found, \
                         COALESCE((SELECT t.owner = $4 AND t.token = $5 AND NOT t.finished \
                                   FROM target AS t), false) AS held"
+            )
+            .into(),
+            lease_for_update: format!("SELECT {LEASE} FROM {s}.leases WHERE {KEY} FOR UPDATE")
+                .into(),
+            // Binds $4 parents, $5 owner, $6 token, $7 text, $8 kind, $9 seq, $10 sub,
+            // $11 finished, $12 successor. Like a reset, it clears `monotonic`.
+            replace_row: format!(
+                "UPDATE {s}.leases SET parents = $4, owner = $5, token = $6, \
+                 checkpoint = $7::text, cp_kind = $8::smallint, cp_seq = $9::numeric, \
+                 cp_sub = $10::numeric, finished = $11, successor = $12, monotonic = false, \
+                 updated_at = now() \
+                 WHERE {KEY}"
             )
             .into(),
         }

@@ -456,6 +456,59 @@ impl PgLeaseStore {
     }
 }
 
+impl PgLeaseStore {
+    /// One attempt of `replace_corrupt`: the row locked, judged by [`Self::decode_lease`] (the
+    /// decoder of every read), rewritten only if it does not decode, committed. The outer
+    /// `Result` is the database's, the inner one the contract's answer.
+    async fn replace_corrupt_once(
+        &self,
+        stream: &str,
+        lease: &Lease,
+        token: i64,
+        cp: &CpParams,
+    ) -> Result<Result<(), StoreError>, sqlx::Error> {
+        let shard = &lease.shard;
+        let mut tx = self.inner.pool.begin().await?;
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.lease_for_update.clone()))
+            .bind(&self.inner.application)
+            .bind(stream)
+            .bind(shard.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let refusal = match row {
+            None => Some(not_found(shard)),
+            Some(row) if self.decode_lease(stream, &row).is_ok() => Some(lease_lost(shard)),
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            tx.rollback().await?;
+            return Ok(Err(refusal));
+        }
+        let parents: Vec<String> = lease
+            .parents
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        sqlx::query(AssertSqlSafe(self.inner.sql.replace_row.clone()))
+            .bind(&self.inner.application)
+            .bind(stream)
+            .bind(shard.as_str())
+            .bind(&parents)
+            .bind(lease.owner.as_ref().map(ClientId::as_str))
+            .bind(token)
+            .bind(&cp.text)
+            .bind(cp.kind)
+            .bind(&cp.seq)
+            .bind(&cp.sub)
+            .bind(lease.finished)
+            .bind(lease.successor.as_ref().map(ClientId::as_str))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+}
+
 /// A migration failure: a statement's error (retryable or not) or a refusal.
 pub(crate) enum MigrateError {
     Sql(sqlx::Error),
@@ -807,5 +860,53 @@ impl LeaseStore for PgLeaseStore {
                 .fetch_one(&self.inner.pool)
         })
         .await
+    }
+
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        let shard = &lease.shard;
+        let token = i64::try_from(lease.token).map_err(|_| {
+            StoreError::Fatal(format!(
+                "replace_corrupt of {}: token {} does not fit the bigint column (at most {})",
+                self.key(stream, shard),
+                lease.token,
+                i64::MAX
+            ))
+        })?;
+        let cp = CpParams::of(lease.checkpoint.as_ref());
+        let mut attempt = 0;
+        loop {
+            self.count(Kind::Write);
+            let err = match self.replace_corrupt_once(stream, lease, token, &cp).await {
+                Ok(answer) => return answer,
+                Err(err) => err,
+            };
+            if !is_retryable(&err) {
+                return Err(map_sqlx(err));
+            }
+            if is_ambiguous(&err) {
+                // The commit's reply may be what was lost: the row tells. Still undecodable:
+                // not applied, send again; exactly ours: applied; anything else: unknown.
+                debug!(error = %err, %shard, "kinsumer-postgres: ambiguous repair, re-reading");
+                match self.lease(stream, shard).await {
+                    Ok(Some(now)) if now == *lease => return Ok(()),
+                    Err(StoreError::Corrupt { .. }) => {}
+                    Ok(None) => return Err(not_found(shard)),
+                    Ok(Some(_)) => {
+                        return Err(StoreError::Transient(format!(
+                            "replace_corrupt of {}: the reply was lost ({err}) and the row now \
+                             decodes, but not as written; read it before retrying",
+                            self.key(stream, shard)
+                        )));
+                    }
+                    Err(reread) => return Err(reread),
+                }
+            }
+            if attempt >= self.inner.max_retries {
+                return Err(map_sqlx(err));
+            }
+            attempt += 1;
+            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Hostile values written into the rows of a running fleet's PostgreSQL tables (whatever the
 //! column types let through): the other shards flow, no consumer stops, and every read names
-//! the bad rows (the testkit's vandal check).
+//! the bad rows (the testkit's vandal check); and a row the vandal spoiled is repaired by
+//! `replace_corrupt`, which never overwrites a healthy row (the testkit's repair check).
 
 mod common;
 
@@ -42,6 +43,23 @@ impl Vandal for PgVandal {
         let _ = query.execute(&self.pool).await; // refused values are fine
     }
 
+    async fn corrupt_lease(&self, stream: &str, shard: &ShardId) {
+        // A sub-sequence with a sign: text the column takes, but no checkpoint.
+        let sql = format!(
+            "UPDATE \"{}\".leases SET checkpoint = 'AFTER:1/+1' \
+             WHERE application = $1 AND stream = $2 AND shard = $3",
+            self.schema
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(stream)
+            .bind(shard.as_str())
+            .execute(&self.pool)
+            .await
+            .expect("UPDATE of a corrupt lease row");
+        assert_eq!(done.rows_affected(), 1, "the row of {shard} exists");
+    }
+
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {
         let s = format!("\"{}\"", self.schema);
         let id = if rng.chance(0.5) {
@@ -78,5 +96,19 @@ async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
         report.most_corrupt_seen > 0,
         "the vandal's rows were reported: {report:?}"
     );
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("repair");
+    let store = common::store(&url, &schema, "repair").await;
+    let vandal = PgVandal {
+        pool: store.pool().clone(),
+        schema: schema.clone(),
+        application: "repair".to_owned(),
+    };
+    conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::drop_schema(store.pool(), &schema).await;
 }

@@ -66,6 +66,7 @@
 //! | `checkpoint` / `release` / `finish` | one script: owner and token equal (and not finished, except a repeated `finish`) → write |
 //! | `delete_finished` | script: finished → `HDEL` |
 //! | `reset_checkpoint` | script: unowned and token equal → write |
+//! | `replace_corrupt` | `HGET` the raw value and decode it in Rust; if it does not decode, a script writes the new row only while the value is still byte for byte the one read |
 //!
 //! Every conditional write is one Lua script run with `EVALSHA` (reloaded automatically after
 //! a server restart emptied the script cache): Redis runs a script without interleaving any
@@ -173,7 +174,13 @@ enum Reply {
     Lost,
     NotFound,
     Corrupt(String),
+    /// `replace_corrupt`'s script: the row is no longer the value read.
+    Changed,
 }
+
+/// How many times `replace_corrupt` reads a row again that changed between its read and its
+/// write (another bad value written meanwhile) before it gives up as transient.
+const REPAIR_ATTEMPTS: usize = 3;
 
 impl RedisLeaseStore {
     /// A store for `application` over an existing connection.
@@ -278,6 +285,7 @@ impl RedisLeaseStore {
             b"OK" => Reply::Ok(detail),
             b"LOST" => Reply::Lost,
             b"NOTFOUND" => Reply::NotFound,
+            b"CHANGED" => Reply::Changed,
             b"CORRUPT" => Reply::Corrupt(
                 detail
                     .map(|d| String::from_utf8_lossy(&d).into_owned())
@@ -301,7 +309,7 @@ impl RedisLeaseStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         match reply {
             Reply::Ok(value) => Ok(value),
-            Reply::Lost => Err(StoreError::LeaseLost {
+            Reply::Lost | Reply::Changed => Err(StoreError::LeaseLost {
                 shard: shard.clone(),
             }),
             Reply::NotFound => Err(StoreError::NotFound {
@@ -309,6 +317,21 @@ impl RedisLeaseStore {
             }),
             Reply::Corrupt(reason) => Err(self.corrupt(stream, shard, reason)),
         }
+    }
+
+    /// The raw value of a lease row (`None`: no row).
+    async fn raw_lease(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGET")
+            .arg(self.leases_key(stream))
+            .arg(shard.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &self.row_name(stream, shard)))
     }
 
     /// Settles a write whose outcome is unknown: re-reads the row and returns what `applied`
@@ -472,13 +495,7 @@ impl LeaseStore for RedisLeaseStore {
     }
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
-        let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.leases_key(stream))
-            .arg(shard.as_str())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| classify(&e, &self.row_name(stream, shard)))?;
+        let raw = self.raw_lease(stream, shard).await?;
         raw.map(|raw| self.decode(stream, shard, &raw)).transpose()
     }
 
@@ -635,6 +652,54 @@ impl LeaseStore for RedisLeaseStore {
                 .await
             }
         }
+    }
+
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        // Read the raw value, judge it with the decoder every read uses, and let the script
+        // write only while the value is still exactly that.
+        let shard = &lease.shard;
+        let new = row::encode(lease);
+        for _ in 0..REPAIR_ATTEMPTS {
+            let Some(raw) = self.raw_lease(stream, shard).await? else {
+                return Err(StoreError::NotFound {
+                    shard: shard.clone(),
+                });
+            };
+            if row::decode(shard, &raw).is_ok() {
+                return Err(StoreError::LeaseLost {
+                    shard: shard.clone(),
+                });
+            }
+            let mut invocation = scripts::REPLACE_CORRUPT.prepare_invoke();
+            invocation
+                .key(self.leases_key(stream))
+                .arg(shard.as_str())
+                .arg(raw.as_slice())
+                .arg(new.as_str());
+            match self.run(stream, shard, &invocation).await {
+                Ok(Reply::Changed) => continue,
+                Ok(reply) => return self.answer(stream, shard, reply).map(drop),
+                Err(err) if is_ambiguous(&err) => {
+                    // The row shows our bytes only if our write landed (nobody else writes
+                    // this exact row between); anything else is not known to be ours.
+                    let now = self.raw_lease(stream, shard).await;
+                    return match now {
+                        Ok(Some(now)) if now == new.as_bytes() => Ok(()),
+                        _ => Err(StoreError::Transient(format!(
+                            "replace_corrupt on {}: the reply was lost ({err}) and the row \
+                             does not show the write; read it again before retrying",
+                            self.row_name(stream, shard)
+                        ))),
+                    };
+                }
+                Err(err) => return Err(classify(&err, &self.row_name(stream, shard))),
+            }
+        }
+        Err(StoreError::Transient(format!(
+            "replace_corrupt on {}: the row changed between each read and write \
+             ({REPAIR_ATTEMPTS} times); retry",
+            self.row_name(stream, shard)
+        )))
     }
 }
 

@@ -151,3 +151,19 @@ return {{'OK'}}
 "#
     ))
 });
+
+/// `replace_corrupt`: ARGV = shard, the row as the caller read it (raw bytes), the new row.
+/// Writes only while the stored value is byte for byte the one read, which the caller found
+/// does not decode: the same bytes decode the same way, so a row repaired or re-created
+/// meanwhile is never overwritten. `CHANGED` when it differs (the caller reads it again).
+pub(crate) static REPLACE_CORRUPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {'NOTFOUND'} end
+if raw ~= ARGV[2] then return {'CHANGED'} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return {'OK'}
+"#,
+    )
+});

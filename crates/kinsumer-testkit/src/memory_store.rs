@@ -126,6 +126,8 @@ pub enum StoreOp {
     Delete,
     /// `reset_checkpoint`.
     Reset,
+    /// `replace_corrupt`: an operator rewrote a row that did not decode.
+    Repair,
     /// The store restarted and lost its writes since a snapshot: the row went back to `after`.
     Rollback,
 }
@@ -211,6 +213,8 @@ pub struct StoreStats {
     pub delete_finished: u64,
     /// `reset_checkpoint` calls.
     pub reset_checkpoint: u64,
+    /// `replace_corrupt` calls.
+    pub replace_corrupt: u64,
     /// Calls failed by an injected error (not applied).
     pub injected_errors: u64,
     /// Writes reported as failed whatever their outcome.
@@ -234,6 +238,7 @@ impl StoreStats {
             + self.finish
             + self.delete_finished
             + self.reset_checkpoint
+            + self.replace_corrupt
     }
 
     /// All requests.
@@ -257,6 +262,7 @@ enum Method {
     Finish,
     DeleteFinished,
     ResetCheckpoint,
+    ReplaceCorrupt,
 }
 
 impl Method {
@@ -278,6 +284,7 @@ impl Method {
             Method::Finish => "finish",
             Method::DeleteFinished => "delete_finished",
             Method::ResetCheckpoint => "reset_checkpoint",
+            Method::ReplaceCorrupt => "replace_corrupt",
         }
     }
 
@@ -295,6 +302,7 @@ impl Method {
             Method::Finish => &mut stats.finish,
             Method::DeleteFinished => &mut stats.delete_finished,
             Method::ResetCheckpoint => &mut stats.reset_checkpoint,
+            Method::ReplaceCorrupt => &mut stats.replace_corrupt,
         }
     }
 }
@@ -589,7 +597,9 @@ impl MemoryLeaseStore {
             .insert((stream.to_owned(), shard.clone()), reason.to_owned());
     }
 
-    /// Makes the row of `shard` readable again, as it was before [`Self::corrupt_lease`].
+    /// Makes the row of `shard` readable again, as it was before [`Self::corrupt_lease`] (as
+    /// if the garbage had never been written; [`LeaseStore::replace_corrupt`] is the
+    /// operator's repair, which writes a new row).
     pub fn repair_lease(&self, stream: &str, shard: &ShardId) {
         self.lock()
             .corrupt_leases
@@ -961,6 +971,44 @@ impl LeaseStore for MemoryLeaseStore {
                 None,
                 Some(before),
                 Some(after),
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.call(Method::ReplaceCorrupt, |txn| {
+            let key = (stream.to_owned(), lease.shard.clone());
+            // A row made unreadable is a row of garbage: it exists even if nothing decodable
+            // was ever stored under it (as `lease` reports it `Corrupt`).
+            if txn.state.corrupt_leases.remove(&key).is_none() {
+                let exists = txn
+                    .state
+                    .leases
+                    .get(stream)
+                    .is_some_and(|rows| rows.contains_key(&lease.shard));
+                return Err(if exists {
+                    lease_lost(&lease.shard)
+                } else {
+                    StoreError::NotFound {
+                        shard: lease.shard.clone(),
+                    }
+                });
+            }
+            let before = txn
+                .state
+                .leases
+                .entry(stream.to_owned())
+                .or_default()
+                .insert(lease.shard.clone(), lease.clone());
+            txn.record(
+                stream,
+                &lease.shard,
+                StoreOp::Repair,
+                None,
+                before,
+                Some(lease.clone()),
             );
             Ok(())
         })

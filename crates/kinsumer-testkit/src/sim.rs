@@ -1307,7 +1307,7 @@ fn check_writes(history: &[StoreEvent], violations: &mut Vec<Violation>) {
                 });
             }
         }
-        if matches!(e.op, StoreOp::Reset | StoreOp::Rollback) {
+        if matches!(e.op, StoreOp::Reset | StoreOp::Repair | StoreOp::Rollback) {
             last.remove(&e.shard);
             continue;
         }

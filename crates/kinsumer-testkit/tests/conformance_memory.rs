@@ -1,7 +1,13 @@
 //! Both conformance suites against the in-memory implementations — and proof that the suites
 //! catch a broken store.
 
+use async_trait::async_trait;
 use kinsumer_core::config::EngineFaults;
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::rng::Rng;
+use kinsumer_core::source::ShardId;
+use kinsumer_core::store::{ClientId, ClientRow, Lease, LeaseStore, Rows, StoreError, Tenure};
+use kinsumer_testkit::conformance::{Vandal, hostile_text};
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreFaults, conformance};
 
 #[tokio::test(start_paused = true)]
@@ -67,4 +73,116 @@ async fn the_fleet_check_catches_a_consumer_that_skips_records() {
 #[should_panic(expected = "consumer_fleet [duplicates only after the crash]")]
 async fn the_fleet_check_catches_handoffs_that_release_a_stale_checkpoint() {
     fleet_with_fault(|f| f.release_stale_checkpoint = true).await;
+}
+
+/// Spoils rows of a memory store through its test hooks: garbage, as far as every read can tell.
+struct MemoryVandal(MemoryLeaseStore);
+
+#[async_trait]
+impl Vandal for MemoryVandal {
+    async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng) {
+        self.0.corrupt_lease(stream, shard, &hostile_text(rng));
+    }
+
+    async fn spoil_client(&self, client: &str, rng: &mut Rng) {
+        self.0
+            .corrupt_client(&ClientId::from(client), &hostile_text(rng));
+    }
+
+    async fn corrupt_lease(&self, stream: &str, shard: &ShardId) {
+        self.0
+            .corrupt_lease(stream, shard, "garbage written by the repair check");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_lease_store_repairs_corrupt_rows() {
+    let store = MemoryLeaseStore::new();
+    conformance::repair_of_a_corrupt_row(&store, &MemoryVandal(store.clone())).await;
+}
+
+/// A store whose repair writes whatever row is there, healthy or not: the check must notice.
+struct CarelessRepair(MemoryLeaseStore);
+
+#[async_trait]
+impl LeaseStore for CarelessRepair {
+    async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
+        self.0.heartbeat(client, beat).await
+    }
+    async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
+        self.0.clients().await
+    }
+    async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
+        self.0.deregister(client).await
+    }
+    async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
+        self.0.leases(stream).await
+    }
+    async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        self.0.lease(stream, shard).await
+    }
+    async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        parents: &[ShardId],
+    ) -> Result<Lease, StoreError> {
+        self.0.create_if_absent(stream, shard, parents).await
+    }
+    async fn take(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        owner: &ClientId,
+        expected_token: u64,
+    ) -> Result<Lease, StoreError> {
+        self.0.take(stream, shard, owner, expected_token).await
+    }
+    async fn checkpoint(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.0.checkpoint(stream, tenure, checkpoint).await
+    }
+    async fn release(
+        &self,
+        stream: &str,
+        tenure: &Tenure,
+        checkpoint: Option<&Checkpoint>,
+        successor: Option<&ClientId>,
+    ) -> Result<(), StoreError> {
+        self.0.release(stream, tenure, checkpoint, successor).await
+    }
+    async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
+        self.0.finish(stream, tenure).await
+    }
+    async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
+        self.0.delete_finished(stream, shard).await
+    }
+    async fn reset_checkpoint(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        expected_token: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.0
+            .reset_checkpoint(stream, shard, expected_token, checkpoint)
+            .await
+    }
+    async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.0.repair_lease(stream, &lease.shard);
+        self.0.put_lease(stream, lease.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "lease_store conformance [repair_of_a_corrupt_row]")]
+async fn the_repair_check_catches_a_store_that_overwrites_healthy_rows() {
+    let store = MemoryLeaseStore::new();
+    let careless = CarelessRepair(store.clone());
+    conformance::repair_of_a_corrupt_row(&careless, &MemoryVandal(store)).await;
 }

@@ -22,7 +22,7 @@ const SHARDS: usize = 1_000;
 const GOAL: &str = "≤ 5 writes/s total";
 
 /// The store calls that write.
-const WRITES: [&str; 9] = [
+const WRITES: [&str; 10] = [
     "heartbeat",
     "deregister",
     "create_if_absent",
@@ -32,6 +32,7 @@ const WRITES: [&str; 9] = [
     "finish",
     "delete_finished",
     "reset_checkpoint",
+    "replace_corrupt",
 ];
 
 /// Counts every store call by name (`heartbeat`, `leases`, …); passes source calls through.

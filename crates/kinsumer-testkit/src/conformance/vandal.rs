@@ -33,6 +33,11 @@ pub trait Vandal: Send + Sync {
     async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng);
     /// The same for the client row of `client`.
     async fn spoil_client(&self, client: &str, rng: &mut Rng);
+    /// Overwrites the existing lease row of `shard` with one value that certainly does not
+    /// decode and that the server accepts (e.g. a token written `"01"`), the same every time:
+    /// the corrupt row [`repair_of_a_corrupt_row`](super::repair_of_a_corrupt_row) repairs.
+    /// Panics if the write fails.
+    async fn corrupt_lease(&self, stream: &str, shard: &ShardId);
 }
 
 /// The fields of a lease row, as the stores name them: one of them, at random, for a vandal
