@@ -741,11 +741,7 @@ mod tests {
     /// whatever its client library would wait.
     #[tokio::test]
     async fn an_operators_store_call_without_an_answer_ends_in_an_error() {
-        let Some(url) = kinsumer_testkit::services::require_service(
-            "PostgreSQL",
-            "KINSUMER_POSTGRES_URL",
-            "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-        ) else {
+        let Some(url) = kinsumer_testkit::services::postgres_url() else {
             return;
         };
         let direct = StoreUrl::Postgres {

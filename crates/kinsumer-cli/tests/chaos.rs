@@ -57,7 +57,7 @@ use kinsumer::SequenceNumber;
 use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
 use kinsumer::redis::RedisLeaseStore;
 use kinsumer_testkit::kinesis_local::{self, TestStream, unique_name};
-use kinsumer_testkit::services::{authority, clear, require_service};
+use kinsumer_testkit::services::{authority, clear, postgres_url, redis_url};
 use kinsumer_testkit::{FaultProxy, ProxyMode};
 use serde::Deserialize;
 
@@ -87,8 +87,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_fleet_on_redis_and_kinesis() {
-    let Some(redis) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379")
-    else {
+    let Some(redis) = redis_url() else {
         return;
     };
     let Some(endpoint) = kinesis_local::endpoint() else {
@@ -105,11 +104,7 @@ async fn chaos_fleet_on_redis_and_kinesis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_fleet_on_postgres_and_kinesis() {
-    let Some(pg) = require_service(
-        "PostgreSQL",
-        "KINSUMER_POSTGRES_URL",
-        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-    ) else {
+    let Some(pg) = postgres_url() else {
         return;
     };
     let Some(endpoint) = kinesis_local::endpoint() else {

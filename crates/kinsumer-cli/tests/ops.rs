@@ -17,7 +17,7 @@ use kinsumer::{Checkpoint, ClientId, Consumer, LeaseStore, Position, SequenceNum
 use kinsumer_testkit::conformance::fleet_config;
 use kinsumer_testkit::kinesis_local::{self, TestStream, unique_name};
 use kinsumer_testkit::moto;
-use kinsumer_testkit::services::{clear, require_service};
+use kinsumer_testkit::services::{clear, postgres_url, redis_url};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ async fn assert_seeded_status(store_url: &str, app: &str, stream: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_on_redis_shows_owners_checkpoints_and_gone_owners() {
-    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+    let Some(url) = redis_url() else {
         return;
     };
     let app = unique_name("cli-status");
@@ -239,7 +239,7 @@ async fn status_on_redis_shows_owners_checkpoints_and_gone_owners() {
 /// characters escaped), the good rows as usual, and the exit code says a problem was found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_rows_that_do_not_decode_and_exits_1() {
-    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+    let Some(url) = redis_url() else {
         return;
     };
     let app = unique_name("cli-corrupt");
@@ -370,11 +370,7 @@ async fn status_on_dynamodb_shows_owners_checkpoints_and_gone_owners() {
 /// schema name with a typo is an error saying so — not a new, empty schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_on_postgres_is_read_only() {
-    let Some(pg) = require_service(
-        "PostgreSQL",
-        "KINSUMER_POSTGRES_URL",
-        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-    ) else {
+    let Some(pg) = postgres_url() else {
         return;
     };
     let suffix = unique_name("ro").replace('-', "_");
@@ -448,11 +444,7 @@ async fn status_on_postgres_is_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
-    let Some(pg) = require_service(
-        "PostgreSQL",
-        "KINSUMER_POSTGRES_URL",
-        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-    ) else {
+    let Some(pg) = postgres_url() else {
         return;
     };
     let Some(endpoint) = kinesis_local::endpoint() else {
@@ -663,7 +655,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force() {
-    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+    let Some(url) = redis_url() else {
         return;
     };
     let app = unique_name("cli-reset");
@@ -983,7 +975,7 @@ fn now_ms() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_repairs_a_row_that_does_not_decode_on_redis() {
-    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+    let Some(url) = redis_url() else {
         return;
     };
     let Some(endpoint) = kinesis_local::endpoint() else {
@@ -1014,11 +1006,7 @@ async fn reset_repairs_a_row_that_does_not_decode_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_repairs_a_row_that_does_not_decode_on_postgres() {
-    let Some(pg) = require_service(
-        "PostgreSQL",
-        "KINSUMER_POSTGRES_URL",
-        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-    ) else {
+    let Some(pg) = postgres_url() else {
         return;
     };
     let Some(endpoint) = kinesis_local::endpoint() else {
@@ -1096,7 +1084,7 @@ async fn reset_repairs_a_row_that_does_not_decode_on_dynamodb() {
 /// number was not checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
-    let Some(url) = require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379") else {
+    let Some(url) = redis_url() else {
         return;
     };
     let Some(endpoint) = kinesis_local::endpoint() else {

@@ -34,6 +34,22 @@ pub fn reachable(url: &str) -> bool {
         .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
 }
 
+/// The PostgreSQL server the tests use (`$KINSUMER_POSTGRES_URL`, or the one
+/// `scripts/services/postgres.sh` starts), as [`require_service`] finds it.
+pub fn postgres_url() -> Option<String> {
+    require_service(
+        "PostgreSQL",
+        "KINSUMER_POSTGRES_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// The Redis server the tests use (`$KINSUMER_REDIS_URL`, or 127.0.0.1:6379), as
+/// [`require_service`] finds it.
+pub fn redis_url() -> Option<String> {
+    require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
 /// The URL of `service` from `$var` (or `default`), if it answers. When it does not: panics
 /// under `CI=true`; otherwise prints a loud skip notice and returns `None`.
 pub fn require_service(service: &str, var: &str, default: &str) -> Option<String> {

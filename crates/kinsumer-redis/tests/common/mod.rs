@@ -9,11 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kinsumer_testkit::services::require_service;
-
 /// The shared Redis of the test suite, or `None` (skip) when it is not there outside CI.
 pub fn redis_url() -> Option<String> {
-    require_service("Redis", "KINSUMER_REDIS_URL", "redis://127.0.0.1:6379")
+    kinsumer_testkit::services::redis_url()
 }
 
 /// An application name no other test or run uses.
