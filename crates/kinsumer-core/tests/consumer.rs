@@ -785,3 +785,81 @@ fn the_public_types_are_send() {
     send_sync::<kinsumer_core::StatusHandle>();
     send_sync::<ConsumerError>();
 }
+
+/// A source whose reader hands out one record at a time from each read of the stream, as a
+/// Kinesis reader does with the user records of an aggregate, saying `more_ready` while it
+/// holds more.
+struct OneAtATime {
+    inner: MemoryStream,
+}
+
+struct OneAtATimeReader {
+    inner: Box<dyn ShardReader>,
+    held: std::collections::VecDeque<kinsumer_core::source::SourceRecord>,
+}
+
+#[async_trait]
+impl ShardReader for OneAtATimeReader {
+    async fn next_batch(&mut self, _max: usize) -> Result<Batch, SourceError> {
+        if self.held.is_empty() {
+            let read = self.inner.next_batch(10_000).await?;
+            self.held.extend(read.records);
+        }
+        let records: Vec<_> = self.held.pop_front().into_iter().collect();
+        Ok(Batch {
+            records,
+            millis_behind_latest: Some(0),
+            end: None,
+            more_ready: !self.held.is_empty(),
+        })
+    }
+}
+
+#[async_trait]
+impl ShardSource for OneAtATime {
+    fn stream_name(&self) -> &str {
+        self.inner.stream_name()
+    }
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        self.inner.list_shards().await
+    }
+    async fn open(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+    ) -> Result<Box<dyn ShardReader>, SourceError> {
+        Ok(Box::new(OneAtATimeReader {
+            inner: self.inner.open(shard, from).await?,
+            held: Default::default(),
+        }))
+    }
+}
+
+/// Records a reader already holds are not paced like reads of the stream: 50 records read in
+/// one call and handed out one per batch all come within one `poll_interval` (they would
+/// take 49 of them if each batch waited its turn).
+#[tokio::test(start_paused = true)]
+async fn records_a_reader_holds_are_not_paced_like_reads() {
+    let stream = MemoryStream::new("s", 1);
+    fill(&stream, 50);
+    let cfg = config("a");
+    let poll_interval = cfg.poll_interval;
+    let source = OneAtATime {
+        inner: stream.clone(),
+    };
+    let mut consumer = Consumer::new(cfg, source, MemoryLeaseStore::new()).expect("valid");
+    let mut records = consumer.records().expect("start");
+    let mut first_at = None;
+    for n in 0..50u64 {
+        let r = records.next().await.expect("open").expect("no error");
+        assert_eq!(id_of(r.data()), n, "in order");
+        first_at.get_or_insert_with(tokio::time::Instant::now);
+        r.ack();
+    }
+    let took = first_at.expect("a first record").elapsed();
+    assert!(
+        took < poll_interval,
+        "50 held records took {took:?} of the paused clock"
+    );
+    consumer.shutdown().await.expect("clean shutdown");
+}
