@@ -8,6 +8,7 @@ mod common;
 use async_trait::async_trait;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
+use kinsumer_postgres::PgLeaseStore;
 use kinsumer_postgres::sqlx::{self, AssertSqlSafe, PgPool};
 use kinsumer_testkit::conformance::{self, Vandal, hostile_text};
 
@@ -15,6 +16,17 @@ struct PgVandal {
     pool: PgPool,
     schema: String,
     application: String,
+}
+
+impl PgVandal {
+    /// A vandal of the rows of `store` (schema `schema`, application `application`).
+    fn of(store: &PgLeaseStore, schema: &str, application: &str) -> Self {
+        Self {
+            pool: store.pool().clone(),
+            schema: schema.to_owned(),
+            application: application.to_owned(),
+        }
+    }
 }
 
 #[async_trait]
@@ -85,11 +97,7 @@ async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
     let Some(url) = common::url() else { return };
     let schema = common::unique_schema("vandal");
     let store = common::store(&url, &schema, "vandal").await;
-    let vandal = PgVandal {
-        pool: store.pool().clone(),
-        schema: schema.clone(),
-        application: "vandal".to_owned(),
-    };
+    let vandal = PgVandal::of(&store, &schema, "vandal");
     let report = conformance::fleet_under_vandal(store.clone(), "vandal", &vandal, 11).await;
     eprintln!("postgres under a vandal: {report:?}");
     assert!(
@@ -104,11 +112,7 @@ async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
     let Some(url) = common::url() else { return };
     let schema = common::unique_schema("repair");
     let store = common::store(&url, &schema, "repair").await;
-    let vandal = PgVandal {
-        pool: store.pool().clone(),
-        schema: schema.clone(),
-        application: "repair".to_owned(),
-    };
+    let vandal = PgVandal::of(&store, &schema, "repair");
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::drop_schema(store.pool(), &schema).await;
 }

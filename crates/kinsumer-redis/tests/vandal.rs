@@ -68,19 +68,25 @@ impl Vandal for RedisVandal {
     }
 }
 
+/// A store of a new application, and a vandal of its rows.
+async fn store_and_vandal(url: &str, tag: &str) -> (String, RedisLeaseStore, RedisVandal) {
+    let application = common::unique_app(tag);
+    let store = RedisLeaseStore::connect(url, &application)
+        .await
+        .expect("connect");
+    let vandal = RedisVandal {
+        conn: common::raw_connection(url).await,
+        store: store.clone(),
+    };
+    (application, store, vandal)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
     let Some(url) = common::redis_url() else {
         return;
     };
-    let application = common::unique_app("vandal");
-    let store = RedisLeaseStore::connect(&url, &application)
-        .await
-        .expect("connect");
-    let vandal = RedisVandal {
-        conn: common::raw_connection(&url).await,
-        store: store.clone(),
-    };
+    let (application, store, vandal) = store_and_vandal(&url, "vandal").await;
     let report = conformance::fleet_under_vandal(store, &application, &vandal, 7).await;
     eprintln!("redis under a vandal: {report:?}");
     assert!(
@@ -95,14 +101,7 @@ async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
     let Some(url) = common::redis_url() else {
         return;
     };
-    let application = common::unique_app("repair");
-    let store = RedisLeaseStore::connect(&url, &application)
-        .await
-        .expect("connect");
-    let vandal = RedisVandal {
-        conn: common::raw_connection(&url).await,
-        store: store.clone(),
-    };
+    let (application, store, vandal) = store_and_vandal(&url, "repair").await;
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::cleanup(&url, &application).await;
 }
