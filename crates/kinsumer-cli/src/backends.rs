@@ -466,7 +466,7 @@ async fn open_store_now(
     })
 }
 
-/// How long one store call of an operator's command may take.
+/// How long one store or source call of an operator's command may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Kinesis client for `aws` (for the calls `KinesisSource` does not make, such as

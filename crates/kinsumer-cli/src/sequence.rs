@@ -23,12 +23,10 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use kinsumer::kinesis::kpl;
 use kinsumer::{Position, SequenceNumber, ShardId};
 
-use crate::backends::{SourceUrl, brief, kinesis_client};
+use crate::backends::{CALL_TIMEOUT, SourceUrl, brief, kinesis_client};
 
 /// GetRecords calls before giving up on finding out.
 const MAX_READS: usize = 10;
-/// How long one Kinesis call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,19 +135,29 @@ fn judge(shard: &ShardId, position: &Position, found: &SequenceNumber, data: &[u
     if sub == 0 {
         return Verdict::Held;
     }
-    // A checkpoint N/S is after user record S of aggregate N: S must be one of them.
-    match kpl::deaggregate_bytes(data) {
-        Some(users) if usize::try_from(sub).is_ok_and(|s| s < users.len()) => Verdict::Held,
-        Some(users) => Verdict::NotHeld(format!(
-            "record {wanted} of shard {shard} is a KPL aggregate of {} user records \
-             (sub-sequences 0 to {}): it has no user record {sub}",
-            users.len(),
-            users.len().saturating_sub(1)
-        )),
-        None => Verdict::NotHeld(format!(
+    // A checkpoint N/S is after user record S of aggregate N: S must be one of them. Counted
+    // the way a reader walks them (lazily: an aggregate may hold half a million records).
+    let users = kpl::UserRecords::new(
+        found.clone(),
+        String::new(),
+        bytes::Bytes::copy_from_slice(data),
+        0,
+    );
+    if !data.starts_with(&kpl::MAGIC) || users.malformed() {
+        return Verdict::NotHeld(format!(
             "record {wanted} of shard {shard} is not a KPL aggregate: it has no user record \
              {sub} (use sequence:{wanted})"
-        )),
+        ));
+    }
+    let count = users.count() as u64;
+    if sub < count {
+        Verdict::Held
+    } else {
+        Verdict::NotHeld(format!(
+            "record {wanted} of shard {shard} is a KPL aggregate of {count} user records \
+             (sub-sequences 0 to {}): it has no user record {sub}",
+            count.saturating_sub(1)
+        ))
     }
 }
 
