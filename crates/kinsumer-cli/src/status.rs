@@ -584,8 +584,9 @@ async fn behind(
             Ok(Err(e)) => return failed(result, brief(&e.to_string())),
             Err(_) => return failed(result, "opening the shard timed out".to_owned()),
         };
+    let mut more_ready = false;
     for read in 0..MAX_READS_PER_SHARD {
-        if read > 0 {
+        if read > 0 && !more_ready {
             // Kinesis allows 5 reads per second per shard, shared with the consumers.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -605,8 +606,12 @@ async fn behind(
             result.at_least = true;
             return result;
         }
-        let at_tip = batch.millis_behind_latest == Some(0)
-            || (batch.records.is_empty() && batch.millis_behind_latest.is_none());
+        // A reader that has more at once (the rest of a read, or after its first call, which
+        // only measures record sizes) is not at the tip whatever the lag it reports.
+        more_ready = batch.more_ready;
+        let at_tip = !more_ready
+            && (batch.millis_behind_latest == Some(0)
+                || (batch.records.is_empty() && batch.millis_behind_latest.is_none()));
         if batch.end.is_some() || at_tip {
             return result;
         }

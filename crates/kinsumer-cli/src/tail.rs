@@ -385,7 +385,10 @@ async fn read_shard(
                     let _ = events.send(Event::Ended(shard, children)).await;
                     return;
                 }
-                tokio::time::sleep(POLL_INTERVAL).await;
+                // More already read (the rest of an aggregate's records): no call to pace.
+                if !batch.more_ready {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
             }
             Ok(Err(e)) if !e.is_retryable() => {
                 let _ = events
