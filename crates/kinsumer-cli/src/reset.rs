@@ -18,6 +18,9 @@
 //!   shard's parents from `--source`'s listing. Without `--source` the repair is refused: the
 //!   row can no longer tell its parents, and a child written without them would be read
 //!   before its parents end.
+//! - a lease whose **token is exhausted** ([`Lease::token_exhausted`]: no take can move it
+//!   again) is rewritten the same way, with the parents its row still holds (no `--source`),
+//!   and from a registered owner only with `--force`.
 //!
 //! With `--source`, `--to sequence:N[/S]` is checked against the shard before anything is
 //! written ([`crate::sequence`]): a number the shard does not hold — past its tip, trimmed,
@@ -72,6 +75,8 @@ A lease row that does not decode (kinsumer status lists it under PROBLEM) is rep
 whole, unowned, at the new checkpoint, with a fencing token above any it held (the current time
 in ms) and the shard's parents from the stream's listing, so --source is required for it. The
 write happens only while the row still does not decode: a row repaired meanwhile is left alone.
+A lease whose token is exhausted (at or past 2^63 - 1: no take can move it again) is repaired the
+same way, with the parents its row holds (no --source needed; --force if its owner is registered).
 
 Exit codes: 0 every chosen shard reset or repaired; 1 refused, not confirmed, or a shard failed
 (e.g. its lease changed meanwhile); 2 bad usage or an unreachable store or source.";
@@ -255,6 +260,13 @@ async fn execute(args: ResetArgs) -> Result<i32> {
     let mut plan: Vec<(Row, Action)> = Vec::new();
     for row in chosen {
         let action = match row {
+            Row::Healthy(lease) if lease.token_exhausted() && !lease.finished => exhausted_action(
+                lease,
+                &registered,
+                args.force,
+                &target,
+                repair_token(now_ms())?,
+            ),
             Row::Healthy(lease) => action(lease, &registered, args.all, args.force),
             Row::Corrupt(bad) => {
                 let token = repair_token(now_ms())?;
@@ -479,6 +491,34 @@ fn action(lease: &Lease, registered: &[ClientId], all: bool, force: bool) -> Act
     }
 }
 
+/// What to do with a lease whose token no take can move again: rewrite it with a token of
+/// the repair's (the row's parents are known), taking it from a registered owner only with
+/// `--force`, as a take-over would.
+fn exhausted_action(
+    lease: &Lease,
+    registered: &[ClientId],
+    force: bool,
+    target: &Checkpoint,
+    token: u64,
+) -> Action {
+    if let Some(owner) = lease
+        .owner
+        .as_ref()
+        .filter(|o| registered.contains(o) && !force)
+    {
+        return Action::Refuse(format!(
+            "its token {} can never be taken again, and it is owned by {owner}, which is \
+             registered (live, or not yet known to be dead); stop it first, or pass --force",
+            lease.token
+        ));
+    }
+    Action::Repair(Lease {
+        token,
+        checkpoint: Some(target.clone()),
+        ..Lease::new(lease.shard.clone(), lease.parents.clone())
+    })
+}
+
 /// What to do with a row that does not decode: rewrite it whole with the parents the stream
 /// lists — or refuse, when there is no listing to take them from. Nobody reads a shard whose
 /// row does not decode, so no owner needs `--force`.
@@ -586,14 +626,20 @@ fn print_plan(
         ],
         &rows,
     ));
-    for (row, _) in plan {
-        if let Row::Corrupt(bad) = row {
-            say(&format!(
+    for (row, action) in plan {
+        match (row, action) {
+            (Row::Corrupt(bad), _) => say(&format!(
                 "{} does not decode: {} ({})\n",
                 escape(row.shard()),
                 escape(&bad.reason),
                 escape(&bad.key)
-            ));
+            )),
+            (Row::Healthy(lease), Action::Repair(_)) => say(&format!(
+                "{}: token {} is exhausted: no take can move the lease again\n",
+                escape(row.shard()),
+                lease.token
+            )),
+            _ => {}
         }
     }
 }

@@ -1082,6 +1082,112 @@ async fn reset_repairs_a_row_that_does_not_decode_on_dynamodb() {
 /// one of another shard, or a user record a plain record does not have is refused before
 /// anything is written; a record it holds is accepted. Without `--source`, a note says the
 /// number was not checked.
+/// A lease whose token reached PostgreSQL's largest `bigint` can never be taken again (the
+/// engine sets it aside): `reset` rewrites it — with its parents, which the row still tells,
+/// so no `--source` — at a token of its own; from a registered owner only with `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_frees_a_lease_whose_token_is_exhausted() {
+    let Some(pg) = postgres_url() else {
+        return;
+    };
+    let app = unique_name("cli-exhausted");
+    let pg_store = PgLeaseStore::connect(PgStoreConfig::new(&pg, &app))
+        .await
+        .expect("PostgreSQL");
+    let store: Arc<dyn LeaseStore> = Arc::new(pg_store.clone());
+    let (stream, shard, parent) = ("orders", ShardId::from("s-stuck"), ShardId::from("s-p"));
+    store
+        .create_if_absent(stream, &shard, std::slice::from_ref(&parent))
+        .await
+        .expect("create");
+    let owner = kinsumer::ClientId::from("owner");
+    store.take(stream, &shard, &owner, 0).await.expect("take");
+    store
+        .heartbeat(&owner, 1)
+        .await
+        .expect("the owner is registered");
+    let done = kinsumer::postgres::sqlx::query(
+        "UPDATE kinsumer.leases SET token = 9223372036854775807 \
+         WHERE application = $1 AND stream = $2 AND shard = $3",
+    )
+    .bind(&app)
+    .bind(stream)
+    .bind(shard.as_str())
+    .execute(pg_store.pool())
+    .await
+    .expect("update");
+    assert_eq!(done.rows_affected(), 1);
+    let reset = |force: bool| {
+        let mut args = vec![
+            "reset",
+            "--store",
+            &pg,
+            "--app",
+            &app,
+            "--stream",
+            stream,
+            "--shard",
+            "s-stuck",
+            "--to",
+            "trim-horizon",
+            "--yes",
+        ];
+        if force {
+            args.push("--force");
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+
+    let refused = reset(false).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("can never be taken again") && refused.stderr.contains("--force"),
+        "{refused:?}"
+    );
+    let before_ms = now_ms();
+    let freed = reset(true).await;
+    let after_ms = now_ms();
+    assert_eq!(freed.code, 0, "{freed:?}");
+    assert!(
+        freed
+            .stdout
+            .contains("token 9223372036854775807 is exhausted")
+            && freed
+                .stdout
+                .contains("s-stuck: repaired; checkpoint now trim horizon"),
+        "{freed:?}"
+    );
+    let lease = store
+        .lease(stream, &shard)
+        .await
+        .expect("decodes")
+        .expect("exists");
+    assert!(
+        (before_ms..=after_ms).contains(&lease.token),
+        "a token of the repair's: {lease:?}"
+    );
+    assert_eq!(
+        lease,
+        kinsumer::Lease {
+            token: lease.token,
+            checkpoint: Some(Checkpoint::TrimHorizon),
+            ..kinsumer::Lease::new(shard.clone(), vec![parent])
+        }
+    );
+    let taken = store
+        .take(
+            stream,
+            &shard,
+            &kinsumer::ClientId::from("next"),
+            lease.token,
+        )
+        .await
+        .expect("the lease can be taken again");
+    assert_eq!(taken.token, lease.token + 1);
+    clear(&*store, stream).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
     let Some(url) = redis_url() else {

@@ -85,6 +85,11 @@ pub struct ClientRow {
     pub counter: u64,
 }
 
+/// The first token no store takes from: PostgreSQL's `bigint` ends at 2⁶³ − 1 and a take
+/// writes token + 1. Takes alone never get there (one a nanosecond would take 292 years): a
+/// row that holds it was written so, by hand or by a bug, and only a repair frees it.
+pub const TOKEN_LIMIT: u64 = i64::MAX as u64;
+
 /// One shard's lease row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -120,6 +125,13 @@ impl Lease {
             finished: false,
             successor: None,
         }
+    }
+
+    /// Whether the token is at or past [`TOKEN_LIMIT`]: no take can move the lease again on
+    /// every store, so it can only be repaired (`replace_corrupt`), like a row that does not
+    /// decode.
+    pub fn token_exhausted(&self) -> bool {
+        self.token >= TOKEN_LIMIT
     }
 
     /// The tenure this row grants, if it has an owner.
@@ -354,15 +366,16 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Writes `lease` as the row of `lease.shard` — an operator's repair — **only while the
-    /// stored row exists and does not decode**. Atomic as the server allows: the store checks,
-    /// in the same step as the write, that the row is still the undecodable one it read (or
-    /// still does not decode), so a repair never overwrites a healthy row, whether another
-    /// operator repaired it meanwhile or it was deleted and created again. `LeaseLost` if the
-    /// row decodes, `NotFound` if there is none.
+    /// stored row exists and the engine cannot use it**: it does not decode, or its token is
+    /// [exhausted](Lease::token_exhausted) (no take can move it again). Atomic as the server
+    /// allows: the store checks, in the same step as the write, that the row is still the
+    /// unusable one it read (or still unusable), so a repair never overwrites a healthy row,
+    /// whether another operator repaired it meanwhile or it was deleted and created again.
+    /// `LeaseLost` if the row is usable, `NotFound` if there is none.
     ///
-    /// The caller chooses every field: the row's own token cannot be read, so it must choose
-    /// one larger than any the row may have held (see `kinsumer reset`), and the parents from
-    /// the stream's listing (a child written without its parents would be read before them).
+    /// The caller chooses every field: the row's own token cannot be read (or cannot grow), so
+    /// it chooses one of its own (see `kinsumer reset`), and the parents from the stream's
+    /// listing (a child written without its parents would be read before them).
     async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError>;
 }
 

@@ -917,13 +917,13 @@ impl LeaseStore for DynamoLeaseStore {
                     shard: shard.clone(),
                 });
             };
-            if item::decode_lease(shard, &old).is_ok() {
+            if item::decode_lease(shard, &old).is_ok_and(|usable| !usable.token_exhausted()) {
                 return Err(StoreError::LeaseLost {
                     shard: shard.clone(),
                 });
             }
-            // Decoding reads only these attributes: while each is as read, the item still
-            // does not decode, so a repaired or re-created item is never overwritten.
+            // Decoding reads only these attributes: while each is as read, the item is still
+            // unusable, so a repaired or re-created item is never overwritten.
             let condition = item::unchanged_condition(&old);
             let result = self
                 .send(Op::ReplaceCorrupt, || {

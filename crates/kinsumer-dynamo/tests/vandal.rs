@@ -65,6 +65,21 @@ impl Vandal for DynamoVandal {
             .expect("UpdateItem of a corrupt lease item");
     }
 
+    async fn exhaust_token(&self, stream: &str, shard: &ShardId) {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("lease#tests#{stream}")))
+            .key("sk", AttributeValue::S(shard.to_string()))
+            .update_expression("SET #t = :v")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#t", "token")
+            .expression_attribute_values(":v", AttributeValue::N(i64::MAX.to_string()))
+            .send()
+            .await
+            .expect("UpdateItem of the token");
+    }
+
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {
         let _ = self
             .client

@@ -458,7 +458,8 @@ impl PgLeaseStore {
 
 impl PgLeaseStore {
     /// One attempt of `replace_corrupt`: the row locked, judged by [`Self::decode_lease`] (the
-    /// decoder of every read), rewritten only if it does not decode, committed. The outer
+    /// decoder of every read), rewritten only if it does not decode or its token is exhausted,
+    /// committed. The outer
     /// `Result` is the database's, the inner one the contract's answer.
     async fn replace_corrupt_once(
         &self,
@@ -477,7 +478,13 @@ impl PgLeaseStore {
             .await?;
         let refusal = match row {
             None => Some(not_found(shard)),
-            Some(row) if self.decode_lease(stream, &row).is_ok() => Some(lease_lost(shard)),
+            Some(row)
+                if self
+                    .decode_lease(stream, &row)
+                    .is_ok_and(|usable| !usable.token_exhausted()) =>
+            {
+                Some(lease_lost(shard))
+            }
             Some(_) => None,
         };
         if let Some(refusal) = refusal {
@@ -889,6 +896,7 @@ impl LeaseStore for PgLeaseStore {
                 debug!(error = %err, %shard, "kinsumer-postgres: ambiguous repair, re-reading");
                 match self.lease(stream, shard).await {
                     Ok(Some(now)) if now == *lease => return Ok(()),
+                    Ok(Some(now)) if now.token_exhausted() => {}
                     Err(StoreError::Corrupt { .. }) => {}
                     Ok(None) => return Err(not_found(shard)),
                     Ok(Some(_)) => {

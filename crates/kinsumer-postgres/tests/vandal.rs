@@ -72,6 +72,23 @@ impl Vandal for PgVandal {
         assert_eq!(done.rows_affected(), 1, "the row of {shard} exists");
     }
 
+    async fn exhaust_token(&self, stream: &str, shard: &ShardId) {
+        let sql = format!(
+            "UPDATE \"{}\".leases SET token = $4 \
+             WHERE application = $1 AND stream = $2 AND shard = $3",
+            self.schema
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(stream)
+            .bind(shard.as_str())
+            .bind(i64::MAX)
+            .execute(&self.pool)
+            .await
+            .expect("UPDATE of the token");
+        assert_eq!(done.rows_affected(), 1, "the row of {shard} exists");
+    }
+
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {
         let s = format!("\"{}\"", self.schema);
         let id = if rng.chance(0.5) {

@@ -66,7 +66,7 @@
 //! | `checkpoint` / `release` / `finish` | one script: owner and token equal (and not finished, except a repeated `finish`) → write |
 //! | `delete_finished` | script: finished → `HDEL` |
 //! | `reset_checkpoint` | script: unowned and token equal → write |
-//! | `replace_corrupt` | `HGET` the raw value and decode it in Rust; if it does not decode, a script writes the new row only while the value is still byte for byte the one read |
+//! | `replace_corrupt` | `HGET` the raw value and decode it in Rust; if it does not decode (or its token is exhausted), a script writes the new row only while the value is still byte for byte the one read |
 //!
 //! Every conditional write is one Lua script run with `EVALSHA` (reloaded automatically after
 //! a server restart emptied the script cache): Redis runs a script without interleaving any
@@ -665,7 +665,7 @@ impl LeaseStore for RedisLeaseStore {
                     shard: shard.clone(),
                 });
             };
-            if row::decode(shard, &raw).is_ok() {
+            if row::decode(shard, &raw).is_ok_and(|usable| !usable.token_exhausted()) {
                 return Err(StoreError::LeaseLost {
                     shard: shard.clone(),
                 });

@@ -8,6 +8,7 @@ mod common;
 use async_trait::async_trait;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
+use kinsumer_core::store::TOKEN_LIMIT;
 use kinsumer_redis::RedisLeaseStore;
 use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text, lease_field};
 
@@ -55,6 +56,26 @@ impl Vandal for RedisVandal {
             .query_async(&mut conn)
             .await
             .expect("HSET of a corrupt lease row");
+    }
+
+    async fn exhaust_token(&self, stream: &str, shard: &ShardId) {
+        let mut conn = self.conn.clone();
+        let key = self.store.leases_key(stream);
+        let raw: Vec<u8> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(shard.as_str())
+            .query_async(&mut conn)
+            .await
+            .expect("HGET of the lease row");
+        let mut row: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON row");
+        row["token"] = serde_json::Value::String(TOKEN_LIMIT.to_string());
+        let _: i64 = redis::cmd("HSET")
+            .arg(&key)
+            .arg(shard.as_str())
+            .arg(row.to_string())
+            .query_async(&mut conn)
+            .await
+            .expect("HSET of the exhausted token");
     }
 
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {

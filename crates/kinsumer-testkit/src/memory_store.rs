@@ -983,18 +983,20 @@ impl LeaseStore for MemoryLeaseStore {
             // A row made unreadable is a row of garbage: it exists even if nothing decodable
             // was ever stored under it (as `lease` reports it `Corrupt`).
             if txn.state.corrupt_leases.remove(&key).is_none() {
-                let exists = txn
+                let stored = txn
                     .state
                     .leases
                     .get(stream)
-                    .is_some_and(|rows| rows.contains_key(&lease.shard));
-                return Err(if exists {
-                    lease_lost(&lease.shard)
-                } else {
-                    StoreError::NotFound {
-                        shard: lease.shard.clone(),
+                    .and_then(|rows| rows.get(&lease.shard));
+                match stored {
+                    Some(row) if row.token_exhausted() => {}
+                    Some(_) => return Err(lease_lost(&lease.shard)),
+                    None => {
+                        return Err(StoreError::NotFound {
+                            shard: lease.shard.clone(),
+                        });
                     }
-                });
+                }
             }
             let before = txn
                 .state

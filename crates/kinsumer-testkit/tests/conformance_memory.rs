@@ -93,6 +93,17 @@ impl Vandal for MemoryVandal {
         self.0
             .corrupt_lease(stream, shard, "garbage written by the repair check");
     }
+
+    async fn exhaust_token(&self, stream: &str, shard: &ShardId) {
+        let mut lease = self
+            .0
+            .peek_leases(stream)
+            .into_iter()
+            .find(|l| &l.shard == shard)
+            .expect("the row exists");
+        lease.token = kinsumer_core::store::TOKEN_LIMIT;
+        self.0.put_lease(stream, lease);
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -1052,6 +1052,32 @@ pub async fn repair_of_a_corrupt_row<S: LeaseStore>(store: &S, vandal: &dyn Vand
         winners[0],
         "lease_store conformance [{CHECK}]: the row is the winner's"
     );
+
+    // A row that decodes but whose token no take can move again is repaired the same way,
+    // and its token goes down to the one the repair chose.
+    let stuck = shard(4);
+    owned(CHECK, store, stream, &stuck, "c").await;
+    vandal.exhaust_token(stream, &stuck).await;
+    let exhausted = row(CHECK, store, stream, &stuck).await;
+    assert!(
+        exhausted.token_exhausted(),
+        "lease_store conformance [{CHECK}]: the vandal's token reads back, got {exhausted:?}"
+    );
+    let freed = Lease {
+        token: 1_795_676_400_000,
+        checkpoint: Some(Checkpoint::TrimHorizon),
+        ..Lease::new(stuck.clone(), vec![])
+    };
+    must(
+        CHECK,
+        "replace_corrupt of a row with an exhausted token",
+        store.replace_corrupt(stream, &freed).await,
+    );
+    assert_eq!(
+        row(CHECK, store, stream, &stuck).await,
+        freed,
+        "lease_store conformance [{CHECK}]: the row must read back exactly as repaired"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

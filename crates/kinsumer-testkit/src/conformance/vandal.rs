@@ -38,6 +38,10 @@ pub trait Vandal: Send + Sync {
     /// the corrupt row [`repair_of_a_corrupt_row`](super::repair_of_a_corrupt_row) repairs.
     /// Panics if the write fails.
     async fn corrupt_lease(&self, stream: &str, shard: &ShardId);
+    /// Writes the token [`TOKEN_LIMIT`](kinsumer_core::store::TOKEN_LIMIT) into the existing
+    /// lease row of `shard`, leaving the rest of it as it is: a row that decodes but that no
+    /// take can move again. Panics if the write fails.
+    async fn exhaust_token(&self, stream: &str, shard: &ShardId);
 }
 
 /// The fields of a lease row, as the stores name them: one of them, at random, for a vandal
