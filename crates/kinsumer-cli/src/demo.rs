@@ -413,7 +413,9 @@ pub async fn run(args: DemoArgs) -> crate::Result<i32> {
                             ),
                         );
                         m.worker.abort();
-                        drop(m.consumer);
+                        if let Some(c) = m.consumer {
+                            c.abort(); // dropping it would shut it down gracefully
+                        }
                     }
                 }
             }

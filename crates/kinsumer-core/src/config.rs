@@ -82,7 +82,41 @@ pub struct EngineFaults {
     /// Release without naming the successor: a lease handed to a client that still plans it
     /// for someone else (a newcomer that counts a dead row alive) waits for views to agree.
     pub anonymous_release: bool,
+    /// Heartbeat whatever the supervisor does: a stuck supervisor keeps its leases.
+    pub no_watchdog: bool,
+    /// Dropping `Records` or the `Consumer` does nothing more than before stall handling: a
+    /// dropped `Records` leaves the consumer idle with its leases, a dropped `Consumer` crashes.
+    pub silent_drops: bool,
+    /// While on, the supervisor stops stepping (it waits without making a call): a stuck
+    /// supervisor, for the watchdog's tests.
+    pub stuck_supervisor: Option<FaultSwitch>,
 }
+
+/// A switch a test flips to turn a fault on or off while the consumer runs (see
+/// [`EngineFaults::stuck_supervisor`]). Equal only to its clones.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct FaultSwitch(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl FaultSwitch {
+    /// Turns the fault on (`true`) or off.
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the fault is on.
+    pub fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl PartialEq for FaultSwitch {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FaultSwitch {}
 
 /// Everything a consumer needs to know besides its source and store.
 #[derive(Clone, Debug)]
@@ -120,6 +154,23 @@ pub struct Config {
     /// How long a handoff or shutdown waits for records already handed out to be acked before
     /// it releases with what is acked (default 5 s).
     pub drain_timeout: Duration,
+    /// The longest a graceful shutdown takes, whatever the store does (default 25 s, so a
+    /// process fits Kubernetes' default 30 s grace period with time to exit). It covers leaving
+    /// the membership, the drain, the final checkpoints and releases; what is not done by then
+    /// is left as after a crash (leases expire after `lease_ttl`). Must exceed `drain_timeout`.
+    pub shutdown_timeout: Duration,
+    /// How long the application may make no progress before the consumer gives up the work it
+    /// holds (default 5 min, as Kafka's `max.poll.interval.ms`; `None` turns it off):
+    /// - a record handed out by [`crate::Consumer::records`] and not acked for this long, or a
+    ///   batch handler call that has not returned for this long: the shard is released (what is
+    ///   acked is committed) to another client;
+    /// - a record stream not polled for this long while records wait in it: the consumer
+    ///   releases every lease and leaves the fleet until it is polled again.
+    ///
+    /// Each stall is logged with the shard and the record holding it, counted in
+    /// `kinsumer_stalls_total` and listed by [`crate::StatusHandle::stalls`]. Set it above the
+    /// longest a record or batch may legitimately take.
+    pub stall_timeout: Option<Duration>,
     /// The most un-acked records one shard may have fetched (default 10,000).
     pub max_unacked_records: usize,
     /// The most un-acked bytes one shard may have fetched (default 16 MiB).
@@ -170,6 +221,8 @@ impl Config {
             rebalance_interval: Duration::from_secs(5),
             shard_sync_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(25),
+            stall_timeout: Some(Duration::from_secs(300)),
             max_unacked_records: 10_000,
             max_unacked_bytes: 16 << 20,
             initial_position: InitialPosition::TrimHorizon,
@@ -215,6 +268,11 @@ impl Config {
             ("rebalance_interval", self.rebalance_interval),
             ("shard_sync_interval", self.shard_sync_interval),
             ("drain_timeout", self.drain_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            (
+                "stall_timeout",
+                self.stall_timeout.unwrap_or(Duration::from_secs(1)),
+            ),
             ("max_backoff", self.max_backoff),
             ("call_timeout", self.call_timeout),
         ];
@@ -242,6 +300,15 @@ impl Config {
                 format!(
                     "plus heartbeat_interval must be less than lease_ttl (got {:?} + {:?} with lease_ttl {:?})",
                     self.safety_margin, self.heartbeat_interval, self.lease_ttl
+                ),
+            );
+        }
+        if self.drain_timeout >= self.shutdown_timeout {
+            return invalid(
+                "shutdown_timeout",
+                format!(
+                    "must be greater than drain_timeout (got {:?} with drain_timeout {:?})",
+                    self.shutdown_timeout, self.drain_timeout
                 ),
             );
         }
@@ -380,6 +447,18 @@ mod tests {
             (
                 "membership_poll_interval",
                 Box::new(|c| c.membership_poll_interval = Duration::from_secs(60)),
+            ),
+            (
+                "stall_timeout",
+                Box::new(|c| c.stall_timeout = Some(Duration::ZERO)),
+            ),
+            (
+                "stall_timeout",
+                Box::new(|c| c.stall_timeout = Some(Duration::MAX)),
+            ),
+            (
+                "shutdown_timeout",
+                Box::new(|c| c.shutdown_timeout = Duration::from_secs(5)),
             ),
         ];
         for (field, break_it) in cases {

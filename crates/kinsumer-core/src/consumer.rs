@@ -68,6 +68,7 @@ use crate::record::{AckTracker, Record, ShardBatch};
 use crate::rng::{Rng, os_seed};
 use crate::shard::{Ask, Outcome, backoff_delay, run_tenure};
 use crate::source::{ShardId, ShardSource, SourceError};
+use crate::stall::{PollClock, Stall, StallKind, StallLog, Watchdog, Watched};
 use crate::store::{ClientId, CorruptRow, Lease, LeaseStore, StoreError, Tenure};
 
 /// What a [`BatchHandler`] may fail with; the batch is retried with back-off.
@@ -238,9 +239,24 @@ pub struct ShardStatus {
 pub struct StatusHandle {
     board: Arc<Mutex<BTreeMap<ShardId, ShardStatus>>>,
     trackers: Arc<Mutex<BTreeMap<ShardId, Arc<AckTracker>>>>,
+    stalls: Arc<StallLog>,
+    /// Out of the fleet because its record stream was not polled (see [`StallKind::NotPolled`]).
+    left_fleet: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StatusHandle {
+    /// The last stalls this consumer found (up to 32, oldest first): what stalled, on which
+    /// shard, the record that held it and for how long. See [`crate::stall`].
+    pub fn stalls(&self) -> Vec<Stall> {
+        self.stalls.all()
+    }
+
+    /// Whether the consumer released everything and left the fleet because its record stream
+    /// was not polled; it rejoins on the next poll.
+    pub fn has_left_fleet(&self) -> bool {
+        self.left_fleet.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The shards this consumer holds now, with their progress.
     pub fn shards(&self) -> Vec<ShardStatus> {
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
@@ -314,6 +330,10 @@ pub(crate) struct Engine {
     beats: Mutex<Beats>,
     /// A heartbeat failed with a fatal error: the supervisor stops on it.
     heartbeat_fatal: Mutex<Option<StoreError>>,
+    /// Stops heartbeats when the supervisor is stuck.
+    watchdog: Arc<Watchdog>,
+    /// When the record stream was last polled (record-stream consumers).
+    poll_clock: Arc<PollClock>,
 }
 
 impl Engine {
@@ -360,6 +380,27 @@ impl Engine {
             .clone()
     }
 
+    /// Logs, counts and lists a stall.
+    pub(crate) fn report_stall(&self, stall: Stall) {
+        warn!(
+            kind = stall.kind.label(),
+            shard = ?stall.shard.as_ref().map(|s| s.as_str()),
+            record = ?stall.record,
+            stalled_s = stall.stalled_for.as_secs_f64(),
+            "stalled: {}",
+            match stall.kind {
+                StallKind::RecordNotAcked => "a record handed out was not acked within stall_timeout; releasing its shard",
+                StallKind::HandlerHung => "the batch handler did not return within stall_timeout; cancelling it and releasing the shard",
+                StallKind::NotPolled => "the record stream was not polled within stall_timeout while records waited; releasing every lease and leaving the fleet until it is polled again",
+                StallKind::SupervisorStuck => "the supervisor has not completed a step; heartbeats stop, so this client fences itself",
+            }
+        );
+        self.labels
+            .client_counter(metrics::STALLS, &[("kind", stall.kind.label())])
+            .increment(1);
+        self.status.stalls.push(stall);
+    }
+
     pub(crate) fn note_fetch(&self, shard: &ShardId, records: usize, behind: Option<u64>) {
         self.status.update(shard, |s| {
             s.fetched += records as u64;
@@ -370,23 +411,57 @@ impl Engine {
     }
 }
 
+/// What the application asked of a running consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Nothing: run.
+    Run,
+    /// Shut down gracefully.
+    Graceful,
+    /// Stop at once, as a crash would.
+    Abort,
+}
+
 /// Asks a running consumer to shut down gracefully; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+pub struct ShutdownHandle(Arc<watch::Sender<Stop>>);
 
 impl ShutdownHandle {
     /// Starts a graceful shutdown: stop fetching, drain, commit, release, deregister.
     pub fn shutdown(&self) {
-        self.0.send_replace(true);
+        self.0.send_if_modified(|s| {
+            let run = *s == Stop::Run;
+            if run {
+                *s = Stop::Graceful;
+            }
+            run
+        });
+    }
+
+    /// Stops the consumer at once, as a crash (`kill -9`) would: nothing is committed or
+    /// released, its leases move after `lease_ttl`, and the records acked since its last commit
+    /// are delivered again. For tests and emergencies; [`ShutdownHandle::shutdown`] otherwise.
+    pub fn abort(&self) {
+        self.0.send_replace(Stop::Abort);
     }
 }
 
-/// The supervisor's task; aborted (a crash, as far as the fleet can tell) when dropped.
-struct Running(tokio::task::JoinHandle<Result<(), ConsumerError>>);
+/// The supervisor's task. Aborted (a crash, as far as the fleet can tell) when dropped, unless
+/// detached first.
+struct Running(Option<tokio::task::JoinHandle<Result<(), ConsumerError>>>);
+
+impl Running {
+    /// Lets the task run on by itself (dropping a `JoinHandle` detaches it).
+    fn detach(mut self) {
+        self.0.take();
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -395,7 +470,7 @@ pub struct Consumer {
     config: Config,
     source: Arc<dyn ShardSource>,
     store: Arc<dyn LeaseStore>,
-    shutdown: Arc<watch::Sender<bool>>,
+    shutdown: Arc<watch::Sender<Stop>>,
     status: StatusHandle,
     running: Option<Running>,
     started: bool,
@@ -433,7 +508,7 @@ impl Consumer {
             config,
             source,
             store,
-            shutdown: Arc::new(watch::channel(false).0),
+            shutdown: Arc::new(watch::channel(Stop::Run).0),
             status: StatusHandle::default(),
             running: None,
             started: false,
@@ -455,12 +530,13 @@ impl Consumer {
         self.status.clone()
     }
 
-    fn start(&mut self, delivery: Delivery) -> Result<(Arc<Health>, StoppedBy), ConsumerError> {
+    fn start(&mut self, delivery: Delivery) -> Result<Started, ConsumerError> {
         if self.started {
             return Err(ConsumerError::AlreadyStarted);
         }
         self.started = true;
         let health = Arc::new(Health::new(&self.config));
+        let poll_clock = Arc::new(PollClock::new());
         let stopped_by = Arc::new(Mutex::new(None));
         let seed = self.config.rng_seed.unwrap_or_else(os_seed);
         let mut rng = Rng::new(seed);
@@ -484,6 +560,10 @@ impl Consumer {
             rng: Mutex::new(rng),
             beats: Mutex::new(Beats::new(incarnation)),
             heartbeat_fatal: Mutex::new(None),
+            watchdog: Arc::new(Watchdog::new(
+                self.config.lease_ttl - self.config.safety_margin - self.config.heartbeat_interval,
+            )),
+            poll_clock: poll_clock.clone(),
             labels: Labels::new(
                 &self.config.application,
                 self.source.stream_name(),
@@ -492,8 +572,12 @@ impl Consumer {
         });
         let span = info_span!("consumer", app = %self.config.application, client = %self.config.client_id, stream = %engine.stream);
         let task = tokio::spawn(supervise(engine, self.shutdown.subscribe()).instrument(span));
-        self.running = Some(Running(task));
-        Ok((health, stopped_by))
+        self.running = Some(Running(Some(task)));
+        Ok(Started {
+            health,
+            stopped_by,
+            poll_clock,
+        })
     }
 
     /// Starts the consumer and returns its records as a stream. The stream ends after
@@ -501,12 +585,15 @@ impl Consumer {
     /// Must be called inside a tokio runtime.
     pub fn records(&mut self) -> Result<Records, ConsumerError> {
         let (tx, rx) = mpsc::channel(RECORD_CHUNKS);
-        let (health, stopped_by) = self.start(Delivery::Stream(tx))?;
+        let started = self.start(Delivery::Stream(tx))?;
         Ok(Records {
             rx,
             chunk: Vec::new().into_iter(),
-            health,
-            stopped_by,
+            health: started.health,
+            stopped_by: started.stopped_by,
+            poll_clock: started.poll_clock,
+            shutdown: self.shutdown.clone(),
+            silent_drop: self.config.faults.silent_drops,
         })
     }
 
@@ -520,22 +607,65 @@ impl Consumer {
     /// Stops fetching, waits up to `drain_timeout` for handed-out records to be acked, commits,
     /// releases every lease and deregisters. Returns the error that stopped the consumer, if one
     /// did.
+    ///
+    /// Bounded by `shutdown_timeout` (25 s by default) whatever the store does.
     pub async fn shutdown(mut self) -> Result<(), ConsumerError> {
-        self.shutdown.send_replace(true);
+        self.shutdown_handle().shutdown();
         self.join().await
     }
 
+    /// Stops at once, as a crash (`kill -9`) would: nothing is committed or released, the
+    /// leases move to other clients after `lease_ttl`, and the records acked since the last
+    /// commit are delivered again. For tests and emergencies; use [`Consumer::shutdown`].
+    pub fn abort(mut self) {
+        self.shutdown.send_replace(Stop::Abort);
+        self.running = None; // aborts the supervisor, and with it every tenure
+    }
+
     async fn join(&mut self) -> Result<(), ConsumerError> {
-        let Some(running) = self.running.as_mut() else {
+        let Some(task) = self.running.as_mut().and_then(|r| r.0.as_mut()) else {
             return Ok(());
         };
-        let result = match (&mut running.0).await {
+        let result = match task.await {
             Ok(r) => r,
             Err(e) => Err(ConsumerError::Panicked(e.to_string())),
         };
-        self.running = None;
+        if let Some(running) = self.running.take() {
+            running.detach(); // it ended
+        }
         result
     }
+}
+
+/// Dropping a started consumer without [`Consumer::shutdown`] shuts it down gracefully in the
+/// background (bounded by `shutdown_timeout`), with a warning: its supervisor runs on as a task
+/// of the runtime it was started on. If that runtime is shut down too (the end of `main`), the
+/// task goes with it and the consumer ends as a crash: nothing more is released, its leases
+/// move after `lease_ttl`. Call `shutdown().await` to be sure the release happened.
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        if self.config.faults.silent_drops || *self.shutdown.borrow() == Stop::Abort {
+            return; // dropping `running` aborts the supervisor: a crash
+        }
+        if *self.shutdown.borrow() == Stop::Run {
+            warn!(
+                client = %self.config.client_id,
+                "a started Consumer was dropped without shutdown(): shutting it down in the background"
+            );
+            self.shutdown_handle().shutdown();
+        }
+        running.detach();
+    }
+}
+
+/// What a started consumer shares with its record stream.
+struct Started {
+    health: Arc<Health>,
+    stopped_by: StoppedBy,
+    poll_clock: Arc<PollClock>,
 }
 
 /// The records of a started consumer. See [`Consumer::records`].
@@ -545,6 +675,22 @@ pub struct Records {
     chunk: std::vec::IntoIter<Record>,
     health: Arc<Health>,
     stopped_by: StoppedBy,
+    poll_clock: Arc<PollClock>,
+    shutdown: Arc<watch::Sender<Stop>>,
+    /// `EngineFaults::silent_drops`.
+    silent_drop: bool,
+}
+
+/// Dropping the record stream of a running consumer shuts the consumer down gracefully (with a
+/// warning): nobody will take its records any more, so its leases go to clients that will.
+impl Drop for Records {
+    fn drop(&mut self) {
+        if self.silent_drop || *self.shutdown.borrow() != Stop::Run || self.rx.is_closed() {
+            return;
+        }
+        warn!("the record stream of a running consumer was dropped: shutting the consumer down");
+        ShutdownHandle(self.shutdown.clone()).shutdown();
+    }
 }
 
 impl std::fmt::Debug for Records {
@@ -557,6 +703,7 @@ impl Stream for Records {
     type Item = Result<Record, ConsumerError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_clock.polled(Instant::now());
         loop {
             // Hand out only records whose tenure is still ours: after a handoff or a self-fence,
             // the next owner delivers them. Checked record by record, as each is handed out.
@@ -599,6 +746,11 @@ struct Held {
 /// The supervisor's view of the world between ticks.
 struct Supervisor {
     engine: Arc<Engine>,
+    /// The engine's store and source, as the watchdog sees the supervisor's calls.
+    store: Arc<dyn LeaseStore>,
+    source: Arc<dyn ShardSource>,
+    /// `None` while out of the fleet (and after shutdown began).
+    heartbeat: Option<Heartbeat>,
     membership: Membership,
     leases: BTreeMap<ShardId, Lease>,
     held: BTreeMap<ShardId, Held>,
@@ -631,6 +783,12 @@ struct Supervisor {
     last_alive: Vec<ClientId>,
     /// Leases we have seen owned by another client: free now, they were handed off.
     seen_owned: BTreeSet<ShardId>,
+    /// Shards we gave up for a stall to another client, until when: not taken back meanwhile
+    /// unless handed to us by name — our plan may still give them to us, and the client we
+    /// named must get there first (it learns of them at its next full read, within a
+    /// `rebalance_interval` or two). Given up to nobody (we are alone), a shard is taken back
+    /// at once: a new tenure, with the hung call cancelled.
+    gave_up: BTreeMap<ShardId, Instant>,
     /// Lease rows set aside: they do not decode, or the store refused to take them.
     bad_leases: Quarantine,
     /// Client rows set aside: they do not decode (the client counts as having no row).
@@ -677,17 +835,16 @@ fn is_fatal(e: &ConsumerError) -> bool {
     )
 }
 
-/// The supervisor: register, then tick until shutdown or a fatal error.
-async fn supervise(
-    engine: Arc<Engine>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ConsumerError> {
-    let cfg = engine.config.clone();
-    // Register before anything else, so others see us before we take a lease.
+/// Registers (a first heartbeat), retrying until it lands; `false` if asked to stop first.
+/// Before anything else, so others see us before we take a lease.
+async fn register(
+    engine: &Engine,
+    shutdown: &mut watch::Receiver<Stop>,
+) -> Result<bool, ConsumerError> {
     let mut attempt: u32 = 0;
     loop {
-        if *shutdown.borrow() {
-            return Ok(());
+        if *shutdown.borrow() != Stop::Run {
+            return Ok(false);
         }
         match engine.heartbeat().await {
             Ok(()) => break,
@@ -700,10 +857,24 @@ async fn supervise(
         }
     }
     info!("registered");
-    let heartbeat = tokio::spawn(heartbeat_loop(engine.clone()));
-    let heartbeat_guard = AbortGuard(heartbeat.abort_handle());
+    Ok(true)
+}
 
+/// The supervisor: register, then tick until shutdown or a fatal error.
+async fn supervise(
+    engine: Arc<Engine>,
+    mut shutdown: watch::Receiver<Stop>,
+) -> Result<(), ConsumerError> {
+    let cfg = engine.config.clone();
+    if !register(&engine, &mut shutdown).await? {
+        return Ok(());
+    }
+    // The supervisor's own calls tell the watchdog it waits for a call, not that it is stuck.
+    let watched = Watched(engine.watchdog.clone());
     let mut sup = Supervisor {
+        store: Arc::new(Layered::new(engine.store.clone(), watched.clone())),
+        source: Arc::new(Layered::new(engine.source.clone(), watched)),
+        heartbeat: Some(Heartbeat::start(&engine)),
         membership: Membership::new(if cfg.faults.hasty_death {
             cfg.lease_ttl / 2
         } else {
@@ -726,6 +897,7 @@ async fn supervise(
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
         seen_owned: BTreeSet::new(),
+        gave_up: BTreeMap::new(),
         bad_leases: Quarantine::new("lease"),
         bad_clients: Quarantine::new("client"),
         fatal: None,
@@ -736,11 +908,18 @@ async fn supervise(
     let mut tick = tokio::time::interval(cfg.membership_poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
+        sup.engine.watchdog.pet();
         tokio::select! {
             biased;
             changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break Ok(());
+                let stop = if changed.is_err() { Stop::Graceful } else { *shutdown.borrow() };
+                match stop {
+                    Stop::Run => {}
+                    Stop::Graceful => break Ok(()),
+                    Stop::Abort => {
+                        sup.abort();
+                        return Ok(());
+                    }
                 }
             }
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -749,13 +928,22 @@ async fn supervise(
                 }
             }
             _ = tick.tick() => {
+                sup.stuck_on_purpose().await;
+                if sup.not_polled() {
+                    match sup.leave_until_polled(&mut tasks, &mut shutdown).await {
+                        Ok(true) => continue,
+                        Ok(false) => return Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                }
+                sup.release_stalled();
                 if let Err(e) = sup.step(&mut tasks).await {
                     break Err(e);
                 }
             }
         }
     };
-    sup.shutdown(&mut tasks, heartbeat, heartbeat_guard).await;
+    sup.shutdown(&mut tasks).await;
     if let Err(e) = &result {
         warn!(error = %e, "stopped on a fatal error");
         *sup.engine
@@ -766,6 +954,31 @@ async fn supervise(
     result
 }
 
+/// The heartbeat task; aborted when dropped.
+struct Heartbeat(Option<tokio::task::JoinHandle<()>>);
+
+impl Heartbeat {
+    fn start(engine: &Arc<Engine>) -> Self {
+        Self(Some(tokio::spawn(heartbeat_loop(engine.clone()))))
+    }
+
+    /// Stops it, and waits until it stopped (so no later heartbeat re-creates our row).
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// `live` with `me` in it, sorted: a client always counts itself.
 fn with_me(mut live: Vec<ClientId>, me: &ClientId) -> Vec<ClientId> {
     if !live.contains(me) {
@@ -773,14 +986,6 @@ fn with_me(mut live: Vec<ClientId>, me: &ClientId) -> Vec<ClientId> {
         live.sort();
     }
     live
-}
-
-struct AbortGuard(AbortHandle);
-
-impl Drop for AbortGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Heartbeats every `heartbeat_interval`, on its own task so a slow handler never delays it.
@@ -796,12 +1001,28 @@ async fn heartbeat_loop(engine: Arc<Engine>) {
             biased;
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             _ = tick.tick() => {
-                let engine = engine.clone();
-                in_flight.spawn(async move {
-                    if let Err(e) = engine.heartbeat().await {
-                        warn!(error = %e, "heartbeat failed");
+                let now = Instant::now();
+                let stuck = engine.watchdog.stuck_for(now).filter(|_| !engine.config.faults.no_watchdog);
+                if let Some(stalled_for) = stuck {
+                    // Not a beat while nothing we own is managed: we fence ourselves, and the
+                    // fleet takes our leases after `lease_ttl`.
+                    if engine.watchdog.first_warning() {
+                        engine.report_stall(Stall {
+                            kind: StallKind::SupervisorStuck,
+                            shard: None,
+                            record: None,
+                            stalled_for,
+                            at: now,
+                        });
                     }
-                });
+                } else {
+                    let engine = engine.clone();
+                    in_flight.spawn(async move {
+                        if let Err(e) = engine.heartbeat().await {
+                            warn!(error = %e, "heartbeat failed");
+                        }
+                    });
+                }
             }
         }
     }
@@ -932,7 +1153,7 @@ impl Supervisor {
     /// True when the live set changed: a join, a leave, or a death judged on our clock.
     async fn read_clients(&mut self) -> Result<bool, ConsumerError> {
         let sent = Instant::now();
-        let read = self.engine.store.clients().await?;
+        let read = self.store.clients().await?;
         let arrived = Instant::now();
         self.bad_clients.read(&read.corrupt, |_| None);
         self.set_corrupt_gauge();
@@ -995,7 +1216,7 @@ impl Supervisor {
     /// Creates leases for new shards (parents first) and deletes finished leases of shards that
     /// left the stream.
     async fn sync_shards(&mut self) -> Result<(), ConsumerError> {
-        let store = &self.engine.store;
+        let store = &self.store;
         let stream = &self.engine.stream;
         // Leases first, then the listing: "gone from the stream" is judged from a listing made
         // after the row was read. The other way round, a slow read could return a child's
@@ -1007,7 +1228,7 @@ impl Supervisor {
             .into_iter()
             .map(|l| (l.shard.clone(), l))
             .collect();
-        let shards = self.engine.source.list_shards().await?;
+        let shards = self.source.list_shards().await?;
         let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
         self.listed = Some(shards.iter().map(|s| s.id.clone()).collect());
         // Parents before children, so a child's lease never exists without its parents'.
@@ -1063,7 +1284,7 @@ impl Supervisor {
     /// Reads every lease row.
     async fn read_leases(&mut self) -> Result<(), ConsumerError> {
         let started = Instant::now();
-        let read = self.engine.store.leases(&self.engine.stream).await?;
+        let read = self.store.leases(&self.engine.stream).await?;
         let arrived = Instant::now();
         let rows = read.rows;
         if self.full_read_took.len() == FULL_READ_SAMPLES {
@@ -1222,7 +1443,7 @@ impl Supervisor {
             if !mine(shard) && *held.ask.borrow() == Ask::Run {
                 let to = successor(shard);
                 info!(shard = %shard, to = ?to, "handing off");
-                held.ask.send_replace(Ask::Release { to });
+                held.ask.send_replace(Ask::Release { to, stalled: false });
                 self.engine.status.update(shard, |s| s.releasing = true);
             }
         }
@@ -1298,7 +1519,7 @@ impl Supervisor {
         let long_dead = self.engine.config.lease_ttl * 3;
         for (client, age) in self.membership.ages() {
             if age >= long_dead && client != self.engine.me {
-                match self.engine.store.deregister(&client).await {
+                match self.store.deregister(&client).await {
                     Ok(()) => info!(client = %client, "removed the row of a long-dead client"),
                     Err(e) => {
                         debug!(client = %client, error = %e, "removing a dead client's row failed")
@@ -1314,7 +1535,7 @@ impl Supervisor {
     async fn poll_waiting(&mut self) -> Result<Vec<Lease>, ConsumerError> {
         let mut rows = Vec::new();
         for shard in self.waiting.clone() {
-            match self.engine.store.lease(&self.engine.stream, &shard).await {
+            match self.store.lease(&self.engine.stream, &shard).await {
                 Ok(Some(lease)) => {
                     self.leases.insert(shard.clone(), lease.clone());
                     self.row_read_at.insert(shard, Instant::now());
@@ -1367,7 +1588,12 @@ impl Supervisor {
             return true;
         }
         self.waiting.remove(&lease.shard);
+        self.gave_up.retain(|_, until| *until > now);
+        let given_up = lease.owner.is_none()
+            && lease.successor.as_ref() != Some(me)
+            && self.gave_up.contains_key(&lease.shard);
         if lease.finished
+            || given_up
             || self
                 .retry
                 .get(&lease.shard)
@@ -1378,7 +1604,7 @@ impl Supervisor {
         if self.fenced() {
             return false;
         }
-        let store = &self.engine.store;
+        let store = &self.store;
         match store
             .take(&self.engine.stream, &lease.shard, me, lease.token)
             .await
@@ -1574,7 +1800,7 @@ impl Supervisor {
     /// Removes our client row, with a few retries.
     async fn deregister(&self) {
         for attempt in 1..=3 {
-            match self.engine.store.deregister(&self.engine.me).await {
+            match self.store.deregister(&self.engine.me).await {
                 Ok(()) => return,
                 Err(e) => {
                     warn!(error = %e, "deregister failed");
@@ -1588,7 +1814,7 @@ impl Supervisor {
     /// ambiguous take, a tenure abandoned at the deadline): otherwise they would wait a TTL
     /// for an owner that is gone. Best effort: each release is fenced by the row's token.
     async fn release_leftovers(&mut self) {
-        let store = &self.engine.store;
+        let store = &self.store;
         let Ok(read) = store.leases(&self.engine.stream).await else {
             return;
         };
@@ -1619,26 +1845,23 @@ impl Supervisor {
     /// leases stay safe meanwhile: an owner without a row is judged dead only after
     /// `lease_ttl` unseen, longer than a drain.
     ///
-    /// Bounded: tenures get `drain_timeout` plus a few store calls to drain, commit and
-    /// release; whatever has not ended by then is abandoned and released by a last read of the
-    /// leases (or expires as after a crash if the store is unreachable: at-least-once holds).
-    async fn shutdown(
-        &mut self,
-        tasks: &mut Tenures,
-        heartbeat: tokio::task::JoinHandle<()>,
-        heartbeat_guard: AbortGuard,
-    ) {
-        // Bounded as a whole: against a frozen store every call waits `call_timeout`, and a
-        // shutdown must still end — by `drain_timeout` + 2 calls for leaving and draining, one
-        // call more for the last release and deregister. What is not done by then expires as
-        // after a crash.
+    /// Bounded by `shutdown_timeout` as a whole (against a frozen store every call waits
+    /// `call_timeout`): leaving and the last steps get a fifth of it each at most (and no more
+    /// than a call's time limit), the tenures the rest — `drain_timeout` for the drain, then
+    /// their final checkpoints and releases. A tenure that has not ended by then is abandoned
+    /// and its lease released by a last read of the leases (or it expires as after a crash if
+    /// the store is unreachable: at-least-once holds).
+    async fn shutdown(&mut self, tasks: &mut Tenures) {
         let cfg = self.engine.config.clone();
-        let deadline = Instant::now() + cfg.drain_timeout + cfg.call_timeout * 2;
-        let last_deadline = deadline + cfg.call_timeout;
+        let started = Instant::now();
+        let end = started + cfg.shutdown_timeout;
+        let step = cfg.call_timeout.min(cfg.shutdown_timeout / 5);
+        let tenures_end = end - step;
         // Stop heartbeating before deregistering, so no later heartbeat re-creates our row.
-        drop(heartbeat_guard);
-        let _ = heartbeat.await;
-        if tokio::time::timeout_at(deadline, self.deregister())
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.stop().await;
+        }
+        if tokio::time::timeout_at(started + step, self.deregister())
             .await
             .is_err()
         {
@@ -1647,17 +1870,10 @@ impl Supervisor {
         // Each lease goes to whom the others will plan it for once our row is gone: the plan
         // over the live clients without us. Named in the row, it is taken at once even by a
         // client whose view of the fleet differs from ours.
-        let me = self.engine.me.clone();
-        let others: Vec<ClientId> = self
-            .membership
-            .alive()
-            .into_iter()
-            .filter(|c| *c != me)
-            .collect();
-        let plan = self.plan(&others, &self.eligible());
+        let plan = self.plan_without_me();
         for (shard, held) in &self.held {
-            let to = plan.get(shard).filter(|c| **c != me).cloned();
-            held.ask.send_replace(Ask::Release { to });
+            let to = plan.get(shard).cloned();
+            held.ask.send_replace(Ask::Release { to, stalled: false });
         }
         loop {
             tokio::select! {
@@ -1669,7 +1885,7 @@ impl Supervisor {
                     Some(Err(_)) => {}
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(tenures_end) => {
                     warn!(left = tasks.len(), "shutdown deadline passed; abandoning leases that did not release");
                     tasks.abort_all();
                     break;
@@ -1680,18 +1896,176 @@ impl Supervisor {
             self.engine.status.remove(&shard);
         }
         self.held.clear();
+        self.set_held_gauge();
         let last_steps = async {
             self.release_leftovers().await;
             // A heartbeat sent before we stopped may have landed after the first removal.
             self.deregister().await;
         };
-        if tokio::time::timeout_at(last_deadline, last_steps)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(end, last_steps).await.is_err() {
             warn!("shutdown deadline passed before the last release and deregister");
         }
-        info!("shut down");
+        info!(took_ms = started.elapsed().as_millis() as u64, "shut down");
+    }
+
+    /// The plan over the live clients without us: whom each lease goes to when we let it go.
+    fn plan_without_me(&self) -> BTreeMap<ShardId, ClientId> {
+        let me = &self.engine.me;
+        let others: Vec<ClientId> = self
+            .membership
+            .alive()
+            .into_iter()
+            .filter(|c| c != me)
+            .collect();
+        self.plan(&others, &self.eligible())
+    }
+
+    /// Stops at once, as a crash: no write. What was fetched is never handed out.
+    fn abort(&mut self) {
+        for shard in self.held.keys().cloned().collect::<Vec<_>>() {
+            self.drop_held(&shard);
+        }
+        self.heartbeat.take();
+    }
+
+    /// `EngineFaults::stuck_supervisor`: waits, without a call, while the switch is on.
+    async fn stuck_on_purpose(&self) {
+        if let Some(switch) = &self.engine.config.faults.stuck_supervisor {
+            while switch.is_on() {
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Whether the record stream has not been polled for `stall_timeout` while records of a
+    /// held shard waited for as long ([`StallKind::NotPolled`]); reported if so.
+    fn not_polled(&self) -> bool {
+        let Some(limit) = self.engine.config.stall_timeout else {
+            return false;
+        };
+        if !matches!(self.engine.delivery, Delivery::Stream(_)) {
+            return false;
+        }
+        let now = Instant::now();
+        let polled = self.engine.poll_clock.last();
+        if now.saturating_duration_since(polled) < limit {
+            return false;
+        }
+        let oldest = self
+            .held
+            .values()
+            .filter_map(|h| h.tracker.waiting_since())
+            .min();
+        let Some(oldest) = oldest.filter(|t| now.saturating_duration_since(*t) >= limit) else {
+            return false;
+        };
+        self.engine.report_stall(Stall {
+            kind: StallKind::NotPolled,
+            shard: None,
+            record: None,
+            stalled_for: now.saturating_duration_since(polled.max(oldest)),
+            at: now,
+        });
+        true
+    }
+
+    /// The record stream is not polled: release everything and leave the fleet (as a
+    /// shutdown), wait for the next poll, then register again. `Ok(false)` if asked to stop
+    /// meanwhile.
+    async fn leave_until_polled(
+        &mut self,
+        tasks: &mut Tenures,
+        shutdown: &mut watch::Receiver<Stop>,
+    ) -> Result<bool, ConsumerError> {
+        self.shutdown(tasks).await;
+        let left = Instant::now();
+        self.engine
+            .status
+            .left_fleet
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let polled = loop {
+            tokio::select! {
+                _ = self.engine.poll_clock.wait_after(left) => break true,
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() != Stop::Run {
+                        break false;
+                    }
+                }
+            }
+        };
+        self.engine
+            .status
+            .left_fleet
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if !polled || !register(&self.engine, shutdown).await? {
+            return Ok(false);
+        }
+        info!("the record stream is polled again: rejoining the fleet");
+        self.heartbeat = Some(Heartbeat::start(&self.engine));
+        self.leases.clear();
+        self.row_read_at.clear();
+        self.waiting.clear();
+        self.backlog.clear();
+        self.retry.clear();
+        self.last_full = None;
+        self.need_full = true;
+        self.urgent_full = true;
+        self.need_sync = true;
+        self.handed_to_others = false;
+        Ok(true)
+    }
+
+    /// Releases every held shard whose application stalled: a record handed out and not acked
+    /// ([`StallKind::RecordNotAcked`]), or a handler call that has not returned
+    /// ([`StallKind::HandlerHung`]), for `stall_timeout`. The shard goes to the client the plan
+    /// names without us; what is acked is committed first.
+    fn release_stalled(&mut self) {
+        let Some(limit) = self.engine.config.stall_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let handler = matches!(self.engine.delivery, Delivery::Handler(_));
+        let mut stalled = Vec::new();
+        for (shard, held) in &self.held {
+            if *held.ask.borrow() != Ask::Run {
+                continue;
+            }
+            let (kind, since) = if handler {
+                (StallKind::HandlerHung, held.tracker.call_since())
+            } else {
+                (StallKind::RecordNotAcked, held.tracker.oldest_outstanding())
+            };
+            if let Some((record, since)) = since
+                && now.saturating_duration_since(since) >= limit
+            {
+                stalled.push(Stall {
+                    kind,
+                    shard: Some(shard.clone()),
+                    record: Some(record),
+                    stalled_for: now.saturating_duration_since(since),
+                    at: now,
+                });
+            }
+        }
+        if stalled.is_empty() {
+            return;
+        }
+        let plan = self.plan_without_me();
+        for stall in stalled {
+            let Some(shard) = stall.shard.clone() else {
+                continue;
+            };
+            self.engine.report_stall(stall);
+            if let Some(held) = self.held.get(&shard) {
+                let to = plan.get(&shard).cloned();
+                if to.is_some() {
+                    let cool_down = self.engine.config.rebalance_interval * 2;
+                    self.gave_up.insert(shard.clone(), now + cool_down);
+                }
+                held.ask.send_replace(Ask::Release { to, stalled: true });
+                self.engine.status.update(&shard, |s| s.releasing = true);
+            }
+        }
     }
 }
 

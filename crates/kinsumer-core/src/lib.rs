@@ -12,6 +12,8 @@
 //! - `shard` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
 //!   release or finish;
 //! - [`consumer`] — the public API and the supervisor that runs all of the above;
+//! - [`stall`] — work held but not moving (a record not acked, a hung handler, a stream not
+//!   polled, a stuck supervisor), found within a bound and given up;
 //! - [`metrics`] — what a consumer reports through the `metrics` facade;
 //! - [`layer`] — one place to wrap every store and source call (timeouts, test faults);
 //! - [`config`], [`error`], [`rng`].
@@ -29,6 +31,7 @@ pub mod record;
 pub mod rng;
 mod shard;
 pub mod source;
+pub mod stall;
 pub mod store;
 
 pub use consumer::{
@@ -36,6 +39,7 @@ pub use consumer::{
 };
 pub use error::ConsumerError;
 pub use record::{BatchRecords, Record, ShardBatch};
+pub use stall::{Stall, StallKind};
 
 pub use config::{AckMode, Config, ConfigError, TrimmedPolicy};
 pub use position::{Checkpoint, InitialPosition, Position, SequenceNumber};

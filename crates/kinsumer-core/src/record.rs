@@ -43,6 +43,8 @@ use crate::store::Tenure;
 struct Entry {
     position: Position,
     bytes: usize,
+    /// When it was fetched: how long it has waited to be handed out.
+    fetched: tokio::time::Instant,
     /// When it was handed out, for the ack-latency metric.
     handed_out: Option<tokio::time::Instant>,
     acked: bool,
@@ -62,6 +64,11 @@ struct AckState {
     registered_bytes: u64,
     /// Handed out and not yet acked: what a drain waits for.
     outstanding: usize,
+    /// The index after the last record handed out: records are handed out in order, so the
+    /// record there is the one that has waited longest to be handed out.
+    handed_upto: u64,
+    /// When the batch handler's current call on this shard began (`None` between calls).
+    call_since: Option<tokio::time::Instant>,
     revoked: bool,
 }
 
@@ -122,11 +129,13 @@ impl AckTracker {
     pub fn register_all(&self, records: impl IntoIterator<Item = (Position, usize)>) -> u64 {
         let mut s = self.lock();
         let first = s.base + s.pending.len() as u64;
+        let fetched = tokio::time::Instant::now();
         for (position, bytes) in records {
             s.last_registered = Some(position.clone());
             s.pending.push_back(Entry {
                 position,
                 bytes,
+                fetched,
                 handed_out: None,
                 acked: false,
             });
@@ -169,6 +178,7 @@ impl AckTracker {
             }
         }
         s.outstanding += marked;
+        s.handed_upto = s.handed_upto.max(first.saturating_add(count));
         drop(s);
         self.metrics.delivered.increment(marked as u64);
         true
@@ -261,6 +271,37 @@ impl AckTracker {
             .iter()
             .find(|e| !e.acked)
             .map(|e| e.position.clone())
+    }
+
+    /// The record that holds the watermark back, if it was handed out, and when: the oldest
+    /// record handed out and not acked.
+    pub fn oldest_outstanding(&self) -> Option<(Position, tokio::time::Instant)> {
+        let s = self.lock();
+        let front = s.pending.front()?;
+        Some((front.position.clone(), front.handed_out?))
+    }
+
+    /// When the oldest record fetched and not yet handed out was fetched: how long the records
+    /// of this shard have waited for the application.
+    pub fn waiting_since(&self) -> Option<tokio::time::Instant> {
+        let s = self.lock();
+        if s.revoked {
+            return None;
+        }
+        let k = usize::try_from(s.handed_upto.saturating_sub(s.base)).ok()?;
+        s.pending.get(k).map(|e| e.fetched)
+    }
+
+    /// The batch handler began a call on this shard (`Some(now)`) or returned (`None`).
+    pub(crate) fn set_call_since(&self, since: Option<tokio::time::Instant>) {
+        self.lock().call_since = since;
+    }
+
+    /// When the batch handler's current call began, and the first record of its batch.
+    pub(crate) fn call_since(&self) -> Option<(Position, tokio::time::Instant)> {
+        let s = self.lock();
+        let since = s.call_since?;
+        Some((s.pending.front()?.position.clone(), since))
     }
 
     /// Records handed out and not acked.
@@ -536,6 +577,26 @@ mod tests {
         t.ack(first);
         assert!(!t.is_full());
         assert_eq!(t.watermark(), Some(pos(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_outstanding_and_waiting_records_are_dated() {
+        let t = AckTracker::new(10, 1000);
+        let first = t.register_all((1..=3).map(|n| (pos(n), 1)));
+        let fetched = tokio::time::Instant::now();
+        assert_eq!(t.oldest_outstanding(), None, "nothing handed out yet");
+        assert_eq!(t.waiting_since(), Some(fetched));
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        assert!(t.hand_out_range(first, 2));
+        let out = tokio::time::Instant::now();
+        assert_eq!(t.oldest_outstanding(), Some((pos(1), out)));
+        assert_eq!(t.waiting_since(), Some(fetched), "record 3 still waits");
+        t.ack(first);
+        assert_eq!(t.oldest_outstanding(), Some((pos(2), out)));
+        assert!(t.hand_out(first + 2));
+        assert_eq!(t.waiting_since(), None, "everything handed out");
+        t.ack_range(first + 1, 2);
+        assert_eq!(t.oldest_outstanding(), None);
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub(crate) enum Ask {
     Release {
         /// The successor, if the plan names one.
         to: Option<ClientId>,
+        /// The application stalled on this shard: nothing to drain, the records out are stuck.
+        stalled: bool,
     },
 }
 
@@ -153,14 +155,15 @@ pub(crate) async fn run_tenure(
                     return Outcome::Lost;
                 }
                 let asked = ask.borrow().clone();
-                if let Ask::Release { to } = asked {
+                if let Ask::Release { to, stalled } = asked {
                     drop(fetcher_guard);
                     let to = to.filter(|_| !cfg.faults.anonymous_release);
                     if cfg.faults.release_stale_checkpoint {
                         let _ = engine.store.release(&engine.stream, &tenure, Some(&started_from), to.as_ref()).await;
                         return Outcome::Released;
                     }
-                    return release_lease(&engine, &tenure, &tracker, &committed, to.as_ref()).await;
+                    let drain = if stalled { Duration::ZERO } else { cfg.drain_timeout };
+                    return release_lease(&engine, &tenure, &tracker, &committed, to.as_ref(), drain).await;
                 }
             }
             _ = tick.tick() => {
@@ -275,10 +278,11 @@ async fn release_lease(
     tracker: &AckTracker,
     committed: &Checkpoint,
     successor: Option<&ClientId>,
+    drain: Duration,
 ) -> Outcome {
     let started = Instant::now();
     tracker.revoke();
-    let deadline = started + engine.config.drain_timeout;
+    let deadline = started + drain;
     while tracker.outstanding() > 0 {
         tokio::select! {
             biased;
@@ -587,7 +591,11 @@ async fn handler_worker(
         }
         let mut attempt: u32 = 0;
         loop {
-            match handler.handle(batch.clone()).await {
+            // Dated, so a call that never returns is found (`stall_timeout`).
+            tracker.set_call_since(Some(Instant::now()));
+            let result = handler.handle(batch.clone()).await;
+            tracker.set_call_since(None);
+            match result {
                 Ok(()) => break,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);

@@ -424,7 +424,7 @@ async fn a_client_cut_off_from_its_store_stops_before_anyone_takes_over() {
 
     gate.resume();
     b.shutdown().await.expect("b shuts down");
-    drop(a);
+    a.abort();
     a_task.abort();
     let _ = b_task.await;
 }
@@ -618,7 +618,8 @@ async fn a_takeover_before_the_first_commit_at_latest_loses_nothing() {
     stream.put("k", 100u64.to_be_bytes().to_vec()).expect("put");
     let r = a_records.next().await.expect("open").expect("ok");
     assert_eq!(id_of(r.data()), 100);
-    drop((r, a_records, a)); // a crashes before acking or committing anything
+    a.abort(); // a crashes before acking or committing anything
+    drop((r, a_records));
     let mut b = Consumer::new(latest("b"), stream.clone(), store.clone()).expect("valid");
     let mut b_records = b.records().expect("start");
     sleep(Duration::from_secs(1)).await;
@@ -673,7 +674,7 @@ async fn rows_of_long_dead_clients_are_removed() {
     let _b_records = b.records().expect("start");
     sleep(Duration::from_secs(5)).await;
     assert_eq!(store.peek_clients().len(), 2);
-    drop(a); // crash: its row stays behind
+    a.abort(); // crash: its row stays behind
     sleep(Duration::from_secs(15)).await;
     assert_eq!(
         store.peek_clients().len(),

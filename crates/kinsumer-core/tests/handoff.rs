@@ -137,7 +137,7 @@ async fn a_client_that_joins_within_a_ttl_of_a_crash_takes_what_it_is_handed_at_
     let b = start("b", &stream, &store);
     let c = start("c", &stream, &store);
     sleep(Duration::from_secs(10)).await;
-    drop(c); // a crash
+    c.abort(); // a crash
     sleep(Duration::from_secs(13)).await; // a and b judged c dead and took its leases
     let owned = |c: &str| owned(&store, c);
     assert_eq!(
@@ -196,7 +196,7 @@ async fn handoff_to_a_joiner_slow_to_start(
     let b = start_with("b", plain());
     let c = start_with("c", plain());
     sleep(Duration::from_secs(10)).await;
-    drop(c); // a crash
+    c.abort(); // a crash
     sleep(Duration::from_secs(13)).await;
     assert_eq!(
         (owned(&store, "a"), owned(&store, "b")),

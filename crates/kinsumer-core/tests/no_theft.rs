@@ -110,7 +110,7 @@ async fn a_late_reply_to_a_read_of_the_clients_makes_no_peer_look_dead() {
     assert_eq!(owned(&store, "a"), 2, "a kept its leases");
 
     // Control: a crashes; the same late replies do not delay the takeover past the bound.
-    drop(a);
+    a.abort();
     a_task.abort();
     latency.delay_next_reply("clients", secs(9.9));
     sleep(TTL + secs(12.0)).await;
@@ -166,7 +166,7 @@ async fn death_is_judged_from_a_read_of_the_clients_sent_after_the_row_was_read(
         "b took the lease of a client silent past the TTL"
     );
     gate.resume();
-    drop(a);
+    a.abort();
     a_task.abort();
     b.shutdown().await.expect("shutdown");
     b_task.abort();
@@ -270,11 +270,12 @@ async fn shutdown_releases_leases_whose_tenure_was_abandoned() {
     );
     sleep(secs(5.0)).await;
     assert_eq!(owned(&store, "a"), 1);
-    // The tenure's release hangs until the drain deadline (drain_timeout + 2 call timeouts =
-    // 25 s) abandons it; releases go through again just after, within the last call's time.
+    // The tenure's release hangs until the tenures' deadline (shutdown_timeout less the last
+    // steps' share: 25 s − 5 s) abandons it; releases go through again just after, within the
+    // last steps' time.
     releases.pause();
     let stopping = tokio::spawn(consumer.shutdown());
-    sleep(secs(26.0)).await;
+    sleep(secs(21.0)).await;
     releases.resume();
     stopping.await.expect("joined").expect("shut down");
     task.abort();

@@ -716,9 +716,14 @@ impl World {
         if let Some(i) = self.pick_member() {
             let m = &mut self.members[i];
             m.in_fleet = false;
+            // Abort first: dropping a started consumer would shut it down gracefully.
+            if let Some(h) = m.shutdown.take() {
+                h.abort();
+            }
+            if let Some(c) = m.consumer.take() {
+                c.abort();
+            }
             m.worker.abort();
-            m.consumer = None; // dropping a started consumer aborts it: a crash
-            m.shutdown = None;
         }
     }
 

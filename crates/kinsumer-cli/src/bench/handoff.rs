@@ -187,7 +187,9 @@ pub(crate) async fn latencies(
                 sleep(config.lease_ttl + config.heartbeat_interval).await;
                 let mut victim = members.remove(0);
                 victim.reader.abort();
-                victim.consumer = None; // a crash
+                if let Some(c) = victim.consumer.take() {
+                    c.abort(); // a crash
+                }
                 // The survivors judge it dead and take its shards; its row stays for three TTLs.
                 sleep(config.lease_ttl + config.heartbeat_interval * 2).await;
                 wait_settled(&members).await?;
@@ -254,7 +256,9 @@ pub(crate) async fn latencies(
                 }
                 Event::Crash | Event::JoinAfterCrash => {
                     victim.reader.abort();
-                    victim.consumer = None; // dropping a started consumer is a crash
+                    if let Some(c) = victim.consumer.take() {
+                        c.abort(); // a crash
+                    }
                 }
             }
             let started = Instant::now();

@@ -3,7 +3,7 @@
 //!
 //! 1. `a`, `b` and `c` start; batch 1 is written and delivered.
 //! 2. After a quiet spell longer than the duplicate window, batch 2 is written; once it is
-//!    delivered, `c` is dropped without a shutdown — a crash: no commit, no release — and
+//!    delivered, `c` is aborted — a crash: no commit, no release — and
 //!    batch 3 is written. `a` and `b` take `c`'s shards after its lease expires.
 //! 3. `b` shuts down gracefully (drains, commits, releases) and batch 4 is written; `a` takes
 //!    over at once and reads it.
@@ -131,7 +131,7 @@ where
     write_batch(admin, 1).await;
     wait_for_all(&log, 2, "batch 2, three consumers").await;
     let crash_at = Instant::now();
-    drop(c);
+    c.abort();
     c_task.abort();
     let _ = c_task.await;
 

@@ -1,0 +1,265 @@
+//! Stalls: work a client holds but does not move, found and given up instead of kept silently.
+//!
+//! A client is alive while its heartbeats land, and a live client keeps its leases. So "alive"
+//! must mean "making progress", or a process that stays up while its application hangs holds
+//! its shards forever. Four kinds of stall are watched for, each bounded:
+//!
+//! | kind | what | bound | what the client does |
+//! |---|---|---|---|
+//! | [`StallKind::RecordNotAcked`] | a record handed out by the record stream is not acked | `stall_timeout` | releases the shard |
+//! | [`StallKind::HandlerHung`] | a batch handler call does not return | `stall_timeout` | releases the shard (the call is cancelled) |
+//! | [`StallKind::NotPolled`] | the record stream is not polled while records wait in it | `stall_timeout` | releases every lease and leaves the fleet until polled again |
+//! | [`StallKind::SupervisorStuck`] | the supervisor has not completed a step (outside a store call) | `lease_ttl − safety_margin − heartbeat_interval` | stops heartbeating: it fences itself and the fleet takes its leases |
+//!
+//! A released shard goes to the client the assignment names without us. What the application
+//! acked is committed; a late ack of the stalled code is ignored (its tenure is over, and the
+//! next owner delivers the record again).
+//!
+//! ```
+//! use std::time::Duration;
+//! use kinsumer_core::Config;
+//!
+//! let mut config = Config::new("billing");
+//! assert_eq!(config.stall_timeout, Some(Duration::from_secs(300))); // the default
+//! config.stall_timeout = Some(Duration::from_secs(30)); // records take at most seconds here
+//! assert!(config.validate().is_ok());
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::position::Position;
+use crate::source::ShardId;
+
+/// What stalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StallKind {
+    /// A record handed out by the record stream was not acked within `stall_timeout`.
+    RecordNotAcked,
+    /// A batch handler call did not return within `stall_timeout`.
+    HandlerHung,
+    /// The record stream was not polled for `stall_timeout` while records waited in it.
+    NotPolled,
+    /// The supervisor did not complete a step (outside a store call) for
+    /// `lease_ttl − safety_margin − heartbeat_interval`.
+    SupervisorStuck,
+}
+
+impl StallKind {
+    /// The value of the `kind` label of `kinsumer_stalls_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RecordNotAcked => "record_not_acked",
+            Self::HandlerHung => "handler_hung",
+            Self::NotPolled => "not_polled",
+            Self::SupervisorStuck => "supervisor_stuck",
+        }
+    }
+}
+
+/// One stall the client found (see [`crate::StatusHandle::stalls`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// What stalled.
+    pub kind: StallKind,
+    /// The shard, for a stall of one shard.
+    pub shard: Option<ShardId>,
+    /// The record that held it: the oldest not acked (or the first of the hung batch).
+    pub record: Option<Position>,
+    /// How long it had made no progress when it was found.
+    pub stalled_for: Duration,
+    /// When it was found (tokio's clock).
+    pub at: Instant,
+}
+
+/// The stalls a status handle keeps, newest last.
+pub(crate) const STALLS_KEPT: usize = 32;
+
+/// A bounded log of the stalls found.
+#[derive(Debug, Default)]
+pub(crate) struct StallLog(Mutex<VecDeque<Stall>>);
+
+impl StallLog {
+    pub(crate) fn push(&self, stall: Stall) {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == STALLS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(stall);
+    }
+
+    pub(crate) fn all(&self) -> Vec<Stall> {
+        let log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
+    }
+}
+
+/// When the record stream was last polled, and a wake-up for a client that left the fleet
+/// because it was not.
+#[derive(Debug)]
+pub(crate) struct PollClock {
+    polled_at: Mutex<Instant>,
+    /// The supervisor waits for a poll (it left the fleet): a poll must wake it.
+    waiting: AtomicBool,
+    polled: Notify,
+}
+
+impl PollClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            polled_at: Mutex::new(Instant::now()),
+            waiting: AtomicBool::new(false),
+            polled: Notify::new(),
+        }
+    }
+
+    /// The record stream was polled now.
+    pub(crate) fn polled(&self, now: Instant) {
+        *self.polled_at.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        if self.waiting.load(Ordering::Acquire) {
+            self.polled.notify_one();
+        }
+    }
+
+    pub(crate) fn last(&self) -> Instant {
+        *self.polled_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the next poll after `after`.
+    pub(crate) async fn wait_after(&self, after: Instant) {
+        self.waiting.store(true, Ordering::Release);
+        while self.last() <= after {
+            self.polled.notified().await;
+        }
+        self.waiting.store(false, Ordering::Release);
+    }
+}
+
+/// The supervisor's watchdog: heartbeats stop when the supervisor has not completed a step for
+/// `bound`, except while it waits for a store or source call (bounded by `call_timeout`
+/// already). Without it a supervisor stuck on anything else would keep heartbeating — alive to
+/// the fleet — while nothing it owns is managed.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    bound: Duration,
+    state: Mutex<WatchState>,
+    /// Said once per stuck spell.
+    warned: AtomicBool,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    last_step: Instant,
+    calls: u32,
+}
+
+impl Watchdog {
+    pub(crate) fn new(bound: Duration) -> Self {
+        Self {
+            bound,
+            state: Mutex::new(WatchState {
+                last_step: Instant::now(),
+                calls: 0,
+            }),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The supervisor completed a step (or a call) now.
+    pub(crate) fn pet(&self) {
+        self.lock().last_step = Instant::now();
+        self.warned.store(false, Ordering::Relaxed);
+    }
+
+    /// How long the supervisor has been stuck at `now`, if it is.
+    pub(crate) fn stuck_for(&self, now: Instant) -> Option<Duration> {
+        let s = self.lock();
+        let idle = now.saturating_duration_since(s.last_step);
+        (s.calls == 0 && idle >= self.bound).then_some(idle)
+    }
+
+    /// True the first time it is asked during one stuck spell (so it is said once).
+    pub(crate) fn first_warning(&self) -> bool {
+        !self.warned.swap(true, Ordering::Relaxed)
+    }
+
+    /// Marks a call in flight until the guard is dropped (a cancelled call counts as ended).
+    pub(crate) fn call(&self) -> CallGuard<'_> {
+        self.lock().calls += 1;
+        CallGuard(self)
+    }
+}
+
+pub(crate) struct CallGuard<'a>(&'a Watchdog);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.calls = s.calls.saturating_sub(1);
+        s.last_step = Instant::now();
+    }
+}
+
+/// A [`Layer`](crate::layer::Layer) that tells the watchdog the supervisor waits for a call.
+#[derive(Clone, Debug)]
+pub(crate) struct Watched(pub(crate) std::sync::Arc<Watchdog>);
+
+impl crate::layer::Layer for Watched {
+    async fn store_call<'a, T: Send + 'a>(
+        &'a self,
+        _op: &'static str,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'a,
+    ) -> Result<T, crate::store::StoreError> {
+        let _in_call = self.0.call();
+        call.await
+    }
+
+    async fn source_call<'a, T: Send + 'a>(
+        &'a self,
+        _op: &'static str,
+        call: impl std::future::Future<Output = Result<T, crate::source::SourceError>> + Send + 'a,
+    ) -> Result<T, crate::source::SourceError> {
+        let _in_call = self.0.call();
+        call.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_excuses_calls_but_not_other_waits() {
+        let dog = Watchdog::new(Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(dog.stuck_for(Instant::now()), None);
+        {
+            let _call = dog.call();
+            tokio::time::advance(Duration::from_secs(20)).await;
+            assert_eq!(
+                dog.stuck_for(Instant::now()),
+                None,
+                "a call is bounded elsewhere"
+            );
+        }
+        assert_eq!(
+            dog.stuck_for(Instant::now()),
+            None,
+            "a call's end is progress"
+        );
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(dog.stuck_for(Instant::now()), Some(Duration::from_secs(7)));
+        assert!(dog.first_warning() && !dog.first_warning());
+        dog.pet();
+        assert_eq!(dog.stuck_for(Instant::now()), None);
+    }
+}
