@@ -59,7 +59,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::assignment::assign;
 use crate::config::Config;
 use crate::error::ConsumerError;
+use crate::failure::FailurePolicy;
 use crate::layer::{Layered, Timeout};
+use crate::lifecycle::{EndReason, ShardEnding, ShardLifecycle};
 use crate::membership::{Beats, Membership};
 use crate::metrics::{self, Labels};
 use crate::position::{Checkpoint, Position};
@@ -334,6 +336,14 @@ pub(crate) struct Engine {
     watchdog: Arc<Watchdog>,
     /// When the record stream was last polled (record-stream consumers).
     poll_clock: Arc<PollClock>,
+    /// The application's lifecycle hooks.
+    pub(crate) lifecycle: Option<Arc<dyn ShardLifecycle>>,
+    /// The failure policy, and after how many failed attempts it is asked.
+    pub(crate) failure: Option<(u32, Arc<dyn FailurePolicy>)>,
+    /// Asks the supervisor to stop (a failure policy that gave up).
+    shutdown: Arc<watch::Sender<Stop>>,
+    /// Why the application asked to stop, if it was an error.
+    stop_error: Mutex<Option<ConsumerError>>,
 }
 
 impl Engine {
@@ -378,6 +388,44 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Stops the consumer gracefully, returning `error` (a failure policy gave up).
+    pub(crate) fn stop_with(&self, error: ConsumerError) {
+        warn!(error = %error, "stopping the consumer");
+        self.stop_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
+        ShutdownHandle(self.shutdown.clone()).shutdown();
+    }
+
+    /// Calls the `ending` hook of `tenure`, if there is one, dated as an application call (a
+    /// hook that hangs is a stall) and bounded by `limit`.
+    pub(crate) async fn hook_ending(
+        &self,
+        tenure: &Tenure,
+        tracker: &AckTracker,
+        reason: EndReason,
+        limit: Duration,
+    ) {
+        let Some(hooks) = &self.lifecycle else {
+            return;
+        };
+        let ending = ShardEnding {
+            shard: tenure.shard.clone(),
+            token: tenure.token,
+            tenure: tenure.clone(),
+            reason,
+        };
+        tracker.set_call_since(Some(Instant::now()));
+        if tokio::time::timeout(limit, hooks.ending(ending))
+            .await
+            .is_err()
+        {
+            warn!(tenure = %tenure, reason = ?reason, limit_ms = limit.as_millis() as u64, "the ending hook did not return in time; going on without it");
+        }
+        tracker.set_call_since(None);
     }
 
     /// Logs, counts and lists a stall.
@@ -474,6 +522,8 @@ pub struct Consumer {
     status: StatusHandle,
     running: Option<Running>,
     started: bool,
+    lifecycle: Option<Arc<dyn ShardLifecycle>>,
+    failure: Option<(u32, Arc<dyn FailurePolicy>)>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -512,7 +562,24 @@ impl Consumer {
             status: StatusHandle::default(),
             running: None,
             started: false,
+            lifecycle: None,
+            failure: None,
         })
+    }
+
+    /// Calls `hooks` as each lease tenure starts and ends (see [`crate::lifecycle`]), with
+    /// either way of consuming. Set before starting.
+    pub fn with_lifecycle(mut self, hooks: impl ShardLifecycle) -> Self {
+        self.lifecycle = Some(Arc::new(hooks));
+        self
+    }
+
+    /// Asks `policy` what to do with a batch once the handler failed on it `after_attempts`
+    /// times (at least 1), and after every failure from then on (see [`crate::failure`]).
+    /// Without one, a failed batch is retried with back-off forever. For [`Consumer::run`].
+    pub fn with_failure_policy(mut self, after_attempts: u32, policy: impl FailurePolicy) -> Self {
+        self.failure = Some((after_attempts.max(1), Arc::new(policy)));
+        self
     }
 
     /// This client's id.
@@ -564,6 +631,10 @@ impl Consumer {
                 self.config.lease_ttl - self.config.safety_margin - self.config.heartbeat_interval,
             )),
             poll_clock: poll_clock.clone(),
+            lifecycle: self.lifecycle.clone(),
+            failure: self.failure.clone(),
+            shutdown: self.shutdown.clone(),
+            stop_error: Mutex::new(None),
             labels: Labels::new(
                 &self.config.application,
                 self.source.stream_name(),
@@ -915,7 +986,10 @@ async fn supervise(
                 let stop = if changed.is_err() { Stop::Graceful } else { *shutdown.borrow() };
                 match stop {
                     Stop::Run => {}
-                    Stop::Graceful => break Ok(()),
+                    Stop::Graceful => {
+                        let error = sup.engine.stop_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        break error.map_or(Ok(()), Err);
+                    }
                     Stop::Abort => {
                         sup.abort();
                         return Ok(());
@@ -943,7 +1017,7 @@ async fn supervise(
             }
         }
     };
-    sup.shutdown(&mut tasks).await;
+    sup.shutdown(&mut tasks, EndReason::ShuttingDown).await;
     if let Err(e) = &result {
         warn!(error = %e, "stopped on a fatal error");
         *sup.engine
@@ -1443,7 +1517,10 @@ impl Supervisor {
             if !mine(shard) && *held.ask.borrow() == Ask::Run {
                 let to = successor(shard);
                 info!(shard = %shard, to = ?to, "handing off");
-                held.ask.send_replace(Ask::Release { to, stalled: false });
+                held.ask.send_replace(Ask::Release {
+                    to,
+                    reason: EndReason::HandedOff,
+                });
                 self.engine.status.update(shard, |s| s.releasing = true);
             }
         }
@@ -1711,6 +1788,17 @@ impl Supervisor {
             held.tracker.revoke();
             held.task.abort();
             self.engine.status.remove(shard);
+            if self.engine.lifecycle.is_some() {
+                // Told from a task of its own: the supervisor does not wait for the application.
+                let engine = self.engine.clone();
+                let limit = engine.config.drain_timeout;
+                tokio::spawn(async move {
+                    let (tenure, tracker) = (held.tenure, held.tracker);
+                    engine
+                        .hook_ending(&tenure, &tracker, EndReason::Lost, limit)
+                        .await;
+                });
+            }
         }
         self.set_held_gauge();
     }
@@ -1851,7 +1939,7 @@ impl Supervisor {
     /// their final checkpoints and releases. A tenure that has not ended by then is abandoned
     /// and its lease released by a last read of the leases (or it expires as after a crash if
     /// the store is unreachable: at-least-once holds).
-    async fn shutdown(&mut self, tasks: &mut Tenures) {
+    async fn shutdown(&mut self, tasks: &mut Tenures, reason: EndReason) {
         let cfg = self.engine.config.clone();
         let started = Instant::now();
         let end = started + cfg.shutdown_timeout;
@@ -1873,7 +1961,7 @@ impl Supervisor {
         let plan = self.plan_without_me();
         for (shard, held) in &self.held {
             let to = plan.get(shard).cloned();
-            held.ask.send_replace(Ask::Release { to, stalled: false });
+            held.ask.send_replace(Ask::Release { to, reason });
         }
         loop {
             tokio::select! {
@@ -1977,7 +2065,7 @@ impl Supervisor {
         tasks: &mut Tenures,
         shutdown: &mut watch::Receiver<Stop>,
     ) -> Result<bool, ConsumerError> {
-        self.shutdown(tasks).await;
+        self.shutdown(tasks, EndReason::Stalled).await;
         let left = Instant::now();
         self.engine
             .status
@@ -2030,10 +2118,18 @@ impl Supervisor {
             if *held.ask.borrow() != Ask::Run {
                 continue;
             }
-            let (kind, since) = if handler {
-                (StallKind::HandlerHung, held.tracker.call_since())
-            } else {
-                (StallKind::RecordNotAcked, held.tracker.oldest_outstanding())
+            // A call of the application (the handler, a hook) that has not returned, or else
+            // (record stream) a record handed out and not acked.
+            let call = held.tracker.call_since();
+            let (kind, since) = match call {
+                Some(call) => (StallKind::HandlerHung, Some(call)),
+                None if handler => continue,
+                None => (
+                    StallKind::RecordNotAcked,
+                    held.tracker
+                        .oldest_outstanding()
+                        .map(|(record, at)| (Some(record), at)),
+                ),
             };
             if let Some((record, since)) = since
                 && now.saturating_duration_since(since) >= limit
@@ -2041,7 +2137,7 @@ impl Supervisor {
                 stalled.push(Stall {
                     kind,
                     shard: Some(shard.clone()),
-                    record: Some(record),
+                    record,
                     stalled_for: now.saturating_duration_since(since),
                     at: now,
                 });
@@ -2062,7 +2158,10 @@ impl Supervisor {
                     let cool_down = self.engine.config.rebalance_interval * 2;
                     self.gave_up.insert(shard.clone(), now + cool_down);
                 }
-                held.ask.send_replace(Ask::Release { to, stalled: true });
+                held.ask.send_replace(Ask::Release {
+                    to,
+                    reason: EndReason::Stalled,
+                });
                 self.engine.status.update(&shard, |s| s.releasing = true);
             }
         }

@@ -35,6 +35,19 @@ pub enum ConsumerError {
     /// An engine task panicked (a bug: please report it).
     #[error("an engine task panicked: {0}")]
     Panicked(String),
+    /// The failure policy stopped the consumer on a batch the handler kept failing on (see
+    /// [`crate::failure`]).
+    #[error(
+        "the batch handler failed {attempts} time(s) on shard {shard} and the failure policy stopped the consumer: {error}"
+    )]
+    HandlerGaveUp {
+        /// The shard of the batch.
+        shard: crate::source::ShardId,
+        /// The attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        error: String,
+    },
 }
 
 impl ConsumerError {

@@ -12,6 +12,8 @@
 //! - `shard` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
 //!   release or finish;
 //! - [`consumer`] — the public API and the supervisor that runs all of the above;
+//! - [`lifecycle`] — hooks as a shard starts and ends (to keep and flush per-shard state);
+//! - [`failure`] — what happens to a batch the handler keeps failing on;
 //! - [`stall`] — work held but not moving (a record not acked, a hung handler, a stream not
 //!   polled, a stuck supervisor), found within a bound and given up;
 //! - [`metrics`] — what a consumer reports through the `metrics` facade;
@@ -22,7 +24,9 @@ pub mod assignment;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod failure;
 pub mod layer;
+pub mod lifecycle;
 pub mod membership;
 pub mod metrics;
 pub mod position;
@@ -38,6 +42,8 @@ pub use consumer::{
     BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle,
 };
 pub use error::ConsumerError;
+pub use failure::{FailedBatch, FailureAction, FailurePolicy};
+pub use lifecycle::{EndReason, ShardEnding, ShardLifecycle, ShardStarted};
 pub use record::{BatchRecords, Record, ShardBatch};
 pub use stall::{Stall, StallKind};
 

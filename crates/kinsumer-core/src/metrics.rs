@@ -25,6 +25,7 @@
 //! | `kinsumer_self_fenced_total` | counter | client | times this client fenced itself |
 //! | `kinsumer_leases_vanished_total` | counter | client | lease rows this client held that the store lost (also an `ERROR` in the log) |
 //! | `kinsumer_stalls_total` | counter | client, `kind` = `record_not_acked` / `handler_hung` / `not_polled` / `supervisor_stuck` | stalls found (each also a `WARN`; see `kinsumer_core::stall`) |
+//! | `kinsumer_batches_skipped_total` | counter | client | batches the failure policy skipped (see `kinsumer_core::failure`) |
 //! | `kinsumer_corrupt_rows` | gauge | client, `kind` = `lease` / `client` | rows set aside: they do not decode, or the store cannot take them (each named in the log) |
 //!
 //! The Kinesis source adds `kinsumer_kinesis_*` counters (GetRecords calls, throttles, expired
@@ -62,6 +63,7 @@ pub const SELF_FENCED: &str = "kinsumer_self_fenced_total";
 pub const CORRUPT_ROWS: &str = "kinsumer_corrupt_rows";
 pub const LEASES_VANISHED: &str = "kinsumer_leases_vanished_total";
 pub const STALLS: &str = "kinsumer_stalls_total";
+pub const BATCHES_SKIPPED: &str = "kinsumer_batches_skipped_total";
 
 /// The labels every metric of one consumer carries.
 #[derive(Clone, Debug)]

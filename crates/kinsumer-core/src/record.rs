@@ -292,16 +292,17 @@ impl AckTracker {
         s.pending.get(k).map(|e| e.fetched)
     }
 
-    /// The batch handler began a call on this shard (`Some(now)`) or returned (`None`).
+    /// The application began a call on this shard (`Some(now)`) or returned (`None`).
     pub(crate) fn set_call_since(&self, since: Option<tokio::time::Instant>) {
         self.lock().call_since = since;
     }
 
-    /// When the batch handler's current call began, and the first record of its batch.
-    pub(crate) fn call_since(&self) -> Option<(Position, tokio::time::Instant)> {
+    /// When the application's current call on this shard (the batch handler, a lifecycle
+    /// hook) began, and the first record not acked.
+    pub(crate) fn call_since(&self) -> Option<(Option<Position>, tokio::time::Instant)> {
         let s = self.lock();
         let since = s.call_since?;
-        Some((s.pending.front()?.position.clone(), since))
+        Some((s.pending.front().map(|e| e.position.clone()), since))
     }
 
     /// Records handed out and not acked.

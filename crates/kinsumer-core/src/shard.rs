@@ -25,6 +25,8 @@ use tracing::{debug, info, warn};
 use crate::config::TrimmedPolicy;
 use crate::consumer::{Delivery, Engine};
 use crate::error::ConsumerError;
+use crate::failure::{FailedBatch, FailureAction};
+use crate::lifecycle::{EndReason, ShardStarted};
 use crate::metrics;
 use crate::position::Checkpoint;
 use crate::record::{AckTracker, Fetched, Record, ShardBatch};
@@ -79,8 +81,9 @@ pub(crate) enum Ask {
     Release {
         /// The successor, if the plan names one.
         to: Option<ClientId>,
-        /// The application stalled on this shard: nothing to drain, the records out are stuck.
-        stalled: bool,
+        /// Why: a handoff, a shutdown, or a stall (then nothing is drained: the records out
+        /// are stuck).
+        reason: EndReason,
     },
 }
 
@@ -111,6 +114,20 @@ pub(crate) async fn run_tenure(
         other => other,
     };
     let mut committed = start.clone();
+    if let Some(hooks) = &engine.lifecycle {
+        // Before anything is fetched, so before the first record is handed out. Dated as a
+        // call of the application: one that hangs is a stall.
+        tracker.set_call_since(Some(Instant::now()));
+        hooks
+            .started(ShardStarted {
+                shard: tenure.shard.clone(),
+                token: tenure.token,
+                tenure: tenure.clone(),
+                from: start.clone(),
+            })
+            .await;
+        tracker.set_call_since(None);
+    }
 
     let (delivery, mut worker) = match &engine.delivery {
         Delivery::Stream(tx) => (Sink::Stream(tx.clone()), None),
@@ -141,10 +158,20 @@ pub(crate) async fn run_tenure(
         tokio::time::interval_at(Instant::now() + cfg.commit_interval, cfg.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ended = false;
+    let mut told_end = false;
 
     loop {
-        if ended && tracker.unacked() == 0 {
-            return finish(&engine, &tenure).await;
+        // At the end of the shard, once every record read was handed out: the application is
+        // told before the finish, so what it flushes and acks in the hook is covered.
+        if ended && !told_end && tracker.waiting_since().is_none() {
+            told_end = true;
+            let limit = cfg.stall_timeout.unwrap_or(cfg.drain_timeout);
+            engine
+                .hook_ending(&tenure, &tracker, EndReason::Finished, limit)
+                .await;
+        }
+        if ended && told_end && tracker.unacked() == 0 {
+            return finish(&engine, &tenure, &tracker).await;
         }
         tokio::select! {
             biased;
@@ -155,15 +182,14 @@ pub(crate) async fn run_tenure(
                     return Outcome::Lost;
                 }
                 let asked = ask.borrow().clone();
-                if let Ask::Release { to, stalled } = asked {
+                if let Ask::Release { to, reason } = asked {
                     drop(fetcher_guard);
                     let to = to.filter(|_| !cfg.faults.anonymous_release);
                     if cfg.faults.release_stale_checkpoint {
                         let _ = engine.store.release(&engine.stream, &tenure, Some(&started_from), to.as_ref()).await;
                         return Outcome::Released;
                     }
-                    let drain = if stalled { Duration::ZERO } else { cfg.drain_timeout };
-                    return release_lease(&engine, &tenure, &tracker, &committed, to.as_ref(), drain).await;
+                    return release_lease(&engine, &tenure, &tracker, &committed, to.as_ref(), reason).await;
                 }
             }
             _ = tick.tick() => {
@@ -178,8 +204,7 @@ pub(crate) async fn run_tenure(
                     Err(StoreError::LeaseLost { .. }) => {
                         m.checkpoint_lost.increment(1);
                         info!(tenure = %tenure, "lease lost on commit");
-                        tracker.revoke();
-                        return Outcome::Lost;
+                        return lost(&engine, &tenure, &tracker).await;
                     }
                     Err(e) if e.is_retryable() => {
                         m.checkpoint_failed.increment(1);
@@ -236,6 +261,10 @@ async fn fail(
     error: ConsumerError,
 ) -> Outcome {
     tracker.revoke();
+    let limit = engine.config.drain_timeout;
+    engine
+        .hook_ending(tenure, tracker, EndReason::Failed, limit)
+        .await;
     if let Err(e) = commit(engine, tenure, tracker, committed).await {
         warn!(tenure = %tenure, error = %e, "committing the watermark of a failed tenure failed");
     }
@@ -270,19 +299,36 @@ async fn commit(
     Ok(true)
 }
 
-/// Graceful handoff: no more hand-outs, wait for what is out to be acked, release with the
-/// watermark, naming the successor.
+/// The lease is no longer ours: no more hand-outs, no more writes; the application is told.
+async fn lost(engine: &Engine, tenure: &Tenure, tracker: &AckTracker) -> Outcome {
+    tracker.revoke();
+    let limit = engine.config.drain_timeout;
+    engine
+        .hook_ending(tenure, tracker, EndReason::Lost, limit)
+        .await;
+    Outcome::Lost
+}
+
+/// Graceful handoff: no more hand-outs, tell the application (its `ending` hook may flush and
+/// ack), wait for what is out to be acked, release with the watermark, naming the successor.
+/// The hook and the drain share `drain_timeout`; after a stall nothing is waited for.
 async fn release_lease(
     engine: &Engine,
     tenure: &Tenure,
     tracker: &AckTracker,
     committed: &Checkpoint,
     successor: Option<&ClientId>,
-    drain: Duration,
+    reason: EndReason,
 ) -> Outcome {
     let started = Instant::now();
     tracker.revoke();
-    let deadline = started + drain;
+    let drain = engine.config.drain_timeout;
+    engine.hook_ending(tenure, tracker, reason, drain).await;
+    let deadline = if reason == EndReason::Stalled {
+        started
+    } else {
+        started + drain
+    };
     while tracker.outstanding() > 0 {
         tokio::select! {
             biased;
@@ -331,7 +377,7 @@ async fn release_lease(
 }
 
 /// The shard is read to its end and every record acked: mark the lease finished.
-async fn finish(engine: &Engine, tenure: &Tenure) -> Outcome {
+async fn finish(engine: &Engine, tenure: &Tenure, tracker: &AckTracker) -> Outcome {
     let mut attempt: u32 = 0;
     loop {
         // `finish` keeps owner and token, so retrying after an ambiguous outcome is safe.
@@ -340,7 +386,7 @@ async fn finish(engine: &Engine, tenure: &Tenure) -> Outcome {
                 info!(tenure = %tenure, "shard finished");
                 return Outcome::Finished;
             }
-            Err(StoreError::LeaseLost { .. }) => return Outcome::Lost,
+            Err(StoreError::LeaseLost { .. }) => return lost(engine, tenure, tracker).await,
             Err(e) if e.is_retryable() => {
                 attempt = attempt.saturating_add(1);
                 sleep(engine.backoff(attempt)).await;
@@ -599,6 +645,28 @@ async fn handler_worker(
                 Ok(()) => break,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
+                    let e: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
+                    match ask_policy(&engine, &tracker, &batch, e.clone(), attempt).await {
+                        FailureAction::Retry => {}
+                        FailureAction::Skip => {
+                            warn!(shard = %batch.shard, attempts = attempt, records = batch.records.len(), "the failure policy skipped a batch the handler failed on");
+                            engine
+                                .labels
+                                .client_counter(metrics::BATCHES_SKIPPED, &[])
+                                .increment(1);
+                            break;
+                        }
+                        FailureAction::Stop => {
+                            engine.stop_with(ConsumerError::HandlerGaveUp {
+                                shard: batch.shard.clone(),
+                                attempts: attempt,
+                                error: e.to_string(),
+                            });
+                            // Not acked: the next owner starts with this batch. Nothing more
+                            // is handled here; the shutdown releases the lease.
+                            std::future::pending::<()>().await;
+                        }
+                    }
                     let delay = engine.backoff(attempt);
                     warn!(shard = %batch.shard, error = %e, retry_in_ms = delay.as_millis() as u64, "batch handler failed; retrying the same batch");
                     sleep(delay).await;
@@ -612,6 +680,32 @@ async fn handler_worker(
         }
         tracker.ack_range(first, count);
     }
+}
+
+/// Asks the failure policy, if there is one and `attempts` reached its threshold, what to do
+/// with a batch the handler failed on; `Retry` otherwise. Dated as a call of the application.
+async fn ask_policy(
+    engine: &Engine,
+    tracker: &AckTracker,
+    batch: &ShardBatch,
+    error: Arc<dyn std::error::Error + Send + Sync>,
+    attempts: u32,
+) -> FailureAction {
+    let Some((after, policy)) = &engine.failure else {
+        return FailureAction::Retry;
+    };
+    if attempts < *after {
+        return FailureAction::Retry;
+    }
+    let failed = FailedBatch {
+        batch: batch.clone(),
+        error,
+        attempts,
+    };
+    tracker.set_call_since(Some(Instant::now()));
+    let action = policy.on_failure(failed).await;
+    tracker.set_call_since(None);
+    action
 }
 
 /// Exponential back-off with jitter: `base * 2^attempt`, capped, with up to half taken off.
