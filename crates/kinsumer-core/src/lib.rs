@@ -38,6 +38,9 @@ pub mod source;
 pub mod stall;
 pub mod store;
 
+/// The attribute that implements [`ShardLifecycle`], [`FailurePolicy`] or [`BatchHandler`] for a
+/// type of yours (`#[kinsumer::async_trait]`), so you need no dependency of your own for it.
+pub use async_trait::async_trait;
 pub use consumer::{
     BatchHandler, Consumer, HandlerError, Records, ShardStatus, ShutdownHandle, StatusHandle,
 };

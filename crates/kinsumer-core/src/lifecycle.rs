@@ -21,7 +21,7 @@
 //! #[derive(Default)]
 //! struct Counts(Mutex<HashMap<ShardId, u64>>);
 //!
-//! #[async_trait::async_trait]
+//! #[kinsumer_core::async_trait]
 //! impl ShardLifecycle for Counts {
 //!     async fn started(&self, shard: ShardStarted) {
 //!         self.0.lock().unwrap().insert(shard.shard, 0);
