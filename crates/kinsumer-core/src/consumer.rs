@@ -412,6 +412,9 @@ impl Engine {
         let Some(hooks) = &self.lifecycle else {
             return;
         };
+        if !tracker.claim_ending() {
+            return; // told already (a tenure dropped while its own hook ran)
+        }
         let ending = ShardEnding {
             shard: tenure.shard.clone(),
             token: tenure.token,
@@ -2089,6 +2092,7 @@ impl Supervisor {
             return Ok(false);
         }
         info!("the record stream is polled again: rejoining the fleet");
+        self.engine.watchdog.pet(); // waiting for a poll is not being stuck
         self.heartbeat = Some(Heartbeat::start(&self.engine));
         self.leases.clear();
         self.row_read_at.clear();

@@ -69,6 +69,8 @@ struct AckState {
     handed_upto: u64,
     /// When the batch handler's current call on this shard began (`None` between calls).
     call_since: Option<tokio::time::Instant>,
+    /// The application was told this tenure ends (its `ending` hook is called once).
+    told_end: bool,
     revoked: bool,
 }
 
@@ -290,6 +292,11 @@ impl AckTracker {
         }
         let k = usize::try_from(s.handed_upto.saturating_sub(s.base)).ok()?;
         s.pending.get(k).map(|e| e.fetched)
+    }
+
+    /// True the first time it is called: the tenure's `ending` hook is due (once).
+    pub(crate) fn claim_ending(&self) -> bool {
+        !std::mem::replace(&mut self.lock().told_end, true)
     }
 
     /// The application began a call on this shard (`Some(now)`) or returned (`None`).

@@ -160,10 +160,14 @@ pub(crate) async fn run_tenure(
     let mut ended = false;
     let mut told_end = false;
 
+    // A batch handler is told a shard ends once its last batch is handled; a record-stream
+    // application once it was handed every record (it may ack them as it flushes).
+    let handler = matches!(engine.delivery, Delivery::Handler(_));
     loop {
-        // At the end of the shard, once every record read was handed out: the application is
-        // told before the finish, so what it flushes and acks in the hook is covered.
-        if ended && !told_end && tracker.waiting_since().is_none() {
+        // At the end of the shard: the application is told before the finish, so what it
+        // flushes and acks in the hook is covered.
+        let handed_all = tracker.waiting_since().is_none();
+        if ended && !told_end && handed_all && (!handler || tracker.unacked() == 0) {
             told_end = true;
             let limit = cfg.stall_timeout.unwrap_or(cfg.drain_timeout);
             engine
@@ -323,7 +327,12 @@ async fn release_lease(
     let started = Instant::now();
     tracker.revoke();
     let drain = engine.config.drain_timeout;
-    engine.hook_ending(tenure, tracker, reason, drain).await;
+    // A record-stream application is told first: it may ack what it holds as it flushes. A
+    // batch handler after the drain, once the batch in its hands is done.
+    let handler = matches!(engine.delivery, Delivery::Handler(_));
+    if !handler {
+        engine.hook_ending(tenure, tracker, reason, drain).await;
+    }
     let deadline = if reason == EndReason::Stalled {
         started
     } else {
@@ -338,6 +347,9 @@ async fn release_lease(
             }
             _ = tracker.changed() => {}
         }
+    }
+    if handler {
+        engine.hook_ending(tenure, tracker, reason, drain).await;
     }
     let mut attempt: u32 = 0;
     loop {

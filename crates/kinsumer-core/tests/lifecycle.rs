@@ -44,6 +44,8 @@ struct Counter {
     /// Flushed: (shard, token, count, reason).
     flushed: Mutex<Vec<(ShardId, u64, u64, EndReason)>>,
     started: Mutex<Vec<TenureKey>>,
+    /// Batches handled while their tenure was not open.
+    late: Mutex<Vec<TenureKey>>,
 }
 
 #[async_trait]
@@ -91,12 +93,17 @@ async fn per_shard_state_is_opened_and_flushed_by_the_hooks() {
             move |batch: ShardBatch| {
                 let counter = counter.clone();
                 async move {
+                    // A batch takes a while: a hook that ran before it was done would flush
+                    // without it (and the count below would find no open tenure).
+                    sleep(Duration::from_millis(300)).await;
                     let key = (batch.shard.clone(), batch.lease_token);
                     let mut open = counter.open.lock().expect("lock");
-                    let count = open
-                        .get_mut(&key)
-                        .expect("a batch outside a started tenure");
-                    *count += batch.records.len() as u64;
+                    match open.get_mut(&key) {
+                        Some(count) => *count += batch.records.len() as u64,
+                        // Handled outside a started (or after an ended) tenure: its count
+                        // would be lost.
+                        None => counter.late.lock().expect("lock").push(key),
+                    }
                     Ok::<(), HandlerError>(())
                 }
             }
@@ -107,31 +114,41 @@ async fn per_shard_state_is_opened_and_flushed_by_the_hooks() {
         let stop = consumer.shutdown_handle();
         (stop, tokio::spawn(consumer.run(handler)))
     };
-    let mut written = 0u64;
-    let mut write = |n: u64| {
-        for _ in 0..n {
-            stream
-                .put(&format!("k{written}"), written.to_be_bytes().to_vec())
-                .expect("put");
-            written += 1;
-        }
+    // A record every 20 ms all along, so batches are in the handler's hands at every handoff
+    // and shutdown.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let producer = {
+        let (stream, producing) = (stream.clone(), producing.clone());
+        tokio::spawn(async move {
+            let mut written = 0u64;
+            while producing.load(std::sync::atomic::Ordering::SeqCst) {
+                // Every shard may be closed for an instant during the split.
+                if stream
+                    .put(&format!("k{written}"), written.to_be_bytes().to_vec())
+                    .is_ok()
+                {
+                    written += 1;
+                }
+                sleep(Duration::from_millis(20)).await;
+            }
+            written
+        })
     };
     let (a_stop, a) = start("a");
-    write(100);
     sleep(secs(3)).await;
     let (b_stop, b) = start("b"); // a hands one shard to b
     sleep(secs(3)).await;
-    write(100);
     let parent = stream.shards()[0].id.clone();
     let range = stream.shards()[0].hash_range;
     stream
         .split(&parent, range.start + (range.end - range.start) / 2 + 1)
         .expect("split");
-    write(100);
     sleep(secs(10)).await;
     a_stop.shutdown();
     a.await.expect("joined").expect("a stopped cleanly");
-    write(100);
+    sleep(secs(3)).await;
+    producing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let written = producer.await.expect("produced");
     sleep(secs(3)).await;
     b_stop.shutdown();
     b.await.expect("joined").expect("b stopped cleanly");
@@ -148,6 +165,11 @@ async fn per_shard_state_is_opened_and_flushed_by_the_hooks() {
     assert_eq!(started, ended, "every tenure that started ended, once");
     assert_eq!(flushed.len(), started.len(), "no tenure ended twice");
     assert!(counter.open.lock().expect("lock").is_empty());
+    let late = counter.late.lock().expect("lock").clone();
+    assert!(
+        late.is_empty(),
+        "batches handled after their tenure's ending: {late:?}"
+    );
     let reasons: BTreeSet<String> = flushed.iter().map(|f| format!("{:?}", f.3)).collect();
     for reason in ["HandedOff", "Finished", "ShuttingDown"] {
         assert!(reasons.contains(reason), "{reason} in {reasons:?}");
