@@ -146,6 +146,10 @@ fn stalls_of(status: &StatusHandle, kind: StallKind) -> usize {
 /// is acked. Off: the record is never acked by anyone.
 #[tokio::test(start_paused = true)]
 async fn a_record_never_acked_moves_its_shard_within_the_stall_timeout() {
+    // One thread (the test's runtime): every task reports to this recorder.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshots = recorder.snapshotter();
+    let _recording = metrics::set_default_local_recorder(&recorder);
     for detection in [Some(STALL), None] {
         let stream = MemoryStream::new("s", 2);
         let store = MemoryLeaseStore::new();
@@ -192,6 +196,23 @@ async fn a_record_never_acked_moves_its_shard_within_the_stall_timeout() {
                 assert!(took >= limit, "not before stall_timeout: {took:?}");
                 assert!(took <= limit + secs(6), "moved {took:?} after the hand-out");
                 assert_eq!(stalls_of(&status, StallKind::RecordNotAcked), 1);
+                let counted: u64 = snapshots
+                    .snapshot()
+                    .into_vec()
+                    .into_iter()
+                    .filter(|(key, ..)| {
+                        let key = key.key();
+                        key.name() == "kinsumer_stalls_total"
+                            && key
+                                .labels()
+                                .any(|l| l.key() == "kind" && l.value() == "record_not_acked")
+                    })
+                    .map(|(.., value)| match value {
+                        metrics_util::debugging::DebugValue::Counter(n) => n,
+                        _ => 0,
+                    })
+                    .sum();
+                assert_eq!(counted, 1, "counted in kinsumer_stalls_total");
                 let stall = &status.stalls()[0];
                 assert_eq!(stall.shard.as_ref(), Some(&shard), "names the shard");
                 assert!(stall.record.is_some(), "names the record");
