@@ -10,9 +10,13 @@
 //! Once started, the supervisor heartbeats, watches who is alive, computes the shared
 //! assignment, takes the leases assigned to it, hands off the ones assigned elsewhere, and runs
 //! one tenure per held lease (the `shard` module). [`Consumer::shutdown`] stops fetching, drains,
-//! commits, releases every lease and deregisters; dropping a started consumer without it is a
-//! crash: its leases expire after `lease_ttl` and the records since its last commit are
-//! delivered again by the next owner.
+//! commits, releases every lease and deregisters, within `shutdown_timeout`. Dropping a started
+//! consumer (or its record stream) without it does the same in the background, with a warning;
+//! [`Consumer::abort`] is a crash: its leases expire after `lease_ttl` and the records since its
+//! last commit are delivered again by the next owner. While it runs, work the application holds
+//! but does not move is given up (see [`crate::stall`]), and the application can be told as
+//! shards start and end ([`crate::lifecycle`]) and decide what happens to a batch its handler
+//! keeps failing on ([`crate::failure`]).
 //!
 //! ```
 //! use futures::StreamExt;
