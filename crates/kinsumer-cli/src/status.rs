@@ -17,6 +17,14 @@
 //!   These reads count against the shard's read limit (5 per second, shared with the
 //!   consumers); nothing is written. The source's `millis_behind_latest` is not used: it tells
 //!   how far the *end of a read* is from the tip, not how much lies after the checkpoint.
+//! - **Stalls** (with `--source`): a shard whose oldest unprocessed record arrived longer ago
+//!   than `--stall-after` (default 300 s, the consumers' default `stall_timeout`; 0 turns the
+//!   check off) is flagged `STALLED?` (JSON `behind.stalled`), named in a `PROBLEM:` line and
+//!   counted as a problem (exit 1). Status cannot see inside a process, so this is the
+//!   symptom only: the owner's application is hung or does not poll its record stream (a
+//!   consumer with `stall_timeout` gives such a shard up, and `StatusHandle::stalls` and
+//!   `kinsumer_stalls_total` say why), or it is that far behind; an unowned shard is read by
+//!   no consumer at all.
 //!
 //! `--json` prints one document (with `--watch`, one per refresh, one per line); its shape is
 //! the `Json*` structs below and only grows. `--watch` keeps observing between refreshes, so
@@ -62,9 +70,13 @@ Examples:
 Heartbeat ages are what this command observed while watching the counters (--sample); a client
 whose counter did not change is shown as '> N s (not seen to change)'. An owner marked (gone)
 has no client row. BEHIND TIP (with --source) counts the records after each checkpoint with
-GetRecords, up to 10000 per shard (then '≥10000'), and the age of the oldest of them.
+GetRecords, up to 10000 per shard (then '≥10000'), and the age of the oldest of them. A shard
+whose oldest unprocessed record arrived more than --stall-after seconds ago (default 300, the
+consumers' default stall_timeout; 0: never) is marked 'STALLED?' and named under PROBLEM: its
+owner is hung, not polling its records, or that far behind.
 
-Exit codes: 0 shown; 2 bad usage or an unreachable store.";
+Exit codes: 0 shown; 1 a row that does not decode, or a shard marked STALLED?; 2 bad usage, an
+unreachable store, or a --source stream that cannot be listed.";
 
 /// Flags of `kinsumer status`.
 #[derive(clap::Args, Debug)]
@@ -99,6 +111,11 @@ pub struct StatusArgs {
     /// How long to watch heartbeat counters before the first report.
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_seconds)]
     pub sample: Duration,
+    /// With --source: flag a shard whose oldest unprocessed record arrived longer ago than
+    /// this (STALLED?, exit 1). The default is the consumers' default stall_timeout; 0 turns
+    /// the check off.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    pub stall_after: Duration,
 }
 
 /// Runs `kinsumer status`; an error (exit 2) is one readable line.
@@ -126,6 +143,7 @@ async fn execute(args: StatusArgs) -> Result<i32> {
         store,
         source,
         streams,
+        stall_after: Some(args.stall_after).filter(|d| !d.is_zero()),
     };
 
     let mut observer = Observer::default();
@@ -207,6 +225,8 @@ struct Context {
     store: Arc<dyn LeaseStore>,
     source: Option<KinesisSource>,
     streams: Vec<String>,
+    /// `--stall-after`; `None` when it is 0 (no shard is flagged).
+    stall_after: Option<Duration>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +331,9 @@ struct JsonReport {
     store: String,
     /// How long heartbeats were watched before this report (ms).
     observed_ms: u64,
+    /// `--stall-after` (ms): with --source, a shard whose oldest unprocessed record is older
+    /// is `behind.stalled`; `null` when the check is off (`--stall-after 0`).
+    stall_after_ms: Option<u64>,
     clients: Vec<JsonClient>,
     /// Client rows that do not decode (the consumers count such a client as having no row).
     corrupt_clients: Vec<JsonCorrupt>,
@@ -319,9 +342,14 @@ struct JsonReport {
 }
 
 impl JsonReport {
-    /// How many rows no consumer can use.
+    /// How many rows no consumer can use, and shards flagged as stalled.
     fn problems(&self) -> usize {
-        self.corrupt_clients.len() + self.streams.iter().map(|s| s.corrupt.len()).sum::<usize>()
+        self.corrupt_clients.len()
+            + self
+                .streams
+                .iter()
+                .map(|s| s.corrupt.len() + s.stalled().count())
+                .sum::<usize>()
     }
 }
 
@@ -380,6 +408,15 @@ struct JsonStream {
     corrupt: Vec<JsonCorrupt>,
 }
 
+impl JsonStream {
+    /// The shards flagged as stalled (`behind.stalled`).
+    fn stalled(&self) -> impl Iterator<Item = &JsonShard> {
+        self.shards
+            .iter()
+            .filter(|s| s.behind.as_ref().is_some_and(|b| b.stalled))
+    }
+}
+
 #[derive(Serialize)]
 struct JsonShard {
     shard: String,
@@ -414,6 +451,9 @@ struct JsonBehind {
     oldest_unprocessed_age_ms: Option<u64>,
     /// Why the shard could not be read from its checkpoint (then the counts are 0).
     error: Option<String>,
+    /// Whether the oldest unprocessed record arrived longer ago than `--stall-after`: the
+    /// owner is hung, not polling, or that far behind (`STALLED?` in tables; exit 1).
+    stalled: bool,
 }
 
 impl Context {
@@ -448,6 +488,7 @@ impl Context {
             application: self.app.clone(),
             store: self.store_url.clone(),
             observed_ms: ms(observer.observed(now)),
+            stall_after_ms: self.stall_after.map(ms),
             clients,
             corrupt_clients: observer.corrupt.iter().map(JsonCorrupt::from).collect(),
             streams,
@@ -515,7 +556,8 @@ impl Context {
                 .buffer_unordered(PARALLEL_SHARDS)
                 .collect()
                 .await;
-            for (index, behind) in measured {
+            for (index, mut behind) in measured {
+                behind.stalled = is_stalled(&behind, self.stall_after);
                 shards[index].behind = Some(behind);
             }
         }
@@ -550,6 +592,14 @@ fn shard_row(
     }
 }
 
+/// Whether `behind`'s oldest unprocessed record has waited longer than `stall_after`.
+fn is_stalled(behind: &JsonBehind, stall_after: Option<Duration>) -> bool {
+    match (behind.oldest_unprocessed_age_ms, stall_after) {
+        (Some(age), Some(limit)) => behind.error.is_none() && age > ms(limit),
+        _ => false,
+    }
+}
+
 async fn list_shards(source: &KinesisSource) -> std::result::Result<Vec<ShardInfo>, String> {
     match tokio::time::timeout(SOURCE_TIMEOUT, source.list_shards()).await {
         Ok(Ok(shards)) => Ok(shards),
@@ -573,6 +623,7 @@ async fn behind(
         at_least: false,
         oldest_unprocessed_age_ms: None,
         error: None,
+        stalled: false,
     };
     let failed = |mut result: JsonBehind, error: String| {
         result.error = Some(error);
@@ -690,12 +741,12 @@ fn render(report: &JsonReport) -> String {
     }
     for stream in &report.streams {
         out.push('\n');
-        out.push_str(&render_stream(stream));
+        out.push_str(&render_stream(stream, report.stall_after_ms));
     }
     out
 }
 
-fn render_stream(stream: &JsonStream) -> String {
+fn render_stream(stream: &JsonStream, stall_after_ms: Option<u64>) -> String {
     let leases = stream.shards.iter().filter(|s| s.has_lease);
     let (mut owned, mut unowned, mut finished) = (0, 0, 0);
     for shard in leases {
@@ -780,10 +831,45 @@ fn render_stream(stream: &JsonStream) -> String {
     if with_source {
         out.push_str(&format!(
             "behind tip: records after the checkpoint (counted up to {BEHIND_CAP}), and when the \
-             oldest of them arrived\n"
+             oldest of them arrived{}\n",
+            match stall_after_ms {
+                Some(limit) => format!(
+                    "; STALLED?: more than {} ago (--stall-after)",
+                    age_text(limit)
+                ),
+                None => String::new(),
+            }
         ));
     }
+    out.push_str(&render_stalled(stream, stall_after_ms));
     out
+}
+
+/// The `PROBLEM:` line naming `stream`'s shards flagged as stalled (empty if none).
+fn render_stalled(stream: &JsonStream, stall_after_ms: Option<u64>) -> String {
+    let stalled: Vec<String> = stream
+        .stalled()
+        .map(|s| {
+            let owner = match (&s.owner, s.owner_has_client_row) {
+                (Some(owner), Some(false)) => format!("{owner}, gone"),
+                (Some(owner), _) => owner.clone(),
+                (None, _) => "unowned".to_owned(),
+            };
+            crate::tail::escape(&format!("{} ({owner})", s.shard))
+        })
+        .collect();
+    if stalled.is_empty() {
+        return String::new();
+    }
+    let limit = stall_after_ms.map_or_else(|| "?".to_owned(), age_text);
+    format!(
+        "PROBLEM: {} shard(s) whose oldest unprocessed record arrived more than {limit} ago: {}. \
+         Their owner has not processed a record for longer than --stall-after: its application is \
+         hung or not polling (a consumer with stall_timeout gives such a shard up), or it is this \
+         far behind; an unowned shard is read by no consumer.\n",
+        stalled.len(),
+        stalled.join(", ")
+    )
 }
 
 fn behind_text(shard: &JsonShard) -> String {
@@ -808,9 +894,14 @@ fn behind_text(shard: &JsonShard) -> String {
     } else {
         behind.records.to_string()
     };
-    match behind.oldest_unprocessed_age_ms {
+    let text = match behind.oldest_unprocessed_age_ms {
         Some(age) => format!("{count} (oldest {} ago)", age_text(age)),
         None => count,
+    };
+    if behind.stalled {
+        text + " STALLED?"
+    } else {
+        text
     }
 }
 
@@ -896,6 +987,87 @@ mod tests {
         // A row that disappears is forgotten: its owner shows as gone.
         observer.observe(vec![row("a", u64::MAX)], later);
         assert!(!observer.has_row(&ClientId::from("b")));
+    }
+
+    /// A shard whose oldest unprocessed record waited longer than `--stall-after` is flagged in
+    /// JSON and the table, named under `PROBLEM:` and counted as a problem; `0` turns it off.
+    #[test]
+    fn shards_waiting_longer_than_stall_after_are_problems() {
+        let behind = |age: Option<u64>| JsonBehind {
+            records: usize::from(age.is_some()),
+            at_least: false,
+            oldest_unprocessed_age_ms: age,
+            error: None,
+            stalled: false,
+        };
+        let limit = Some(Duration::from_secs(300));
+        assert!(is_stalled(&behind(Some(300_001)), limit));
+        assert!(!is_stalled(&behind(Some(300_000)), limit));
+        assert!(!is_stalled(&behind(None), limit));
+        assert!(!is_stalled(&behind(Some(u64::MAX)), None));
+        let mut failed = behind(Some(400_000));
+        failed.error = Some("throttled".into());
+        assert!(!is_stalled(&failed, limit));
+
+        let row = |shard: &str, owner: Option<&str>, age: Option<u64>| {
+            let mut behind = behind(age);
+            behind.stalled = is_stalled(&behind, limit);
+            JsonShard {
+                shard: shard.into(),
+                has_lease: true,
+                owner: owner.map(Into::into),
+                owner_has_client_row: owner.map(|o| o != "ghost"),
+                token: Some(1),
+                checkpoint: Some("TRIM_HORIZON".into()),
+                finished: false,
+                parents: vec![],
+                successor: None,
+                in_stream: Some(true),
+                open: Some(true),
+                behind: Some(behind),
+            }
+        };
+        let stream = JsonStream {
+            stream: "orders".into(),
+            listing_error: None,
+            shards: vec![
+                row("s-0", Some("worker-1"), Some(400_000)),
+                row("s-1", Some("worker-2"), Some(2_000)),
+                row("s-2", Some("ghost"), Some(7_200_000)),
+                row("s-3", None, Some(301_000)),
+                row("s-4", Some("worker-2"), None),
+            ],
+            corrupt: vec![],
+        };
+        let table = render_stream(&stream, Some(300_000));
+        assert!(table.contains("1 (oldest 6m40s ago) STALLED?\n"), "{table}");
+        assert!(table.contains("1 (oldest 2.0s ago)\n"), "{table}");
+        assert!(
+            table.contains(
+                "PROBLEM: 3 shard(s) whose oldest unprocessed record arrived more than 5m0s ago: \
+                 s-0 (worker-1), s-2 (ghost, gone), s-3 (unowned). Their owner has not processed"
+            ),
+            "{table}"
+        );
+        assert_eq!(
+            table.matches("STALLED?").count(),
+            4,
+            "3 cells and the legend: {table}"
+        );
+        let report = JsonReport {
+            application: "billing".into(),
+            store: "memory://".into(),
+            observed_ms: 0,
+            stall_after_ms: Some(300_000),
+            clients: vec![],
+            corrupt_clients: vec![],
+            streams: vec![stream],
+        };
+        assert_eq!(report.problems(), 3);
+        let json: serde_json::Value =
+            serde_json::from_str(&text(&report, true).expect("serializes")).expect("JSON");
+        assert_eq!(json["streams"][0]["shards"][0]["behind"]["stalled"], true);
+        assert_eq!(json["streams"][0]["shards"][1]["behind"]["stalled"], false);
     }
 
     #[test]

@@ -631,6 +631,168 @@ async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
     clear(&store, &stream.name).await;
 }
 
+/// A shard whose oldest unprocessed record arrived longer ago than `--stall-after` is flagged
+/// (`behind.stalled`, `STALLED?`, a `PROBLEM:` line naming it and its owner, exit 1): its owner
+/// heartbeats but does not move the checkpoint, as a hung application does. A shard read up to
+/// its tip is not flagged, and a limit the records have not waited for flags nothing (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_flags_shards_whose_records_wait_longer_than_stall_after() {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let Some(endpoint) = kinesis_local::endpoint() else {
+        return;
+    };
+    let kinesis = kinesis_local::client(&endpoint);
+    let stream = TestStream::create(&kinesis, "stalls", 2).await;
+    let name = stream.name.as_str();
+    let open = stream.open_shards().await;
+    let put = |hash_key: u128| {
+        let kinesis = kinesis.clone();
+        async move {
+            kinesis
+                .put_record()
+                .stream_name(name)
+                .partition_key("k")
+                .explicit_hash_key(hash_key.to_string())
+                .data(aws_sdk_kinesis::primitives::Blob::new(b"record".to_vec()))
+                .send()
+                .await
+                .expect("PutRecord")
+                .sequence_number()
+                .to_owned()
+        }
+    };
+    // `stuck` has 3 records after its checkpoint, `current` none: it was read to its tip.
+    let (stuck, current) = (ShardId::from(open[0].0.as_str()), &open[1]);
+    let current_id = ShardId::from(current.0.as_str());
+    for _ in 0..3 {
+        put(open[0].1).await;
+    }
+    let last_of_current = put(current.1).await;
+
+    let app = unique_name("cli-stalls");
+    let store: Arc<dyn LeaseStore> =
+        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
+    // A live client (its heartbeat goes on) that holds both shards.
+    let beating = Beating::start(store.clone(), "hung");
+    for (shard, checkpoint) in [
+        (&stuck, Checkpoint::TrimHorizon),
+        (&current_id, after(&last_of_current)),
+    ] {
+        store
+            .create_if_absent(name, shard, &[])
+            .await
+            .expect("create");
+        let tenure = store
+            .take(name, shard, &ClientId::from("hung"), 0)
+            .await
+            .expect("take")
+            .tenure()
+            .expect("owned");
+        store
+            .checkpoint(name, &tenure, &checkpoint)
+            .await
+            .expect("checkpoint");
+    }
+    // The records wait longer than `--stall-after 1`.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    let source = format!("kinesis://{name}?endpoint={endpoint}&region=us-east-1");
+    let status = |stall_after: Option<&str>, json: bool| {
+        let mut args: Vec<String> = [
+            "status", "--store", &url, "--app", &app, "--source", &source, "--sample", "0.5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(secs) = stall_after {
+            args.extend(["--stall-after".to_owned(), secs.to_owned()]);
+        }
+        if json {
+            args.push("--json".to_owned());
+        }
+        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    // The table row of `shard`.
+    let row = |table: &Run, shard: &ShardId| -> String {
+        table
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(shard.as_str()))
+            .unwrap_or_else(|| panic!("no row of {shard} in\n{}", table.stdout))
+            .to_owned()
+    };
+
+    let run = status(Some("1"), true).await;
+    assert_eq!(run.code, 1, "a stalled shard is a problem: {run:?}");
+    let report = run.json();
+    assert_eq!(report["stall_after_ms"], 1_000, "{report}");
+    let behind = &shard(&report, name, stuck.as_str())["behind"];
+    assert_eq!(
+        (&behind["records"], &behind["stalled"]),
+        (&Value::from(3), &Value::from(true)),
+        "{report}"
+    );
+    assert!(
+        behind["oldest_unprocessed_age_ms"]
+            .as_u64()
+            .is_some_and(|age| age > 1_000),
+        "{report}"
+    );
+    let behind = &shard(&report, name, current_id.as_str())["behind"];
+    assert_eq!(
+        (&behind["records"], &behind["stalled"]),
+        (&Value::from(0), &Value::from(false)),
+        "nothing waits on a shard read to its tip: {report}"
+    );
+    let table = status(Some("1"), false).await;
+    eprintln!("kinsumer status --stall-after 1:\n{}", table.stdout);
+    assert_eq!(table.code, 1, "{table:?}");
+    assert!(row(&table, &stuck).ends_with(" STALLED?"), "{table:?}");
+    assert!(!row(&table, &current_id).contains("STALLED?"), "{table:?}");
+    assert!(
+        table.stdout.contains(&format!(
+            "PROBLEM: 1 shard(s) whose oldest unprocessed record arrived more than 1.0s ago: \
+             {stuck} (hung)."
+        )) && table
+            .stdout
+            .contains("its application is hung or not polling"),
+        "{}",
+        table.stdout
+    );
+
+    for stall_after in [Some("3600"), None] {
+        let run = status(stall_after, true).await;
+        assert_eq!(run.code, 0, "{stall_after:?}: {run:?}");
+        let report = run.json();
+        let limit = if stall_after.is_some() {
+            3_600_000
+        } else {
+            300_000
+        };
+        assert_eq!(report["stall_after_ms"], limit, "{report}");
+        for shard_id in [&stuck, &current_id] {
+            assert_eq!(
+                shard(&report, name, shard_id.as_str())["behind"]["stalled"],
+                false,
+                "{stall_after:?}: {report}"
+            );
+        }
+        assert_eq!(
+            shard(&report, name, stuck.as_str())["behind"]["records"],
+            3,
+            "{report}"
+        );
+    }
+    let table = status(Some("3600"), false).await;
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(!row(&table, &stuck).contains("STALLED?"), "{table:?}");
+    assert!(!table.stdout.contains("PROBLEM"), "{}", table.stdout);
+    drop(beating);
+    clear(&*store, name).await;
+}
+
 /// Polls `check` every 200 ms until it gives `Some`, or panics naming `what` after `limit`.
 async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
