@@ -647,22 +647,7 @@ async fn status_flags_shards_whose_records_wait_longer_than_stall_after() {
     let stream = TestStream::create(&kinesis, "stalls", 2).await;
     let name = stream.name.as_str();
     let open = stream.open_shards().await;
-    let put = |hash_key: u128| {
-        let kinesis = kinesis.clone();
-        async move {
-            kinesis
-                .put_record()
-                .stream_name(name)
-                .partition_key("k")
-                .explicit_hash_key(hash_key.to_string())
-                .data(aws_sdk_kinesis::primitives::Blob::new(b"record".to_vec()))
-                .send()
-                .await
-                .expect("PutRecord")
-                .sequence_number()
-                .to_owned()
-        }
-    };
+    let put = |hash_key: u128| stream.put_at(hash_key, b"record");
     // `stuck` has 3 records after its checkpoint, `current` none: it was read to its tip.
     let (stuck, current) = (ShardId::from(open[0].0.as_str()), &open[1]);
     let current_id = ShardId::from(current.0.as_str());
@@ -1363,22 +1348,7 @@ async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
     let name = stream.name.as_str();
     let open = stream.open_shards().await;
     let (first, second) = (ShardId::from(open[0].0.as_str()), &open[1]);
-    let put = |hash_key: u128| {
-        let kinesis = kinesis.clone();
-        async move {
-            kinesis
-                .put_record()
-                .stream_name(name)
-                .partition_key("k")
-                .explicit_hash_key(hash_key.to_string())
-                .data(aws_sdk_kinesis::primitives::Blob::new(b"record".to_vec()))
-                .send()
-                .await
-                .expect("PutRecord")
-                .sequence_number()
-                .to_owned()
-        }
-    };
+    let put = |hash_key: u128| stream.put_at(hash_key, b"record");
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(put(open[0].1).await);

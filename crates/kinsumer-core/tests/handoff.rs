@@ -47,11 +47,7 @@ fn assert_taken_within_a_second(handed: &[(String, Option<Duration>)]) {
 
 /// The leases `client` owns now.
 fn owned(store: &MemoryLeaseStore, client: &str) -> usize {
-    store
-        .peek_leases("s")
-        .iter()
-        .filter(|l| l.owner == Some(ClientId::from(client)))
-        .count()
+    store.owned_by("s", client)
 }
 
 /// b leaves while one of its two shards still waits for an ack (that drain takes

@@ -50,11 +50,7 @@ fn start(
 
 /// The leases each client owns now.
 fn owned(store: &MemoryLeaseStore, client: &str) -> usize {
-    store
-        .peek_leases("s")
-        .iter()
-        .filter(|l| l.owner == Some(ClientId::from(client)))
-        .count()
+    store.owned_by("s", client)
 }
 
 /// Log lines stamped with the paused clock's time.

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kinsumer_core::config::FaultSwitch;
-use kinsumer_core::store::ClientId;
 use kinsumer_core::{
     Config, Consumer, HandlerError, Records, ShardBatch, ShardId, StallKind, StatusHandle,
 };
@@ -87,6 +86,15 @@ fn fill(stream: &MemoryStream) {
     }
 }
 
+/// Two shards, an empty store, and `b`, a client that acks everything, already started.
+fn fleet_with_b(stall: Option<Duration>) -> (MemoryStream, MemoryLeaseStore, Book, Consumer) {
+    let stream = MemoryStream::new("s", 2);
+    let store = MemoryLeaseStore::new();
+    let book = Book::default();
+    let b = steady("b", stall, &stream, &store, &book);
+    (stream, store, book, b)
+}
+
 /// A client that acks everything it is given.
 fn steady(
     id: &str,
@@ -118,11 +126,7 @@ fn owner(store: &MemoryLeaseStore, shard: &ShardId) -> Option<String> {
 }
 
 fn owned(store: &MemoryLeaseStore, client: &str) -> usize {
-    store
-        .peek_leases("s")
-        .iter()
-        .filter(|l| l.owner == Some(ClientId::from(client)))
-        .count()
+    store.owned_by("s", client)
 }
 
 /// Waits up to `limit` for `done`; the time it became true.
@@ -151,10 +155,7 @@ async fn a_record_never_acked_moves_its_shard_within_the_stall_timeout() {
     let snapshots = recorder.snapshotter();
     let _recording = metrics::set_default_local_recorder(&recorder);
     for detection in [Some(STALL), None] {
-        let stream = MemoryStream::new("s", 2);
-        let store = MemoryLeaseStore::new();
-        let book = Book::default();
-        let b = steady("b", detection, &stream, &store, &book);
+        let (stream, store, book, b) = fleet_with_b(detection);
         let mut a =
             Consumer::new(config("a", detection), stream.clone(), store.clone()).expect("valid");
         let status = a.status();
@@ -237,10 +238,7 @@ async fn a_record_never_acked_moves_its_shard_within_the_stall_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_batch_handler_moves_its_shard_within_the_stall_timeout() {
     for detection in [Some(STALL), None] {
-        let stream = MemoryStream::new("s", 2);
-        let store = MemoryLeaseStore::new();
-        let book = Book::default();
-        let b = steady("b", detection, &stream, &store, &book);
+        let (stream, store, book, b) = fleet_with_b(detection);
         let hung: Arc<Mutex<Option<(ShardId, Instant)>>> = Arc::default();
         let (app, first) = (book.clone(), hung.clone());
         let handler = move |batch: ShardBatch| {
@@ -309,10 +307,7 @@ async fn a_hung_batch_handler_moves_its_shard_within_the_stall_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_record_stream_not_polled_leaves_the_fleet_until_polled_again() {
     for detection in [Some(STALL), None] {
-        let stream = MemoryStream::new("s", 2);
-        let store = MemoryLeaseStore::new();
-        let book = Book::default();
-        let b = steady("b", detection, &stream, &store, &book);
+        let (stream, store, book, b) = fleet_with_b(detection);
         let mut a =
             Consumer::new(config("a", detection), stream.clone(), store.clone()).expect("valid");
         let status = a.status();
@@ -414,10 +409,7 @@ async fn a_stuck_supervisor_stops_heartbeating_and_its_shards_move() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_record_stream_shuts_the_consumer_down() {
     for handled in [true, false] {
-        let stream = MemoryStream::new("s", 2);
-        let store = MemoryLeaseStore::new();
-        let book = Book::default();
-        let b = steady("b", Some(STALL), &stream, &store, &book);
+        let (stream, store, _book, b) = fleet_with_b(Some(STALL));
         let mut cfg = config("a", None); // not the stall detection: the drop itself
         cfg.faults.silent_drops = !handled;
         let mut a = Consumer::new(cfg, stream.clone(), store.clone()).expect("valid");
@@ -467,10 +459,7 @@ fn book_of(r: &kinsumer_core::Record) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_consumer_shuts_down_gracefully_in_the_background() {
     for handled in [true, false] {
-        let stream = MemoryStream::new("s", 2);
-        let store = MemoryLeaseStore::new();
-        let book = Book::default();
-        let b = steady("b", Some(STALL), &stream, &store, &book);
+        let (stream, store, book, b) = fleet_with_b(Some(STALL));
         let mut cfg = config("a", Some(STALL));
         cfg.faults.silent_drops = !handled;
         let mut a = Consumer::new(cfg.clone(), stream.clone(), store.clone()).expect("valid");

@@ -167,6 +167,22 @@ impl TestStream {
         }
     }
 
+    /// Writes one record `data` to the shard holding `hash_key` (PutRecord with an explicit
+    /// hash key); returns its sequence number.
+    pub async fn put_at(&self, hash_key: u128, data: &[u8]) -> String {
+        self.client
+            .put_record()
+            .stream_name(&self.name)
+            .partition_key("k")
+            .explicit_hash_key(hash_key.to_string())
+            .data(Blob::new(data.to_vec()))
+            .send()
+            .await
+            .expect("PutRecord")
+            .sequence_number()
+            .to_owned()
+    }
+
     /// Open shards with their hash ranges, sorted by range start.
     pub async fn open_shards(&self) -> Vec<(String, u128, u128)> {
         let out = self

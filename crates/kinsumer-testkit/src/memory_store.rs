@@ -531,6 +531,14 @@ impl MemoryLeaseStore {
             .unwrap_or_default()
     }
 
+    /// How many leases of `stream` `client` owns now (for checkers).
+    pub fn owned_by(&self, stream: &str, client: &str) -> usize {
+        self.peek_leases(stream)
+            .iter()
+            .filter(|l| l.owner.as_ref().is_some_and(|o| o.as_str() == client))
+            .count()
+    }
+
     /// The rows as they are now, to go back to later.
     pub fn snapshot(&self) -> StoreSnapshot {
         let state = self.lock();
