@@ -156,6 +156,12 @@ pub struct Scenario {
     pub network: Option<LatencyProfile>,
     /// The store reads every lease in pages of this many rows, not as one snapshot (0: one).
     pub leases_page: usize,
+    /// The clients' `stall_timeout` (scaled by each client's clock drift, as its other
+    /// intervals): a record not acked, a handler call not returned or a record stream not polled
+    /// for this long gives the work up to another client. 30 s in [`Scenario::calm`] — above
+    /// the longest the simulated application legitimately takes (a batch of slow records, a
+    /// pause), well below the run's length; `None` switches stall detection off.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Scenario {
@@ -177,6 +183,7 @@ impl Scenario {
             store_ignores_fencing: false,
             network: None,
             leases_page: 0,
+            stall_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -536,6 +543,7 @@ impl World {
             *d = d.mul_f64(drift);
         }
         c.shard_sync_interval = Duration::from_secs(10).mul_f64(drift);
+        c.stall_timeout = self.scenario.stall_timeout.map(|d| d.mul_f64(drift));
         c.max_unacked_records = 200;
         c.rng_seed = Some(self.rng.next_u64());
         c.call_timeout = self.scenario.call_timeout;
