@@ -48,6 +48,7 @@ fn sweep() {
     let violations: usize = failed.iter().map(|r| r.violations.len()).sum();
     let produced: usize = reports.iter().map(|r| r.produced).sum();
     let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
+    let stalls: usize = reports.iter().map(|r| r.stalls).sum();
     let slowest_settle = reports.iter().map(|r| r.settle).max().unwrap_or_default();
     let beyond_timeout = reports
         .iter()
@@ -60,12 +61,13 @@ fn sweep() {
         .max()
         .unwrap_or_default();
     println!(
-        "sim sweep: {} seeds, {} violations, {} failing seeds; {} records produced, {} duplicates; {:.1} s wall",
+        "sim sweep: {} seeds, {} violations, {} failing seeds; {} records produced, {} duplicates, {} stalls found; {:.1} s wall",
         reports.len(),
         violations,
         failed.len(),
         produced,
         duplicates,
+        stalls,
         started.elapsed().as_secs_f64()
     );
     println!(
