@@ -31,6 +31,9 @@
 //! - once every fault healed (a stall for good does not count: it never heals), every record is
 //!   acked within [`record_bound`], and — while a client joins and one leaves in calm — no
 //!   released lease stays free longer than [`free_lease_bound`];
+//! - the client that leaves in calm — shut down, or its `Consumer` or record stream dropped
+//!   ([`Scenario::last_departure`]) — releases every lease it held before anyone else writes it
+//!   (the drop oracle: a dropped consumer that crashes, or one that idles on its leases, fails);
 //! - at the end every eligible shard is owned by a live client (in the fleet, and not out of it
 //!   because its record stream is not polled), balanced to within one.
 //!
@@ -164,7 +167,8 @@ impl Event {
     }
 }
 
-/// How a client leaves the fleet.
+/// How the calm phase's last probe takes a client out of the fleet (the leases it held must be
+/// released by it, whichever way it goes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Departure {
     /// `Consumer::shutdown` (a batch handler's consumer: its `ShutdownHandle`).
@@ -218,6 +222,8 @@ pub struct Scenario {
     /// the longest the simulated application legitimately takes (a batch of slow records, a
     /// pause), well below the run's length; `None` switches stall detection off.
     pub stall_timeout: Option<Duration>,
+    /// How the calm phase's last probe takes a client out of the fleet.
+    pub last_departure: Departure,
 }
 
 impl Scenario {
@@ -240,12 +246,14 @@ impl Scenario {
             network: None,
             leases_page: 0,
             stall_timeout: Some(Duration::from_secs(30)),
+            last_departure: Departure::Shutdown,
         }
     }
 
     /// A scenario drawn from `seed`: 1–4 shards, 2–4 clients, 100–400 records over 30 s, and
     /// 2–6 events in the first 45 s; 30 % consume with a batch handler, 15 % with a slow one; a
-    /// quarter also have one client stall for good in the first 40 s.
+    /// quarter also have one client stall for good in the first 40 s, and the calm phase's last
+    /// probe is a shutdown, a dropped `Consumer` or a dropped record stream, a third each.
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = Rng::new(stable_hash(&[b"scenario", &seed.to_le_bytes()]));
         let mut s = Self::calm(
@@ -323,7 +331,8 @@ impl Scenario {
             let d = Duration::from_millis(2_000 + extra.below(13_000));
             s.events.push((at, Event::CorruptRows(d)));
         }
-        // From a third stream: in a quarter of the runs one client stalls for good.
+        // From a third stream: in a quarter of the runs one client stalls for good, and the calm
+        // phase's last probe shuts a client down, drops its consumer or drops its record stream.
         let mut stalls = Rng::new(stable_hash(&[b"stalls", &seed.to_le_bytes()]));
         if stalls.chance(0.25) {
             let at = Duration::from_millis(stalls.below(40_000));
@@ -343,6 +352,11 @@ impl Scenario {
                 s.events.push((at, event));
             }
         }
+        s.last_departure = match stalls.below(3) {
+            0 => Departure::Shutdown,
+            1 => Departure::DropConsumer,
+            _ => Departure::DropRecords,
+        };
         s.events.sort_by_key(|(at, _)| *at);
         s
     }
@@ -600,6 +614,17 @@ struct Member {
     hung: bool,
 }
 
+/// A client taken out of the fleet in calm, and the leases it held at that moment: each must be
+/// released (or finished) by it before anyone else writes it.
+struct Departed {
+    client: ClientId,
+    how: Departure,
+    /// The store's event clock at the departure.
+    at: u64,
+    /// (shard, token) of every lease it owned.
+    leases: Vec<(ShardId, u64)>,
+}
+
 struct World {
     scenario: Scenario,
     rng: Rng,
@@ -620,6 +645,8 @@ struct World {
     /// cut short at the calm). Permanent stalls ([`Event::Hang`] and the like) do not count:
     /// the engine must move the work away from them.
     stalled_until: Instant,
+    /// Clients taken out of the fleet in calm (the drop oracle).
+    departed: Vec<Departed>,
 }
 
 impl World {
@@ -968,7 +995,8 @@ impl World {
         }
     }
 
-    /// A member leaves the fleet `how`.
+    /// A member leaves the fleet `how`; in calm, the leases it held are noted for the drop
+    /// oracle.
     fn depart(&mut self, how: Departure) {
         if self.working() < 2 {
             return;
@@ -976,6 +1004,22 @@ impl World {
         let Some(i) = self.pick_member() else {
             return;
         };
+        if self.calm {
+            let client = ClientId::from(self.members[i].id.as_str());
+            let leases = self
+                .store
+                .peek_leases(self.stream.name())
+                .into_iter()
+                .filter(|l| !l.finished && l.owner.as_ref() == Some(&client))
+                .map(|l| (l.shard, l.token))
+                .collect();
+            self.departed.push(Departed {
+                client,
+                how,
+                at: self.clock.now(),
+                leases,
+            });
+        }
         let handler = self.scenario.batch_handler;
         let m = &mut self.members[i];
         match how {
@@ -1157,6 +1201,7 @@ async fn run_async(scenario: Scenario) -> Report {
         rejoin,
         calm: false,
         stalled_until: start,
+        departed: Vec::new(),
     };
     for _ in 0..scenario.clients {
         world.join();
@@ -1273,10 +1318,14 @@ async fn run_async(scenario: Scenario) -> Report {
         joiner.network[0].delay_next_request("list_shards", Duration::from_millis(slow_start));
     }
     sleep(Duration::from_secs(15)).await;
-    world.leave(false);
+    // The last one leaves — shut down, or its consumer or record stream dropped (drawn from the
+    // seed): either way it must release what it holds.
+    world.depart(scenario.last_departure);
     // Let the fleet settle, then look at the final assignment.
     sleep(Duration::from_secs(30)).await;
     let checked_until = Instant::now();
+    // The same moment on the store's clock: the run's own shutdown writes at this instant too.
+    let checked_at = world.clock.now();
     // A client out of the fleet because it is not polled holds nothing, and is planned nothing.
     let live: Vec<ClientId> = world
         .members
@@ -1332,6 +1381,7 @@ async fn run_async(scenario: Scenario) -> Report {
         });
     }
     check_delivery(&produced, &acked, &mut violations);
+    check_departures(&world.departed, &history, checked_at, &mut violations);
     check_tenures(&stream, &log, &history, &mut violations);
     check_writes(&history, &mut violations);
     let shortest_ttl = Config::new("sim")
@@ -1582,6 +1632,56 @@ fn check_writes(history: &[StoreEvent], violations: &mut Vec<Violation>) {
                 });
             }
             last.insert(e.shard.clone(), cp);
+        }
+    }
+}
+
+/// The drop oracle: a client taken out of the fleet in calm — shut down, or its `Consumer` or
+/// record stream dropped — releases (or finishes) every lease it held, before anyone else
+/// writes it and before the checks end (`until`, on the store's event clock: the run's own
+/// shutdown follows at the same instant). Its own checkpoints may come first. A consumer that crashes
+/// when dropped leaves its leases to expire (the next write is someone's take); one that idles
+/// when its stream is dropped keeps them (no write at all).
+fn check_departures(
+    departed: &[Departed],
+    history: &[StoreEvent],
+    until: u64,
+    violations: &mut Vec<Violation>,
+) {
+    for d in departed {
+        for (shard, token) in &d.leases {
+            let ours = |e: &StoreEvent| {
+                e.claimed
+                    .as_ref()
+                    .is_some_and(|t| t.owner == d.client && t.token == *token)
+            };
+            let next = history.iter().find(|e| {
+                e.at > d.at && e.shard == *shard && !(e.op == StoreOp::Checkpoint && ours(e))
+            });
+            let detail = match next {
+                Some(e) if e.at > until => None,
+                Some(e) if matches!(e.op, StoreOp::Release | StoreOp::Finish) && ours(e) => {
+                    continue;
+                }
+                Some(e) => Some(format!(
+                    "{:?} by {:?}",
+                    e.op,
+                    e.claimed.as_ref().map(|t| t.owner.as_str())
+                )),
+                None => None,
+            };
+            violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{} left ({:?}) and its lease {shard} #{token} was dropped without release: {}",
+                    d.client,
+                    d.how,
+                    detail.map_or_else(
+                        || "nothing written before the checks ended".to_string(),
+                        |w| format!("the next write was a {w}")
+                    )
+                ),
+            });
         }
     }
 }
