@@ -639,6 +639,7 @@ struct World {
     next_client: usize,
     /// Ids of restarting clients whose old process finished shutting down.
     rejoin: tokio::sync::mpsc::UnboundedSender<String>,
+    rejoining: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// The faults have healed: clients that join now get a calm network.
     calm: bool,
     /// When the last handler stall ends (a stall is the application's, not a fault: it is not
@@ -676,6 +677,25 @@ impl World {
         }
         c.faults = self.scenario.engine_faults.clone();
         c
+    }
+
+    /// Lets time pass until `until`, starting each restarting client again as soon as its old
+    /// process is gone — which may be long after the restart began (its shutdown waits for the
+    /// calls it has in flight, up to `call_timeout`), even after the faults healed.
+    async fn pass_until(&mut self, until: Instant) {
+        loop {
+            let id = tokio::select! {
+                biased;
+                Some(id) = self.rejoining.recv() => id,
+                () = sleep_until(until) => return,
+            };
+            self.join_as(id);
+        }
+    }
+
+    /// [`World::pass_until`] `d` from now.
+    async fn pass(&mut self, d: Duration) {
+        self.pass_until(Instant::now() + d).await;
     }
 
     fn join(&mut self) {
@@ -872,9 +892,15 @@ impl World {
         });
     }
 
+    /// A member in the fleet, at random. In calm (the probes) only one that works and is not out
+    /// of the fleet as not polled: the probes are there to move leases.
     fn pick_member(&mut self) -> Option<usize> {
+        let calm = self.calm;
         let live: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].in_fleet)
+            .filter(|i| {
+                let m = &self.members[*i];
+                m.in_fleet && !(calm && (m.hung || m.status.has_left_fleet()))
+            })
             .collect();
         if live.is_empty() {
             return None;
@@ -1185,7 +1211,7 @@ async fn run_async(scenario: Scenario) -> Report {
         ..StoreFaults::default()
     };
     store.set_faults(calm_store.clone());
-    let (rejoin, mut rejoining) = tokio::sync::mpsc::unbounded_channel();
+    let (rejoin, rejoining) = tokio::sync::mpsc::unbounded_channel();
     let mut world = World {
         rng: Rng::new(stable_hash(&[b"world", &scenario.seed.to_le_bytes()])),
         scenario: scenario.clone(),
@@ -1199,6 +1225,7 @@ async fn run_async(scenario: Scenario) -> Report {
         leaving: Vec::new(),
         next_client: 0,
         rejoin,
+        rejoining,
         calm: false,
         stalled_until: start,
         departed: Vec::new(),
@@ -1228,25 +1255,13 @@ async fn run_async(scenario: Scenario) -> Report {
     };
 
     for (at, event) in scenario.events.clone() {
-        loop {
-            tokio::select! {
-                biased;
-                Some(id) = rejoining.recv() => world.join_as(id),
-                _ = sleep_until(start + at) => break,
-            }
-        }
+        world.pass_until(start + at).await;
         world.apply(&event);
     }
     let _ = producer.await;
     // Calm: no more faults, everyone awake, and at least one member.
     let calm_at = Instant::now() + Duration::from_secs(25);
-    loop {
-        tokio::select! {
-            biased;
-            Some(id) = rejoining.recv() => world.join_as(id),
-            _ = sleep_until(calm_at) => break,
-        }
-    }
+    world.pass_until(calm_at).await;
     store.set_faults(calm_store);
     world.calm = true;
     stream.set_faults(SourceFaults::default());
@@ -1273,7 +1288,7 @@ async fn run_async(scenario: Scenario) -> Report {
     let mut violations = Vec::new();
     // Healed: faults are over and no handler is stalled any more (a stall for good never heals:
     // the engine must have moved the work away from it).
-    sleep_until(world.stalled_until).await;
+    world.pass_until(world.stalled_until).await;
     let healed = Instant::now();
     let deadline = healed + record_bound(&scenario);
     loop {
@@ -1294,20 +1309,20 @@ async fn run_async(scenario: Scenario) -> Report {
             });
             break;
         }
-        sleep(Duration::from_secs(1)).await;
+        world.pass(Duration::from_secs(1)).await;
     }
     let settle = healed.elapsed();
     // Let calls sent before the calm end, then move leases in calm: a client joins (leases
     // are handed to it), later one leaves (its leases are handed to the others). How long a
     // released lease stays free is judged from here on.
-    sleep(scenario.call_timeout).await;
+    world.pass(scenario.call_timeout).await;
     let probe_from = Instant::now();
     world.join();
-    sleep(Duration::from_secs(15)).await;
+    world.pass(Duration::from_secs(15)).await;
     // A crash, and a client joining once the others judged it dead but while its row is still
     // there (rows of the dead go after three TTLs): the joiner counts the dead row alive.
     world.crash();
-    sleep(Duration::from_secs(12)).await;
+    world.pass(Duration::from_secs(12)).await;
     world.join();
     // ... and slow to start (its first listing of the stream takes up to 700 ms, as a real
     // ListShards can): the others may release leases to it before its first read of the
@@ -1317,12 +1332,12 @@ async fn run_async(scenario: Scenario) -> Report {
     if let Some(joiner) = world.members.last() {
         joiner.network[0].delay_next_request("list_shards", Duration::from_millis(slow_start));
     }
-    sleep(Duration::from_secs(15)).await;
+    world.pass(Duration::from_secs(15)).await;
     // The last one leaves — shut down, or its consumer or record stream dropped (drawn from the
     // seed): either way it must release what it holds.
     world.depart(scenario.last_departure);
     // Let the fleet settle, then look at the final assignment.
-    sleep(Duration::from_secs(30)).await;
+    world.pass(Duration::from_secs(30)).await;
     let checked_until = Instant::now();
     // The same moment on the store's clock: the run's own shutdown writes at this instant too.
     let checked_at = world.clock.now();
