@@ -35,7 +35,8 @@
 //!   ([`Scenario::last_departure`]) — releases every lease it held before anyone else writes it
 //!   (the drop oracle: a dropped consumer that crashes, or one that idles on its leases, fails);
 //! - at the end every eligible shard is owned by a live client (in the fleet, and not out of it
-//!   because its record stream is not polled), balanced to within one.
+//!   because its record stream is not polled), balanced to within one; and no client whose
+//!   application polls its record stream is out of the fleet as not polled.
 //!
 //! Half the seeds also run the *network* fault model: every store and source call of every
 //! client is delayed on the way out and on the way back (jitter, and a long tail that passes
@@ -1350,6 +1351,19 @@ async fn run_async(scenario: Scenario) -> Report {
         .collect();
     let final_leases = store.peek_leases(stream.name());
     check_balance(&final_leases, &live, &mut violations);
+    // ... but only a client whose application stopped polling may be out for that reason: one
+    // whose application polls (or waits in a poll) must have rejoined by now.
+    for m in world.members.iter().filter(|m| m.in_fleet && !m.hung) {
+        if m.status.has_left_fleet() {
+            violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{} is out of the fleet as not polled, though its application polls its record stream",
+                    m.id
+                ),
+            });
+        }
+    }
 
     // The end of the run: everyone is asked to stop first, then what hangs for good is let go
     // (a stuck supervisor, a hung or unpolling application), so each can shut down.
