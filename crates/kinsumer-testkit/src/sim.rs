@@ -5,9 +5,16 @@
 //! A [`Scenario`] is drawn from a seed: how many shards, clients and records, and a timeline of
 //! events — crashes, graceful leaves, joins, pauses longer than the lease TTL, splits and merges
 //! during rebalancing, windows of store errors and *ambiguous* writes, throttling, transient
-//! read errors and expired iterators. Each client's clock runs a little fast or slow (all of its
-//! intervals scale), which is what clock skew does to a process that only reads a monotonic
-//! clock. After the run, [`Report::violations`] lists every broken invariant:
+//! read errors and expired iterators, handlers stalled past the iterator lifetime — and, in a
+//! quarter of the runs, one client that stalls *for good* while its process runs on: its
+//! application hangs holding a record ([`Event::Hang`]), stops polling its record stream
+//! ([`Event::StopPolling`]), drops its record stream or its `Consumer` without shutdown
+//! ([`Event::DropRecords`], [`Event::DropConsumer`]), or its supervisor gets stuck
+//! ([`Event::StuckSupervisor`]). Such a stall never heals: the engine must move the work away
+//! (`stall_timeout`, the watchdog, a graceful shutdown on drop). Each client's clock runs a
+//! little fast or slow (all of its intervals scale), which is what clock skew does to a process
+//! that only reads a monotonic clock. After the run, [`Report::violations`] lists every broken
+//! invariant:
 //!
 //! - every record produced is delivered and acked;
 //! - within one lease tenure a shard's records are delivered in strictly increasing order;
@@ -21,10 +28,15 @@
 //! - every write of a tenure covers what its application had acked a call's time before, so
 //!   duplicates come only from the commit window of a crash or fence, never from a graceful
 //!   release ([`oracle::duplicates_bounded`]);
-//! - once every fault healed, every record is acked within [`record_bound`], and — while a
-//!   client joins and one leaves in calm — no released lease stays free longer than
-//!   [`free_lease_bound`];
-//! - at the end every eligible shard is owned by a live client, balanced to within one.
+//! - once every fault healed (a stall for good does not count: it never heals), every record is
+//!   acked within [`record_bound`], and — while a client joins and one leaves in calm — no
+//!   released lease stays free longer than [`free_lease_bound`];
+//! - the client that leaves in calm — shut down, or its `Consumer` or record stream dropped
+//!   ([`Scenario::last_departure`]) — releases every lease it held before anyone else writes it
+//!   (the drop oracle: a dropped consumer that crashes, or one that idles on its leases, fails);
+//! - at the end every eligible shard is owned by a live client (in the fleet, and not out of it
+//!   because its record stream is not polled), balanced to within one; and no client whose
+//!   application polls its record stream is out of the fleet as not polled.
 //!
 //! Half the seeds also run the *network* fault model: every store and source call of every
 //! client is delayed on the way out and on the way back (jitter, and a long tail that passes
@@ -48,13 +60,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kinsumer_core::config::EngineFaults;
+use kinsumer_core::config::{EngineFaults, FaultSwitch};
 use kinsumer_core::layer::Layered;
 use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::rng::{Rng, stable_hash};
 use kinsumer_core::source::{ShardId, ShardSource, SourceRecord};
 use kinsumer_core::store::{ClientId, Lease, LeaseStore};
-use kinsumer_core::{AckMode, Config, Consumer, ShardBatch, ShutdownHandle};
+use kinsumer_core::{AckMode, Config, Consumer, ShardBatch, ShutdownHandle, StatusHandle};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -106,6 +118,25 @@ pub enum Event {
     /// row does until that client's next heartbeat rewrites it: the fleet must go on with every
     /// other row, and take the shard up again once the row is repaired.
     CorruptRows(Duration),
+    /// One client's application hangs for good (a deadlock, a call that never returns) while
+    /// its process runs on and heartbeats: with the record stream it holds a record it was
+    /// handed and never acks it; with a batch handler every call of that client blocks. Its
+    /// shards must move within `stall_timeout`.
+    Hang,
+    /// One client's application stops polling its record stream for good, after acking what it
+    /// holds, but keeps the stream (with a batch handler: as [`Event::Hang`]). Once records wait
+    /// for `stall_timeout`, the client must leave the fleet.
+    StopPolling,
+    /// One client's supervisor gets stuck for good (`EngineFaults::stuck_supervisor`, waiting
+    /// without a call): its watchdog must stop its heartbeats, so it fences itself and the fleet
+    /// takes its leases after the TTL. It no longer counts as in the fleet.
+    StuckSupervisor,
+    /// One client's application drops its record stream but keeps the `Consumer` (with a batch
+    /// handler: as [`Event::DropConsumer`]): the consumer must shut down and release.
+    DropRecords,
+    /// One client's `Consumer` is dropped without `shutdown` (with a batch handler: the future
+    /// of `run` is dropped): it must shut down in the background and release.
+    DropConsumer,
     /// For this long the stream throttles, fails reads and expires iterators.
     SourceFaults {
         /// How long.
@@ -119,6 +150,36 @@ pub enum Event {
         /// Each call takes up to this long.
         max_latency: Duration,
     },
+}
+
+impl Event {
+    /// Whether this is a stall for good ([`Event::Hang`], [`Event::StopPolling`],
+    /// [`Event::StuckSupervisor`], [`Event::DropRecords`], [`Event::DropConsumer`]): it lasts to
+    /// the end of the run, so the engine must move the work away from it.
+    pub fn is_for_good(&self) -> bool {
+        matches!(
+            self,
+            Self::Hang
+                | Self::StopPolling
+                | Self::StuckSupervisor
+                | Self::DropRecords
+                | Self::DropConsumer
+        )
+    }
+}
+
+/// How the calm phase's last probe takes a client out of the fleet (the leases it held must be
+/// released by it, whichever way it goes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Departure {
+    /// `Consumer::shutdown` (a batch handler's consumer: its `ShutdownHandle`).
+    #[default]
+    Shutdown,
+    /// The `Consumer` is dropped without shutdown (a batch handler's: the future of `run`).
+    DropConsumer,
+    /// The record stream is dropped and the `Consumer` kept (a batch handler: as
+    /// `DropConsumer`).
+    DropRecords,
 }
 
 /// One simulated run, fully determined by its fields.
@@ -156,6 +217,14 @@ pub struct Scenario {
     pub network: Option<LatencyProfile>,
     /// The store reads every lease in pages of this many rows, not as one snapshot (0: one).
     pub leases_page: usize,
+    /// The clients' `stall_timeout` (scaled by each client's clock drift, as its other
+    /// intervals): a record not acked, a handler call not returned or a record stream not polled
+    /// for this long gives the work up to another client. 30 s in [`Scenario::calm`] — above
+    /// the longest the simulated application legitimately takes (a batch of slow records, a
+    /// pause), well below the run's length; `None` switches stall detection off.
+    pub stall_timeout: Option<Duration>,
+    /// How the calm phase's last probe takes a client out of the fleet.
+    pub last_departure: Departure,
 }
 
 impl Scenario {
@@ -177,11 +246,15 @@ impl Scenario {
             store_ignores_fencing: false,
             network: None,
             leases_page: 0,
+            stall_timeout: Some(Duration::from_secs(30)),
+            last_departure: Departure::Shutdown,
         }
     }
 
     /// A scenario drawn from `seed`: 1–4 shards, 2–4 clients, 100–400 records over 30 s, and
-    /// 2–6 events in the first 45 s; 30 % consume with a batch handler, 15 % with a slow one.
+    /// 2–6 events in the first 45 s; 30 % consume with a batch handler, 15 % with a slow one; a
+    /// quarter also have one client stall for good in the first 40 s, and the calm phase's last
+    /// probe is a shutdown, a dropped `Consumer` or a dropped record stream, a third each.
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = Rng::new(stable_hash(&[b"scenario", &seed.to_le_bytes()]));
         let mut s = Self::calm(
@@ -259,6 +332,32 @@ impl Scenario {
             let d = Duration::from_millis(2_000 + extra.below(13_000));
             s.events.push((at, Event::CorruptRows(d)));
         }
+        // From a third stream: in a quarter of the runs one client stalls for good, and the calm
+        // phase's last probe shuts a client down, drops its consumer or drops its record stream.
+        let mut stalls = Rng::new(stable_hash(&[b"stalls", &seed.to_le_bytes()]));
+        if stalls.chance(0.25) {
+            let at = Duration::from_millis(stalls.below(40_000));
+            let event = match stalls.below(5) {
+                0 => Event::Hang,
+                1 => Event::StopPolling,
+                2 => Event::StuckSupervisor,
+                3 => Event::DropRecords,
+                _ => Event::DropConsumer,
+            };
+            // Not yet with a batch handler: a client whose every call hangs stays in the fleet
+            // and in every plan, so its shards come back to it — handed back by the client it
+            // gave them to, a rebalance later — and each costs another `stall_timeout` (see
+            // the ignored test `a_batch_handler_hung_for_good_does_not_hold_its_shards`).
+            let engine_gap = s.batch_handler && matches!(event, Event::Hang | Event::StopPolling);
+            if !engine_gap {
+                s.events.push((at, event));
+            }
+        }
+        s.last_departure = match stalls.below(3) {
+            0 => Departure::Shutdown,
+            1 => Departure::DropConsumer,
+            _ => Departure::DropRecords,
+        };
         s.events.sort_by_key(|(at, _)| *at);
         s
     }
@@ -352,6 +451,8 @@ pub struct Report {
     pub longest_free: Duration,
     /// Reads that found their stream iterator expired (forced by a fault, or idle too long).
     pub expired_iterators: u64,
+    /// Stalls the clients found (`StatusHandle::stalls`, up to 32 a client).
+    pub stalls: usize,
 }
 
 impl Report {
@@ -403,6 +504,7 @@ pub fn run(scenario: &Scenario) -> Report {
             settle: Duration::ZERO,
             longest_free: Duration::ZERO,
             expired_iterators: 0,
+            stalls: 0,
             violations: vec![Violation {
                 invariant: Invariant::Liveness,
                 detail: format!("could not build a runtime: {e}"),
@@ -441,6 +543,12 @@ struct App {
     gate: Gate,
     /// Closed while the application's handler is stalled (the process runs on).
     stall: Gate,
+    /// Closed for good when the application hangs ([`Event::Hang`]).
+    hang: Gate,
+    /// Closed for good when the application stops polling its record stream.
+    polling: Gate,
+    /// Closed until the application drops its record stream (a signal, opened once).
+    dropped: Gate,
     log: Log,
     acked: Acked,
 }
@@ -488,6 +596,14 @@ struct Member {
     gate: Gate,
     half_gate: Gate,
     stall: Gate,
+    /// See [`App`].
+    hang: Gate,
+    polling: Gate,
+    dropped: Gate,
+    /// Its supervisor's `EngineFaults::stuck_supervisor`.
+    stuck: FaultSwitch,
+    /// Its consumer's status: whether it left the fleet because it was not polled.
+    status: StatusHandle,
     /// The network delays of its store and source calls.
     network: [Latency; 2],
     consumer: Option<Consumer>,
@@ -495,6 +611,19 @@ struct Member {
     worker: JoinHandle<()>,
     /// Not crashed and not left.
     in_fleet: bool,
+    /// Its application hangs or stopped polling for good: in the fleet, but it does no work.
+    hung: bool,
+}
+
+/// A client taken out of the fleet in calm, and the leases it held at that moment: each must be
+/// released (or finished) by it before anyone else writes it.
+struct Departed {
+    client: ClientId,
+    how: Departure,
+    /// The store's event clock at the departure.
+    at: u64,
+    /// (shard, token) of every lease it owned.
+    leases: Vec<(ShardId, u64)>,
 }
 
 struct World {
@@ -511,11 +640,15 @@ struct World {
     next_client: usize,
     /// Ids of restarting clients whose old process finished shutting down.
     rejoin: tokio::sync::mpsc::UnboundedSender<String>,
+    rejoining: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// The faults have healed: clients that join now get a calm network.
     calm: bool,
     /// When the last handler stall ends (a stall is the application's, not a fault: it is not
-    /// cut short at the calm).
+    /// cut short at the calm). Permanent stalls ([`Event::Hang`] and the like) do not count:
+    /// the engine must move the work away from them.
     stalled_until: Instant,
+    /// Clients taken out of the fleet in calm (the drop oracle).
+    departed: Vec<Departed>,
 }
 
 impl World {
@@ -536,6 +669,7 @@ impl World {
             *d = d.mul_f64(drift);
         }
         c.shard_sync_interval = Duration::from_secs(10).mul_f64(drift);
+        c.stall_timeout = self.scenario.stall_timeout.map(|d| d.mul_f64(drift));
         c.max_unacked_records = 200;
         c.rng_seed = Some(self.rng.next_u64());
         c.call_timeout = self.scenario.call_timeout;
@@ -544,6 +678,25 @@ impl World {
         }
         c.faults = self.scenario.engine_faults.clone();
         c
+    }
+
+    /// Lets time pass until `until`, starting each restarting client again as soon as its old
+    /// process is gone — which may be long after the restart began (its shutdown waits for the
+    /// calls it has in flight, up to `call_timeout`), even after the faults healed.
+    async fn pass_until(&mut self, until: Instant) {
+        loop {
+            let id = tokio::select! {
+                biased;
+                Some(id) = self.rejoining.recv() => id,
+                () = sleep_until(until) => return,
+            };
+            self.join_as(id);
+        }
+    }
+
+    /// [`World::pass_until`] `d` from now.
+    async fn pass(&mut self, d: Duration) {
+        self.pass_until(Instant::now() + d).await;
     }
 
     fn join(&mut self) {
@@ -565,7 +718,9 @@ impl World {
     /// leave and replies before they are seen), the network (latency each way, a half
     /// partition), then the server.
     fn join_as(&mut self, id: String) {
-        let config = self.config(&id);
+        let mut config = self.config(&id);
+        let stuck = FaultSwitch::default();
+        config.faults.stuck_supervisor = Some(stuck.clone());
         let gate = Gate::new();
         let half_gate = Gate::for_ops(&["heartbeat", "clients", "leases", "lease"]);
         let network = [self.network(), self.network()];
@@ -581,11 +736,16 @@ impl World {
             gate.clone(),
         ));
         let stall = Gate::new();
+        let (hang, polling, dropped) = (Gate::new(), Gate::new(), Gate::new());
+        dropped.pause();
         let app = App {
             client: id.clone(),
             clock: self.clock.clone(),
             gate: gate.clone(),
             stall: stall.clone(),
+            hang: hang.clone(),
+            polling: polling.clone(),
+            dropped: dropped.clone(),
             log: self.log.clone(),
             acked: self.acked.clone(),
         };
@@ -600,6 +760,7 @@ impl World {
                 return;
             }
         };
+        let status = consumer.status();
         let (worker, consumer, shutdown) = if self.scenario.batch_handler {
             let shutdown = consumer.shutdown_handle();
             let rng = Arc::new(Mutex::new(rng));
@@ -625,6 +786,7 @@ impl World {
                     }
                     app.gate.wait_open().await;
                     app.stall.wait_open().await;
+                    app.hang.wait_open().await;
                     sleep(time).await;
                     app.gate.wait_open().await;
                     if fail {
@@ -644,7 +806,7 @@ impl World {
             });
             (worker, None, Some(shutdown))
         } else {
-            let mut records = match consumer.records() {
+            let records = match consumer.records() {
                 Ok(r) => r,
                 Err(e) => {
                     lock(&errors).push(format!("{id}: {e}"));
@@ -653,7 +815,23 @@ impl World {
             };
             let id2 = id.clone();
             let worker = tokio::spawn(async move {
-                while let Some(item) = records.next().await {
+                let mut records = Some(records);
+                loop {
+                    // Polled until the application stops polling (the stream kept) or drops it.
+                    let next = match records.as_mut() {
+                        None => break,
+                        Some(stream) => tokio::select! {
+                            biased;
+                            () = app.dropped.wait_open() => None,
+                            item = async {
+                                app.polling.wait_open().await;
+                                stream.next().await
+                            } => Some(item),
+                        },
+                    };
+                    let Some(Some(item)) = next else {
+                        break;
+                    };
                     let record = match item {
                         Ok(r) => r,
                         Err(e) => {
@@ -669,6 +847,17 @@ impl World {
                     );
                     app.gate.wait_open().await;
                     app.stall.wait_open().await;
+                    // Hung for good: the record is held, not acked. An application that drops
+                    // its stream meanwhile still holds the record (dropping it would ack it in
+                    // `AckMode::OnDrop`, unprocessed).
+                    tokio::select! {
+                        biased;
+                        () = app.hang.wait_open() => {}
+                        () = app.dropped.wait_open() => {
+                            records = None;
+                            app.hang.wait_open().await;
+                        }
+                    }
                     sleep(processing_time(&mut rng, slow)).await;
                     app.gate.wait_open().await;
                     app.ack(
@@ -690,17 +879,29 @@ impl World {
             gate,
             half_gate,
             stall,
+            hang,
+            polling,
+            dropped,
+            stuck,
+            status,
             network,
             consumer,
             shutdown,
             worker,
             in_fleet: true,
+            hung: false,
         });
     }
 
+    /// A member in the fleet, at random. In calm (the probes) only one that works and is not out
+    /// of the fleet as not polled: the probes are there to move leases.
     fn pick_member(&mut self) -> Option<usize> {
+        let calm = self.calm;
         let live: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].in_fleet)
+            .filter(|i| {
+                let m = &self.members[*i];
+                m.in_fleet && !(calm && (m.hung || m.status.has_left_fleet()))
+            })
             .collect();
         if live.is_empty() {
             return None;
@@ -708,9 +909,17 @@ impl World {
         Some(live[self.rng.below(live.len() as u64) as usize])
     }
 
+    /// Members in the fleet whose application works.
+    fn working(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.in_fleet && !m.hung)
+            .count()
+    }
+
     fn crash(&mut self) {
-        // Keep at least one member, or nothing would be left to finish the work.
-        if self.members.iter().filter(|m| m.in_fleet).count() < 2 {
+        // Keep at least one working member, or nothing would be left to finish the work.
+        if self.working() < 2 {
             return;
         }
         if let Some(i) = self.pick_member() {
@@ -728,16 +937,23 @@ impl World {
     }
 
     fn leave(&mut self, restart: bool) {
-        if !restart && self.members.iter().filter(|m| m.in_fleet).count() < 2 {
+        if !restart && self.working() < 2 {
             return;
         }
-        let Some(i) = self.pick_member() else {
-            return;
-        };
+        if let Some(i) = self.pick_member() {
+            self.shut_down(i, restart);
+        }
+    }
+
+    /// Shuts member `i` down gracefully (and starts it again under its id if `restart`).
+    fn shut_down(&mut self, i: usize, restart: bool) {
         let m = &mut self.members[i];
         m.in_fleet = false;
         m.gate.resume();
         m.half_gate.resume();
+        // Its process stops, and a hung application with it.
+        m.hang.resume();
+        m.polling.resume();
         let shutdown = m.shutdown.take();
         let consumer = m.consumer.take();
         let worker = std::mem::replace(&mut m.worker, tokio::spawn(async {}));
@@ -777,6 +993,82 @@ impl World {
         }
     }
 
+    /// A member's application hangs for good (`polling`: stops polling its record stream).
+    fn hang(&mut self, polling: bool) {
+        if self.working() < 2 {
+            return;
+        }
+        let handler = self.scenario.batch_handler;
+        if let Some(i) = self.pick_member() {
+            let m = &mut self.members[i];
+            m.hung = true;
+            if polling && !handler {
+                m.polling.pause();
+            } else {
+                m.hang.pause();
+            }
+        }
+    }
+
+    /// A member's supervisor gets stuck for good.
+    fn stick(&mut self) {
+        if self.working() < 2 {
+            return;
+        }
+        if let Some(i) = self.pick_member() {
+            let m = &mut self.members[i];
+            m.in_fleet = false;
+            m.stuck.set(true);
+        }
+    }
+
+    /// A member leaves the fleet `how`; in calm, the leases it held are noted for the drop
+    /// oracle.
+    fn depart(&mut self, how: Departure) {
+        if self.working() < 2 {
+            return;
+        }
+        let Some(i) = self.pick_member() else {
+            return;
+        };
+        if self.calm {
+            let client = ClientId::from(self.members[i].id.as_str());
+            let leases = self
+                .store
+                .peek_leases(self.stream.name())
+                .into_iter()
+                .filter(|l| !l.finished && l.owner.as_ref() == Some(&client))
+                .map(|l| (l.shard, l.token))
+                .collect();
+            self.departed.push(Departed {
+                client,
+                how,
+                at: self.clock.now(),
+                leases,
+            });
+        }
+        let handler = self.scenario.batch_handler;
+        let m = &mut self.members[i];
+        match how {
+            Departure::Shutdown => self.shut_down(i, false),
+            Departure::DropRecords if !handler => {
+                m.in_fleet = false;
+                // The application drops its stream once it is done with the record in hand.
+                m.dropped.resume();
+            }
+            Departure::DropConsumer | Departure::DropRecords => {
+                m.in_fleet = false;
+                // A record-stream consumer is the member's; a batch handler's lives in the
+                // future of `run`, dropped with the worker.
+                drop(m.consumer.take());
+                m.shutdown = None;
+                if handler {
+                    m.worker.abort();
+                }
+            }
+        }
+    }
+
     fn split(&mut self) {
         let open: Vec<_> = self
             .stream
@@ -812,6 +1104,11 @@ impl World {
         match event {
             Event::Crash => self.crash(),
             Event::Leave => self.leave(false),
+            Event::Hang => self.hang(false),
+            Event::StopPolling => self.hang(true),
+            Event::StuckSupervisor => self.stick(),
+            Event::DropRecords => self.depart(Departure::DropRecords),
+            Event::DropConsumer => self.depart(Departure::DropConsumer),
             Event::Restart => self.leave(true),
             Event::Join => self.join(),
             Event::Pause(d) => self.pause(*d, false),
@@ -915,7 +1212,7 @@ async fn run_async(scenario: Scenario) -> Report {
         ..StoreFaults::default()
     };
     store.set_faults(calm_store.clone());
-    let (rejoin, mut rejoining) = tokio::sync::mpsc::unbounded_channel();
+    let (rejoin, rejoining) = tokio::sync::mpsc::unbounded_channel();
     let mut world = World {
         rng: Rng::new(stable_hash(&[b"world", &scenario.seed.to_le_bytes()])),
         scenario: scenario.clone(),
@@ -929,8 +1226,10 @@ async fn run_async(scenario: Scenario) -> Report {
         leaving: Vec::new(),
         next_client: 0,
         rejoin,
+        rejoining,
         calm: false,
         stalled_until: start,
+        departed: Vec::new(),
     };
     for _ in 0..scenario.clients {
         world.join();
@@ -957,25 +1256,13 @@ async fn run_async(scenario: Scenario) -> Report {
     };
 
     for (at, event) in scenario.events.clone() {
-        loop {
-            tokio::select! {
-                biased;
-                Some(id) = rejoining.recv() => world.join_as(id),
-                _ = sleep_until(start + at) => break,
-            }
-        }
+        world.pass_until(start + at).await;
         world.apply(&event);
     }
     let _ = producer.await;
     // Calm: no more faults, everyone awake, and at least one member.
     let calm_at = Instant::now() + Duration::from_secs(25);
-    loop {
-        tokio::select! {
-            biased;
-            Some(id) = rejoining.recv() => world.join_as(id),
-            _ = sleep_until(calm_at) => break,
-        }
-    }
+    world.pass_until(calm_at).await;
     store.set_faults(calm_store);
     world.calm = true;
     stream.set_faults(SourceFaults::default());
@@ -986,7 +1273,7 @@ async fn run_async(scenario: Scenario) -> Report {
             latency.set_profile(LatencyProfile::default(), None);
         }
     }
-    if !world.members.iter().any(|m| m.in_fleet) {
+    if world.working() == 0 {
         world.join();
     }
 
@@ -1000,8 +1287,9 @@ async fn run_async(scenario: Scenario) -> Report {
         })
         .collect();
     let mut violations = Vec::new();
-    // Healed: faults are over and no handler is stalled any more.
-    sleep_until(world.stalled_until).await;
+    // Healed: faults are over and no handler is stalled any more (a stall for good never heals:
+    // the engine must have moved the work away from it).
+    world.pass_until(world.stalled_until).await;
     let healed = Instant::now();
     let deadline = healed + record_bound(&scenario);
     loop {
@@ -1022,20 +1310,20 @@ async fn run_async(scenario: Scenario) -> Report {
             });
             break;
         }
-        sleep(Duration::from_secs(1)).await;
+        world.pass(Duration::from_secs(1)).await;
     }
     let settle = healed.elapsed();
     // Let calls sent before the calm end, then move leases in calm: a client joins (leases
     // are handed to it), later one leaves (its leases are handed to the others). How long a
     // released lease stays free is judged from here on.
-    sleep(scenario.call_timeout).await;
+    world.pass(scenario.call_timeout).await;
     let probe_from = Instant::now();
     world.join();
-    sleep(Duration::from_secs(15)).await;
+    world.pass(Duration::from_secs(15)).await;
     // A crash, and a client joining once the others judged it dead but while its row is still
     // there (rows of the dead go after three TTLs): the joiner counts the dead row alive.
     world.crash();
-    sleep(Duration::from_secs(12)).await;
+    world.pass(Duration::from_secs(12)).await;
     world.join();
     // ... and slow to start (its first listing of the stream takes up to 700 ms, as a real
     // ListShards can): the others may release leases to it before its first read of the
@@ -1045,24 +1333,56 @@ async fn run_async(scenario: Scenario) -> Report {
     if let Some(joiner) = world.members.last() {
         joiner.network[0].delay_next_request("list_shards", Duration::from_millis(slow_start));
     }
-    sleep(Duration::from_secs(15)).await;
-    world.leave(false);
+    world.pass(Duration::from_secs(15)).await;
+    // The last one leaves — shut down, or its consumer or record stream dropped (drawn from the
+    // seed): either way it must release what it holds.
+    world.depart(scenario.last_departure);
     // Let the fleet settle, then look at the final assignment.
-    sleep(Duration::from_secs(30)).await;
+    world.pass(Duration::from_secs(30)).await;
     let checked_until = Instant::now();
+    // The same moment on the store's clock: the run's own shutdown writes at this instant too.
+    let checked_at = world.clock.now();
+    // A client out of the fleet because it is not polled holds nothing, and is planned nothing.
     let live: Vec<ClientId> = world
         .members
         .iter()
-        .filter(|m| m.in_fleet)
+        .filter(|m| m.in_fleet && !m.status.has_left_fleet())
         .map(|m| ClientId::from(m.id.as_str()))
         .collect();
     let final_leases = store.peek_leases(stream.name());
     check_balance(&final_leases, &live, &mut violations);
+    // ... but only a client whose application stopped polling may be out for that reason: one
+    // whose application polls (or waits in a poll) must have rejoined by now.
+    for m in world.members.iter().filter(|m| m.in_fleet && !m.hung) {
+        if m.status.has_left_fleet() {
+            violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{} is out of the fleet as not polled, though its application polls its record stream",
+                    m.id
+                ),
+            });
+        }
+    }
 
-    for m in &mut world.members {
-        if let Some(h) = m.shutdown.take() {
+    // The end of the run: everyone is asked to stop first, then what hangs for good is let go
+    // (a stuck supervisor, a hung or unpolling application), so each can shut down.
+    for m in &world.members {
+        if let Some(h) = &m.shutdown {
             h.shutdown();
         }
+        if let Some(c) = &m.consumer {
+            c.shutdown_handle().shutdown();
+        }
+    }
+    for m in &world.members {
+        m.stuck.set(false);
+        m.hang.resume();
+        m.polling.resume();
+    }
+    let stalls = world.members.iter().map(|m| m.status.stalls().len()).sum();
+    for m in &mut world.members {
+        m.shutdown = None;
         if let Some(c) = m.consumer.take() {
             let _ = c.shutdown().await;
         }
@@ -1090,6 +1410,7 @@ async fn run_async(scenario: Scenario) -> Report {
         });
     }
     check_delivery(&produced, &acked, &mut violations);
+    check_departures(&world.departed, &history, checked_at, &mut violations);
     check_tenures(&stream, &log, &history, &mut violations);
     check_writes(&history, &mut violations);
     let shortest_ttl = Config::new("sim")
@@ -1136,6 +1457,7 @@ async fn run_async(scenario: Scenario) -> Report {
         settle,
         longest_free,
         expired_iterators: stream.stats().expired_iterators,
+        stalls,
     }
 }
 
@@ -1143,8 +1465,21 @@ async fn run_async(scenario: Scenario) -> Report {
 /// hang until `call_timeout`; then a dead owner is judged within `lease_ttl`, its lease read and
 /// taken within a full read's period, and the backlog processed (the simulation's at most 400
 /// records take up to 100 ms each, spread over the shards): 45 s after `call_timeout`.
+///
+/// A stall for good ([`Event::is_for_good`]) does not heal, so nothing waits for it, and its
+/// detection clock may start as late as the healing: a stalled client that fenced itself during
+/// the faults takes its leases again (new tenures, whose records wait from then), or records
+/// reach a hung client's shard only then. It is found `stall_timeout` later on that client's
+/// clock (up to `max_clock_drift` slow), and from there its work moves as a graceful handoff —
+/// quicker than a dead owner's. So a run with one gets `stall_timeout × (1 + max_clock_drift)`
+/// more.
 pub fn record_bound(scenario: &Scenario) -> Duration {
-    scenario.call_timeout + Duration::from_secs(45)
+    let bound = scenario.call_timeout + Duration::from_secs(45);
+    let stalls_for_good = scenario.events.iter().any(|(_, e)| e.is_for_good());
+    match scenario.stall_timeout {
+        Some(t) if stalls_for_good => bound + t.mul_f64(1.0 + scenario.max_clock_drift),
+        _ => bound,
+    }
 }
 
 /// How long a released lease may stay free once faults healed, while the client it was handed
@@ -1326,6 +1661,56 @@ fn check_writes(history: &[StoreEvent], violations: &mut Vec<Violation>) {
                 });
             }
             last.insert(e.shard.clone(), cp);
+        }
+    }
+}
+
+/// The drop oracle: a client taken out of the fleet in calm — shut down, or its `Consumer` or
+/// record stream dropped — releases (or finishes) every lease it held, before anyone else
+/// writes it and before the checks end (`until`, on the store's event clock: the run's own
+/// shutdown follows at the same instant). Its own checkpoints may come first. A consumer that crashes
+/// when dropped leaves its leases to expire (the next write is someone's take); one that idles
+/// when its stream is dropped keeps them (no write at all).
+fn check_departures(
+    departed: &[Departed],
+    history: &[StoreEvent],
+    until: u64,
+    violations: &mut Vec<Violation>,
+) {
+    for d in departed {
+        for (shard, token) in &d.leases {
+            let ours = |e: &StoreEvent| {
+                e.claimed
+                    .as_ref()
+                    .is_some_and(|t| t.owner == d.client && t.token == *token)
+            };
+            let next = history.iter().find(|e| {
+                e.at > d.at && e.shard == *shard && !(e.op == StoreOp::Checkpoint && ours(e))
+            });
+            let detail = match next {
+                Some(e) if e.at > until => None,
+                Some(e) if matches!(e.op, StoreOp::Release | StoreOp::Finish) && ours(e) => {
+                    continue;
+                }
+                Some(e) => Some(format!(
+                    "{:?} by {:?}",
+                    e.op,
+                    e.claimed.as_ref().map(|t| t.owner.as_str())
+                )),
+                None => None,
+            };
+            violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{} left ({:?}) and its lease {shard} #{token} was dropped without release: {}",
+                    d.client,
+                    d.how,
+                    detail.map_or_else(
+                        || "nothing written before the checks ended".to_string(),
+                        |w| format!("the next write was a {w}")
+                    )
+                ),
+            });
         }
     }
 }
