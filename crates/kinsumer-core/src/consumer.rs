@@ -246,7 +246,7 @@ pub struct StatusHandle {
     board: Arc<Mutex<BTreeMap<ShardId, ShardStatus>>>,
     trackers: Arc<Mutex<BTreeMap<ShardId, Arc<AckTracker>>>>,
     stalls: Arc<StallLog>,
-    /// Out of the fleet because its record stream was not polled (see [`StallKind::NotPolled`]).
+    /// Out of the fleet because its application stalled (see [`Supervisor::leave_until`]).
     left_fleet: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -257,8 +257,9 @@ impl StatusHandle {
         self.stalls.all()
     }
 
-    /// Whether the consumer released everything and left the fleet because its record stream
-    /// was not polled; it rejoins on the next poll.
+    /// Whether the consumer released everything and left the fleet because its application
+    /// stalled: its record stream was not polled (it rejoins on the next poll), or its handler
+    /// hung twice within 2 × `stall_timeout` (it rejoins after `stall_timeout`).
     pub fn has_left_fleet(&self) -> bool {
         self.left_fleet.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -792,9 +793,11 @@ impl Stream for Records {
                     && record.from.tracker.hand_out_range_at(record.index, 1, now)
                 {
                     record.done = false;
+                    self.poll_clock.set_holding(self.chunk.len() > 0);
                     return Poll::Ready(Some(Ok(record)));
                 }
             }
+            self.poll_clock.set_holding(false);
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(chunk)) => self.chunk = chunk.into_iter(),
                 Poll::Ready(None) => {
@@ -867,6 +870,8 @@ struct Supervisor {
     /// `rebalance_interval` or two). Given up to nobody (we are alone), a shard is taken back
     /// at once: a new tenure, with the hung call cancelled.
     gave_up: BTreeMap<ShardId, Instant>,
+    /// When the application last hung ([`StallKind::HandlerHung`]).
+    last_hang: Option<Instant>,
     /// Lease rows set aside: they do not decode, or the store refused to take them.
     bad_leases: Quarantine,
     /// Client rows set aside: they do not decode (the client counts as having no row).
@@ -976,6 +981,7 @@ async fn supervise(
         last_alive: Vec::new(),
         seen_owned: BTreeSet::new(),
         gave_up: BTreeMap::new(),
+        last_hang: None,
         bad_leases: Quarantine::new("lease"),
         bad_clients: Quarantine::new("client"),
         fatal: None,
@@ -1010,14 +1016,20 @@ async fn supervise(
             }
             _ = tick.tick() => {
                 sup.stuck_on_purpose().await;
-                if sup.not_polled() {
-                    match sup.leave_until_polled(&mut tasks, &mut shutdown).await {
+                let rejoin = if sup.not_polled() {
+                    Some(Rejoin::WhenPolled)
+                } else if sup.release_stalled() {
+                    cfg.stall_timeout.map(Rejoin::After)
+                } else {
+                    None
+                };
+                if let Some(rejoin) = rejoin {
+                    match sup.leave_until(&mut tasks, &mut shutdown, rejoin).await {
                         Ok(true) => continue,
                         Ok(false) => return Ok(()),
                         Err(e) => break Err(e),
                     }
                 }
-                sup.release_stalled();
                 if let Err(e) = sup.step(&mut tasks).await {
                     break Err(e);
                 }
@@ -1033,6 +1045,15 @@ async fn supervise(
             .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
     }
     result
+}
+
+/// When a client that left the fleet for a stall comes back.
+#[derive(Clone, Copy, Debug)]
+enum Rejoin {
+    /// On the next poll of the record stream ([`StallKind::NotPolled`]).
+    WhenPolled,
+    /// After this long (a handler that hung twice: the application looks unhealthy).
+    After(Duration),
 }
 
 /// The heartbeat task; aborted when dropped.
@@ -1415,6 +1436,10 @@ impl Supervisor {
     /// Whether a parent stands in the way of its child: unfinished, or without a row while
     /// the stream still lists it (or before we have a listing).
     fn parent_pending(&self, parent: &ShardId) -> bool {
+        // A parent whose row is set aside has no provable end, whether or not it is listed.
+        if self.bad_leases.holds(parent.as_str()) {
+            return true;
+        }
         match self.leases.get(parent) {
             Some(row) => !row.finished,
             None => self.listed.as_ref().is_none_or(|l| l.contains(parent)),
@@ -1708,8 +1733,15 @@ impl Supervisor {
                     id: Some(lease.shard.to_string()),
                     reason,
                 };
-                self.bad_leases
-                    .refused(lease.shard.as_str(), fingerprint(&lease), row);
+                if lease.token_exhausted() {
+                    // It decodes, but no take can move its token: aside until it changes.
+                    self.bad_leases
+                        .refused(lease.shard.as_str(), fingerprint(&lease), row);
+                } else {
+                    // It no longer decodes (written since our read): aside until a read of
+                    // every row decodes it again — even back to the very row we read.
+                    self.bad_leases.undecodable(row);
+                }
                 self.set_corrupt_gauge();
                 return true;
             }
@@ -2032,28 +2064,32 @@ impl Supervisor {
         }
     }
 
-    /// Whether the record stream has not been polled for `stall_timeout` while records of a
-    /// held shard waited for as long ([`StallKind::NotPolled`]); reported if so.
-    fn not_polled(&self) -> bool {
+    /// Whether the record stream has not been polled for `stall_timeout` while records waited
+    /// in it for as long ([`StallKind::NotPolled`]); reported if so.
+    ///
+    /// "Waiting" is what the application has not taken: chunks queued in the stream's channel,
+    /// or the rest of a chunk it took a record of. An application that waits *in* a poll has
+    /// drained both — records fetched before a fence are skipped there, not left waiting — so
+    /// it is never judged stalled, however long it waits.
+    fn not_polled(&mut self) -> bool {
         let Some(limit) = self.engine.config.stall_timeout else {
             return false;
         };
-        if !matches!(self.engine.delivery, Delivery::Stream(_)) {
-            return false;
-        }
-        let now = Instant::now();
-        let polled = self.engine.poll_clock.last();
-        if now.saturating_duration_since(polled) < limit {
-            return false;
-        }
-        let oldest = self
-            .held
-            .values()
-            .filter_map(|h| h.tracker.waiting_since())
-            .min();
-        let Some(oldest) = oldest.filter(|t| now.saturating_duration_since(*t) >= limit) else {
+        let Delivery::Stream(tx) = &self.engine.delivery else {
             return false;
         };
+        let now = Instant::now();
+        let clock = &self.engine.poll_clock;
+        let queued = tx.max_capacity() - tx.capacity();
+        let Some(oldest) = clock.waiting(queued > 0 || clock.holding(), now) else {
+            return false;
+        };
+        let polled = clock.last();
+        if now.saturating_duration_since(polled) < limit
+            || now.saturating_duration_since(oldest) < limit
+        {
+            return false;
+        }
         self.engine.report_stall(Stall {
             kind: StallKind::NotPolled,
             shard: None,
@@ -2064,13 +2100,14 @@ impl Supervisor {
         true
     }
 
-    /// The record stream is not polled: release everything and leave the fleet (as a
-    /// shutdown), wait for the next poll, then register again. `Ok(false)` if asked to stop
-    /// meanwhile.
-    async fn leave_until_polled(
+    /// The application stalled as a whole: release everything and leave the fleet (as a
+    /// shutdown), wait until `rejoin` says it may come back, then register again. `Ok(false)`
+    /// if asked to stop meanwhile.
+    async fn leave_until(
         &mut self,
         tasks: &mut Tenures,
         shutdown: &mut watch::Receiver<Stop>,
+        rejoin: Rejoin,
     ) -> Result<bool, ConsumerError> {
         self.shutdown(tasks, EndReason::Stalled).await;
         let left = Instant::now();
@@ -2078,9 +2115,16 @@ impl Supervisor {
             .status
             .left_fleet
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let polled = loop {
+        let back = async {
+            match rejoin {
+                Rejoin::WhenPolled => self.engine.poll_clock.wait_after(left).await,
+                Rejoin::After(pause) => sleep(pause).await,
+            }
+        };
+        tokio::pin!(back);
+        let come_back = loop {
             tokio::select! {
-                _ = self.engine.poll_clock.wait_after(left) => break true,
+                _ = &mut back => break true,
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() != Stop::Run {
                         break false;
@@ -2092,10 +2136,10 @@ impl Supervisor {
             .status
             .left_fleet
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        if !polled || !register(&self.engine, shutdown).await? {
+        if !come_back || !register(&self.engine, shutdown).await? {
             return Ok(false);
         }
-        info!("the record stream is polled again: rejoining the fleet");
+        info!(rejoin = ?rejoin, "rejoining the fleet");
         self.engine.watchdog.pet(); // waiting for a poll is not being stuck
         self.heartbeat = Some(Heartbeat::start(&self.engine));
         self.leases.clear();
@@ -2115,9 +2159,14 @@ impl Supervisor {
     /// ([`StallKind::RecordNotAcked`]), or a handler call that has not returned
     /// ([`StallKind::HandlerHung`]), for `stall_timeout`. The shard goes to the client the plan
     /// names without us; what is acked is committed first.
-    fn release_stalled(&mut self) {
+    ///
+    /// A handler that hangs again within 2 × `stall_timeout` of its last hang says the
+    /// application is unhealthy, not one shard: then nothing is released here and `true` asks
+    /// the caller to take the client out of the fleet for `stall_timeout` — otherwise the plan
+    /// keeps handing it shards (its share), each lost for another `stall_timeout`.
+    fn release_stalled(&mut self) -> bool {
         let Some(limit) = self.engine.config.stall_timeout else {
-            return;
+            return false;
         };
         let now = Instant::now();
         let handler = matches!(self.engine.delivery, Delivery::Handler(_));
@@ -2152,7 +2201,23 @@ impl Supervisor {
             }
         }
         if stalled.is_empty() {
-            return;
+            return false;
+        }
+        if stalled.iter().any(|s| s.kind == StallKind::HandlerHung) {
+            let again = self
+                .last_hang
+                .is_some_and(|t| now.saturating_duration_since(t) <= limit * 2);
+            self.last_hang = Some(now);
+            if again {
+                for stall in stalled {
+                    self.engine.report_stall(stall);
+                }
+                warn!(
+                    pause_s = limit.as_secs_f64(),
+                    "the application hung again within 2 × stall_timeout: releasing every lease and leaving the fleet for stall_timeout"
+                );
+                return true;
+            }
         }
         let plan = self.plan_without_me();
         for stall in stalled {
@@ -2173,6 +2238,7 @@ impl Supervisor {
                 self.engine.status.update(&shard, |s| s.releasing = true);
             }
         }
+        false
     }
 }
 

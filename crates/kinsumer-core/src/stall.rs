@@ -99,11 +99,15 @@ impl StallLog {
     }
 }
 
-/// When the record stream was last polled, and a wake-up for a client that left the fleet
-/// because it was not.
+/// When the record stream was last polled, since when records have waited in it, and a
+/// wake-up for a client that left the fleet because it was not polled.
 #[derive(Debug)]
 pub(crate) struct PollClock {
     polled_at: Mutex<Instant>,
+    /// The stream holds the rest of a chunk the application took a record of.
+    holding: AtomicBool,
+    /// Since when records have waited for the application (the supervisor's observation).
+    waiting_since: Mutex<Option<Instant>>,
     /// The supervisor waits for a poll (it left the fleet): a poll must wake it.
     waiting: AtomicBool,
     polled: Notify,
@@ -113,6 +117,8 @@ impl PollClock {
     pub(crate) fn new() -> Self {
         Self {
             polled_at: Mutex::new(Instant::now()),
+            holding: AtomicBool::new(false),
+            waiting_since: Mutex::new(None),
             waiting: AtomicBool::new(false),
             polled: Notify::new(),
         }
@@ -124,6 +130,26 @@ impl PollClock {
         if self.waiting.load(Ordering::Acquire) {
             self.polled.notify_one();
         }
+    }
+
+    /// The record stream returned, holding the rest of a chunk (`true`) or nothing.
+    pub(crate) fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Relaxed);
+    }
+
+    pub(crate) fn holding(&self) -> bool {
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether records wait for the application now; since when they have, if they do.
+    pub(crate) fn waiting(&self, waiting: bool, now: Instant) -> Option<Instant> {
+        let mut since = self.waiting_since.lock().unwrap_or_else(|e| e.into_inner());
+        *since = if waiting {
+            Some(since.unwrap_or(now))
+        } else {
+            None
+        };
+        *since
     }
 
     pub(crate) fn last(&self) -> Instant {

@@ -507,3 +507,51 @@ async fn a_dropped_consumer_shuts_down_gracefully_in_the_background() {
         b.shutdown().await.expect("b shuts down");
     }
 }
+
+/// Every call of a's batch handler hangs (its downstream is gone). A hang releases one shard,
+/// but the fleet's balanced plan hands a a share again; the second hang within 2 ×
+/// `stall_timeout` takes a out of the fleet for `stall_timeout`, so b holds every shard and
+/// the backlog is handled. Before, b handed a shard back to a at each rebalance and its
+/// checkpoint stood still (found by the simulation).
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_hangs_again_takes_its_client_out_of_the_fleet() {
+    let (stream, store, book, b) = fleet_with_b(Some(STALL));
+    let calls = Arc::new(Mutex::new(0u32));
+    let counted = calls.clone();
+    let handler = move |_batch: ShardBatch| {
+        let counted = counted.clone();
+        async move {
+            *counted.lock().expect("lock") += 1;
+            std::future::pending::<Result<(), HandlerError>>().await
+        }
+    };
+    let a = Consumer::new(config("a", Some(STALL)), stream.clone(), store.clone()).expect("valid");
+    let (status, stop) = (a.status(), a.shutdown_handle());
+    let run = tokio::spawn(a.run(handler));
+    sleep(secs(5)).await; // one shard each
+    let producer = {
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            for i in 0..RECORDS {
+                stream
+                    .put(&format!("key-{i}"), i.to_be_bytes().to_vec())
+                    .expect("put");
+                sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let left = wait_for(STALL * 6, || status.has_left_fleet()).await;
+    assert!(left.is_some(), "a left the fleet: {:?}", status.stalls());
+    assert!(stalls_of(&status, StallKind::HandlerHung) >= 2);
+    producer.await.expect("produced");
+    wait_for(STALL * 4, || book.all_acked())
+        .await
+        .expect("nothing lost: b handled every record");
+    assert!(
+        *calls.lock().expect("lock") >= 2,
+        "a's handler was called again"
+    );
+    stop.shutdown();
+    let _ = run.await;
+    b.shutdown().await.expect("b shuts down");
+}

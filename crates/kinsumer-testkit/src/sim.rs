@@ -344,14 +344,7 @@ impl Scenario {
                 3 => Event::DropRecords,
                 _ => Event::DropConsumer,
             };
-            // Not yet with a batch handler: a client whose every call hangs stays in the fleet
-            // and in every plan, so its shards come back to it — handed back by the client it
-            // gave them to, a rebalance later — and each costs another `stall_timeout` (see
-            // the ignored test `a_batch_handler_hung_for_good_does_not_hold_its_shards`).
-            let engine_gap = s.batch_handler && matches!(event, Event::Hang | Event::StopPolling);
-            if !engine_gap {
-                s.events.push((at, event));
-            }
+            s.events.push((at, event));
         }
         s.last_departure = match stalls.below(3) {
             0 => Departure::Shutdown,

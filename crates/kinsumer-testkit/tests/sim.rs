@@ -2,14 +2,13 @@
 //! engine or store.
 //!
 //! - `sweep`: seeds `0..KINSUMER_SIM_SEEDS` (default 1000), on every core; fails listing each
-//!   failing seed with the command that replays it. A violation that matches an open engine bug
-//!   the simulation found (`KNOWN_ENGINE_GAPS`) is listed, counted apart, and does not fail it.
+//!   failing seed with the command that replays it.
 //! - `replay_one_seed`: the seed in `KINSUMER_SIM_SEED` (default 0), with its full report.
 
 use std::time::Instant;
 
 use kinsumer_core::config::EngineFaults;
-use kinsumer_testkit::sim::{Departure, Event, Invariant, Report, Scenario, Violation, run};
+use kinsumer_testkit::sim::{Departure, Event, Invariant, Report, Scenario, run};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -18,23 +17,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|_| panic!("{name} must be a whole number, got {v:?}")),
         Err(_) => default,
     }
-}
-
-/// Open kinsumer-core bugs the simulation found, by a fragment of the violation that shows them,
-/// with the ignored test that replays one: a sweep lists such violations apart and does not
-/// fail on them, so it goes on guarding everything else. Delete an entry once the engine is
-/// fixed (and un-ignore its test).
-const KNOWN_ENGINE_GAPS: &[(&str, &str)] = &[(
-    "out of the fleet as not polled, though its application polls",
-    "a_client_waiting_in_a_poll_is_not_left_out_of_the_fleet",
-)];
-
-/// The known engine gap `v` shows, if it is one.
-fn known_gap(v: &Violation) -> Option<&'static str> {
-    KNOWN_ENGINE_GAPS
-        .iter()
-        .find(|(fragment, _)| v.detail.contains(fragment))
-        .map(|(_, test)| *test)
 }
 
 #[test]
@@ -61,22 +43,9 @@ fn sweep() {
     });
     let failed: Vec<&Report> = reports
         .iter()
-        .filter(|r| r.violations.iter().any(|v| known_gap(v).is_none()))
+        .filter(|r| !r.violations.is_empty())
         .collect();
-    let violations: usize = reports
-        .iter()
-        .flat_map(|r| &r.violations)
-        .filter(|v| known_gap(v).is_none())
-        .count();
-    let mut gaps: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
-    for r in &reports {
-        for gap in r.violations.iter().filter_map(known_gap) {
-            let seeds = gaps.entry(gap).or_default();
-            if seeds.last() != Some(&r.scenario.seed) {
-                seeds.push(r.scenario.seed);
-            }
-        }
-    }
+    let violations: usize = failed.iter().map(|r| r.violations.len()).sum();
     let produced: usize = reports.iter().map(|r| r.produced).sum();
     let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
     let stalls: usize = reports.iter().map(|r| r.stalls).sum();
@@ -104,13 +73,6 @@ fn sweep() {
     println!(
         "after the faults healed: every record acked within {slowest_settle:?} ({beyond_timeout:?} past call_timeout); a released lease free for at most {longest_free:?} (seed {free_seed})"
     );
-    for (gap, seeds) in &mut gaps {
-        seeds.sort_unstable();
-        println!(
-            "known engine gap (not counted above; see the ignored test {gap}): {} seed(s): {seeds:?}",
-            seeds.len()
-        );
-    }
     for r in &failed {
         println!("{r}");
     }
@@ -465,13 +427,13 @@ fn catches_an_engine_without_stall_detection() {
     }
 }
 
-/// Found by the simulation, not fixed yet (kinsumer-core): a client whose batch handler hangs
-/// for good gives a shard up after `stall_timeout`, and the client it names hands the shard
-/// straight back at its next rebalance (its balanced plan still counts the hung client), with
-/// a drain shorter than its first batch of the backlog — so the shard's checkpoint does not
-/// move until the fleet changes (here from 5 s to 135 s).
+/// Found by the simulation: a client whose batch handler hangs for good gave a shard up after
+/// `stall_timeout`, and the client it named handed the shard straight back at its next
+/// rebalance (its balanced plan still counts the hung client), with a drain shorter than its
+/// first batch of the backlog — so the shard's checkpoint did not move from 5 s to 135 s. Now a
+/// handler that hangs again within 2 × `stall_timeout` takes its client out of the fleet for
+/// `stall_timeout`.
 #[test]
-#[ignore = "kinsumer-core hands a shard given up for a hung handler back to that client"]
 fn a_batch_handler_hung_for_good_does_not_hold_its_shards() {
     let mut s = busy_with(15, Event::Hang);
     s.batch_handler = true;
@@ -479,38 +441,36 @@ fn a_batch_handler_hung_for_good_does_not_hold_its_shards() {
     assert!(report.violations.is_empty(), "{report}");
 }
 
-/// Found by the simulation, not fixed yet (kinsumer-core): `StallKind::NotPolled` is judged from
-/// the last call of `poll_next`, and counts as waiting records the stream will never hand out
-/// (fetched before the client fenced itself). An application waiting in `records.next()` is not
-/// polled again until a record can be handed out — so a client whose supervisor sat in a slow
-/// store call across a self-fence (here: a half partition, `call_timeout` 60 s, self-fenced at
-/// 24.8 s, its application's last record at 5.5 s) is judged not polled at its next tick
-/// (57.9 s) and leaves the fleet "until polled again": for good, as nothing wakes the poll
-/// once it holds no lease. Sweep seeds 4554, 5851, 5976, 8503, 11162, 11804, ... show it too.
+/// Found by the simulation (seeds 4554, 5851, 5976, 8503, 11162 among others): "not polled" was
+/// judged from the last call of `poll_next` and counted as waiting the records a tenure fetched
+/// before a self-fence, which the stream never hands out. An application waiting in
+/// `records.next()` is not polled again until a record can be handed out, so a client whose
+/// supervisor sat in a slow store call across a self-fence was judged not polled and left the
+/// fleet for good. Now only what the application has not taken counts as waiting — chunks
+/// queued in the stream's channel, or the rest of a chunk it took a record of.
 #[test]
-#[ignore = "kinsumer-core judges an application waiting in records.next() as not polling"]
 fn a_client_waiting_in_a_poll_is_not_left_out_of_the_fleet() {
     let report = run(&Scenario::from_seed(11162));
     assert!(report.violations.is_empty(), "{report}");
 }
 
-/// Found by the sweep beyond its first 10,000 seeds, not fixed yet (kinsumer-core, as before
-/// stall detection): while a parent's lease row does not decode (set aside), a client takes
-/// its child and delivers two records of it (at 24.9 s) before the parent is finished (52.3 s).
+/// Found by the sweep beyond its first 10,000 seeds (seed 10804): while a parent's lease row did
+/// not decode (set aside) and the parent was no longer listed, a client took its child and
+/// delivered two records of it (at 24.9 s) before the parent finished (52.3 s). A parent whose
+/// row is set aside now always holds its children back.
 #[test]
-#[ignore = "kinsumer-core reads a child while its parent's lease row is set aside"]
 fn a_child_waits_for_a_parent_whose_row_is_set_aside() {
     let report = run(&Scenario::from_seed(10804));
     assert!(report.violations.is_empty(), "{report}");
 }
 
-/// Found by the sweep beyond its first 10,000 seeds, not fixed yet (kinsumer-core, as before
-/// stall detection): a free lease's take is refused while its row is garbage (24.1–27.5 s);
-/// the client sets the row aside until it changes, but the repair writes back the very row it
-/// had read, so it never tries again — and the others leave the lease to it, as the plan says:
-/// free from 11.9 s until a client joins at 121.8 s.
+/// Found by the sweep beyond its first 10,000 seeds (seed 18297): a free lease's take was
+/// refused while its row was garbage (24.1–27.5 s); the client set the row aside "until it
+/// changes", but the repair wrote back the very row it had read, so it never tried again — and
+/// the others left the lease to it, as the plan said: free from 11.9 s until a client joined at
+/// 121.8 s. A take refused because the row no longer decodes now sets it aside only until a
+/// read decodes it again (a row refused for its exhausted token still waits for a change).
 #[test]
-#[ignore = "kinsumer-core never retries a lease refused while corrupt and repaired to the same row"]
 fn a_lease_refused_while_corrupt_is_taken_once_repaired() {
     let report = run(&Scenario::from_seed(18297));
     assert!(report.violations.is_empty(), "{report}");
