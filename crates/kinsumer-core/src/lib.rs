@@ -9,9 +9,13 @@
 //! - [`store`] — the `LeaseStore` seam (where ownership and progress live);
 //! - [`membership`] — liveness from observed heartbeat counters, immune to clock skew;
 //! - [`assignment`] — the pure, balanced, sticky shard → client function;
-//! - `shard` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
+//! - `tenure` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
 //!   release or finish;
-//! - [`consumer`] — the public API and the supervisor that runs all of the above;
+//! - `engine` — what the supervisor and its tenures share (config, seams, back-off, heartbeat,
+//!   stall reports), and `health` — self-fencing when our own heartbeat stops landing;
+//! - `supervisor` — the task that runs all of the above: registers, reads, plans, takes, hands
+//!   off, leaves;
+//! - [`consumer`] — the public API: `Consumer`, its record stream, status and shutdown handles;
 //! - [`lifecycle`] — hooks as a shard starts and ends (to keep and flush per-shard state);
 //! - [`failure`] — what happens to a batch the handler keeps failing on;
 //! - [`stall`] — work held but not moving (a record not acked, a hung handler, a stream not
@@ -23,8 +27,10 @@
 pub mod assignment;
 pub mod config;
 pub mod consumer;
+mod engine;
 pub mod error;
 pub mod failure;
+mod health;
 pub mod layer;
 pub mod lifecycle;
 pub mod membership;
@@ -33,10 +39,11 @@ pub mod position;
 pub mod quarantine;
 pub mod record;
 pub mod rng;
-mod shard;
 pub mod source;
 pub mod stall;
 pub mod store;
+mod supervisor;
+mod tenure;
 
 /// The attribute that implements [`ShardLifecycle`], [`FailurePolicy`] or [`BatchHandler`] for a
 /// type of yours (`#[kinsumer::async_trait]`), so you need no dependency of your own for it.

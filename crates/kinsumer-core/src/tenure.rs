@@ -1,6 +1,6 @@
 //! One lease tenure of one shard: read → deliver → ack/watermark → commit → release or finish.
 //!
-//! The supervisor ([`crate::consumer`]) takes a lease and runs [`run_tenure`] for it. Two tasks
+//! The supervisor (`crate::supervisor`) takes a lease and runs [`run_tenure`] for it. Two tasks
 //! make a tenure:
 //! - the **fetcher** opens a reader at the stored checkpoint, reads at most once per
 //!   `poll_interval`, registers each record in the tenure's [`AckTracker`] and delivers it; it
@@ -23,7 +23,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::config::TrimmedPolicy;
-use crate::consumer::{Delivery, Engine};
+use crate::consumer::handler::BatchHandler;
+use crate::engine::{Delivery, Engine, report_vanished};
 use crate::error::ConsumerError;
 use crate::failure::{FailedBatch, FailureAction};
 use crate::lifecycle::{EndReason, ShardStarted};
@@ -217,7 +218,7 @@ pub(crate) async fn run_tenure(
                     Err(e) => {
                         m.checkpoint_failed.increment(1);
                         if let StoreError::NotFound { .. } = e {
-                            crate::consumer::report_vanished(&engine, &tenure.shard);
+                            report_vanished(&engine, &tenure.shard);
                         }
                         tracker.revoke();
                         return Outcome::Failed(e.into());
@@ -638,7 +639,7 @@ async fn deliver(
 /// (a batch is never skipped), and acks each batch the handler accepted.
 async fn handler_worker(
     engine: Arc<Engine>,
-    handler: Arc<dyn crate::consumer::BatchHandler>,
+    handler: Arc<dyn BatchHandler>,
     tracker: Arc<AckTracker>,
     epoch: u64,
     mut rx: mpsc::Receiver<(u64, u64, ShardBatch)>,
@@ -718,12 +719,4 @@ async fn ask_policy(
     let action = policy.on_failure(failed).await;
     tracker.set_call_since(None);
     action
-}
-
-/// Exponential back-off with jitter: `base * 2^attempt`, capped, with up to half taken off.
-pub(crate) fn backoff_delay(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let base = Duration::from_millis(100);
-    let exp = base.saturating_mul(1u32 << attempt.min(16));
-    let capped = exp.min(max);
-    capped.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
 }

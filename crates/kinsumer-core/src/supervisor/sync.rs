@@ -1,0 +1,211 @@
+//! Reading the world: the stream's shards (creating leases for new ones), every lease row or only
+//! the few awaited in a handoff, and the client rows — with full reads of the leases paced by
+//! how long they take, so a fleet on a slow store backs off instead of queueing behind itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{FULL_READ_PACE, FULL_READ_PACE_CAP, FULL_READ_SAMPLES, WAITING_POLL_LIMIT};
+use super::{Supervisor, fingerprint};
+use crate::error::ConsumerError;
+use crate::metrics;
+use crate::source::ShardId;
+use crate::store::{ClientId, CorruptRow, Lease, StoreError};
+
+impl Supervisor {
+    /// Reads every client row (dated by when the read was sent and when it came back).
+    /// True when the live set changed: a join, a leave, or a death judged on our clock.
+    pub(super) async fn read_clients(&mut self) -> Result<bool, ConsumerError> {
+        let sent = Instant::now();
+        let read = self.store.clients().await?;
+        let arrived = Instant::now();
+        self.bad_clients.read(&read.corrupt, |_| None);
+        self.set_corrupt_gauge();
+        let joined_or_left = self.membership.observe(&read.rows, sent, arrived);
+        let alive = self.membership.alive();
+        self.engine
+            .labels
+            .client_gauge(metrics::LIVE_CLIENTS)
+            .set(alive.len() as f64);
+        let changed = joined_or_left || alive != self.last_alive;
+        self.last_alive = alive;
+        Ok(changed)
+    }
+
+    /// Whether to read every lease now. At once when the live set changed (the plan did too);
+    /// otherwise paced by how long the last read took, so a fleet reading a slow store (many
+    /// leases, an emulator, a throttled table) backs off instead of queueing behind itself:
+    /// - a wanted read (`need_full`) after `FULL_READ_PACE × live × last read`, not sooner
+    ///   than the next membership poll;
+    /// - waiting for many handoffs at once (a fleet starting up), one read of every lease is
+    ///   cheaper than one read per awaited lease: at the same pace, at most once a second;
+    /// - the periodic safety-net read every `rebalance_interval`, or at that pace if slower.
+    pub(super) fn full_read_due(&self, now: Instant) -> bool {
+        let Some(last) = self.last_full else {
+            return true;
+        };
+        if self.urgent_full {
+            return true;
+        }
+        let cfg = &self.engine.config;
+        let live = self.last_alive.len().max(1) as u32;
+        let pace = (self.typical_full_read() * FULL_READ_PACE * live)
+            .min(cfg.rebalance_interval * FULL_READ_PACE_CAP);
+        let since = now.duration_since(last);
+        let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
+        let unclaimed = self.handed_to_others && since >= cfg.membership_poll_interval * 2;
+        (self.need_full && since >= pace.max(cfg.membership_poll_interval))
+            || (unclaimed && since >= pace)
+            || (many_waiting && since >= pace.max(Duration::from_secs(1)))
+            || since >= pace.max(cfg.rebalance_interval)
+    }
+
+    /// The median duration of the last few full reads.
+    pub(super) fn typical_full_read(&self) -> Duration {
+        let mut took: Vec<Duration> = self.full_read_took.iter().copied().collect();
+        took.sort();
+        took.get(took.len() / 2).copied().unwrap_or_default()
+    }
+
+    /// Creates leases for new shards (parents first) and deletes finished leases of shards that
+    /// left the stream.
+    pub(super) async fn sync_shards(&mut self) -> Result<(), ConsumerError> {
+        let store = &self.store;
+        let stream = &self.engine.stream;
+        // Leases first, then the listing: "gone from the stream" is judged from a listing made
+        // after the row was read. The other way round, a slow read could return a child's
+        // finished row while the listing predates the child — and delete it, so the child
+        // would be created again and read again from its start.
+        let read = store.leases(stream).await?;
+        let existing: BTreeMap<ShardId, Lease> = read
+            .rows
+            .into_iter()
+            .map(|l| (l.shard.clone(), l))
+            .collect();
+        let shards = self.source.list_shards().await?;
+        let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
+        self.listed = Some(shards.iter().map(|s| s.id.clone()).collect());
+        // Parents before children, so a child's lease never exists without its parents'.
+        // A row that does not decode exists all the same: never created again over it.
+        let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
+        created.extend(
+            read.corrupt
+                .iter()
+                .filter_map(|r| r.id.as_deref().map(ShardId::from)),
+        );
+        let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
+        pending.sort_by(|a, b| a.id.cmp(&b.id));
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for shard in pending {
+                let parents_ready = shard
+                    .parents
+                    .iter()
+                    .all(|p| created.contains(p) || !listed.contains(p));
+                if parents_ready {
+                    match store
+                        .create_if_absent(stream, &shard.id, &shard.parents)
+                        .await
+                    {
+                        Ok(_) => debug!(shard = %shard.id, "lease created"),
+                        // It exists (written since our read) but does not decode: set aside
+                        // by the next read of the leases; the other shards go on.
+                        Err(StoreError::Corrupt { key, reason }) => {
+                            warn!(shard = %shard.id, key = %key, reason = %reason, "a new shard's lease row exists but does not decode");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    created.insert(shard.id.clone());
+                } else {
+                    rest.push(shard);
+                }
+            }
+            if rest.len() == before {
+                break; // a parent cycle cannot happen in Kinesis; never loop forever on it
+            }
+            pending = rest;
+        }
+        for lease in existing.values() {
+            if lease.finished && !listed.contains(&lease.shard) {
+                store.delete_finished(stream, &lease.shard).await?;
+                debug!(shard = %lease.shard, "finished lease of a shard gone from the stream deleted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every lease row.
+    pub(super) async fn read_leases(&mut self) -> Result<(), ConsumerError> {
+        let started = Instant::now();
+        let read = self.store.leases(&self.engine.stream).await?;
+        let arrived = Instant::now();
+        let rows = read.rows;
+        if self.full_read_took.len() == FULL_READ_SAMPLES {
+            self.full_read_took.pop_front();
+        }
+        self.full_read_took.push_back(arrived - started);
+        self.leases = rows.into_iter().map(|l| (l.shard.clone(), l)).collect();
+        let leases = &self.leases;
+        self.bad_leases.read(&read.corrupt, |id| {
+            leases.get(&ShardId::from(id)).map(fingerprint)
+        });
+        self.set_corrupt_gauge();
+        self.note_owned();
+        self.row_read_at = self.leases.keys().map(|s| (s.clone(), arrived)).collect();
+        let owners: BTreeSet<ClientId> = self
+            .leases
+            .values()
+            .filter_map(|l| l.owner.clone())
+            .collect();
+        self.membership.retain_unseen(&owners);
+        self.need_full = false;
+        self.urgent_full = false;
+        Ok(())
+    }
+
+    /// Between full reads, reads only the leases we wait for in a handoff, so a graceful
+    /// handoff completes within a few `membership_poll_interval`s. Returns the rows read; they
+    /// are acted on after the next read of the clients.
+    pub(super) async fn poll_waiting(&mut self) -> Result<Vec<Lease>, ConsumerError> {
+        let mut rows = Vec::new();
+        for shard in self.waiting.clone() {
+            match self.store.lease(&self.engine.stream, &shard).await {
+                Ok(Some(lease)) => {
+                    self.leases.insert(shard.clone(), lease.clone());
+                    self.row_read_at.insert(shard, Instant::now());
+                    rows.push(lease);
+                }
+                Ok(None) => {
+                    self.waiting.remove(&shard);
+                    self.need_sync = true;
+                }
+                // One bad row: set aside, and the others polled as usual.
+                Err(StoreError::Corrupt { key, reason }) => {
+                    self.waiting.remove(&shard);
+                    self.leases.remove(&shard);
+                    self.bad_leases.undecodable(CorruptRow {
+                        key,
+                        id: Some(shard.to_string()),
+                        reason,
+                    });
+                    self.set_corrupt_gauge();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(rows)
+    }
+
+    pub(super) fn set_corrupt_gauge(&self) {
+        for (kind, q) in [("lease", &self.bad_leases), ("client", &self.bad_clients)] {
+            self.engine
+                .labels
+                .client_gauge_with(metrics::CORRUPT_ROWS, &[("kind", kind)])
+                .set(q.len() as f64);
+        }
+    }
+}
