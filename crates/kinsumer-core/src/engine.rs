@@ -11,19 +11,19 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::consumer::handler::BatchHandler;
-use crate::consumer::status::StatusHandle;
-use crate::consumer::stop::{ShutdownHandle, Stop};
 use crate::error::ConsumerError;
 use crate::failure::FailurePolicy;
+use crate::handler::BatchHandler;
 use crate::health::Health;
 use crate::lifecycle::{EndReason, ShardEnding, ShardLifecycle};
 use crate::membership::Beats;
 use crate::metrics::{self, Labels};
 use crate::record::{AckTracker, Record};
 use crate::rng::Rng;
+use crate::shutdown::{ShutdownHandle, Stop};
 use crate::source::{ShardId, ShardSource};
 use crate::stall::{PollClock, Stall, StallKind, Watchdog};
+use crate::status::StatusHandle;
 use crate::store::{ClientId, LeaseStore, StoreError, Tenure};
 
 /// How records leave the engine.

@@ -15,7 +15,9 @@
 //!   stall reports), and `health` — self-fencing when our own heartbeat stops landing;
 //! - `supervisor` — the task that runs all of the above: registers, reads, plans, takes, hands
 //!   off, leaves;
-//! - [`consumer`] — the public API: `Consumer`, its record stream, status and shutdown handles;
+//! - [`consumer`] — the public API: `Consumer` and its record stream; what the engine needs of
+//!   it lives below it, so the engine never imports the API that starts it: `handler` (the
+//!   `BatchHandler` trait), `shutdown` (`ShutdownHandle`), `status` (`StatusHandle`);
 //! - [`lifecycle`] — hooks as a shard starts and ends (to keep and flush per-shard state);
 //! - [`failure`] — what happens to a batch the handler keeps failing on;
 //! - [`stall`] — work held but not moving (a record not acked, a hung handler, a stream not
@@ -30,6 +32,7 @@ pub mod consumer;
 mod engine;
 pub mod error;
 pub mod failure;
+mod handler;
 mod health;
 pub mod layer;
 pub mod lifecycle;
@@ -39,8 +42,10 @@ pub mod position;
 pub mod quarantine;
 pub mod record;
 pub mod rng;
+mod shutdown;
 pub mod source;
 pub mod stall;
+mod status;
 pub mod store;
 mod supervisor;
 mod tenure;

@@ -23,10 +23,10 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::config::TrimmedPolicy;
-use crate::consumer::handler::BatchHandler;
 use crate::engine::{Delivery, Engine, report_vanished};
 use crate::error::ConsumerError;
 use crate::failure::{FailedBatch, FailureAction};
+use crate::handler::BatchHandler;
 use crate::lifecycle::{EndReason, ShardStarted};
 use crate::metrics;
 use crate::position::Checkpoint;

@@ -47,20 +47,17 @@
 //! # }
 //! ```
 
-pub(crate) mod handler;
 mod records;
-pub(crate) mod status;
-pub(crate) mod stop;
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info_span, warn};
 
-pub use handler::{BatchHandler, HandlerError};
+pub use crate::handler::{BatchHandler, HandlerError};
+pub use crate::shutdown::ShutdownHandle;
+pub use crate::status::{ShardStatus, StatusHandle};
 pub use records::Records;
-pub use status::{ShardStatus, StatusHandle};
-pub use stop::ShutdownHandle;
 
 use crate::config::Config;
 use crate::engine::{Delivery, Engine, StoppedBy};
@@ -72,11 +69,11 @@ use crate::lifecycle::ShardLifecycle;
 use crate::membership::Beats;
 use crate::metrics::Labels;
 use crate::rng::{Rng, os_seed};
+use crate::shutdown::Stop;
 use crate::source::ShardSource;
 use crate::stall::{PollClock, Watchdog};
 use crate::store::{ClientId, LeaseStore};
 use crate::supervisor::supervise;
-use stop::Stop;
 
 /// Fetched batches waiting for the record stream (all shards together). Memory is bounded by
 /// each tenure's tracker, which counts a record from its fetch; this only bounds the queue.

@@ -10,14 +10,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::stop::{ShutdownHandle, Stop};
 use crate::engine::StoppedBy;
 use crate::error::ConsumerError;
 use crate::health::Health;
 use crate::record::Record;
+use crate::shutdown::{ShutdownHandle, Stop};
 use crate::stall::PollClock;
 
-/// The records of a started consumer. See [`Consumer::records`](super::Consumer::records).
+/// The records of a started consumer. See [`Consumer::records`](crate::Consumer::records).
 pub struct Records {
     pub(super) rx: mpsc::Receiver<Vec<Record>>,
     /// The rest of the chunk being handed out.

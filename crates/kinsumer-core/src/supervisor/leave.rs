@@ -7,10 +7,10 @@ use tokio::time::{Instant, sleep};
 use tracing::{debug, info, warn};
 
 use super::{Heartbeat, Rejoin, Supervisor, Tenures, register};
-use crate::consumer::stop::Stop;
 use crate::engine::Delivery;
 use crate::error::ConsumerError;
 use crate::lifecycle::EndReason;
+use crate::shutdown::Stop;
 use crate::stall::{Stall, StallKind};
 use crate::store::{Lease, StoreError};
 use crate::tenure::Ask;

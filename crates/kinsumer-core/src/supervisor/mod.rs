@@ -26,7 +26,6 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
-use crate::consumer::stop::Stop;
 use crate::engine::Engine;
 use crate::error::ConsumerError;
 use crate::layer::Layered;
@@ -35,6 +34,7 @@ use crate::membership::Membership;
 use crate::metrics;
 use crate::quarantine::Quarantine;
 use crate::record::AckTracker;
+use crate::shutdown::Stop;
 use crate::source::{ShardId, ShardSource, SourceError};
 use crate::stall::{Stall, StallKind, Watched};
 use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};

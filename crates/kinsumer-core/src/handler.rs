@@ -1,4 +1,4 @@
-//! The batch handler: what the application gives [`Consumer::run`](super::Consumer::run).
+//! The batch handler: what the application gives [`Consumer::run`](crate::Consumer::run).
 
 use std::future::Future;
 
