@@ -218,3 +218,35 @@ pub(crate) fn backoff_delay(attempt: u32, max: Duration, jitter: f64) -> Duratio
     let capped = exp.min(max);
     capped.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `100 ms × 2^attempt`, capped at `max`, with up to half taken off by the jitter — and no
+    /// overflow however many attempts failed.
+    #[test]
+    fn backoff_doubles_from_100ms_is_capped_and_jitter_takes_off_at_most_half() {
+        let max = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        assert_eq!(backoff_delay(0, max, 0.0), ms(100));
+        assert_eq!(backoff_delay(1, max, 0.0), ms(200));
+        assert_eq!(backoff_delay(3, max, 0.0), ms(800));
+        assert_eq!(backoff_delay(3, max, 1.0), ms(400));
+        assert_eq!(backoff_delay(7, max, 0.0), max);
+        assert_eq!(backoff_delay(u32::MAX, max, 0.0), max);
+        assert_eq!(backoff_delay(u32::MAX, max, 1.0), max / 2);
+        // Jitter out of [0, 1] is clamped: never longer than the cap, never under half.
+        assert_eq!(backoff_delay(2, max, -3.0), ms(400));
+        assert_eq!(backoff_delay(2, max, 7.0), ms(200));
+        for attempt in 0..40 {
+            for jitter in [0.0, 0.25, 0.5, 0.99, 1.0] {
+                let d = backoff_delay(attempt, max, jitter);
+                assert!(
+                    d <= max && d >= ms(50),
+                    "attempt {attempt}, jitter {jitter}: {d:?}"
+                );
+            }
+        }
+    }
+}

@@ -481,3 +481,24 @@ impl Supervisor {
 fn fingerprint(lease: &Lease) -> String {
     format!("{lease:?}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client always counts itself, once, and the list stays sorted: every client must plan
+    /// over the same list in the same order.
+    #[test]
+    fn with_me_adds_me_once_and_keeps_the_list_sorted() {
+        let ids = |v: &[&str]| v.iter().map(|s| ClientId::from(*s)).collect::<Vec<_>>();
+        assert_eq!(
+            with_me(ids(&["a", "c"]), &ClientId::from("b")),
+            ids(&["a", "b", "c"])
+        );
+        assert_eq!(
+            with_me(ids(&["a", "b"]), &ClientId::from("b")),
+            ids(&["a", "b"])
+        );
+        assert_eq!(with_me(Vec::new(), &ClientId::from("b")), ids(&["b"]));
+    }
+}

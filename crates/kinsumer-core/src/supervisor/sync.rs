@@ -52,8 +52,7 @@ impl Supervisor {
         }
         let cfg = &self.engine.config;
         let live = self.last_alive.len().max(1) as u32;
-        let pace = (self.typical_full_read() * FULL_READ_PACE * live)
-            .min(cfg.rebalance_interval * FULL_READ_PACE_CAP);
+        let pace = full_read_pace(self.typical_full_read(), live, cfg.rebalance_interval);
         let since = now.duration_since(last);
         let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
         let unclaimed = self.handed_to_others && since >= cfg.membership_poll_interval * 2;
@@ -65,9 +64,7 @@ impl Supervisor {
 
     /// The median duration of the last few full reads.
     pub(super) fn typical_full_read(&self) -> Duration {
-        let mut took: Vec<Duration> = self.full_read_took.iter().copied().collect();
-        took.sort();
-        took.get(took.len() / 2).copied().unwrap_or_default()
+        median(self.full_read_took.iter().copied())
     }
 
     /// Creates leases for new shards (parents first) and deletes finished leases of shards that
@@ -207,5 +204,57 @@ impl Supervisor {
                 .client_gauge_with(metrics::CORRUPT_ROWS, &[("kind", kind)])
                 .set(q.len() as f64);
         }
+    }
+}
+
+/// How long a wanted full read waits after the last: `FULL_READ_PACE × live × typical`, at most
+/// `FULL_READ_PACE_CAP` rebalance intervals (see `FULL_READ_PACE`).
+fn full_read_pace(typical: Duration, live: u32, rebalance_interval: Duration) -> Duration {
+    (typical * FULL_READ_PACE * live).min(rebalance_interval * FULL_READ_PACE_CAP)
+}
+
+/// The median of `took` (the upper one of an even count); zero when empty.
+fn median(took: impl Iterator<Item = Duration>) -> Duration {
+    let mut took: Vec<Duration> = took.collect();
+    took.sort();
+    took.get(took.len() / 2).copied().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// One read that hung in a partition does not set the pace: the median of the last few does.
+    #[test]
+    fn a_typical_full_read_is_the_median_so_one_slow_read_does_not_set_the_pace() {
+        assert_eq!(median(std::iter::empty()), Duration::ZERO);
+        assert_eq!(median([MS * 40].into_iter()), MS * 40);
+        assert_eq!(
+            median([MS * 50, MS * 60_000, MS * 40, MS * 45, MS * 55].into_iter()),
+            MS * 50
+        );
+        assert_eq!(median([MS * 10, MS * 30].into_iter()), MS * 30);
+    }
+
+    /// The README's example: 10 clients reading in 50 ms space their reads 1 s apart; a slow
+    /// store backs the fleet off, but never beyond `FULL_READ_PACE_CAP` rebalance intervals.
+    #[test]
+    fn full_reads_are_paced_by_the_fleet_and_the_store_and_capped() {
+        let rebalance = Duration::from_secs(5);
+        assert_eq!(
+            full_read_pace(MS * 50, 10, rebalance),
+            Duration::from_secs(1)
+        );
+        assert_eq!(full_read_pace(MS * 50, 1, rebalance), MS * 100);
+        assert_eq!(
+            full_read_pace(Duration::ZERO, 100, rebalance),
+            Duration::ZERO
+        );
+        assert_eq!(
+            full_read_pace(Duration::from_secs(10), 50, rebalance),
+            rebalance * FULL_READ_PACE_CAP
+        );
     }
 }
