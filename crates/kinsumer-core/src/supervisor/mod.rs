@@ -5,13 +5,15 @@
 //! from a task of their own.
 //!
 //! Its methods are split by concern:
-//! - this file: the loop, registering, heartbeats, and one tick (`step`);
+//! - this file: the loop, registering, and one tick (`step`);
+//! - `heartbeat` — heartbeats, from a task of their own;
 //! - `sync` — reading the store and the stream: shards, lease rows, client rows, and the
 //!   pacing of full reads;
 //! - `plan` — acting on a read: the shared plan, what to take, hand off or wait for;
 //! - `tenures` — starting a tenure and learning how it ended;
 //! - `leave` — letting go: shutdown, leaving the fleet for a stall, abort.
 
+mod heartbeat;
 mod leave;
 mod plan;
 mod sync;
@@ -36,9 +38,10 @@ use crate::quarantine::Quarantine;
 use crate::record::AckTracker;
 use crate::shutdown::Stop;
 use crate::source::{ShardId, ShardSource, SourceError};
-use crate::stall::{Stall, StallKind, Watched};
+use crate::stall::Watched;
 use crate::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
 use crate::tenure::{Ask, Outcome};
+use heartbeat::Heartbeat;
 
 /// One held lease.
 struct Held {
@@ -278,31 +281,6 @@ enum Rejoin {
     After(Duration),
 }
 
-/// The heartbeat task; aborted when dropped.
-struct Heartbeat(Option<tokio::task::JoinHandle<()>>);
-
-impl Heartbeat {
-    fn start(engine: &Arc<Engine>) -> Self {
-        Self(Some(tokio::spawn(heartbeat_loop(engine.clone()))))
-    }
-
-    /// Stops it, and waits until it stopped (so no later heartbeat re-creates our row).
-    async fn stop(mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
-}
-
 /// `live` with `me` in it, sorted: a client always counts itself.
 fn with_me(mut live: Vec<ClientId>, me: &ClientId) -> Vec<ClientId> {
     if !live.contains(me) {
@@ -310,46 +288,6 @@ fn with_me(mut live: Vec<ClientId>, me: &ClientId) -> Vec<ClientId> {
         live.sort();
     }
     live
-}
-
-/// Heartbeats every `heartbeat_interval`, on its own task so a slow handler never delays it.
-/// A heartbeat does not wait for the one before: one call stuck in the network (up to
-/// `call_timeout`, which may be longer than `lease_ttl`) must not silence a client that can
-/// still reach its store, or it fences itself and the fleet moves its leases for nothing.
-async fn heartbeat_loop(engine: Arc<Engine>) {
-    let mut in_flight = JoinSet::new();
-    let mut tick = tokio::time::interval(engine.config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let stuck = engine.watchdog.stuck_for(now).filter(|_| !engine.config.faults.no_watchdog);
-                if let Some(stalled_for) = stuck {
-                    // Not a beat while nothing we own is managed: we fence ourselves, and the
-                    // fleet takes our leases after `lease_ttl`.
-                    if engine.watchdog.first_warning() {
-                        engine.report_stall(Stall {
-                            kind: StallKind::SupervisorStuck,
-                            shard: None,
-                            record: None,
-                            stalled_for,
-                            at: now,
-                        });
-                    }
-                } else {
-                    let engine = engine.clone();
-                    in_flight.spawn(async move {
-                        if let Err(e) = engine.heartbeat().await {
-                            warn!(error = %e, "heartbeat failed");
-                        }
-                    });
-                }
-            }
-        }
-    }
 }
 
 impl Supervisor {

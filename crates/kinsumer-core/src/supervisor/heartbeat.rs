@@ -1,0 +1,76 @@
+//! Heartbeats, from a task of their own: a slow handler or a slow supervisor step never
+//! delays one, and a supervisor that is stuck stops them, so its client fences itself.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::engine::Engine;
+use crate::stall::{Stall, StallKind};
+
+/// The heartbeat task; aborted when dropped.
+pub(super) struct Heartbeat(Option<tokio::task::JoinHandle<()>>);
+
+impl Heartbeat {
+    pub(super) fn start(engine: &Arc<Engine>) -> Self {
+        Self(Some(tokio::spawn(heartbeat_loop(engine.clone()))))
+    }
+
+    /// Stops it, and waits until it stopped (so no later heartbeat re-creates our row).
+    pub(super) async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Heartbeats every `heartbeat_interval`, on its own task so a slow handler never delays it.
+/// A heartbeat does not wait for the one before: one call stuck in the network (up to
+/// `call_timeout`, which may be longer than `lease_ttl`) must not silence a client that can
+/// still reach its store, or it fences itself and the fleet moves its leases for nothing.
+async fn heartbeat_loop(engine: Arc<Engine>) {
+    let mut in_flight = JoinSet::new();
+    let mut tick = tokio::time::interval(engine.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let stuck = engine.watchdog.stuck_for(now).filter(|_| !engine.config.faults.no_watchdog);
+                if let Some(stalled_for) = stuck {
+                    // Not a beat while nothing we own is managed: we fence ourselves, and the
+                    // fleet takes our leases after `lease_ttl`.
+                    if engine.watchdog.first_warning() {
+                        engine.report_stall(Stall {
+                            kind: StallKind::SupervisorStuck,
+                            shard: None,
+                            record: None,
+                            stalled_for,
+                            at: now,
+                        });
+                    }
+                } else {
+                    let engine = engine.clone();
+                    in_flight.spawn(async move {
+                        if let Err(e) = engine.heartbeat().await {
+                            warn!(error = %e, "heartbeat failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
