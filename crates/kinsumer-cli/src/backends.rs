@@ -23,6 +23,10 @@ use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
 use kinsumer::redis::RedisLeaseStore;
 use kinsumer::testkit::MemoryLeaseStore;
 use kinsumer::{Checkpoint, LeaseStore, Position, SequenceNumber};
+use percent_encoding::percent_decode_str;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use url::Url;
 
 /// Examples printed with every URL error and in `--help`.
 pub const STORE_EXAMPLES: &str = "memory://, redis://127.0.0.1:6379, \
@@ -157,33 +161,37 @@ impl SourceUrl {
 }
 
 /// `url` with any `user:password@` replaced by `***@`, and the value of every query parameter
-/// whose name holds `password` (PostgreSQL's `?password=`, `sslpassword=`) by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// whose name holds `password` (PostgreSQL's `?password=`, `sslpassword=`) by `***`. Text that
+/// has a scheme but does not parse as a URL keeps only its scheme: what cannot be parsed cannot
+/// be shown safely.
+pub fn redact(text: &str) -> String {
+    let Some((scheme, _)) = text.split_once("://") else {
+        return text.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("***@{}", &authority[at + 1..]),
-        None => authority.to_owned(),
+    let Ok(mut url) = Url::parse(text) else {
+        return format!("{scheme}://***");
     };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
-                        format!("{k}=***")
-                    }
-                    _ => p.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
+    if !url.username().is_empty() || url.password().is_some() {
+        // Both fail only for URLs that cannot hold credentials, which then hold none.
+        let _ = url.set_password(None);
+        let _ = url.set_username("***");
+    }
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    if url.query_pairs().any(|(key, _)| secret(key.as_ref())) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(key.as_ref()) {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// `text` (an error message, say) with every URL in it redacted as [`redact`] does: a URL runs
@@ -209,110 +217,120 @@ pub fn redact_text(text: &str) -> String {
     out
 }
 
-fn split_scheme<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, &'a str), UrlError> {
-    url.split_once("://").ok_or_else(|| UrlError {
+/// `text` split at its `://` (a bare `host:port` would otherwise parse as scheme `host`).
+fn split_scheme<'a>(flag: &'static str, text: &'a str) -> Result<(&'a str, &'a str), UrlError> {
+    text.split_once("://").ok_or_else(|| UrlError {
         flag,
-        reason: format!("`{}` has no scheme (`…://`)", redact(url)),
+        reason: format!("`{}` has no scheme (`…://`)", redact(text)),
     })
 }
 
-/// Splits `NAME?k=v&k=v` and returns the name and the AWS query (only `endpoint`, `region`).
-fn aws_path(flag: &'static str, what: &str, rest: &str) -> Result<(String, AwsTarget), UrlError> {
-    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let name = name.trim_end_matches('/');
-    if name.is_empty() {
-        return Err(UrlError {
-            flag,
-            reason: format!("no {what} name after `://`"),
-        });
-    }
+/// Parses `text` as a URL with an authority (`scheme://…`).
+fn parse_url(flag: &'static str, text: &str) -> Result<Url, UrlError> {
+    split_scheme(flag, text)?;
+    Url::parse(text).map_err(|e| UrlError {
+        flag,
+        reason: format!("`{}`: {e}", redact(text)),
+    })
+}
+
+/// The AWS query of `url` (only `endpoint` and `region`), percent-decoded.
+fn aws_query(flag: &'static str, url: &Url) -> Result<AwsTarget, UrlError> {
+    let fail = |reason: String| UrlError { flag, reason };
     let mut aws = AwsTarget::default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in url.query_pairs() {
         if value.is_empty() {
-            return Err(UrlError {
-                flag,
-                reason: format!("`{key}` has no value"),
-            });
+            return Err(fail(format!("`{key}` has no value")));
         }
-        match key {
-            "endpoint" => {
-                if !(value.starts_with("http://") || value.starts_with("https://")) {
-                    return Err(UrlError {
-                        flag,
-                        reason: format!("endpoint `{value}` must start with http:// or https://"),
-                    });
-                }
-                aws.endpoint = Some(value.to_owned());
+        match &*key {
+            "endpoint" if value.starts_with("http://") || value.starts_with("https://") => {
+                aws.endpoint = Some(value.into_owned());
             }
-            "region" => aws.region = Some(value.to_owned()),
+            "endpoint" => {
+                return Err(fail(format!(
+                    "endpoint `{value}` must start with http:// or https://"
+                )));
+            }
+            "region" => aws.region = Some(value.into_owned()),
             other => {
-                return Err(UrlError {
-                    flag,
-                    reason: format!("unknown parameter `{other}` (known: endpoint, region)"),
-                });
+                return Err(fail(format!(
+                    "unknown parameter `{other}` (known: endpoint, region)"
+                )));
             }
         }
     }
-    Ok((name.to_owned(), aws))
+    Ok(aws)
+}
+
+/// The name in `scheme://NAME[/]`: a table or stream, percent-decoded.
+fn aws_name(flag: &'static str, what: &str, url: &Url) -> Result<String, UrlError> {
+    let fail = |reason: String| UrlError { flag, reason };
+    let name = url.host_str().unwrap_or_default();
+    if name.is_empty() {
+        return Err(fail(format!("no {what} name after `://`")));
+    }
+    if !matches!(url.path(), "" | "/") {
+        return Err(fail(format!(
+            "`{}` after the {what} name: a name has no path",
+            url.path()
+        )));
+    }
+    percent_decode_str(name)
+        .decode_utf8()
+        .map(|n| n.into_owned())
+        .map_err(|_| fail(format!("the {what} name is not UTF-8")))
 }
 
 impl std::str::FromStr for StoreUrl {
     type Err = UrlError;
 
-    fn from_str(url: &str) -> Result<Self, UrlError> {
+    fn from_str(text: &str) -> Result<Self, UrlError> {
         const FLAG: &str = "--store";
-        let (scheme, rest) = split_scheme(FLAG, url)?;
-        match scheme {
-            "memory" if rest.is_empty() || rest == "/" => Ok(StoreUrl::Memory),
-            "memory" => Err(UrlError {
-                flag: FLAG,
-                reason: "memory:// takes nothing after `://`".to_owned(),
-            }),
-            "redis" | "rediss" => {
-                if rest.is_empty() {
-                    return Err(UrlError {
-                        flag: FLAG,
-                        reason: "no host after redis://".to_owned(),
-                    });
-                }
-                Ok(StoreUrl::Redis(url.to_owned()))
+        let fail = |reason: &str| UrlError {
+            flag: FLAG,
+            reason: reason.to_owned(),
+        };
+        let url = parse_url(FLAG, text)?;
+        let has_host = url.host_str().is_some_and(|h| !h.is_empty());
+        match url.scheme() {
+            "memory" if !has_host && matches!(url.path(), "" | "/") && url.query().is_none() => {
+                Ok(StoreUrl::Memory)
+            }
+            "memory" => Err(fail("memory:// takes nothing after `://`")),
+            "redis" | "rediss" if has_host => Ok(StoreUrl::Redis(text.to_owned())),
+            "redis" | "rediss" => Err(fail("no host after redis://")),
+            "postgres" | "postgresql" if text.ends_with("://") => {
+                Err(fail("no host after postgres://"))
             }
             "postgres" | "postgresql" => {
-                if rest.is_empty() {
-                    return Err(UrlError {
-                        flag: FLAG,
-                        reason: "no host after postgres://".to_owned(),
-                    });
-                }
-                let (base, query) = url.split_once('?').unwrap_or((url, ""));
+                // `schema` is ours; every other parameter goes to the PostgreSQL client.
                 let mut schema = None;
                 let mut kept = Vec::new();
-                for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    match pair.split_once('=') {
-                        Some(("schema", value)) if !value.is_empty() => {
-                            schema = Some(value.to_owned());
-                        }
-                        _ => kept.push(pair),
+                for (key, value) in url.query_pairs() {
+                    match &*key {
+                        "schema" if !value.is_empty() => schema = Some(value.into_owned()),
+                        _ => kept.push((key.into_owned(), value.into_owned())),
                     }
                 }
-                let url = if kept.is_empty() {
-                    base.to_owned()
+                let url = if schema.is_none() {
+                    text.to_owned() // as written
                 } else {
-                    format!("{base}?{}", kept.join("&"))
+                    let mut url = url.clone();
+                    url.set_query(None);
+                    if !kept.is_empty() {
+                        url.query_pairs_mut().extend_pairs(kept);
+                    }
+                    url.to_string()
                 };
                 Ok(StoreUrl::Postgres { url, schema })
             }
-            "dynamodb" => {
-                let (table, aws) = aws_path(FLAG, "table", rest)?;
-                Ok(StoreUrl::Dynamo { table, aws })
-            }
-            other => Err(UrlError {
-                flag: FLAG,
-                reason: format!(
-                    "unknown scheme `{other}://` (known: memory, redis, rediss, postgres, dynamodb)"
-                ),
+            "dynamodb" => Ok(StoreUrl::Dynamo {
+                table: aws_name(FLAG, "table", &url)?,
+                aws: aws_query(FLAG, &url)?,
             }),
+            other => Err(fail(&format!(
+                "unknown scheme `{other}://` (known: memory, redis, rediss, postgres, dynamodb)"
+            ))),
         }
     }
 }
@@ -320,13 +338,26 @@ impl std::str::FromStr for StoreUrl {
 impl std::str::FromStr for SourceUrl {
     type Err = UrlError;
 
-    fn from_str(url: &str) -> Result<Self, UrlError> {
+    fn from_str(text: &str) -> Result<Self, UrlError> {
         const FLAG: &str = "--source";
-        let (scheme, rest) = split_scheme(FLAG, url)?;
+        let (scheme, rest) = split_scheme(FLAG, text)?;
         match scheme {
+            // An ARN is no URL authority (its colons are not a port): the query is parsed
+            // on its own.
+            "kinesis" if rest.starts_with("arn:") => {
+                let (arn, query) = rest.split_once('?').unwrap_or((rest, ""));
+                let url = parse_url(FLAG, &format!("kinesis://arn?{query}"))?;
+                Ok(SourceUrl::Kinesis {
+                    stream: arn.to_owned(),
+                    aws: aws_query(FLAG, &url)?,
+                })
+            }
             "kinesis" => {
-                let (stream, aws) = aws_path(FLAG, "stream", rest)?;
-                Ok(SourceUrl::Kinesis { stream, aws })
+                let url = parse_url(FLAG, text)?;
+                Ok(SourceUrl::Kinesis {
+                    stream: aws_name(FLAG, "stream", &url)?,
+                    aws: aws_query(FLAG, &url)?,
+                })
             }
             other => Err(UrlError {
                 flag: FLAG,
@@ -606,117 +637,35 @@ pub fn checkpoint_text(checkpoint: Option<&Checkpoint>) -> String {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` (RFC 3339; `t`, `z` and a space for `T`
-/// accepted) into milliseconds since the Unix epoch. Digits of the fraction past milliseconds
-/// are dropped. Times before 1970 are refused: no stream holds them.
+/// Parses an RFC 3339 time (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `t`, `z` and a space
+/// for `T` accepted) into milliseconds since the Unix epoch. Digits of the fraction past
+/// milliseconds are dropped. Times before 1970 are refused: no stream holds them.
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     const SHAPE: &str = "expected YYYY-MM-DDTHH:MM:SS[.fff](Z|+HH:MM|-HH:MM)";
-    let b = text.as_bytes();
-    let digits = |range: std::ops::Range<usize>| -> Result<i64, String> {
-        let part = b.get(range).ok_or(SHAPE)?;
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return Err(SHAPE.to_owned());
-        }
-        Ok(part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    let at = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
-    if !(at(4, b"-") && at(7, b"-") && at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
-        return Err(SHAPE.to_owned());
+    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("{e}; {SHAPE}"))?;
+    let nanos = time.unix_timestamp_nanos();
+    if nanos < 0 {
+        return Err("before 1970".to_owned());
     }
-    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
-    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    let mut i = 19;
-    let mut millis = 0;
-    if at(i, b".") {
-        let start = i + 1;
-        let end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if end == start {
-            return Err(format!("no digits after the decimal point; {SHAPE}"));
-        }
-        // The first three digits, right-padded: ".5" is 500 ms.
-        millis = b[start..end]
-            .iter()
-            .chain(b"00".iter())
-            .take(3)
-            .fold(0, |n, d| n * 10 + i64::from(d - b'0'));
-        i = end;
-    }
-    let offset_minutes = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && at(i + 3, b":") => {
-            let (h, m) = (digits(i + 1..i + 3)?, digits(i + 4..i + 6)?);
-            if h > 23 || m > 59 {
-                return Err(format!("offset out of range; {SHAPE}"));
-            }
-            if *sign == b'+' {
-                h * 60 + m
-            } else {
-                -(h * 60 + m)
-            }
-        }
-        None => return Err(format!("no time zone (add Z for UTC); {SHAPE}")),
-        _ => return Err(SHAPE.to_owned()),
-    };
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return Err(format!("no such date {year:04}-{month:02}-{day:02}"));
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return Err(format!("no such time {hour:02}:{minute:02}:{second:02}"));
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
-        - offset_minutes * 60;
-    u64::try_from(seconds * 1_000 + millis).map_err(|_| "before 1970".to_owned())
+    u64::try_from(nanos / 1_000_000).map_err(|_| "too far in the future".to_owned())
 }
 
-/// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.fffZ`.
+/// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.fffZ` (past the year 9999, which
+/// RFC 3339 cannot write, as the number of milliseconds).
 pub fn format_rfc3339(ms: u64) -> String {
-    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
-    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s, f) = (
-        rest / 3_600_000,
-        rest / 60_000 % 60,
-        rest / 1_000 % 60,
-        rest % 1_000,
-    );
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{f:03}Z")
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) if t.year() <= 9999 => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        _ => format!("{ms} ms after 1970"),
     }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// A number of seconds from the command line (`--sample 0.5`): finite, not negative, at most a
@@ -871,6 +820,105 @@ mod tests {
         assert!(!format!("{url:?}").contains("Secret"), "{url:?}");
     }
 
+    /// A password holding `@`, `/` or `:` is written percent-encoded, as in any URL; it parses,
+    /// goes to the client as written (which decodes it), and never shows, whole or in part —
+    /// nor does a password whose `@` was left unencoded.
+    #[test]
+    fn passwords_with_url_delimiters_parse_and_never_show() {
+        let url: StoreUrl = "postgres://kin:p%40ss%2Fw%3Ard@h:5432/db?schema=ops"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url,
+            StoreUrl::Postgres {
+                url: "postgres://kin:p%40ss%2Fw%3Ard@h:5432/db".into(),
+                schema: Some("ops".into())
+            }
+        );
+        assert_eq!(url.to_string(), "postgres://***@h:5432/db?schema=ops");
+        for text in [
+            "redis://kin:p%40ss%2Fw%3Ard@h:6379",
+            "redis://kin:p@ss@h:6379",
+            "postgres://kin:p@ss@h/db?sslpassword=a%26b&x=1",
+        ] {
+            let redacted = redact(text);
+            for secret in ["kin", "p%40", "p@", "ss@", "a%26b", "a&b"] {
+                assert!(!redacted.contains(secret), "{text} -> {redacted}");
+            }
+        }
+        // Not a URL at all: only the scheme is left.
+        assert_eq!(redact("mysql://u:Secret@h:99999/db"), "mysql://***");
+        // Names are percent-decoded too; a path after one is refused.
+        let url: StoreUrl = "dynamodb://my%2Dtable?region=r".parse().unwrap();
+        assert!(matches!(url, StoreUrl::Dynamo { ref table, .. } if table == "my-table"));
+        let err = "dynamodb://t/x"
+            .parse::<StoreUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a name has no path"), "{err}");
+        let err = "kinesis://arn:aws:kinesis:r:1:stream/s?regoin=r"
+            .parse::<SourceUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown parameter `regoin`"), "{err}");
+    }
+
+    /// The same against a real server: a Redis user whose password holds `@`, `/` and `:`
+    /// logs in with the percent-encoded URL, and the wrong password is refused (so the
+    /// password really is what was checked).
+    #[tokio::test]
+    async fn a_redis_password_with_url_delimiters_logs_in() {
+        let Some(base) = kinsumer_testkit::services::redis_url() else {
+            return;
+        };
+        let client = redis::Client::open(base.as_str()).expect("client");
+        let mut admin = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let user = "kinsumer-cli-url-test";
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("reset")
+            .arg("on")
+            .arg(">p@ss/w:rd")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+        let authority = kinsumer_testkit::services::authority(&base).expect("host:port");
+        let open = |password: &str| {
+            let url = format!("redis://{user}:{password}@{authority}");
+            async move {
+                let url: StoreUrl = url.parse().expect("parses");
+                let store = open_store(&url, "cli-url-test", Access::Existing).await?;
+                store
+                    .leases("cli-url-test-stream")
+                    .await
+                    .map_err(|e| OpenError(e.to_string()))
+            }
+        };
+        let opened = open("p%40ss%2Fw%3Ard").await;
+        let refused = open("p%40ss%2Fw%3Arx").await;
+        let _: () = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(user)
+            .query_async(&mut admin)
+            .await
+            .expect("ACL DELUSER");
+        opened.expect("the right password logs in");
+        let refused = refused
+            .expect_err("a wrong password is refused")
+            .to_string();
+        assert!(
+            !refused.contains("p%40ss") && !refused.contains("p@ss"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn urls_in_messages_are_redacted() {
         let message = "error: invalid value 'mysql://u:Secret@h/db' for '--store <URL>': \
@@ -922,22 +970,28 @@ mod tests {
             format_rfc3339(1_795_676_400_250),
             "2026-11-26T07:00:00.250Z"
         );
+        // A corrupt checkpoint far in the future still reads as something.
+        assert_eq!(
+            format_rfc3339(u64::MAX),
+            format!("{} ms after 1970", u64::MAX)
+        );
     }
 
     #[test]
     fn bad_rfc3339_times_say_why() {
         let cases = [
-            ("2026-11-26", "expected YYYY-MM-DD"),
-            ("2026-11-26T07:00:00", "no time zone"),
-            ("2026-02-29T07:00:00Z", "no such date 2026-02-29"),
-            ("2026-13-01T07:00:00Z", "no such date"),
-            ("2026-11-26T24:00:00Z", "no such time"),
-            ("2026-11-26T07:00:00.Z", "no digits after the decimal point"),
-            ("2026-11-26T07:00:00+1:00", "expected"),
-            ("2026-11-26T07:00:00+25:00", "offset out of range"),
+            ("2026-11-26", "'separator' component"),
+            ("2026-11-26T07:00:00", "'offset hour' component"),
+            ("2026-02-29T07:00:00Z", "day was not in range"),
+            ("2026-13-01T07:00:00Z", "month was not in range"),
+            ("2026-11-26T24:00:00Z", "hour was not in range"),
+            ("2026-11-26T07:00:00.Z", "'subsecond' component"),
+            ("2026-11-26T07:00:00+1:00", "'offset hour' component"),
+            ("2026-11-26T07:00:00+25:00", "'offset hour' component"),
             ("1969-12-31T23:59:59Z", "before 1970"),
-            ("2026-11-26T07:00:00Zjunk", "expected"),
-            ("２026-11-26T07:00:00Z", "expected"),
+            ("1969-12-31T23:59:59.9995Z", "before 1970"),
+            ("2026-11-26T07:00:00Zjunk", "trailing characters"),
+            ("２026-11-26T07:00:00Z", "'year' component"),
         ];
         for (text, expected) in cases {
             let err = parse_rfc3339(text).expect_err(text);
