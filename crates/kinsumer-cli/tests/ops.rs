@@ -39,8 +39,8 @@ impl Run {
 }
 
 /// Runs `kinsumer ARGS` with stdin closed (not a terminal) and dummy AWS credentials.
-async fn kinsumer(args: &[&str]) -> Run {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+async fn kinsumer(args: &[impl AsRef<str>]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.as_ref().to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_kinsumer"))
             .args(&args)
@@ -61,8 +61,49 @@ async fn kinsumer(args: &[&str]) -> Run {
     .expect("the run finishes")
 }
 
+/// `line` split at white space: the arguments of a command line without quoted spaces.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Runs `kinsumer` with the arguments of `line` (see [`words`]).
+async fn kinsumer_line(line: String) -> Run {
+    kinsumer(&words(&line)).await
+}
+
+/// `text` when `on`, else nothing: an optional flag in a command line.
+fn flag(on: bool, text: &str) -> &str {
+    if on { text } else { "" }
+}
+
+/// The store's URL and kinesis-local's endpoint, or `None` (skipped loudly, or a failure under
+/// `CI=true`) when either service is missing.
+fn with_kinesis(store_url: Option<String>) -> Option<(String, String)> {
+    let store_url = store_url?;
+    Some((store_url, kinesis_local::endpoint()?))
+}
+
 fn after(sequence: &str) -> Checkpoint {
     Checkpoint::After(Position::new(sequence.parse().expect("a sequence"), 0))
+}
+
+/// Creates the row of `shard` (if absent) and takes it for `owner`: its tenure.
+async fn create_and_take(
+    store: &dyn LeaseStore,
+    stream: &str,
+    shard: &ShardId,
+    owner: &str,
+) -> kinsumer::Tenure {
+    store
+        .create_if_absent(stream, shard, &[])
+        .await
+        .expect("create");
+    store
+        .take(stream, shard, &ClientId::from(owner), 0)
+        .await
+        .expect("take")
+        .tenure()
+        .expect("owned")
 }
 
 /// Keeps `client`'s heartbeat going every 200 ms until dropped: a live consumer, as far as the
@@ -93,23 +134,12 @@ impl Drop for Beating {
 /// released by `old` to `heir`.
 async fn seed(store: &Arc<dyn LeaseStore>, stream: &str) -> Beating {
     let beating = Beating::start(store.clone(), "live");
-    for shard in ["s-0", "s-1", "s-2", "s-3", "s-4"] {
-        store
-            .create_if_absent(stream, &ShardId::from(shard), &[])
-            .await
-            .expect("create");
-    }
-    let take = |shard: &'static str, owner: &'static str| {
-        let store = store.clone();
-        let stream = stream.to_owned();
-        async move {
-            store
-                .take(&stream, &ShardId::from(shard), &ClientId::from(owner), 0)
-                .await
-                .expect("take")
-                .tenure()
-                .expect("owned")
-        }
+    store
+        .create_if_absent(stream, &ShardId::from("s-2"), &[])
+        .await
+        .expect("create");
+    let take = |shard: &'static str, owner: &'static str| async move {
+        create_and_take(&**store, stream, &ShardId::from(shard), owner).await
     };
     let s0 = take("s-0", "live").await;
     store
@@ -127,6 +157,20 @@ async fn seed(store: &Arc<dyn LeaseStore>, stream: &str) -> Beating {
     // The heartbeat task has written the live client's row by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     beating
+}
+
+/// The stream [`seeded_redis`] seeds.
+const SEEDED: &str = "orders";
+
+/// A Redis store of a new application (named from `prefix`), seeded as [`seed`] does in the
+/// stream [`SEEDED`]: its URL, the application, the store and the live client's heartbeat.
+async fn seeded_redis(prefix: &str) -> Option<(String, String, Arc<dyn LeaseStore>, Beating)> {
+    let url = redis_url()?;
+    let app = unique_name(prefix);
+    let store: Arc<dyn LeaseStore> =
+        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
+    let beating = seed(&store, SEEDED).await;
+    Some((url, app, store, beating))
 }
 
 fn shard<'a>(report: &'a Value, stream: &str, shard: &str) -> &'a Value {
@@ -222,14 +266,10 @@ async fn assert_seeded_status(store_url: &str, app: &str, stream: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_on_redis_shows_owners_checkpoints_and_gone_owners() {
-    let Some(url) = redis_url() else {
+    let Some((url, app, store, beating)) = seeded_redis("cli-status").await else {
         return;
     };
-    let app = unique_name("cli-status");
-    let stream = "orders";
-    let store: Arc<dyn LeaseStore> =
-        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
-    let beating = seed(&store, stream).await;
+    let stream = SEEDED;
     assert_seeded_status(&url, &app, stream).await;
     drop(beating);
     clear(&*store, stream).await;
@@ -444,10 +484,7 @@ async fn status_on_postgres_is_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
-    let Some(pg) = postgres_url() else {
-        return;
-    };
-    let Some(endpoint) = kinesis_local::endpoint() else {
+    let Some((pg, endpoint)) = with_kinesis(postgres_url()) else {
         return;
     };
     let kinesis = kinesis_local::client(&endpoint);
@@ -554,22 +591,10 @@ async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
         stream.name
     );
     let status = |json: bool| {
-        let mut args = vec![
-            "status",
-            "--store",
-            pg.as_str(),
-            "--app",
-            app.as_str(),
-            "--source",
-            source_url.as_str(),
-            "--sample",
-            "1.5",
-        ];
-        if json {
-            args.push("--json");
-        }
-        let args: Vec<String> = args.into_iter().map(String::from).collect();
-        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        kinsumer_line(format!(
+            "status --store {pg} --app {app} --source {source_url} --sample 1.5 {}",
+            flag(json, "--json")
+        ))
     };
     let table = status(false).await;
     eprintln!("kinsumer status, consumers running:\n{}", table.stdout);
@@ -637,10 +662,7 @@ async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
 /// its tip is not flagged, and a limit the records have not waited for flags nothing (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_flags_shards_whose_records_wait_longer_than_stall_after() {
-    let Some(url) = redis_url() else {
-        return;
-    };
-    let Some(endpoint) = kinesis_local::endpoint() else {
+    let Some((url, endpoint)) = with_kinesis(redis_url()) else {
         return;
     };
     let kinesis = kinesis_local::client(&endpoint);
@@ -665,16 +687,7 @@ async fn status_flags_shards_whose_records_wait_longer_than_stall_after() {
         (&stuck, Checkpoint::TrimHorizon),
         (&current_id, after(&last_of_current)),
     ] {
-        store
-            .create_if_absent(name, shard, &[])
-            .await
-            .expect("create");
-        let tenure = store
-            .take(name, shard, &ClientId::from("hung"), 0)
-            .await
-            .expect("take")
-            .tenure()
-            .expect("owned");
+        let tenure = create_and_take(&*store, name, shard, "hung").await;
         store
             .checkpoint(name, &tenure, &checkpoint)
             .await
@@ -685,19 +698,12 @@ async fn status_flags_shards_whose_records_wait_longer_than_stall_after() {
 
     let source = format!("kinesis://{name}?endpoint={endpoint}&region=us-east-1");
     let status = |stall_after: Option<&str>, json: bool| {
-        let mut args: Vec<String> = [
-            "status", "--store", &url, "--app", &app, "--source", &source, "--sample", "0.5",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(secs) = stall_after {
-            args.extend(["--stall-after".to_owned(), secs.to_owned()]);
-        }
-        if json {
-            args.push("--json".to_owned());
-        }
-        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        let stall_after = stall_after.map(|s| format!("--stall-after {s}"));
+        kinsumer_line(format!(
+            "status --store {url} --app {app} --source {source} --sample 0.5 {} {}",
+            stall_after.unwrap_or_default(),
+            flag(json, "--json")
+        ))
     };
     // The table row of `shard`.
     let row = |table: &Run, shard: &ShardId| -> String {
@@ -802,14 +808,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force() {
-    let Some(url) = redis_url() else {
+    let Some((url, app, store, beating)) = seeded_redis("cli-reset").await else {
         return;
     };
-    let app = unique_name("cli-reset");
-    let stream = "orders";
-    let store: Arc<dyn LeaseStore> =
-        Arc::new(RedisLeaseStore::connect(&url, &app).await.expect("Redis"));
-    let beating = seed(&store, stream).await;
+    let stream = SEEDED;
     let lease = |shard: &'static str| {
         let store = store.clone();
         async move {
@@ -820,23 +822,14 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
                 .expect("lease")
         }
     };
-    let reset = |more: &[&str]| {
-        let mut args = vec![
-            "reset",
-            "--store",
-            url.as_str(),
-            "--app",
-            app.as_str(),
-            "--stream",
-            stream,
-        ];
-        args.extend_from_slice(more);
-        let args: Vec<String> = args.into_iter().map(String::from).collect();
-        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    let reset = |more: &str| {
+        kinsumer_line(format!(
+            "reset --store {url} --app {app} --stream {stream} {more}"
+        ))
     };
 
     // Unowned: reset_checkpoint, token unchanged.
-    let run = reset(&["--shard", "s-2", "--to", "sequence:12345", "--yes"]).await;
+    let run = reset("--shard s-2 --to sequence:12345 --yes").await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("reset (unowned)"), "the plan: {run:?}");
     let s2 = lease("s-2").await;
@@ -846,16 +839,13 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
     );
 
     // Without --yes and without a terminal: refused, nothing changed.
-    let run = reset(&["--shard", "s-2", "--to", "trim-horizon"]).await;
+    let run = reset("--shard s-2 --to trim-horizon").await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("pass --yes"), "{run:?}");
     assert_eq!(lease("s-2").await.checkpoint, Some(after("12345")));
 
     // A live owner: refused by name, nothing changed.
-    let run = reset(&[
-        "--shard", "s-0", "--shard", "s-2", "--to", "latest", "--yes",
-    ])
-    .await;
+    let run = reset("--shard s-0 --shard s-2 --to latest --yes").await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("s-0: owned by live"), "{run:?}");
     assert!(run.stderr.contains("--force"), "{run:?}");
@@ -863,7 +853,7 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
     assert_eq!(lease("s-2").await.checkpoint, Some(after("12345")));
 
     // --force: take, then release at the new checkpoint; the old owner's tenure is fenced.
-    let run = reset(&["--shard", "s-0", "--to", "latest", "--yes", "--force"]).await;
+    let run = reset("--shard s-0 --to latest --yes --force").await;
     assert_eq!(run.code, 0, "{run:?}");
     let s0 = lease("s-0").await;
     assert_eq!(
@@ -881,21 +871,21 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
     ));
 
     // An owner without a client row has left: no --force needed.
-    let run = reset(&["--shard", "s-1", "--to", "trim-horizon", "--yes"]).await;
+    let run = reset("--shard s-1 --to trim-horizon --yes").await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(lease("s-1").await.checkpoint, Some(Checkpoint::TrimHorizon));
 
     // A finished lease, a shard with no lease, a sequence for many shards.
-    let run = reset(&["--shard", "s-3", "--to", "trim-horizon", "--yes", "--force"]).await;
+    let run = reset("--shard s-3 --to trim-horizon --yes --force").await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("finished"), "{run:?}");
-    let run = reset(&["--shard", "s-9", "--to", "trim-horizon", "--yes"]).await;
+    let run = reset("--shard s-9 --to trim-horizon --yes").await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains("no lease for shard s-9") && run.stderr.contains("s-0, s-1"),
         "{run:?}"
     );
-    let run = reset(&["--all", "--to", "sequence:5", "--yes"]).await;
+    let run = reset("--all --to sequence:5 --yes").await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("one --shard"), "{run:?}");
 
@@ -935,16 +925,7 @@ async fn seed_split(
     parent: &ShardId,
     children: &[ShardId; 2],
 ) {
-    store
-        .create_if_absent(stream, parent, &[])
-        .await
-        .expect("create parent");
-    let tenure = store
-        .take(stream, parent, &ClientId::from("gone"), 0)
-        .await
-        .expect("take")
-        .tenure()
-        .expect("owned");
+    let tenure = create_and_take(&**store, stream, parent, "gone").await;
     store.finish(stream, &tenure).await.expect("finish");
     for child in children {
         store
@@ -985,23 +966,17 @@ async fn assert_reset_repairs<F, Fut>(
     );
     let source = format!("kinesis://{name}?endpoint={endpoint}&region=us-east-1");
     let reset = |with_source: bool| {
-        let mut args: Vec<String> = [
-            "reset", "--store", store_url, "--app", app, "--stream", name, "--to",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push("trim-horizon".into());
-        args.push("--yes".into());
-        if all {
-            args.push("--all".into());
+        let which = if all {
+            "--all".to_owned()
         } else {
-            args.extend(["--shard".to_owned(), child.to_string()]);
-        }
-        if with_source {
-            args.extend(["--source".to_owned(), source.clone()]);
-        }
-        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+            format!("--shard {child}")
+        };
+        let source = with_source.then(|| format!("--source {source}"));
+        kinsumer_line(format!(
+            "reset --store {store_url} --app {app} --stream {name} --to trim-horizon --yes \
+             {which} {}",
+            source.unwrap_or_default()
+        ))
     };
 
     let refused = reset(false).await;
@@ -1034,24 +1009,14 @@ async fn assert_reset_repairs<F, Fut>(
                 .contains(&format!("{child}: repaired; checkpoint now trim horizon")),
         "the plan names the repair and why: {repaired:?}"
     );
-    let lease = store
-        .lease(name, child)
-        .await
-        .expect("the repaired row decodes")
-        .expect("the row exists");
-    assert!(
-        (before_ms..=after_ms).contains(&lease.token),
-        "a token from the clock, above any the row held: {lease:?}"
-    );
-    assert_eq!(
-        lease,
-        kinsumer::Lease {
-            token: lease.token,
-            checkpoint: Some(Checkpoint::TrimHorizon),
-            ..kinsumer::Lease::new(child.clone(), vec![parent.clone()])
-        },
-        "unowned, unfinished, at the new checkpoint, with its parent"
-    );
+    let lease = assert_repaired(
+        &*store,
+        name,
+        child,
+        &[parent.clone()],
+        before_ms..=after_ms,
+    )
+    .await;
 
     let status = kinsumer(&[
         "status", "--store", store_url, "--app", app, "--source", &source, "--json", "--sample",
@@ -1101,6 +1066,37 @@ async fn assert_reset_repairs<F, Fut>(
 }
 
 /// `decimal` + 1, in decimal (sequence numbers have more digits than any integer type).
+/// Asserts that `reset` repaired the row of `shard`: it decodes, unowned, unfinished, at the
+/// trim horizon, with its `parents`, and a token from the clock while it ran (`during`, ms),
+/// above any the row held. Returns the lease.
+async fn assert_repaired(
+    store: &dyn LeaseStore,
+    stream: &str,
+    shard: &ShardId,
+    parents: &[ShardId],
+    during: std::ops::RangeInclusive<u64>,
+) -> kinsumer::Lease {
+    let lease = store
+        .lease(stream, shard)
+        .await
+        .expect("the repaired row decodes")
+        .expect("the row exists");
+    assert!(
+        during.contains(&lease.token),
+        "a token from the clock: {lease:?}"
+    );
+    assert_eq!(
+        lease,
+        kinsumer::Lease {
+            token: lease.token,
+            checkpoint: Some(Checkpoint::TrimHorizon),
+            ..kinsumer::Lease::new(shard.clone(), parents.to_vec())
+        },
+        "unowned, unfinished, at the new checkpoint, with its parents"
+    );
+    lease
+}
+
 fn plus_one(decimal: &str) -> String {
     let mut digits: Vec<u8> = decimal.bytes().collect();
     for d in digits.iter_mut().rev() {
@@ -1122,10 +1118,7 @@ fn now_ms() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_repairs_a_row_that_does_not_decode_on_redis() {
-    let Some(url) = redis_url() else {
-        return;
-    };
-    let Some(endpoint) = kinesis_local::endpoint() else {
+    let Some((url, endpoint)) = with_kinesis(redis_url()) else {
         return;
     };
     let app = unique_name("cli-repair");
@@ -1153,10 +1146,7 @@ async fn reset_repairs_a_row_that_does_not_decode_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_repairs_a_row_that_does_not_decode_on_postgres() {
-    let Some(pg) = postgres_url() else {
-        return;
-    };
-    let Some(endpoint) = kinesis_local::endpoint() else {
+    let Some((pg, endpoint)) = with_kinesis(postgres_url()) else {
         return;
     };
     let app = unique_name("cli-repair");
@@ -1265,25 +1255,11 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
     .expect("update");
     assert_eq!(done.rows_affected(), 1);
     let reset = |force: bool| {
-        let mut args = vec![
-            "reset",
-            "--store",
-            &pg,
-            "--app",
-            &app,
-            "--stream",
-            stream,
-            "--shard",
-            "s-stuck",
-            "--to",
-            "trim-horizon",
-            "--yes",
-        ];
-        if force {
-            args.push("--force");
-        }
-        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        kinsumer_line(format!(
+            "reset --store {pg} --app {app} --stream {stream} --shard s-stuck --to trim-horizon \
+             --yes {}",
+            flag(force, "--force")
+        ))
     };
 
     let refused = reset(false).await;
@@ -1305,23 +1281,7 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
                 .contains("s-stuck: repaired; checkpoint now trim horizon"),
         "{freed:?}"
     );
-    let lease = store
-        .lease(stream, &shard)
-        .await
-        .expect("decodes")
-        .expect("exists");
-    assert!(
-        (before_ms..=after_ms).contains(&lease.token),
-        "a token of the repair's: {lease:?}"
-    );
-    assert_eq!(
-        lease,
-        kinsumer::Lease {
-            token: lease.token,
-            checkpoint: Some(Checkpoint::TrimHorizon),
-            ..kinsumer::Lease::new(shard.clone(), vec![parent])
-        }
-    );
+    let lease = assert_repaired(&*store, stream, &shard, &[parent], before_ms..=after_ms).await;
     let taken = store
         .take(
             stream,
@@ -1337,10 +1297,7 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
-    let Some(url) = redis_url() else {
-        return;
-    };
-    let Some(endpoint) = kinesis_local::endpoint() else {
+    let Some((url, endpoint)) = with_kinesis(redis_url()) else {
         return;
     };
     let kinesis = kinesis_local::client(&endpoint);
@@ -1363,17 +1320,11 @@ async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
         .expect("create");
     let source = format!("kinesis://{name}?endpoint={endpoint}&region=us-east-1");
     let reset = |to: String, with_source: bool| {
-        let mut args: Vec<String> = [
-            "reset", "--store", &url, "--app", &app, "--stream", name, "--shard",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend([first.to_string(), "--to".into(), to, "--yes".into()]);
-        if with_source {
-            args.extend(["--source".to_owned(), source.clone()]);
-        }
-        async move { kinsumer(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        let source = with_source.then(|| format!("--source {source}"));
+        kinsumer_line(format!(
+            "reset --store {url} --app {app} --stream {name} --shard {first} --to {to} --yes {}",
+            source.unwrap_or_default()
+        ))
     };
     let checkpoint = || {
         let store = store.clone();
@@ -1566,156 +1517,70 @@ async fn tail_prints_what_was_produced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_urls_and_flags_are_one_line_errors_with_exit_2() {
-    let cases: &[(&[&str], &str)] = &[
+    let reset = "reset --store memory:// --app a --stream s";
+    let cases = [
         (
-            &["status", "--store", "mysql://h/db", "--app", "a"],
+            "status --store mysql://h/db --app a".to_owned(),
             "unknown scheme `mysql://`",
         ),
         (
-            &[
-                "reset",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--stream",
-                "s",
-                "--all",
-                "--to",
-                "timestamp:2099-01-01T00:00:00Z",
-                "--yes",
-            ],
+            format!("{reset} --all --to timestamp:2099-01-01T00:00:00Z --yes"),
             "is in the future",
         ),
         (
-            &["status", "--store", "localhost:6379", "--app", "a"],
+            "status --store localhost:6379 --app a".to_owned(),
             "examples: memory://",
         ),
         (
-            &[
-                "status",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--source",
-                "kinesis://",
-            ],
+            "status --store memory:// --app a --source kinesis://".to_owned(),
             "no stream name",
         ),
         (
-            &[
-                "status",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--sample=-1",
-            ],
+            "status --store memory:// --app a --sample=-1".to_owned(),
             "must be between 0 and 86400",
         ),
         (
-            &["tail", "--source", "kinesis://s?endpoint=localhost:4567"],
+            "tail --source kinesis://s?endpoint=localhost:4567".to_owned(),
             "must start with http://",
         ),
         (
-            &["tail", "--source", "kinesis://s", "--format", "xml"],
+            "tail --source kinesis://s --format xml".to_owned(),
             "invalid value 'xml'",
         ),
         (
-            &[
-                "tail",
-                "--source",
-                "kinesis://s?region=us-east-1",
-                "--from",
-                "sequence:1",
-            ],
+            "tail --source kinesis://s?region=us-east-1 --from sequence:1".to_owned(),
             "one --shard",
         ),
         (
-            &[
-                "reset",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--stream",
-                "s",
-                "--all",
-                "--to",
-                "yesterday",
-            ],
+            format!("{reset} --all --to yesterday"),
             "bad position: `yesterday`",
         ),
         (
-            &[
-                "reset",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--stream",
-                "s",
-                "--all",
-                "--to",
-                "timestamp:2026-02-30T00:00:00Z",
-            ],
-            "no such date 2026-02-30",
+            format!("{reset} --all --to timestamp:2026-02-30T00:00:00Z"),
+            "day was not in range",
         ),
+        (format!("{reset} --to latest"), "--shard <ID>|--all"),
         (
-            &[
-                "reset",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--stream",
-                "s",
-                "--to",
-                "latest",
-            ],
-            "--shard <ID>|--all",
-        ),
-        (
-            &[
-                "reset",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--stream",
-                "s",
-                "--to",
-                "latest",
-                "--all",
-                "--shard",
-                "x",
-            ],
+            format!("{reset} --to latest --all --shard x"),
             "cannot be used with",
         ),
     ];
-    for (args, expected) in cases {
-        let run = kinsumer(args).await;
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+    for (line, expected) in cases {
+        let run = kinsumer(&words(&line)).await;
+        assert_eq!(run.code, 2, "{line}: {run:?}");
         assert!(
             run.stderr.contains(expected),
-            "{args:?}: {expected:?} in {run:?}"
+            "{line}: {expected:?} in {run:?}"
         );
-        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{line}: {run:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_is_exit_2_and_hides_credentials() {
-    let run = kinsumer(&[
-        "status",
-        "--store",
-        "redis://:secret@127.0.0.1:1",
-        "--app",
-        "a",
-        "--sample",
-        "0",
-    ])
+    let run = kinsumer(&words(
+        "status --store redis://:secret@127.0.0.1:1 --app a --sample 0",
+    ))
     .await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
@@ -1725,54 +1590,19 @@ async fn an_unreachable_store_is_exit_2_and_hides_credentials() {
     assert!(!run.stderr.contains("secret"), "{run:?}");
     // Every way a password can be in a URL, in every place a URL is shown: a rejected value
     // (clap's own message), a query password in the header and JSON, and errors.
-    for args in [
-        vec!["status", "--store", "mysql://u:Secret1@h/db", "--app", "a"],
-        vec![
-            "reset",
-            "--store",
-            "mysql://u:Secret1@h/db",
-            "--app",
-            "a",
-            "--stream",
-            "s",
-            "--all",
-            "--to",
-            "latest",
-        ],
-        vec![
-            "status",
-            "--store",
-            "postgres://u@127.0.0.1:1/db?password=Secret1",
-            "--app",
-            "a",
-            "--sample",
-            "0",
-        ],
-        vec![
-            "status",
-            "--store",
-            "postgres://u@127.0.0.1:1/db?password=Secret1",
-            "--app",
-            "a",
-            "--sample",
-            "0",
-            "--json",
-        ],
-        vec![
-            "status",
-            "--store",
-            "redis://:Secret1@127.0.0.1:1",
-            "--app",
-            "a",
-            "--sample",
-            "x",
-        ],
+    let pg = "postgres://u@127.0.0.1:1/db?password=Secret1";
+    for line in [
+        "status --store mysql://u:Secret1@h/db --app a".to_owned(),
+        "reset --store mysql://u:Secret1@h/db --app a --stream s --all --to latest".to_owned(),
+        format!("status --store {pg} --app a --sample 0"),
+        format!("status --store {pg} --app a --sample 0 --json"),
+        "status --store redis://:Secret1@127.0.0.1:1 --app a --sample x".to_owned(),
     ] {
-        let run = kinsumer(&args).await;
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        let run = kinsumer(&words(&line)).await;
+        assert_eq!(run.code, 2, "{line}: {run:?}");
         assert!(
             !run.stderr.contains("Secret1") && !run.stdout.contains("Secret1"),
-            "{args:?}: {run:?}"
+            "{line}: {run:?}"
         );
     }
 }
@@ -1784,21 +1614,11 @@ async fn status_with_a_missing_source_stream_exits_2() {
     let Some(endpoint) = kinesis_local::endpoint() else {
         return;
     };
-    let source = format!(
-        "kinesis://no-such-stream-{}?endpoint={endpoint}&region=us-east-1",
+    let run = kinsumer(&words(&format!(
+        "status --store memory:// --app a --sample 0 \
+         --source kinesis://no-such-stream-{}?endpoint={endpoint}&region=us-east-1",
         std::process::id()
-    );
-    let run = kinsumer(&[
-        "status",
-        "--store",
-        "memory://",
-        "--app",
-        "a",
-        "--source",
-        &source,
-        "--sample",
-        "0",
-    ])
+    )))
     .await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
@@ -1811,37 +1631,15 @@ async fn status_with_a_missing_source_stream_exits_2() {
 /// panic (exit 101).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_pipes_end_quietly() {
-    for (args, close_stdout) in [
-        (
-            vec![
-                "status",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--sample",
-                "0.3",
-            ],
-            false,
-        ),
-        (
-            vec![
-                "status",
-                "--store",
-                "memory://",
-                "--app",
-                "a",
-                "--sample",
-                "0.3",
-            ],
-            true,
-        ),
-        (vec!["status", "--help"], true),
-        (vec!["status", "--store", "nope://", "--app", "a"], false),
+    for (line, close_stdout) in [
+        ("status --store memory:// --app a --sample 0.3", false),
+        ("status --store memory:// --app a --sample 0.3", true),
+        ("status --help", true),
+        ("status --store nope:// --app a", false),
     ] {
         let code = tokio::task::spawn_blocking(move || {
             let mut child = Command::new(env!("CARGO_BIN_EXE_kinsumer"))
-                .args(&args)
+                .args(words(line))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -1852,41 +1650,22 @@ async fn closed_pipes_end_quietly() {
             if close_stdout {
                 drop(child.stdout.take());
             }
-            let status = child.wait().expect("wait");
-            (args, status.code())
+            child.wait().expect("wait").code()
         })
         .await
         .expect("join");
-        assert_ne!(code.1, Some(101), "{:?} panicked on a closed pipe", code.0);
+        assert_ne!(code, Some(101), "{line:?} panicked on a closed pipe");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_without_a_stream_shows_clients_and_says_how_to_see_leases() {
-    let run = kinsumer(&[
-        "status",
-        "--store",
-        "memory://",
-        "--app",
-        "a",
-        "--sample",
-        "0",
-    ])
-    .await;
+    let status = "status --store memory:// --app a --sample 0";
+    let run = kinsumer(&words(status)).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("no clients"), "{run:?}");
     assert!(run.stdout.contains("add --stream NAME"), "{run:?}");
-    let run = kinsumer(&[
-        "status",
-        "--store",
-        "memory://",
-        "--app",
-        "a",
-        "--sample",
-        "0",
-        "--json",
-    ])
-    .await;
+    let run = kinsumer(&words(&format!("{status} --json"))).await;
     assert_eq!(run.json()["streams"], Value::Array(vec![]));
 }
 
