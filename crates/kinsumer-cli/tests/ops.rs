@@ -76,6 +76,19 @@ fn flag(on: bool, text: &str) -> &str {
     if on { text } else { "" }
 }
 
+/// The store's URL, kinesis-local's endpoint, a new stream of `shards` shards named from
+/// `prefix` and its open shards (id, first and last hash key); `None` as [`with_kinesis`].
+async fn with_stream(
+    store_url: Option<String>,
+    prefix: &str,
+    shards: i32,
+) -> Option<(String, String, TestStream, Vec<(String, u128, u128)>)> {
+    let (store_url, endpoint) = with_kinesis(store_url)?;
+    let stream = TestStream::create(&kinesis_local::client(&endpoint), prefix, shards).await;
+    let open = stream.open_shards().await;
+    Some((store_url, endpoint, stream, open))
+}
+
 /// The store's URL and kinesis-local's endpoint, or `None` (skipped loudly, or a failure under
 /// `CI=true`) when either service is missing.
 fn with_kinesis(store_url: Option<String>) -> Option<(String, String)> {
@@ -662,13 +675,10 @@ async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
 /// its tip is not flagged, and a limit the records have not waited for flags nothing (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_flags_shards_whose_records_wait_longer_than_stall_after() {
-    let Some((url, endpoint)) = with_kinesis(redis_url()) else {
+    let Some((url, endpoint, stream, open)) = with_stream(redis_url(), "stalls", 2).await else {
         return;
     };
-    let kinesis = kinesis_local::client(&endpoint);
-    let stream = TestStream::create(&kinesis, "stalls", 2).await;
     let name = stream.name.as_str();
-    let open = stream.open_shards().await;
     let put = |hash_key: u128| stream.put_at(hash_key, b"record");
     // `stuck` has 3 records after its checkpoint, `current` none: it was read to its tip.
     let (stuck, current) = (ShardId::from(open[0].0.as_str()), &open[1]);
@@ -1297,13 +1307,10 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
-    let Some((url, endpoint)) = with_kinesis(redis_url()) else {
+    let Some((url, endpoint, stream, open)) = with_stream(redis_url(), "sequence", 2).await else {
         return;
     };
-    let kinesis = kinesis_local::client(&endpoint);
-    let stream = TestStream::create(&kinesis, "sequence", 2).await;
     let name = stream.name.as_str();
-    let open = stream.open_shards().await;
     let (first, second) = (ShardId::from(open[0].0.as_str()), &open[1]);
     let put = |hash_key: u128| stream.put_at(hash_key, b"record");
     let mut held = Vec::new();
