@@ -344,52 +344,22 @@ async fn read_shard(
     from: Checkpoint,
     events: mpsc::Sender<Event>,
 ) {
+    let mut reader = None;
     let mut backoff = POLL_INTERVAL;
-    let mut reader = loop {
-        match tokio::time::timeout(CALL_TIMEOUT, source.open(&shard, &from)).await {
-            Ok(Ok(reader)) => break reader,
-            Ok(Err(e)) if !e.is_retryable() => {
-                let _ = events
-                    .send(Event::Failed(shard, brief(&e.to_string())))
-                    .await;
-                return;
-            }
-            Ok(Err(_)) | Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    };
-    backoff = POLL_INTERVAL;
     let mut first = true;
     loop {
-        match tokio::time::timeout(CALL_TIMEOUT, reader.next_batch(READ_MAX)).await {
-            Ok(Ok(batch)) => {
-                backoff = POLL_INTERVAL;
-                if batch.records.is_empty()
-                    && std::mem::take(&mut first)
-                    && events.send(Event::Empty(shard.clone())).await.is_err()
-                {
-                    return;
-                }
-                first = false;
-                if !batch.records.is_empty()
-                    && events
-                        .send(Event::Records(shard.clone(), batch.records))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                if let Some(children) = batch.end {
-                    let _ = events.send(Event::Ended(shard, children)).await;
-                    return;
-                }
-                // More already read (the rest of an aggregate's records): no call to pace.
-                if !batch.more_ready {
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                }
-            }
+        // Open the shard, then read it: each call limited, retried alike.
+        let called = match reader.as_mut() {
+            None => tokio::time::timeout(CALL_TIMEOUT, source.open(&shard, &from))
+                .await
+                .map(|opened| opened.map(|opened| reader = Some(opened)).map(|()| None)),
+            Some(open) => tokio::time::timeout(CALL_TIMEOUT, open.next_batch(READ_MAX))
+                .await
+                .map(|read| read.map(Some)),
+        };
+        let batch = match called {
+            Ok(Ok(Some(batch))) => batch,
+            Ok(Ok(None)) => continue, // opened
             Ok(Err(e)) if !e.is_retryable() => {
                 let _ = events
                     .send(Event::Failed(shard, brief(&e.to_string())))
@@ -399,7 +369,32 @@ async fn read_shard(
             Ok(Err(_)) | Err(_) => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
+        };
+        backoff = POLL_INTERVAL;
+        if batch.records.is_empty()
+            && std::mem::take(&mut first)
+            && events.send(Event::Empty(shard.clone())).await.is_err()
+        {
+            return;
+        }
+        first = false;
+        if !batch.records.is_empty()
+            && events
+                .send(Event::Records(shard.clone(), batch.records))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if let Some(children) = batch.end {
+            let _ = events.send(Event::Ended(shard, children)).await;
+            return;
+        }
+        // More already read (the rest of an aggregate's records): no call to pace.
+        if !batch.more_ready {
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 }
