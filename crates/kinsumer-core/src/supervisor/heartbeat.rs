@@ -5,33 +5,26 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 
 use crate::engine::Engine;
 use crate::stall::{Stall, StallKind};
 
 /// The heartbeat task; aborted when dropped.
-pub(super) struct Heartbeat(Option<tokio::task::JoinHandle<()>>);
+pub(super) struct Heartbeat(AbortOnDropHandle<()>);
 
 impl Heartbeat {
     pub(super) fn start(engine: &Arc<Engine>) -> Self {
-        Self(Some(tokio::spawn(heartbeat_loop(engine.clone()))))
+        Self(AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
+            engine.clone(),
+        ))))
     }
 
     /// Stops it, and waits until it stopped (so no later heartbeat re-creates our row).
-    pub(super) async fn stop(mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
+    pub(super) async fn stop(self) {
+        self.0.abort();
+        let _ = self.0.await;
     }
 }
 
