@@ -47,12 +47,12 @@ enum Next {
     Stop(FetchEnd),
 }
 
-/// Classifies a source error and, for the ones to try again, backs off first.
-async fn recover(engine: &Engine, shard: &ShardId, e: SourceError, attempt: &mut u32) -> Next {
-    let next = match e {
+/// What to do after `e`: retry, re-open elsewhere, or stop (pure: `recover` backs off).
+fn classify(on_trimmed: TrimmedPolicy, shard: &ShardId, e: SourceError) -> Next {
+    match e {
         SourceError::Throttled(_) | SourceError::Transient(_) => Next::Retry,
         SourceError::ShardGone(_) => Next::Stop(FetchEnd::Gone),
-        SourceError::Trimmed { .. } => match engine.config.on_trimmed {
+        SourceError::Trimmed { .. } => match on_trimmed {
             TrimmedPolicy::ResumeAtTrimHorizon => {
                 warn!(shard = %shard, error = %e, "checkpoint fell off retention; resuming at TRIM_HORIZON");
                 Next::Reopen(Checkpoint::TrimHorizon)
@@ -62,7 +62,12 @@ async fn recover(engine: &Engine, shard: &ShardId, e: SourceError, attempt: &mut
         SourceError::Fatal(_) | SourceError::BadPosition { .. } => {
             Next::Stop(FetchEnd::Failed(e.into()))
         }
-    };
+    }
+}
+
+/// Classifies a source error and, for the ones to try again, backs off first.
+async fn recover(engine: &Engine, shard: &ShardId, e: SourceError, attempt: &mut u32) -> Next {
+    let next = classify(engine.config.on_trimmed, shard, e);
     if !matches!(next, Next::Stop(_)) {
         *attempt = attempt.saturating_add(1);
         sleep(engine.backoff(*attempt)).await;
@@ -204,5 +209,53 @@ pub(super) async fn fetch_loop(
                 return FetchEnd::Ended;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard() -> ShardId {
+        ShardId::from("shard-0")
+    }
+
+    fn trimmed() -> SourceError {
+        SourceError::Trimmed {
+            shard: shard(),
+            position: "42".into(),
+        }
+    }
+
+    /// Throttling and transient errors are retried; a trimmed position falls back as the
+    /// policy says; a gone shard ends the read; what no retry fixes fails it.
+    #[test]
+    fn source_errors_are_classified_by_what_fixes_them() {
+        let resume = TrimmedPolicy::ResumeAtTrimHorizon;
+        let classify = |policy, e| classify(policy, &shard(), e);
+        assert!(matches!(
+            classify(resume, SourceError::Throttled("slow down".into())),
+            Next::Retry
+        ));
+        assert!(matches!(
+            classify(resume, SourceError::Transient("503".into())),
+            Next::Retry
+        ));
+        assert!(matches!(
+            classify(resume, SourceError::ShardGone(shard())),
+            Next::Stop(FetchEnd::Gone)
+        ));
+        assert!(matches!(
+            classify(resume, trimmed()),
+            Next::Reopen(Checkpoint::TrimHorizon)
+        ));
+        assert!(matches!(
+            classify(TrimmedPolicy::Fail, trimmed()),
+            Next::Stop(FetchEnd::Failed(_))
+        ));
+        assert!(matches!(
+            classify(resume, SourceError::Fatal("denied".into())),
+            Next::Stop(FetchEnd::Failed(_))
+        ));
     }
 }
