@@ -29,6 +29,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -41,7 +42,14 @@ use crate::store::Tenure;
 
 #[derive(Debug)]
 struct Entry {
+    /// The position of the (last) record it stands for: where the watermark goes once it is
+    /// acked.
     position: Position,
+    /// The first record of a batch entry (see [`AckTracker::register_batch`]); `None` for an
+    /// entry of one record.
+    batch_first: Option<Box<Position>>,
+    /// How many records it stands for: 1, or the records of a batch.
+    records: u32,
     bytes: usize,
     /// When it was fetched: how long it has waited to be handed out.
     fetched: tokio::time::Instant,
@@ -50,11 +58,20 @@ struct Entry {
     acked: bool,
 }
 
+impl Entry {
+    /// The first record it stands for.
+    fn first(&self) -> &Position {
+        self.batch_first.as_deref().unwrap_or(&self.position)
+    }
+}
+
 #[derive(Debug, Default)]
 struct AckState {
     /// Index of `pending[0]`.
     base: u64,
     pending: VecDeque<Entry>,
+    /// The records the entries of `pending` stand for.
+    pending_records: usize,
     watermark: Option<Position>,
     last_registered: Option<Position>,
     unacked_records: usize,
@@ -112,7 +129,7 @@ impl AckTracker {
 
     /// Records fetched since the watermark.
     pub(crate) fn since_watermark(&self) -> usize {
-        self.lock().pending.len()
+        self.lock().pending_records
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
@@ -136,17 +153,57 @@ impl AckTracker {
             s.last_registered = Some(position.clone());
             s.pending.push_back(Entry {
                 position,
+                batch_first: None,
+                records: 1,
                 bytes,
                 fetched,
                 handed_out: None,
                 acked: false,
             });
+            s.pending_records += 1;
             s.unacked_records += 1;
             s.unacked_bytes += bytes;
             s.registered_records += 1;
             s.registered_bytes += bytes as u64;
         }
         first
+    }
+
+    /// Adds the `records` fetched records from `first` to `last` (`bytes` in all) as one entry,
+    /// for a consumer that hands out and acks them together (a batch handler); returns its
+    /// index. One entry per batch instead of one per record: the bounds still count records
+    /// and bytes, and the watermark moves to `last` when the entry is acked.
+    pub fn register_batch(
+        &self,
+        first: Position,
+        last: Position,
+        records: usize,
+        bytes: usize,
+    ) -> u64 {
+        let mut s = self.lock();
+        let index = s.base + s.pending.len() as u64;
+        if records == 0 {
+            return index;
+        }
+        // An entry stands for at most u32::MAX records; a read is at most 10,000.
+        let count = u32::try_from(records).unwrap_or(u32::MAX);
+        s.last_registered = Some(last.clone());
+        s.pending.push_back(Entry {
+            position: last,
+            batch_first: (records > 1).then(|| Box::new(first)),
+            records: count,
+            bytes,
+            fetched: tokio::time::Instant::now(),
+            handed_out: None,
+            acked: false,
+        });
+        let records = count as usize;
+        s.pending_records += records;
+        s.unacked_records += records;
+        s.unacked_bytes += bytes;
+        s.registered_records += records as u64;
+        s.registered_bytes += bytes as u64;
+        index
     }
 
     /// Marks records `first..first+count` as handed to the caller, unless the tenure was revoked
@@ -176,7 +233,7 @@ impl AckTracker {
                 && !e.acked
             {
                 e.handed_out = Some(now);
-                marked += 1;
+                marked += e.records as usize;
             }
         }
         s.outstanding += marked;
@@ -193,8 +250,13 @@ impl AckTracker {
 
     /// Acks records `first..first+count`; acking twice is harmless.
     pub fn ack_range(&self, first: u64, count: u64) {
+        self.ack_range_at(first, count, Some(tokio::time::Instant::now()));
+    }
+
+    /// [`Self::ack_range`], sampling the ack latency as of `now` (no sample with `None`: the
+    /// record stream reads the clock for one ack of each fetched batch, not for every record).
+    pub(crate) fn ack_range_at(&self, first: u64, count: u64, now: Option<tokio::time::Instant>) {
         let mut s = self.lock();
-        let now = tokio::time::Instant::now();
         let mut acked = 0u64;
         for i in first..first + count {
             let Some(k) = i.checked_sub(s.base).and_then(|k| usize::try_from(k).ok()) else {
@@ -207,19 +269,22 @@ impl AckTracker {
                 continue;
             }
             e.acked = true;
-            let (bytes, handed_out) = (e.bytes, e.handed_out);
-            s.unacked_records -= 1;
+            let (records, bytes, handed_out) = (e.records as usize, e.bytes, e.handed_out);
+            s.unacked_records -= records;
             s.unacked_bytes -= bytes;
-            acked += 1;
+            acked += records as u64;
             if let Some(at) = handed_out {
-                s.outstanding -= 1;
-                self.metrics
-                    .ack_latency
-                    .record(now.saturating_duration_since(at).as_secs_f64());
+                s.outstanding -= records;
+                if let Some(now) = now {
+                    self.metrics
+                        .ack_latency
+                        .record(now.saturating_duration_since(at).as_secs_f64());
+                }
             }
         }
         while s.pending.front().is_some_and(|e| e.acked) {
             if let Some(e) = s.pending.pop_front() {
+                s.pending_records -= e.records as usize;
                 s.watermark = Some(e.position);
                 s.base += 1;
             }
@@ -249,7 +314,7 @@ impl AckTracker {
     /// acked cannot let the book behind it grow without bound.
     pub fn is_full(&self) -> bool {
         let s = self.lock();
-        s.pending.len() >= self.max_records || s.unacked_bytes >= self.max_bytes
+        s.pending_records >= self.max_records || s.unacked_bytes >= self.max_bytes
     }
 
     /// How many more records may be fetched now: the records left under the record bound and,
@@ -257,7 +322,7 @@ impl AckTracker {
     /// record size so far — so one read does not overshoot the byte bound by a whole read.
     pub fn room(&self) -> usize {
         let s = self.lock();
-        let records = self.max_records.saturating_sub(s.pending.len());
+        let records = self.max_records.saturating_sub(s.pending_records);
         if s.registered_records == 0 {
             return records;
         }
@@ -272,7 +337,7 @@ impl AckTracker {
             .pending
             .iter()
             .find(|e| !e.acked)
-            .map(|e| e.position.clone())
+            .map(|e| e.first().clone())
     }
 
     /// The record that holds the watermark back, if it was handed out, and when: the oldest
@@ -280,7 +345,7 @@ impl AckTracker {
     pub fn oldest_outstanding(&self) -> Option<(Position, tokio::time::Instant)> {
         let s = self.lock();
         let front = s.pending.front()?;
-        Some((front.position.clone(), front.handed_out?))
+        Some((front.first().clone(), front.handed_out?))
     }
 
     /// When the oldest record fetched and not yet handed out was fetched: how long the records
@@ -309,7 +374,7 @@ impl AckTracker {
     pub(crate) fn call_since(&self) -> Option<(Option<Position>, tokio::time::Instant)> {
         let s = self.lock();
         let since = s.call_since?;
-        Some((s.pending.front().map(|e| e.position.clone()), since))
+        Some((s.pending.front().map(|e| e.first().clone()), since))
     }
 
     /// Records handed out and not acked.
@@ -347,6 +412,19 @@ pub(crate) struct Fetched {
     pub(crate) mode: AckMode,
     /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
     pub(crate) epoch: u64,
+    /// The ack latency is sampled once per fetched batch: its first ack reads the clock, the
+    /// others do not (a clock read per record was most of an ack's cost).
+    pub(crate) sampled: AtomicBool,
+}
+
+impl Fetched {
+    /// Acks record `index` of this batch.
+    fn ack(&self, index: u64) {
+        let sample =
+            !self.sampled.load(Ordering::Relaxed) && !self.sampled.swap(true, Ordering::Relaxed);
+        self.tracker
+            .ack_range_at(index, 1, sample.then(tokio::time::Instant::now));
+    }
 }
 
 /// A record handed out by [`crate::Consumer::records`]: the data, where it came from, and the
@@ -429,7 +507,7 @@ impl Record {
     /// Marks the record processed. The checkpoint moves past it once every earlier record of
     /// its shard is acked too.
     pub fn ack(mut self) {
-        self.from.tracker.ack(self.index);
+        self.from.ack(self.index);
         self.done = true;
     }
 }
@@ -438,7 +516,7 @@ impl Drop for Record {
     fn drop(&mut self) {
         // A record dropped while its task panics was not processed: never ack it.
         if !self.done && self.from.mode == AckMode::OnDrop && !std::thread::panicking() {
-            self.from.tracker.ack(self.index);
+            self.from.ack(self.index);
         }
     }
 }
@@ -477,7 +555,7 @@ pub struct ShardBatch {
 /// `len()`), shared by the batch's clones, so the engine retries a failed batch without copying
 /// a record. `to_vec()` gives an owned copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchRecords(Arc<[SourceRecord]>);
+pub struct BatchRecords(Arc<Vec<SourceRecord>>);
 
 impl std::ops::Deref for BatchRecords {
     type Target = [SourceRecord];
@@ -498,7 +576,8 @@ impl<'a> IntoIterator for &'a BatchRecords {
 
 impl From<Vec<SourceRecord>> for BatchRecords {
     fn from(records: Vec<SourceRecord>) -> Self {
-        Self(records.into())
+        // Moved, not copied: a batch is read once into its `Vec`.
+        Self(Arc::new(records))
     }
 }
 
@@ -605,6 +684,40 @@ mod tests {
         assert_eq!(t.waiting_since(), None, "everything handed out");
         t.ack_range(first + 1, 2);
         assert_eq!(t.oldest_outstanding(), None);
+    }
+
+    /// A batch entry counts as its records against the bounds and in every count, names its
+    /// first record while it holds the watermark, and moves the watermark to its last.
+    #[test]
+    fn a_batch_entry_stands_for_its_records() {
+        let t = AckTracker::new(10, 10_000);
+        let a = t.register_batch(pos(1), pos(4), 4, 400);
+        let b = t.register_batch(pos(5), pos(5), 1, 100);
+        assert_eq!(b, a + 1, "one index per entry");
+        assert_eq!((t.unacked(), t.since_watermark()), (5, 5));
+        assert_eq!(t.room(), 5, "10 records, 5 registered");
+        assert!(t.hand_out_range(a, 2));
+        assert_eq!(t.outstanding(), 5);
+        assert_eq!(t.oldest_unacked(), Some(pos(1)), "the batch's first record");
+        assert_eq!(t.oldest_outstanding().map(|(p, _)| p), Some(pos(1)));
+        t.ack(b);
+        assert_eq!(t.watermark(), None, "the batch before it is not acked");
+        t.ack(a);
+        assert_eq!(t.watermark(), Some(pos(5)));
+        assert_eq!(
+            (t.unacked(), t.outstanding(), t.since_watermark()),
+            (0, 0, 0)
+        );
+        assert_eq!(
+            t.register_batch(pos(6), pos(6), 0, 0),
+            b + 1,
+            "nothing registered"
+        );
+        assert_eq!(t.last_registered(), Some(pos(5)));
+        let full = t.register_batch(pos(6), pos(15), 10, 1000);
+        assert!(t.is_full(), "10 records since the watermark");
+        t.ack(full);
+        assert!(!t.is_full());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! got, so an ack finds its entry without any lookup back through the engine.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::mpsc;
 
@@ -18,11 +19,13 @@ use crate::store::Tenure;
 pub(super) enum Sink {
     /// The record stream: one chunk per fetched batch.
     Stream(mpsc::Sender<Vec<Record>>),
-    /// The batch-handler worker: the index of the batch's first record, its length, the batch.
-    Handler(mpsc::Sender<(u64, u64, ShardBatch)>),
+    /// The batch-handler worker: the batch's tracker entry (one per batch: the handler acks
+    /// whole batches), and the batch.
+    Handler(mpsc::Sender<(u64, ShardBatch)>),
 }
 
-/// Registers `records` with the tracker and hands them to the sink (moved, not copied).
+/// Registers `records` with the tracker (an entry per record for the record stream, one for the
+/// batch for a handler) and hands them to the sink (moved, not copied).
 /// `false` if the sink is gone.
 pub(super) async fn deliver(
     engine: &Engine,
@@ -33,23 +36,25 @@ pub(super) async fn deliver(
     records: Vec<crate::source::SourceRecord>,
     millis_behind_latest: Option<u64>,
 ) -> bool {
-    if records.is_empty() {
+    let (Some(first_record), Some(last_record)) = (records.first(), records.last()) else {
         return true;
-    }
-    // One lock for the whole batch; the records take the indices from `first` on, in order.
-    let first = tracker.register_all(
-        records
-            .iter()
-            .map(|r| (r.position.clone(), r.memory_size())),
-    );
+    };
     match sink {
         Sink::Stream(tx) => {
+            // One lock for the whole batch; the records take the indices from `first` on, in
+            // order: each is handed out and acked on its own.
+            let first = tracker.register_all(
+                records
+                    .iter()
+                    .map(|r| (r.position.clone(), r.memory_size())),
+            );
             let from = Arc::new(Fetched {
                 tenure: tenure.clone(),
                 stream: engine.stream.clone(),
                 tracker: tracker.clone(),
                 mode: engine.config.ack_mode,
                 epoch,
+                sampled: AtomicBool::new(false),
             });
             let chunk = (first..)
                 .zip(records)
@@ -63,7 +68,13 @@ pub(super) async fn deliver(
             tx.send(chunk).await.is_ok()
         }
         Sink::Handler(tx) => {
-            let count = records.len() as u64;
+            // The handler takes and acks the batch whole: one tracker entry stands for it.
+            let entry = tracker.register_batch(
+                first_record.position.clone(),
+                last_record.position.clone(),
+                records.len(),
+                records.iter().map(|r| r.memory_size()).sum(),
+            );
             let batch = ShardBatch {
                 shard: tenure.shard.clone(),
                 records: records.into(),
@@ -72,7 +83,7 @@ pub(super) async fn deliver(
                 stream: engine.stream.clone(),
                 millis_behind_latest,
             };
-            tx.send((first, count, batch)).await.is_ok()
+            tx.send((entry, batch)).await.is_ok()
         }
     }
 }

@@ -28,10 +28,10 @@ pub(super) async fn handler_worker(
     handler: Arc<dyn BatchHandler>,
     tracker: Arc<AckTracker>,
     epoch: u64,
-    mut rx: mpsc::Receiver<(u64, u64, ShardBatch)>,
+    mut rx: mpsc::Receiver<(u64, ShardBatch)>,
 ) {
-    while let Some((first, count, batch)) = rx.recv().await {
-        if !engine.may_hand_out(epoch) || !tracker.hand_out_range(first, count) {
+    while let Some((entry, batch)) = rx.recv().await {
+        if !engine.may_hand_out(epoch) || !tracker.hand_out(entry) {
             return;
         }
         let mut attempt: u32 = 0;
@@ -77,7 +77,7 @@ pub(super) async fn handler_worker(
                 }
             }
         }
-        tracker.ack_range(first, count);
+        tracker.ack(entry);
     }
 }
 
