@@ -198,6 +198,30 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(WALL_SECS.load(Ordering::SeqCst))
     }
 
+    /// The check without the lock gives the lock's answer: records of the current epoch until
+    /// the fence deadline, none at it, and none of an older epoch even before it.
+    #[test]
+    fn hand_outs_stop_at_the_fence_deadline_and_an_older_epoch_stays_stale() {
+        let config = Config::new("app");
+        let health = Health::new(&config);
+        let ttl = config.lease_ttl - config.safety_margin;
+        let now = Instant::now();
+        assert!(!health.may_hand_out_at(0, now), "no heartbeat yet");
+        health.heartbeat_ok(now, health.wall_now());
+        let epoch = health.epoch();
+        assert!(health.may_hand_out_at(epoch, now));
+        assert!(health.may_hand_out_at(epoch, now + ttl - Duration::from_millis(1)));
+        assert!(
+            !health.may_hand_out_at(epoch, now + ttl),
+            "at the deadline: fenced"
+        );
+        assert_ne!(health.epoch(), epoch, "the fence advanced the epoch");
+        assert!(
+            !health.may_hand_out_at(epoch, now),
+            "an older epoch, even before the deadline"
+        );
+    }
+
     /// A host suspended for a minute: its monotonic clock did not move, the wall clock did.
     /// The client must fence itself on waking — its leases may have been taken meanwhile — and
     /// hand out nothing it fetched before.
