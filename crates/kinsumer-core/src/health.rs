@@ -3,7 +3,8 @@
 //! stops handing out what it fetched before (by an epoch) and drops every tenure.
 
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tracing::warn;
@@ -25,6 +26,33 @@ pub(crate) struct Health {
     /// suspended. (A function, so a test can move it.)
     wall: fn() -> SystemTime,
     state: Mutex<HealthState>,
+    /// What [`Self::may_hand_out_at`] reads without the lock (see [`Fast`]).
+    fast: Fast,
+}
+
+/// A copy of the state that lets a hand-out go ahead without the lock: the epoch, and the
+/// deadlines by which our last good heartbeat is too old, on the monotonic clock (nanoseconds
+/// since `base`) and on the wall clock (nanoseconds since the Unix epoch); 0 = no deadline
+/// (no heartbeat yet). Written under the lock whenever the state changes, epoch first, so a
+/// reader that sees a newer deadline also sees the epoch of its time. Before the deadlines
+/// the lock would say "not fenced" too; at or after them (or for an older epoch) the reader
+/// takes the lock, which fences.
+#[derive(Debug)]
+struct Fast {
+    base: Instant,
+    epoch: AtomicU64,
+    until: AtomicU64,
+    wall_until: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn wall_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(nanos)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +73,28 @@ impl Health {
             never_fence: config.faults.no_self_fencing,
             wall: SystemTime::now,
             state: Mutex::new(HealthState::default()),
+            fast: Fast {
+                base: Instant::now(),
+                epoch: AtomicU64::new(0),
+                until: AtomicU64::new(0),
+                wall_until: AtomicU64::new(0),
+            },
         }
+    }
+
+    /// Copies the state into `fast` (called under the lock after every change).
+    fn publish(&self, s: &HealthState) {
+        self.fast.epoch.store(s.epoch, Ordering::SeqCst);
+        let (until, wall_until) = match (s.last_ok, s.last_ok_wall) {
+            (Some(_), _) if self.never_fence => (u64::MAX, u64::MAX),
+            (Some(ok), Some(ok_wall)) if !self.ttl_minus_margin.is_zero() => (
+                nanos((ok + self.ttl_minus_margin).saturating_duration_since(self.fast.base)),
+                wall_nanos(ok_wall + self.ttl_minus_margin),
+            ),
+            _ => (0, 0),
+        };
+        self.fast.until.store(until, Ordering::SeqCst);
+        self.fast.wall_until.store(wall_until, Ordering::SeqCst);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
@@ -76,6 +125,7 @@ impl Health {
             if !s.fenced {
                 s.fenced = true;
                 s.epoch += 1;
+                self.publish(s);
                 warn!("self-fenced: own heartbeat has not succeeded for lease_ttl - safety_margin");
             }
             return true;
@@ -102,6 +152,7 @@ impl Health {
         if !self.expired(&s, Instant::now()) {
             s.fenced = false;
         }
+        self.publish(&s);
     }
 
     pub(crate) fn is_fenced(&self, now: Instant) -> bool {
@@ -118,8 +169,17 @@ impl Health {
         self.may_hand_out_at(epoch, Instant::now())
     }
 
-    /// [`Self::may_hand_out`] as of `now` (read once for several checks).
+    /// [`Self::may_hand_out`] as of `now` (read once for several checks). Without a lock while
+    /// the last heartbeat is fresh (see [`Fast`]): this is the record stream's per-record path.
     pub(crate) fn may_hand_out_at(&self, epoch: u64, now: Instant) -> bool {
+        let until = self.fast.until.load(Ordering::SeqCst);
+        let wall_until = self.fast.wall_until.load(Ordering::SeqCst);
+        if self.fast.epoch.load(Ordering::SeqCst) == epoch
+            && nanos(now.saturating_duration_since(self.fast.base)) < until
+            && wall_nanos((self.wall)()) < wall_until
+        {
+            return true;
+        }
         let mut s = self.lock();
         !self.check(&mut s, now) && s.epoch == epoch
     }
@@ -136,6 +196,30 @@ mod tests {
 
     fn fake_wall() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(WALL_SECS.load(Ordering::SeqCst))
+    }
+
+    /// The check without the lock gives the lock's answer: records of the current epoch until
+    /// the fence deadline, none at it, and none of an older epoch even before it.
+    #[test]
+    fn hand_outs_stop_at_the_fence_deadline_and_an_older_epoch_stays_stale() {
+        let config = Config::new("app");
+        let health = Health::new(&config);
+        let ttl = config.lease_ttl - config.safety_margin;
+        let now = Instant::now();
+        assert!(!health.may_hand_out_at(0, now), "no heartbeat yet");
+        health.heartbeat_ok(now, health.wall_now());
+        let epoch = health.epoch();
+        assert!(health.may_hand_out_at(epoch, now));
+        assert!(health.may_hand_out_at(epoch, now + ttl - Duration::from_millis(1)));
+        assert!(
+            !health.may_hand_out_at(epoch, now + ttl),
+            "at the deadline: fenced"
+        );
+        assert_ne!(health.epoch(), epoch, "the fence advanced the epoch");
+        assert!(
+            !health.may_hand_out_at(epoch, now),
+            "an older epoch, even before the deadline"
+        );
     }
 
     /// A host suspended for a minute: its monotonic clock did not move, the wall clock did.

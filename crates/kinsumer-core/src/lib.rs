@@ -10,7 +10,11 @@
 //! - [`membership`] — liveness from observed heartbeat counters, immune to clock skew;
 //! - [`assignment`] — the pure, balanced, sticky shard → client function;
 //! - `tenure` — one shard's lease tenure: take → read → deliver → ack/watermark → commit →
-//!   release or finish;
+//!   release or finish; its files: `tenure/mod.rs` (the lifecycle), `tenure/fetch.rs` (the read
+//!   loop), `tenure/handler.rs` (the batch-handler worker), `tenure/deliver.rs` (a fetched
+//!   batch to the record stream or the handler);
+//! - [`record`] — what the application acks ([`Record`], [`ShardBatch`]) and, in
+//!   `record/tracker.rs`, the tenure's ack book that makes the watermark;
 //! - `engine` — what the supervisor and its tenures share (config, seams, back-off, heartbeat,
 //!   stall reports), and `health` — self-fencing when our own heartbeat stops landing;
 //! - `supervisor` — the task that runs all of the above: registers, reads, plans, takes, hands

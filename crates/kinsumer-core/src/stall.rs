@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -101,9 +101,14 @@ impl StallLog {
 
 /// When the record stream was last polled, since when records have waited in it, and a
 /// wake-up for a client that left the fleet because it was not polled.
+///
+/// The record stream notes every poll: an atomic store, no lock, on that per-record path.
 #[derive(Debug)]
 pub(crate) struct PollClock {
-    polled_at: Mutex<Instant>,
+    /// What `polled_at` counts from.
+    base: Instant,
+    /// When the stream was last polled, in nanoseconds since `base`.
+    polled_at: AtomicU64,
     /// The stream holds the rest of a chunk the application took a record of.
     holding: AtomicBool,
     /// Since when records have waited for the application (the supervisor's observation).
@@ -116,7 +121,8 @@ pub(crate) struct PollClock {
 impl PollClock {
     pub(crate) fn new() -> Self {
         Self {
-            polled_at: Mutex::new(Instant::now()),
+            base: Instant::now(),
+            polled_at: AtomicU64::new(0),
             holding: AtomicBool::new(false),
             waiting_since: Mutex::new(None),
             waiting: AtomicBool::new(false),
@@ -126,7 +132,9 @@ impl PollClock {
 
     /// The record stream was polled now.
     pub(crate) fn polled(&self, now: Instant) {
-        *self.polled_at.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        let since = now.saturating_duration_since(self.base);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.polled_at.store(nanos, Ordering::Release);
         if self.waiting.load(Ordering::Acquire) {
             self.polled.notify_one();
         }
@@ -153,7 +161,7 @@ impl PollClock {
     }
 
     pub(crate) fn last(&self) -> Instant {
-        *self.polled_at.lock().unwrap_or_else(|e| e.into_inner())
+        self.base + Duration::from_nanos(self.polled_at.load(Ordering::Acquire))
     }
 
     /// Waits for the next poll after `after`.
@@ -262,6 +270,29 @@ impl crate::layer::Layer for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_poll_clock_keeps_the_last_poll_and_wakes_a_waiter() {
+        let clock = std::sync::Arc::new(PollClock::new());
+        let start = Instant::now();
+        assert_eq!(clock.last(), start);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let polled = Instant::now();
+        clock.polled(polled);
+        assert_eq!(clock.last(), polled);
+        let waiter = tokio::spawn({
+            let clock = clock.clone();
+            async move { clock.wait_after(polled).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no poll after `polled` yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.polled(Instant::now());
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("a later poll wakes the waiter")
+            .expect("the waiter ran");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_excuses_calls_but_not_other_waits() {

@@ -52,13 +52,14 @@ impl Stream for Records {
     type Item = Result<Record, ConsumerError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_clock.polled(Instant::now());
+        // One clock read per poll, for the poll clock and both checks of the record handed out:
+        // this is the per-record path.
+        let now = Instant::now();
+        self.poll_clock.polled(now);
         loop {
             // Hand out only records whose tenure is still ours: after a handoff or a self-fence,
             // the next owner delivers them. Checked record by record, as each is handed out.
             while let Some(mut record) = self.chunk.next() {
-                // One clock read for both checks: this is the per-record path.
-                let now = Instant::now();
                 if self.health.may_hand_out_at(record.from.epoch, now)
                     && record.from.tracker.hand_out_range_at(record.index, 1, now)
                 {

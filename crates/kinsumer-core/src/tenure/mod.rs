@@ -12,9 +12,21 @@
 //!
 //! Every write is fenced by the tenure's token; `LeaseLost` ends the tenure at once, without
 //! another write.
+//!
+//! The tenure is split by concept, each file depending only on the ones after it:
+//! - this file — the lifecycle: start, commit, release, finish, lost, failed;
+//! - [`fetch`] — the read loop and its error policy;
+//! - [`handler`] — the batch-handler worker;
+//! - [`deliver`] — how a fetched batch reaches the record stream or the handler worker.
+//!
+//! No file here is imported back by the ones it imports, and `crate::engine` (the shared
+//! context) imports none of them.
+
+mod deliver;
+mod fetch;
+mod handler;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::OptionFuture;
 use tokio::sync::{mpsc, watch};
@@ -22,16 +34,15 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use crate::config::TrimmedPolicy;
+use self::deliver::Sink;
+use self::fetch::{FetchEnd, fetch_loop};
+use self::handler::handler_worker;
 use crate::engine::{Delivery, Engine, report_vanished};
 use crate::error::ConsumerError;
-use crate::failure::{FailedBatch, FailureAction};
-use crate::handler::BatchHandler;
 use crate::lifecycle::{EndReason, ShardStarted};
 use crate::metrics;
 use crate::position::Checkpoint;
-use crate::record::{AckTracker, Fetched, Record, ShardBatch};
-use crate::source::{Batch, ShardId, ShardReader, SourceError};
+use crate::record::AckTracker;
 use crate::store::{ClientId, StoreError, Tenure};
 
 /// How a tenure ended.
@@ -55,20 +66,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// How long fetching may pause on a full buffer before a warning names the record holding it.
-const STALL_WARNING: Duration = Duration::from_secs(60);
-
-/// Why the fetcher stopped.
-#[derive(Debug)]
-enum FetchEnd {
-    /// The reader reached the end of a closed shard.
-    Ended,
-    /// The shard left the stream's retention.
-    Gone,
-    /// A failure no retry fixes.
-    Failed(ConsumerError),
 }
 
 /// What the supervisor asks of a running tenure.
@@ -407,316 +404,4 @@ async fn finish(engine: &Engine, tenure: &Tenure, tracker: &AckTracker) -> Outco
             Err(e) => return Outcome::Failed(e.into()),
         }
     }
-}
-
-/// Where the fetcher puts records.
-enum Sink {
-    Stream(mpsc::Sender<Vec<Record>>),
-    Handler(mpsc::Sender<(u64, u64, ShardBatch)>),
-}
-
-/// What the fetcher does after an error.
-enum Next {
-    Retry,
-    Reopen(Checkpoint),
-    Stop(FetchEnd),
-}
-
-/// Classifies a source error and, for the ones to try again, backs off first.
-async fn recover(engine: &Engine, shard: &ShardId, e: SourceError, attempt: &mut u32) -> Next {
-    let next = match e {
-        SourceError::Throttled(_) | SourceError::Transient(_) => Next::Retry,
-        SourceError::ShardGone(_) => Next::Stop(FetchEnd::Gone),
-        SourceError::Trimmed { .. } => match engine.config.on_trimmed {
-            TrimmedPolicy::ResumeAtTrimHorizon => {
-                warn!(shard = %shard, error = %e, "checkpoint fell off retention; resuming at TRIM_HORIZON");
-                Next::Reopen(Checkpoint::TrimHorizon)
-            }
-            TrimmedPolicy::Fail => Next::Stop(FetchEnd::Failed(e.into())),
-        },
-        SourceError::Fatal(_) | SourceError::BadPosition { .. } => {
-            Next::Stop(FetchEnd::Failed(e.into()))
-        }
-    };
-    if !matches!(next, Next::Stop(_)) {
-        *attempt = attempt.saturating_add(1);
-        sleep(engine.backoff(*attempt)).await;
-    }
-    next
-}
-
-async fn fetch_loop(
-    engine: Arc<Engine>,
-    tenure: Tenure,
-    start: Checkpoint,
-    tracker: Arc<AckTracker>,
-    epoch: u64,
-    sink: Sink,
-) -> FetchEnd {
-    let cfg = &engine.config;
-    let shard = &tenure.shard;
-    let mut last_position = match &start {
-        Checkpoint::After(p) => Some(p.clone()),
-        _ => None,
-    };
-    let mut from = start;
-    let mut attempt = 0u32;
-    let mut skip_first = cfg.faults.skip_first_record;
-    'open: loop {
-        let mut reader: Box<dyn ShardReader> = match engine.source.open(shard, &from).await {
-            Ok(r) => r,
-            Err(e) => match recover(&engine, shard, e, &mut attempt).await {
-                Next::Retry => continue 'open,
-                Next::Reopen(cp) => {
-                    from = cp;
-                    continue 'open;
-                }
-                Next::Stop(end) => return end,
-            },
-        };
-        let mut last_call: Option<Instant> = None;
-        loop {
-            let paused_at = Instant::now();
-            let mut warned = false;
-            while tracker.is_full() {
-                let waited = paused_at.elapsed();
-                if !warned && waited >= STALL_WARNING {
-                    warned = true;
-                    warn!(
-                        shard = %shard,
-                        oldest_unacked = ?tracker.oldest_unacked(),
-                        waited_s = waited.as_secs(),
-                        "fetching paused: an un-acked record holds the checkpoint back (was a record dropped without ack()?)"
-                    );
-                }
-                let _ = tokio::time::timeout(STALL_WARNING, tracker.changed()).await;
-            }
-            if let Some(t) = last_call {
-                sleep_until(t + cfg.poll_interval).await;
-            }
-            last_call = Some(Instant::now());
-            let max = cfg.max_records_per_read.min(tracker.room().max(1));
-            let batch = match reader.next_batch(max).await {
-                Ok(b) => {
-                    attempt = 0;
-                    b
-                }
-                Err(e) => match recover(&engine, shard, e, &mut attempt).await {
-                    Next::Retry => continue,
-                    Next::Reopen(cp) => {
-                        from = cp;
-                        continue 'open;
-                    }
-                    Next::Stop(end) => return end,
-                },
-            };
-            let Batch {
-                mut records,
-                millis_behind_latest,
-                end,
-                more_ready,
-            } = batch;
-            if more_ready {
-                // The reader has more at once (the rest of its last read): nothing to pace.
-                last_call = None;
-            }
-            // Never deliver a record at or before one already delivered in this tenure (a
-            // source that replays after a re-open would otherwise break shard order).
-            // A replay starts at or before the last record delivered: only then look further.
-            if let Some(last) = &last_position
-                && records.first().is_some_and(|r| r.position <= *last)
-            {
-                let before = records.len();
-                records.retain(|r| r.position > *last);
-                if records.len() < before {
-                    warn!(shard = %shard, dropped = before - records.len(), "source replayed records already delivered; skipped them");
-                }
-            }
-            if let Some(r) = records.last() {
-                last_position = Some(r.position.clone());
-            }
-            if skip_first && !records.is_empty() {
-                records.remove(0);
-                skip_first = false;
-            }
-            engine.note_fetch(shard, records.len(), millis_behind_latest);
-            let m = tracker.metrics();
-            m.fetched.increment(records.len() as u64);
-            m.bytes
-                .increment(records.iter().map(|r| r.data.len() as u64).sum());
-            if let Some(ms) = millis_behind_latest {
-                m.behind.set(ms as f64);
-            }
-            let mut copies = vec![records];
-            if cfg.faults.deliver_twice {
-                copies.push(copies[0].clone());
-            }
-            for records in copies {
-                if !deliver(
-                    &engine,
-                    &tenure,
-                    &tracker,
-                    epoch,
-                    &sink,
-                    records,
-                    millis_behind_latest,
-                )
-                .await
-                {
-                    if matches!(sink, Sink::Handler(_)) {
-                        // The handler worker is gone (it panicked); the driver restarts us.
-                        return FetchEnd::Failed(ConsumerError::Panicked(
-                            "batch handler stopped".into(),
-                        ));
-                    }
-                    // The caller dropped the record stream: idle until shutdown.
-                    std::future::pending::<()>().await;
-                }
-            }
-            if end.is_some() {
-                return FetchEnd::Ended;
-            }
-        }
-    }
-}
-
-/// Registers `records` with the tracker and hands them to the sink (moved, not copied).
-/// `false` if the sink is gone.
-async fn deliver(
-    engine: &Engine,
-    tenure: &Tenure,
-    tracker: &Arc<AckTracker>,
-    epoch: u64,
-    sink: &Sink,
-    records: Vec<crate::source::SourceRecord>,
-    millis_behind_latest: Option<u64>,
-) -> bool {
-    if records.is_empty() {
-        return true;
-    }
-    // One lock for the whole batch; the records take the indices from `first` on, in order.
-    let first = tracker.register_all(
-        records
-            .iter()
-            .map(|r| (r.position.clone(), r.memory_size())),
-    );
-    match sink {
-        Sink::Stream(tx) => {
-            let from = Arc::new(Fetched {
-                tenure: tenure.clone(),
-                stream: engine.stream.clone(),
-                tracker: tracker.clone(),
-                mode: engine.config.ack_mode,
-                epoch,
-            });
-            let chunk = (first..)
-                .zip(records)
-                .map(|(index, r)| Record {
-                    inner: r,
-                    from: from.clone(),
-                    index,
-                    done: true, // armed only when the record stream hands it out
-                })
-                .collect();
-            tx.send(chunk).await.is_ok()
-        }
-        Sink::Handler(tx) => {
-            let count = records.len() as u64;
-            let batch = ShardBatch {
-                shard: tenure.shard.clone(),
-                records: records.into(),
-                lease_token: tenure.token,
-                tenure: tenure.clone(),
-                stream: engine.stream.clone(),
-                millis_behind_latest,
-            };
-            tx.send((first, count, batch)).await.is_ok()
-        }
-    }
-}
-
-/// Calls the batch handler for one tenure, in order, retrying a failed batch with back-off
-/// (a batch is never skipped), and acks each batch the handler accepted.
-async fn handler_worker(
-    engine: Arc<Engine>,
-    handler: Arc<dyn BatchHandler>,
-    tracker: Arc<AckTracker>,
-    epoch: u64,
-    mut rx: mpsc::Receiver<(u64, u64, ShardBatch)>,
-) {
-    while let Some((first, count, batch)) = rx.recv().await {
-        if !engine.may_hand_out(epoch) || !tracker.hand_out_range(first, count) {
-            return;
-        }
-        let mut attempt: u32 = 0;
-        loop {
-            // Dated, so a call that never returns is found (`stall_timeout`).
-            tracker.set_call_since(Some(Instant::now()));
-            let result = handler.handle(batch.clone()).await;
-            tracker.set_call_since(None);
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt = attempt.saturating_add(1);
-                    let e: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
-                    match ask_policy(&engine, &tracker, &batch, e.clone(), attempt).await {
-                        FailureAction::Retry => {}
-                        FailureAction::Skip => {
-                            warn!(shard = %batch.shard, attempts = attempt, records = batch.records.len(), "the failure policy skipped a batch the handler failed on");
-                            engine
-                                .labels
-                                .client_counter(metrics::BATCHES_SKIPPED, &[])
-                                .increment(1);
-                            break;
-                        }
-                        FailureAction::Stop => {
-                            engine.stop_with(ConsumerError::HandlerGaveUp {
-                                shard: batch.shard.clone(),
-                                attempts: attempt,
-                                error: e.to_string(),
-                            });
-                            // Not acked: the next owner starts with this batch. Nothing more
-                            // is handled here; the shutdown releases the lease.
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    let delay = engine.backoff(attempt);
-                    warn!(shard = %batch.shard, error = %e, retry_in_ms = delay.as_millis() as u64, "batch handler failed; retrying the same batch");
-                    sleep(delay).await;
-                    // A retry is a new hand-out: not after a self-fence or once the tenure
-                    // ended (the next owner delivers the batch).
-                    if !engine.may_hand_out(epoch) || tracker.is_revoked() {
-                        return;
-                    }
-                }
-            }
-        }
-        tracker.ack_range(first, count);
-    }
-}
-
-/// Asks the failure policy, if there is one and `attempts` reached its threshold, what to do
-/// with a batch the handler failed on; `Retry` otherwise. Dated as a call of the application.
-async fn ask_policy(
-    engine: &Engine,
-    tracker: &AckTracker,
-    batch: &ShardBatch,
-    error: Arc<dyn std::error::Error + Send + Sync>,
-    attempts: u32,
-) -> FailureAction {
-    let Some((after, policy)) = &engine.failure else {
-        return FailureAction::Retry;
-    };
-    if attempts < *after {
-        return FailureAction::Retry;
-    }
-    let failed = FailedBatch {
-        batch: batch.clone(),
-        error,
-        attempts,
-    };
-    tracker.set_call_since(Some(Instant::now()));
-    let action = policy.on_failure(failed).await;
-    tracker.set_call_since(None);
-    action
 }

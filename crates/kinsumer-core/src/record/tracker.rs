@@ -1,14 +1,17 @@
-//! Records handed to the caller, their acknowledgements, and the watermark they make.
+//! The acknowledgement book of one lease tenure: which fetched records are handed out and
+//! acked, the **watermark** they make, and the bounds that pause fetching.
 //!
 //! Every record fetched in one lease tenure gets an entry in that tenure's [`AckTracker`], in
-//! shard order. An entry goes *fetched → handed out → acked*. The **watermark** is the position
-//! of the last entry of the acked prefix: every record up to it is processed, so it — and only
-//! it — is written as the checkpoint. Acks may arrive in any order.
+//! shard order — or, for a batch handler that takes and acks whole batches, one entry per
+//! batch ([`AckTracker::register_batch`]). An entry goes *fetched → handed out → acked*. The
+//! watermark is the position of the last record of the acked prefix: every record up to it is
+//! processed, so it — and only it — is written as the checkpoint. Acks may arrive in any order.
 //!
 //! The tracker also bounds memory: fetching pauses while the un-acked records or bytes of the
 //! tenure are at their limits. When the tenure ends (handoff, lost lease, self-fencing) the
 //! tracker is *revoked*: records not yet handed out are dropped instead of delivered, because the
-//! next owner will deliver them.
+//! next owner will deliver them. Kept apart from [`Record`](super::Record) (the handle the
+//! application acks with), which only calls into it: this file imports nothing of `record`.
 //!
 //! ```
 //! use kinsumer_core::record::AckTracker;
@@ -26,22 +29,23 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::sync::Arc;
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::config::AckMode;
 use crate::metrics::ShardMetrics;
-use crate::position::{Position, SequenceNumber};
-use crate::source::{ShardId, SourceRecord};
-use crate::store::Tenure;
+use crate::position::Position;
 
 #[derive(Debug)]
 struct Entry {
+    /// The position of the (last) record it stands for: where the watermark goes once it is
+    /// acked.
     position: Position,
+    /// The first record of a batch entry (see [`AckTracker::register_batch`]); `None` for an
+    /// entry of one record.
+    batch_first: Option<Box<Position>>,
+    /// How many records it stands for: 1, or the records of a batch.
+    records: u32,
     bytes: usize,
     /// When it was fetched: how long it has waited to be handed out.
     fetched: tokio::time::Instant,
@@ -50,11 +54,20 @@ struct Entry {
     acked: bool,
 }
 
+impl Entry {
+    /// The first record it stands for.
+    fn first(&self) -> &Position {
+        self.batch_first.as_deref().unwrap_or(&self.position)
+    }
+}
+
 #[derive(Debug, Default)]
 struct AckState {
     /// Index of `pending[0]`.
     base: u64,
     pending: VecDeque<Entry>,
+    /// The records the entries of `pending` stand for.
+    pending_records: usize,
     watermark: Option<Position>,
     last_registered: Option<Position>,
     unacked_records: usize,
@@ -112,7 +125,7 @@ impl AckTracker {
 
     /// Records fetched since the watermark.
     pub(crate) fn since_watermark(&self) -> usize {
-        self.lock().pending.len()
+        self.lock().pending_records
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
@@ -136,17 +149,57 @@ impl AckTracker {
             s.last_registered = Some(position.clone());
             s.pending.push_back(Entry {
                 position,
+                batch_first: None,
+                records: 1,
                 bytes,
                 fetched,
                 handed_out: None,
                 acked: false,
             });
+            s.pending_records += 1;
             s.unacked_records += 1;
             s.unacked_bytes += bytes;
             s.registered_records += 1;
             s.registered_bytes += bytes as u64;
         }
         first
+    }
+
+    /// Adds the `records` fetched records from `first` to `last` (`bytes` in all) as one entry,
+    /// for a consumer that hands out and acks them together (a batch handler); returns its
+    /// index. One entry per batch instead of one per record: the bounds still count records
+    /// and bytes, and the watermark moves to `last` when the entry is acked.
+    pub fn register_batch(
+        &self,
+        first: Position,
+        last: Position,
+        records: usize,
+        bytes: usize,
+    ) -> u64 {
+        let mut s = self.lock();
+        let index = s.base + s.pending.len() as u64;
+        if records == 0 {
+            return index;
+        }
+        // An entry stands for at most u32::MAX records; a read is at most 10,000.
+        let count = u32::try_from(records).unwrap_or(u32::MAX);
+        s.last_registered = Some(last.clone());
+        s.pending.push_back(Entry {
+            position: last,
+            batch_first: (records > 1).then(|| Box::new(first)),
+            records: count,
+            bytes,
+            fetched: tokio::time::Instant::now(),
+            handed_out: None,
+            acked: false,
+        });
+        let records = count as usize;
+        s.pending_records += records;
+        s.unacked_records += records;
+        s.unacked_bytes += bytes;
+        s.registered_records += records as u64;
+        s.registered_bytes += bytes as u64;
+        index
     }
 
     /// Marks records `first..first+count` as handed to the caller, unless the tenure was revoked
@@ -176,7 +229,7 @@ impl AckTracker {
                 && !e.acked
             {
                 e.handed_out = Some(now);
-                marked += 1;
+                marked += e.records as usize;
             }
         }
         s.outstanding += marked;
@@ -193,8 +246,13 @@ impl AckTracker {
 
     /// Acks records `first..first+count`; acking twice is harmless.
     pub fn ack_range(&self, first: u64, count: u64) {
+        self.ack_range_at(first, count, Some(tokio::time::Instant::now()));
+    }
+
+    /// [`Self::ack_range`], sampling the ack latency as of `now` (no sample with `None`: the
+    /// record stream reads the clock for one ack of each fetched batch, not for every record).
+    pub(crate) fn ack_range_at(&self, first: u64, count: u64, now: Option<tokio::time::Instant>) {
         let mut s = self.lock();
-        let now = tokio::time::Instant::now();
         let mut acked = 0u64;
         for i in first..first + count {
             let Some(k) = i.checked_sub(s.base).and_then(|k| usize::try_from(k).ok()) else {
@@ -207,19 +265,22 @@ impl AckTracker {
                 continue;
             }
             e.acked = true;
-            let (bytes, handed_out) = (e.bytes, e.handed_out);
-            s.unacked_records -= 1;
+            let (records, bytes, handed_out) = (e.records as usize, e.bytes, e.handed_out);
+            s.unacked_records -= records;
             s.unacked_bytes -= bytes;
-            acked += 1;
+            acked += records as u64;
             if let Some(at) = handed_out {
-                s.outstanding -= 1;
-                self.metrics
-                    .ack_latency
-                    .record(now.saturating_duration_since(at).as_secs_f64());
+                s.outstanding -= records;
+                if let Some(now) = now {
+                    self.metrics
+                        .ack_latency
+                        .record(now.saturating_duration_since(at).as_secs_f64());
+                }
             }
         }
         while s.pending.front().is_some_and(|e| e.acked) {
             if let Some(e) = s.pending.pop_front() {
+                s.pending_records -= e.records as usize;
                 s.watermark = Some(e.position);
                 s.base += 1;
             }
@@ -249,7 +310,7 @@ impl AckTracker {
     /// acked cannot let the book behind it grow without bound.
     pub fn is_full(&self) -> bool {
         let s = self.lock();
-        s.pending.len() >= self.max_records || s.unacked_bytes >= self.max_bytes
+        s.pending_records >= self.max_records || s.unacked_bytes >= self.max_bytes
     }
 
     /// How many more records may be fetched now: the records left under the record bound and,
@@ -257,7 +318,7 @@ impl AckTracker {
     /// record size so far — so one read does not overshoot the byte bound by a whole read.
     pub fn room(&self) -> usize {
         let s = self.lock();
-        let records = self.max_records.saturating_sub(s.pending.len());
+        let records = self.max_records.saturating_sub(s.pending_records);
         if s.registered_records == 0 {
             return records;
         }
@@ -272,7 +333,7 @@ impl AckTracker {
             .pending
             .iter()
             .find(|e| !e.acked)
-            .map(|e| e.position.clone())
+            .map(|e| e.first().clone())
     }
 
     /// The record that holds the watermark back, if it was handed out, and when: the oldest
@@ -280,7 +341,7 @@ impl AckTracker {
     pub fn oldest_outstanding(&self) -> Option<(Position, tokio::time::Instant)> {
         let s = self.lock();
         let front = s.pending.front()?;
-        Some((front.position.clone(), front.handed_out?))
+        Some((front.first().clone(), front.handed_out?))
     }
 
     /// When the oldest record fetched and not yet handed out was fetched: how long the records
@@ -309,7 +370,7 @@ impl AckTracker {
     pub(crate) fn call_since(&self) -> Option<(Option<Position>, tokio::time::Instant)> {
         let s = self.lock();
         let since = s.call_since?;
-        Some((s.pending.front().map(|e| e.position.clone()), since))
+        Some((s.pending.front().map(|e| e.first().clone()), since))
     }
 
     /// Records handed out and not acked.
@@ -339,172 +400,15 @@ impl AckTracker {
     }
 }
 
-/// Where the records of one fetched batch came from, and how they are acked.
-pub(crate) struct Fetched {
-    pub(crate) tenure: Tenure,
-    pub(crate) stream: Arc<str>,
-    pub(crate) tracker: Arc<AckTracker>,
-    pub(crate) mode: AckMode,
-    /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
-    pub(crate) epoch: u64,
-}
-
-/// A record handed out by [`crate::Consumer::records`]: the data, where it came from, and the
-/// handle that acknowledges it.
-pub struct Record {
-    pub(crate) inner: SourceRecord,
-    /// Shared by every record of a fetched batch: one reference count per record.
-    pub(crate) from: Arc<Fetched>,
-    pub(crate) index: u64,
-    /// Whether this record must not ack itself on drop: until it is handed out (a record
-    /// dropped in a channel or by an aborted fetcher was never processed), and once acked.
-    pub(crate) done: bool,
-}
-
-impl Record {
-    /// The payload.
-    pub fn data(&self) -> &Bytes {
-        &self.inner.data
-    }
-
-    /// The partition key the producer gave.
-    pub fn partition_key(&self) -> &str {
-        &self.inner.partition_key
-    }
-
-    /// The explicit hash key the producer gave, where known (KPL user records).
-    pub fn explicit_hash_key(&self) -> Option<u128> {
-        self.inner.explicit_hash_key
-    }
-
-    /// The Kinesis sequence number.
-    pub fn sequence_number(&self) -> &SequenceNumber {
-        &self.inner.position.sequence
-    }
-
-    /// The index inside a KPL aggregate (0 for plain records).
-    pub fn sub_sequence_number(&self) -> u64 {
-        self.inner.position.sub_sequence
-    }
-
-    /// Sequence and sub-sequence number together.
-    pub fn position(&self) -> &Position {
-        &self.inner.position
-    }
-
-    /// The stream it came from (what a store's transactional checkpoint needs with
-    /// [`Record::tenure`]).
-    pub fn stream(&self) -> &str {
-        &self.from.stream
-    }
-
-    /// The shard it came from.
-    pub fn shard_id(&self) -> &ShardId {
-        &self.from.tenure.shard
-    }
-
-    /// When the stream accepted it (ms since the Unix epoch).
-    pub fn arrival_ms(&self) -> u64 {
-        self.inner.arrival_ms
-    }
-
-    /// The fencing token of the lease tenure that delivered this record. It grows with every
-    /// change of owner, so an external system can reject writes from a stale owner.
-    pub fn lease_token(&self) -> u64 {
-        self.from.tenure.token
-    }
-
-    /// The lease tenure that delivered this record (shard, owner, token): what a store's
-    /// transactional checkpoint is fenced by, so an effect is committed only while the lease
-    /// is still this tenure's.
-    pub fn tenure(&self) -> &Tenure {
-        &self.from.tenure
-    }
-
-    /// The record as the source delivered it.
-    pub fn source_record(&self) -> &SourceRecord {
-        &self.inner
-    }
-
-    /// Marks the record processed. The checkpoint moves past it once every earlier record of
-    /// its shard is acked too.
-    pub fn ack(mut self) {
-        self.from.tracker.ack(self.index);
-        self.done = true;
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        // A record dropped while its task panics was not processed: never ack it.
-        if !self.done && self.from.mode == AckMode::OnDrop && !std::thread::panicking() {
-            self.from.tracker.ack(self.index);
-        }
-    }
-}
-
-impl fmt::Debug for Record {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Payloads may hold secrets: show their size, not their content.
-        f.debug_struct("Record")
-            .field("tenure", &self.from.tenure)
-            .field("position", &self.inner.position)
-            .field("partition_key", &self.inner.partition_key)
-            .field("bytes", &self.inner.data.len())
-            .finish()
-    }
-}
-
-/// A batch for a [`crate::consumer::BatchHandler`]: consecutive records of one shard. The
-/// whole batch is acked when the handler returns `Ok`.
-#[derive(Clone, Debug)]
-pub struct ShardBatch {
-    /// The shard.
-    pub shard: ShardId,
-    /// Records in shard order.
-    pub records: BatchRecords,
-    /// The fencing token of the lease tenure that delivered the batch.
-    pub lease_token: u64,
-    /// The lease tenure that delivered the batch (shard, owner, token).
-    pub tenure: Tenure,
-    /// The stream the batch came from.
-    pub stream: Arc<str>,
-    /// How far behind the tip the reader was when it fetched this batch.
-    pub millis_behind_latest: Option<u64>,
-}
-
-/// The records of a [`ShardBatch`], in shard order: a slice (iterate it, index it, take its
-/// `len()`), shared by the batch's clones, so the engine retries a failed batch without copying
-/// a record. `to_vec()` gives an owned copy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchRecords(Arc<[SourceRecord]>);
-
-impl std::ops::Deref for BatchRecords {
-    type Target = [SourceRecord];
-
-    fn deref(&self) -> &[SourceRecord] {
-        &self.0
-    }
-}
-
-impl<'a> IntoIterator for &'a BatchRecords {
-    type Item = &'a SourceRecord;
-    type IntoIter = std::slice::Iter<'a, SourceRecord>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
-    }
-}
-
-impl From<Vec<SourceRecord>> for BatchRecords {
-    fn from(records: Vec<SourceRecord>) -> Self {
-        Self(records.into())
-    }
-}
+/// What one entry of the book takes in memory (for the per-record overhead the byte bound
+/// counts: see `RECORD_OVERHEAD_BYTES`).
+#[cfg(test)]
+pub(crate) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::position::SequenceNumber;
 
     fn pos(n: u128) -> Position {
         Position::new(SequenceNumber::from_u128(n), 0)
@@ -531,18 +435,6 @@ mod tests {
     /// What a fetched record is counted at covers what it takes: the handle the caller holds,
     /// its entry in the book (twice: a queue grows by doubling), the record of the batch it was
     /// read in, and the allocation of its partition key.
-    #[test]
-    fn the_per_record_overhead_covers_a_record_in_memory() {
-        let held = std::mem::size_of::<Record>()
-            + 2 * std::mem::size_of::<Entry>()
-            + std::mem::size_of::<SourceRecord>()
-            + 32;
-        assert!(
-            held <= crate::source::RECORD_OVERHEAD_BYTES,
-            "{held} bytes held per record"
-        );
-    }
-
     #[test]
     fn bounds_count_records_and_bytes() {
         let t = AckTracker::new(3, 100);
@@ -605,6 +497,40 @@ mod tests {
         assert_eq!(t.waiting_since(), None, "everything handed out");
         t.ack_range(first + 1, 2);
         assert_eq!(t.oldest_outstanding(), None);
+    }
+
+    /// A batch entry counts as its records against the bounds and in every count, names its
+    /// first record while it holds the watermark, and moves the watermark to its last.
+    #[test]
+    fn a_batch_entry_stands_for_its_records() {
+        let t = AckTracker::new(10, 10_000);
+        let a = t.register_batch(pos(1), pos(4), 4, 400);
+        let b = t.register_batch(pos(5), pos(5), 1, 100);
+        assert_eq!(b, a + 1, "one index per entry");
+        assert_eq!((t.unacked(), t.since_watermark()), (5, 5));
+        assert_eq!(t.room(), 5, "10 records, 5 registered");
+        assert!(t.hand_out_range(a, 2));
+        assert_eq!(t.outstanding(), 5);
+        assert_eq!(t.oldest_unacked(), Some(pos(1)), "the batch's first record");
+        assert_eq!(t.oldest_outstanding().map(|(p, _)| p), Some(pos(1)));
+        t.ack(b);
+        assert_eq!(t.watermark(), None, "the batch before it is not acked");
+        t.ack(a);
+        assert_eq!(t.watermark(), Some(pos(5)));
+        assert_eq!(
+            (t.unacked(), t.outstanding(), t.since_watermark()),
+            (0, 0, 0)
+        );
+        assert_eq!(
+            t.register_batch(pos(6), pos(6), 0, 0),
+            b + 1,
+            "nothing registered"
+        );
+        assert_eq!(t.last_registered(), Some(pos(5)));
+        let full = t.register_batch(pos(6), pos(15), 10, 1000);
+        assert!(t.is_full(), "10 records since the watermark");
+        t.ack(full);
+        assert!(!t.is_full());
     }
 
     #[test]

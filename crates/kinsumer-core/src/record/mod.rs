@@ -1,0 +1,215 @@
+//! Records handed to the caller and the handles that acknowledge them: [`Record`] (the record
+//! stream) and [`ShardBatch`] (a batch handler). An ack goes to the tenure's [`AckTracker`]
+//! (in [`tracker`]), the book that makes the watermark.
+//!
+//! The tracker is re-exported here (`kinsumer_core::record::AckTracker`); this file imports it,
+//! never the other way round.
+
+mod tracker;
+
+pub use self::tracker::AckTracker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+use crate::config::AckMode;
+use crate::position::{Position, SequenceNumber};
+use crate::source::{ShardId, SourceRecord};
+use crate::store::Tenure;
+
+/// Where the records of one fetched batch came from, and how they are acked.
+pub(crate) struct Fetched {
+    pub(crate) tenure: Tenure,
+    pub(crate) stream: Arc<str>,
+    pub(crate) tracker: Arc<AckTracker>,
+    pub(crate) mode: AckMode,
+    /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
+    pub(crate) epoch: u64,
+    /// The ack latency is sampled once per fetched batch: its first ack reads the clock, the
+    /// others do not (a clock read per record was most of an ack's cost).
+    pub(crate) sampled: AtomicBool,
+}
+
+impl Fetched {
+    /// Acks record `index` of this batch.
+    fn ack(&self, index: u64) {
+        let sample =
+            !self.sampled.load(Ordering::Relaxed) && !self.sampled.swap(true, Ordering::Relaxed);
+        self.tracker
+            .ack_range_at(index, 1, sample.then(tokio::time::Instant::now));
+    }
+}
+
+/// A record handed out by [`crate::Consumer::records`]: the data, where it came from, and the
+/// handle that acknowledges it.
+pub struct Record {
+    pub(crate) inner: SourceRecord,
+    /// Shared by every record of a fetched batch: one reference count per record.
+    pub(crate) from: Arc<Fetched>,
+    pub(crate) index: u64,
+    /// Whether this record must not ack itself on drop: until it is handed out (a record
+    /// dropped in a channel or by an aborted fetcher was never processed), and once acked.
+    pub(crate) done: bool,
+}
+
+impl Record {
+    /// The payload.
+    pub fn data(&self) -> &Bytes {
+        &self.inner.data
+    }
+
+    /// The partition key the producer gave.
+    pub fn partition_key(&self) -> &str {
+        &self.inner.partition_key
+    }
+
+    /// The explicit hash key the producer gave, where known (KPL user records).
+    pub fn explicit_hash_key(&self) -> Option<u128> {
+        self.inner.explicit_hash_key
+    }
+
+    /// The Kinesis sequence number.
+    pub fn sequence_number(&self) -> &SequenceNumber {
+        &self.inner.position.sequence
+    }
+
+    /// The index inside a KPL aggregate (0 for plain records).
+    pub fn sub_sequence_number(&self) -> u64 {
+        self.inner.position.sub_sequence
+    }
+
+    /// Sequence and sub-sequence number together.
+    pub fn position(&self) -> &Position {
+        &self.inner.position
+    }
+
+    /// The stream it came from (what a store's transactional checkpoint needs with
+    /// [`Record::tenure`]).
+    pub fn stream(&self) -> &str {
+        &self.from.stream
+    }
+
+    /// The shard it came from.
+    pub fn shard_id(&self) -> &ShardId {
+        &self.from.tenure.shard
+    }
+
+    /// When the stream accepted it (ms since the Unix epoch).
+    pub fn arrival_ms(&self) -> u64 {
+        self.inner.arrival_ms
+    }
+
+    /// The fencing token of the lease tenure that delivered this record. It grows with every
+    /// change of owner, so an external system can reject writes from a stale owner.
+    pub fn lease_token(&self) -> u64 {
+        self.from.tenure.token
+    }
+
+    /// The lease tenure that delivered this record (shard, owner, token): what a store's
+    /// transactional checkpoint is fenced by, so an effect is committed only while the lease
+    /// is still this tenure's.
+    pub fn tenure(&self) -> &Tenure {
+        &self.from.tenure
+    }
+
+    /// The record as the source delivered it.
+    pub fn source_record(&self) -> &SourceRecord {
+        &self.inner
+    }
+
+    /// Marks the record processed. The checkpoint moves past it once every earlier record of
+    /// its shard is acked too.
+    pub fn ack(mut self) {
+        self.from.ack(self.index);
+        self.done = true;
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        // A record dropped while its task panics was not processed: never ack it.
+        if !self.done && self.from.mode == AckMode::OnDrop && !std::thread::panicking() {
+            self.from.ack(self.index);
+        }
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads may hold secrets: show their size, not their content.
+        f.debug_struct("Record")
+            .field("tenure", &self.from.tenure)
+            .field("position", &self.inner.position)
+            .field("partition_key", &self.inner.partition_key)
+            .field("bytes", &self.inner.data.len())
+            .finish()
+    }
+}
+
+/// A batch for a [`crate::consumer::BatchHandler`]: consecutive records of one shard. The
+/// whole batch is acked when the handler returns `Ok`.
+#[derive(Clone, Debug)]
+pub struct ShardBatch {
+    /// The shard.
+    pub shard: ShardId,
+    /// Records in shard order.
+    pub records: BatchRecords,
+    /// The fencing token of the lease tenure that delivered the batch.
+    pub lease_token: u64,
+    /// The lease tenure that delivered the batch (shard, owner, token).
+    pub tenure: Tenure,
+    /// The stream the batch came from.
+    pub stream: Arc<str>,
+    /// How far behind the tip the reader was when it fetched this batch.
+    pub millis_behind_latest: Option<u64>,
+}
+
+/// The records of a [`ShardBatch`], in shard order: a slice (iterate it, index it, take its
+/// `len()`), shared by the batch's clones, so the engine retries a failed batch without copying
+/// a record. `to_vec()` gives an owned copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchRecords(Arc<Vec<SourceRecord>>);
+
+impl std::ops::Deref for BatchRecords {
+    type Target = [SourceRecord];
+
+    fn deref(&self) -> &[SourceRecord] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a BatchRecords {
+    type Item = &'a SourceRecord;
+    type IntoIter = std::slice::Iter<'a, SourceRecord>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<SourceRecord>> for BatchRecords {
+    fn from(records: Vec<SourceRecord>) -> Self {
+        // Moved, not copied: a batch is read once into its `Vec`.
+        Self(Arc::new(records))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_record_overhead_covers_a_record_in_memory() {
+        let held = std::mem::size_of::<Record>()
+            + 2 * tracker::ENTRY_BYTES
+            + std::mem::size_of::<SourceRecord>()
+            + 32;
+        assert!(
+            held <= crate::source::RECORD_OVERHEAD_BYTES,
+            "{held} bytes held per record"
+        );
+    }
+}
