@@ -11,7 +11,7 @@
 //! | `kinsumer_bytes_fetched_total` | counter | shard | payload bytes read |
 //! | `kinsumer_records_delivered_total` | counter | shard | records handed to the application |
 //! | `kinsumer_records_acked_total` | counter | shard | records the application acked |
-//! | `kinsumer_ack_latency_seconds` | histogram | shard | hand-out → ack, per record |
+//! | `kinsumer_ack_latency_seconds` | histogram | shard | hand-out → ack: one sample per fetched batch (its first ack) |
 //! | `kinsumer_millis_behind_latest` | gauge | shard | how far the reader is behind the tip |
 //! | `kinsumer_watermark_lag_records` | gauge | shard | records fetched since the watermark |
 //! | `kinsumer_checkpoints_total` | counter | shard, `outcome` = `ok` / `failed` / `lost` | checkpoint writes |

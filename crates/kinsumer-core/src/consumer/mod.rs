@@ -52,6 +52,7 @@ mod records;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, info_span, warn};
 
 pub use crate::handler::{BatchHandler, HandlerError};
@@ -81,22 +82,7 @@ const RECORD_CHUNKS: usize = 64;
 
 /// The supervisor's task. Aborted (a crash, as far as the fleet can tell) when dropped, unless
 /// detached first.
-struct Running(Option<tokio::task::JoinHandle<Result<(), ConsumerError>>>);
-
-impl Running {
-    /// Lets the task run on by itself (dropping a `JoinHandle` detaches it).
-    fn detach(mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
-}
+type Running = AbortOnDropHandle<Result<(), ConsumerError>>;
 
 /// A member of a consumer fleet. See the module docs.
 pub struct Consumer {
@@ -228,7 +214,7 @@ impl Consumer {
         });
         let span = info_span!("consumer", app = %self.config.application, client = %self.config.client_id, stream = %engine.stream);
         let task = tokio::spawn(supervise(engine, self.shutdown.subscribe()).instrument(span));
-        self.running = Some(Running(Some(task)));
+        self.running = Some(AbortOnDropHandle::new(task));
         Ok(Started {
             health,
             stopped_by,
@@ -279,7 +265,7 @@ impl Consumer {
     }
 
     async fn join(&mut self) -> Result<(), ConsumerError> {
-        let Some(task) = self.running.as_mut().and_then(|r| r.0.as_mut()) else {
+        let Some(task) = self.running.as_mut() else {
             return Ok(());
         };
         let result = match task.await {
@@ -287,7 +273,7 @@ impl Consumer {
             Err(e) => Err(ConsumerError::Panicked(e.to_string())),
         };
         if let Some(running) = self.running.take() {
-            running.detach(); // it ended
+            drop(running.detach()); // it ended
         }
         result
     }
@@ -313,7 +299,7 @@ impl Drop for Consumer {
             );
             self.shutdown_handle().shutdown();
         }
-        running.detach();
+        drop(running.detach()); // runs on by itself
     }
 }
 

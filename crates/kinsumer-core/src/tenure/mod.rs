@@ -30,8 +30,9 @@ use std::sync::Arc;
 
 use futures::future::OptionFuture;
 use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
+// Abort-on-drop guards: no task outlives the tenure that started it.
 use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::task::AbortOnDrop;
 use tracing::{debug, info, warn};
 
 use self::deliver::Sink;
@@ -57,15 +58,6 @@ pub(crate) enum Outcome {
     /// Something failed; the supervisor restarts the shard with back-off, or stops the consumer
     /// when the error is fatal.
     Failed(ConsumerError),
-}
-
-/// Aborts a spawned task when dropped, so no task outlives the tenure that started it.
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// What the supervisor asks of a running tenure.
@@ -141,7 +133,7 @@ pub(crate) async fn run_tenure(
             (Sink::Handler(tx), Some(worker))
         }
     };
-    let _worker_guard = worker.as_ref().map(|w| AbortOnDrop(w.abort_handle()));
+    let _worker_guard = worker.as_ref().map(|w| AbortOnDrop::new(w.abort_handle()));
     let mut fetcher = tokio::spawn(fetch_loop(
         engine.clone(),
         tenure.clone(),
@@ -150,7 +142,7 @@ pub(crate) async fn run_tenure(
         epoch,
         delivery,
     ));
-    let fetcher_guard = AbortOnDrop(fetcher.abort_handle());
+    let fetcher_guard = AbortOnDrop::new(fetcher.abort_handle());
 
     let mut tick =
         tokio::time::interval_at(Instant::now() + cfg.commit_interval, cfg.commit_interval);
