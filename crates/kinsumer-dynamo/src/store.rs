@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
 
 use kinsumer_core::backoff::{Backoff, BackoffPolicy};
 use kinsumer_core::config::{NAME_RULE, is_valid_name};
-use kinsumer_core::outcome::{self, LeaseWrite, RowNow, Verdict, judge};
+use kinsumer_core::outcome::{self, LeaseWrite};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{
@@ -455,8 +455,7 @@ impl DynamoLeaseStore {
     /// the decision is the core's ([`kinsumer_core::outcome`]).
     ///
     /// - conditional-check failure with the old item → `LeaseLost` (or `Corrupt` if that item
-    ///   does not parse) unless the item is what this very write leaves (a retry of a write
-    ///   that had landed); without an item → `NotFound`;
+    ///   does not parse); without an item → `NotFound`;
     /// - an unknown outcome → one consistent re-read, judged by the core;
     /// - anything else as classified.
     async fn settle(
@@ -468,14 +467,14 @@ impl DynamoLeaseStore {
     ) -> Result<Option<Lease>, StoreError> {
         let name = self.lease_key_name(stream, shard);
         match failure {
+            // The server refused this very request (the SDK does not retry it, see
+            // `store_client`): the item it was refused on is never "our earlier write", so a
+            // second release by the same tenure is `LeaseLost`, as the contract says.
             Failure::Condition(Some(old)) => {
-                let row = self.decode(stream, shard, &old)?;
-                match judge(shard, &write, RowNow::Found(&row)) {
-                    Verdict::Landed => Ok(Some(row)),
-                    Verdict::NotLanded | Verdict::Refused(_) => Err(StoreError::LeaseLost {
-                        shard: shard.clone(),
-                    }),
-                }
+                self.decode(stream, shard, &old)?;
+                Err(StoreError::LeaseLost {
+                    shard: shard.clone(),
+                })
             }
             Failure::Condition(None) => Err(StoreError::NotFound {
                 shard: shard.clone(),
