@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::backoff::BackoffPolicy;
 use crate::config::Config;
 use crate::error::ConsumerError;
 use crate::failure::FailurePolicy;
@@ -25,6 +26,9 @@ use crate::source::{ShardId, ShardSource};
 use crate::stall::{PollClock, Stall, StallKind, Watchdog};
 use crate::status::StatusHandle;
 use crate::store::{ClientId, LeaseStore, StoreError, Tenure};
+
+/// The engine's first retry waits about this long; `Config::max_backoff` caps the doubling.
+const ENGINE_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How records leave the engine.
 pub(crate) enum Delivery {
@@ -69,10 +73,12 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// The delay before retry number `attempt`, with seeded jitter.
+    /// The delay before retry number `attempt`, with jitter from the engine's seeded
+    /// generator (see [`crate::backoff`]).
     pub(crate) fn backoff(&self, attempt: u32) -> std::time::Duration {
-        let jitter = self.rng.lock().unwrap_or_else(|e| e.into_inner()).unit();
-        backoff_delay(attempt, self.config.max_backoff, jitter)
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        BackoffPolicy::new(ENGINE_FIRST_BACKOFF, self.config.max_backoff)
+            .delay_with(attempt, &mut rng)
     }
 
     pub(crate) fn may_hand_out(&self, epoch: u64) -> bool {
@@ -209,44 +215,4 @@ pub(crate) fn report_vanished(engine: &Engine, shard: &ShardId) {
         .labels
         .client_counter(metrics::LEASES_VANISHED, &[])
         .increment(1);
-}
-
-/// Exponential back-off with jitter: `base * 2^attempt`, capped, with up to half taken off.
-pub(crate) fn backoff_delay(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let base = Duration::from_millis(100);
-    let exp = base.saturating_mul(1u32 << attempt.min(16));
-    let capped = exp.min(max);
-    capped.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `100 ms × 2^attempt`, capped at `max`, with up to half taken off by the jitter — and no
-    /// overflow however many attempts failed.
-    #[test]
-    fn backoff_doubles_from_100ms_is_capped_and_jitter_takes_off_at_most_half() {
-        let max = Duration::from_secs(10);
-        let ms = Duration::from_millis;
-        assert_eq!(backoff_delay(0, max, 0.0), ms(100));
-        assert_eq!(backoff_delay(1, max, 0.0), ms(200));
-        assert_eq!(backoff_delay(3, max, 0.0), ms(800));
-        assert_eq!(backoff_delay(3, max, 1.0), ms(400));
-        assert_eq!(backoff_delay(7, max, 0.0), max);
-        assert_eq!(backoff_delay(u32::MAX, max, 0.0), max);
-        assert_eq!(backoff_delay(u32::MAX, max, 1.0), max / 2);
-        // Jitter out of [0, 1] is clamped: never longer than the cap, never under half.
-        assert_eq!(backoff_delay(2, max, -3.0), ms(400));
-        assert_eq!(backoff_delay(2, max, 7.0), ms(200));
-        for attempt in 0..40 {
-            for jitter in [0.0, 0.25, 0.5, 0.99, 1.0] {
-                let d = backoff_delay(attempt, max, jitter);
-                assert!(
-                    d <= max && d >= ms(50),
-                    "attempt {attempt}, jitter {jitter}: {d:?}"
-                );
-            }
-        }
-    }
 }

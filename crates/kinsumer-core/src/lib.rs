@@ -28,9 +28,14 @@
 //!   polled, a stuck supervisor), found within a bound and given up;
 //! - [`metrics`] — what a consumer reports through the `metrics` facade;
 //! - [`layer`] — one place to wrap every store and source call (timeouts, test faults);
+//! - [`backoff`] — the one seeded back-off (capped exponential, jittered) of the engine and of
+//!   every backend;
+//! - [`outcome`] — "did my write land?": the one decision every store uses to settle a write
+//!   whose reply was lost, from a re-read of the row;
 //! - [`config`], [`error`], [`rng`].
 
 pub mod assignment;
+pub mod backoff;
 pub mod config;
 pub mod consumer;
 mod engine;
@@ -42,6 +47,7 @@ pub mod layer;
 pub mod lifecycle;
 pub mod membership;
 pub mod metrics;
+pub mod outcome;
 pub mod position;
 pub mod quarantine;
 pub mod record;

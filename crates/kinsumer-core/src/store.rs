@@ -16,6 +16,12 @@
 //! The contract is written once, as `kinsumer_testkit::conformance::lease_store`, and every
 //! backend's test suite runs it against a real server.
 //!
+//! A write whose reply is lost (a timeout, a dropped connection) has an unknown outcome. A
+//! store does not guess and does not decide it on its own: it re-reads the row and lets
+//! [`crate::outcome`] judge whether the write landed, so every store answers alike (checked
+//! with real faults by `kinsumer_testkit::conformance::unknown_outcomes`). A store that
+//! retries on its own spaces its retries with [`crate::backoff`].
+//!
 //! ```
 //! use kinsumer_core::store::{ClientId, Lease, Tenure};
 //! use kinsumer_core::source::ShardId;

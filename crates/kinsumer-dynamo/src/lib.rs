@@ -5,7 +5,28 @@
 //! conditional requests, and nothing more — the protocol lives in the core.
 //!
 //! The caller builds and passes the [`aws_sdk_dynamodb::Client`] (HTTP stack, TLS,
-//! credentials, region, SDK retry policy): this crate picks no TLS stack.
+//! credentials, region): this crate picks no TLS stack.
+//!
+//! ## Retries and timeouts: one layer each
+//!
+//! The store works on a copy of the caller's client with **the SDK's retries turned off**, and
+//! with an *operation attempt timeout* ([`DynamoConfig::attempt_timeout`], 5 s) when the client
+//! sets none. Left on, retries would stack three deep — the SDK's (3 attempts by default), the
+//! store's and the engine's — so one throttled table would see up to 15 requests per engine
+//! attempt, and an SDK retry of a conditional write that had landed would meet its own write.
+//! Instead each layer has one job:
+//!
+//! - the store retries **throttling** only, at most 4 times, with the core's seeded back-off
+//!   ([`kinsumer_core::backoff`]; 50 ms doubling to 800 ms, jittered; seed with
+//!   [`DynamoConfig::with_backoff_seed`]), then answers `Throttled`;
+//! - a request whose outcome is **unknown** (timeout, lost connection, 5xx) is settled by one
+//!   consistent `GetItem`, judged by the core ([`kinsumer_core::outcome`]): the store only
+//!   translates errors and supplies the read;
+//! - everything else that is retryable goes back to the **engine**, which backs off and tries
+//!   again.
+//!
+//! Without a timeout a reply lost on the network would hang the call until the engine's
+//! `call_timeout` gave up on it, and the write's outcome would never be settled.
 //!
 //! ## Key design
 //!
@@ -45,8 +66,8 @@
 //! Every conditional write asks `ReturnValuesOnConditionCheckFailure = ALL_OLD`: an item comes
 //! back → `LeaseLost` (or `Corrupt` if it does not parse), none → `NotFound`, with no second
 //! read. An unknown outcome (timeout, lost connection, 5xx) is settled by one consistent
-//! `GetItem`; throttling is retried in the store with capped backoff, then `Throttled`; a
-//! missing table is `Fatal` naming it. A corrupt item is `Corrupt { key: "<table>/<pk>/<sk>" }`.
+//! `GetItem` (see above); throttling is retried in the store with capped backoff, then
+//! `Throttled`; a missing table is `Fatal` naming it. A corrupt item is `Corrupt { key: "<table>/<pk>/<sk>" }`.
 //!
 //! ## Cost (counted by [`DynamoLeaseStore::stats`])
 //!

@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
@@ -16,7 +18,9 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveStatus,
 };
 
+use kinsumer_core::backoff::{Backoff, BackoffPolicy};
 use kinsumer_core::config::{NAME_RULE, is_valid_name};
+use kinsumer_core::outcome::{self, LeaseWrite};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{
@@ -30,9 +34,12 @@ use crate::stats::{Counters, DynamoStats, Op};
 /// Throttled requests are retried this many times inside the store before
 /// [`StoreError::Throttled`] reaches the engine (which backs off further).
 const THROTTLE_RETRIES: u32 = 4;
-/// The first backoff after throttling; doubled each time, capped at [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// The back-off between those retries: 50 ms, doubled each time, capped at 800 ms, jittered
+/// (the core's one back-off rule).
+const THROTTLE_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(50), Duration::from_millis(800));
+/// How long one request waits for its reply by default (see [`DynamoConfig::attempt_timeout`]).
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many times `replace_corrupt` tries again when the item changed (to another value that
 /// does not decode) between its read and its write.
 const REPAIR_ATTEMPTS: usize = 3;
@@ -56,6 +63,13 @@ pub struct DynamoConfig {
     /// vanish (DynamoDB deletes expired items within a few days; the engine also removes rows
     /// of long-dead clients itself). Default: `None`. At least 60 s.
     pub client_ttl: Option<Duration>,
+    /// How long one request waits for its reply before it fails and its outcome counts as
+    /// unknown (then the store re-reads the item): the SDK's *operation attempt timeout*,
+    /// used only when the caller's client sets none of its own. Default 5 s; more than zero.
+    pub attempt_timeout: Duration,
+    /// The seed of the jitter of the store's throttling back-off; `None` (the default) seeds
+    /// it from the OS. Set it to make a test's back-off repeat exactly.
+    pub backoff_seed: Option<u64>,
 }
 
 impl DynamoConfig {
@@ -66,7 +80,22 @@ impl DynamoConfig {
             table: format!("kinsumer-{application}"),
             create_table_if_missing: false,
             client_ttl: None,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            backoff_seed: None,
         }
+    }
+
+    /// Waits at most `timeout` for the reply of one request, unless the client sets its own
+    /// operation attempt timeout.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Seeds the jitter of the throttling back-off (the default seeds it from the OS).
+    pub fn with_backoff_seed(mut self, seed: u64) -> Self {
+        self.backoff_seed = Some(seed);
+        self
     }
 
     /// Uses `table` instead of `kinsumer-<application>`.
@@ -116,6 +145,13 @@ impl DynamoConfig {
                  deletes expired items lazily, and far longer than lease_ttl is wise)"
             )));
         }
+        if self.attempt_timeout.is_zero() {
+            return Err(StoreError::Fatal(
+                "DynamoConfig::attempt_timeout is zero: it must be more than zero (a request \
+                 with no time to answer always fails)"
+                    .to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -129,6 +165,8 @@ pub struct DynamoLeaseStore {
     table: Arc<str>,
     client_ttl: Option<Duration>,
     counters: Arc<Counters>,
+    /// The throttling back-off, shared by clones so their jitter keeps drawing one sequence.
+    backoff: Arc<Mutex<Backoff>>,
 }
 
 impl fmt::Debug for DynamoLeaseStore {
@@ -146,7 +184,9 @@ type Sent<T> = Result<T, Failure>;
 
 impl DynamoLeaseStore {
     /// A store on the table `config` names, over the caller's client (which brings its own
-    /// HTTP stack, TLS, credentials, region and SDK retry policy).
+    /// HTTP stack, TLS, credentials and region). The store uses a copy of the client with the
+    /// SDK's retries off and, if the client sets none, an attempt timeout of
+    /// [`DynamoConfig::attempt_timeout`] (see the [crate docs](crate) for why).
     ///
     /// Checks the table with `DescribeTable`; creates it (and waits, polling every 50 ms, until
     /// it is `ACTIVE`) if it is missing and `create_table_if_missing` is set, and otherwise
@@ -155,11 +195,15 @@ impl DynamoLeaseStore {
     pub async fn open(client: Client, config: DynamoConfig) -> Result<Self, StoreError> {
         config.validate()?;
         let store = Self {
-            client,
+            client: store_client(&client, config.attempt_timeout),
             application: config.application.as_str().into(),
             table: config.table.as_str().into(),
             client_ttl: config.client_ttl,
             counters: Arc::default(),
+            backoff: Arc::new(Mutex::new(Backoff::seeded_or_os(
+                THROTTLE_BACKOFF,
+                config.backoff_seed,
+            ))),
         };
         store.ensure_table(config.create_table_if_missing).await?;
         if config.client_ttl.is_some() {
@@ -299,15 +343,18 @@ impl DynamoLeaseStore {
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ConditionItem + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let mut backoff = FIRST_BACKOFF;
         let mut tries = 0;
         loop {
             self.counters.count(op);
             match attempt().await.map_err(classify) {
                 Err(Failure::Throttled(_)) if tries < THROTTLE_RETRIES => {
+                    let delay = self
+                        .backoff
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .delay(tries);
                     tries += 1;
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(delay).await;
                 }
                 other => return other,
             }
@@ -404,22 +451,25 @@ impl DynamoLeaseStore {
         }
     }
 
-    /// The contract's answer to a failed write on a lease row.
+    /// The contract's answer to a failed write on a lease row; only the translation is here,
+    /// the decision is the core's ([`kinsumer_core::outcome`]).
     ///
     /// - conditional-check failure with the old item → `LeaseLost` (or `Corrupt` if that item
     ///   does not parse); without an item → `NotFound`;
-    /// - an unknown outcome → re-read the row: `applied` says whether it shows the write;
+    /// - an unknown outcome → one consistent re-read, judged by the core;
     /// - anything else as classified.
-    async fn settle<T>(
+    async fn settle(
         &self,
-        op: &str,
+        write: LeaseWrite<'_>,
         stream: &str,
         shard: &ShardId,
         failure: Failure,
-        applied: impl FnOnce(Option<&Lease>) -> Option<T>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<Option<Lease>, StoreError> {
         let name = self.lease_key_name(stream, shard);
         match failure {
+            // The server refused this very request (the SDK does not retry it, see
+            // `store_client`): the item it was refused on is never "our earlier write", so a
+            // second release by the same tenure is `LeaseLost`, as the contract says.
             Failure::Condition(Some(old)) => {
                 self.decode(stream, shard, &old)?;
                 Err(StoreError::LeaseLost {
@@ -429,26 +479,43 @@ impl DynamoLeaseStore {
             Failure::Condition(None) => Err(StoreError::NotFound {
                 shard: shard.clone(),
             }),
-            Failure::Ambiguous(message) => match self.get(Op::Reread, stream, shard).await {
-                Ok(item) => {
-                    let row = item
-                        .map(|item| self.decode(stream, shard, &item))
-                        .transpose()?;
-                    applied(row.as_ref()).ok_or_else(|| {
-                        StoreError::Transient(format!(
-                            "{op} on {name}: the outcome was unknown ({message}) and the row \
-                             does not show the write; retry"
-                        ))
-                    })
-                }
-                Err(reread) => Err(StoreError::Transient(format!(
-                    "{op} on {name}: the outcome was unknown ({message}) and re-reading failed \
-                     ({})",
-                    self.plain(reread, "GetItem")
-                ))),
-            },
-            other => Err(self.plain(other, &format!("{op} on {name}"))),
+            Failure::Ambiguous(message) => {
+                outcome::settle(
+                    shard,
+                    write,
+                    &format!("{write} on {name}"),
+                    &message,
+                    || self.reread(stream, shard),
+                )
+                .await
+            }
+            other => Err(self.plain(other, &format!("{write} on {name}"))),
         }
+    }
+
+    /// One consistent read of a lease row, to settle an unknown outcome.
+    async fn reread(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
+        let item = self
+            .get(Op::Reread, stream, shard)
+            .await
+            .map_err(|f| self.plain(f, "GetItem"))?;
+        item.map(|item| self.decode(stream, shard, &item))
+            .transpose()
+    }
+
+    /// The row a settled `take` or `create_if_absent` returns (a landed one always has it).
+    fn settled_row(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        row: Option<Lease>,
+    ) -> Result<Lease, StoreError> {
+        row.ok_or_else(|| {
+            StoreError::Transient(format!(
+                "{}: the write landed but the row was not returned; retry",
+                self.lease_key_name(stream, shard)
+            ))
+        })
     }
 
     /// One conditional `UpdateItem` on a lease row, returning the new item.
@@ -483,18 +550,17 @@ impl DynamoLeaseStore {
     }
 
     /// A fenced write (`checkpoint` / `release` / `finish`): conditioned on owner and token
-    /// (and on not finished, unless `allow_finished`), settled by `applied` if ambiguous.
+    /// (and on not finished, unless `allow_finished`), settled as `write` if ambiguous.
     #[allow(clippy::too_many_arguments)]
     async fn fenced(
         &self,
         op: Op,
-        name: &str,
+        write: LeaseWrite<'_>,
         stream: &str,
         tenure: &Tenure,
         update: &str,
         allow_finished: bool,
         mut values: Vec<(&str, AttributeValue)>,
-        applied: impl FnOnce(&Lease) -> bool,
     ) -> Result<(), StoreError> {
         let condition = if allow_finished {
             "#o = :o AND #t = :t"
@@ -523,25 +589,36 @@ impl DynamoLeaseStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(failure) => {
-                self.settle(name, stream, shard, failure, |row| {
-                    row.filter(|r| r.token == tenure.token && applied(r))
-                        .map(|_| ())
-                })
-                .await
-            }
+            Err(failure) => self.settle(write, stream, shard, failure).await.map(drop),
         }
     }
 }
 
-/// `delay` scaled by a factor in [0.5, 1) from the clock's nanoseconds (spreads a fleet's
-/// retries without a random number generator).
-fn jitter(delay: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let factor = 0.5 + f64::from(nanos % 1000) / 2000.0;
-    delay.mul_f64(factor)
+/// The store's copy of the caller's client: the SDK's retries off, and an attempt timeout if
+/// the client sets none.
+///
+/// Retries would otherwise stack three deep — the SDK's (3 attempts by default), the store's
+/// (throttling) and the engine's — multiplying the requests a throttled table receives, and an
+/// SDK retry of a conditional write that had landed meets its own write. So the store keeps
+/// one retry of its own, for throttling only (with the core's back-off), settles every unknown
+/// outcome by re-reading, and leaves everything else to the engine.
+fn store_client(client: &Client, attempt_timeout: Duration) -> Client {
+    let config = client.config();
+    let mut builder = config.to_builder().retry_config(RetryConfig::disabled());
+    let timeouts = config.timeout_config().cloned();
+    if timeouts
+        .as_ref()
+        .and_then(TimeoutConfig::operation_attempt_timeout)
+        .is_none()
+    {
+        let timeouts = timeouts
+            .map(|t| t.to_builder())
+            .unwrap_or_else(TimeoutConfig::builder)
+            .operation_attempt_timeout(attempt_timeout)
+            .build();
+        builder = builder.timeout_config(timeouts);
+    }
+    Client::from_conf(builder.build())
 }
 
 #[async_trait]
@@ -679,12 +756,12 @@ impl LeaseStore for DynamoLeaseStore {
             Ok(_) => Ok(Lease::new(shard.clone(), parents.to_vec())),
             // It exists: the row now stored is the answer, and ALL_OLD carried it.
             Err(Failure::Condition(Some(old))) => self.decode(stream, shard, &old),
-            // Idempotent: whatever happened, the row now stored is the answer.
+            // Whatever happened, the row now stored is the answer.
             Err(failure) => {
-                self.settle("create_if_absent", stream, shard, failure, |row| {
-                    row.cloned()
-                })
-                .await
+                let row = self
+                    .settle(LeaseWrite::CreateIfAbsent, stream, shard, failure)
+                    .await?;
+                self.settled_row(stream, shard, row)
             }
         }
     }
@@ -724,7 +801,10 @@ impl LeaseStore for DynamoLeaseStore {
                 ],
             )
             .await;
-        let is_ours = |r: &Lease| r.owner.as_ref() == Some(owner) && r.token == next && !r.finished;
+        let write = LeaseWrite::Take {
+            owner,
+            expected_token,
+        };
         match result {
             Ok(Some(new)) => self.decode(stream, shard, &new),
             Ok(None) => Err(self.corrupt(
@@ -732,23 +812,9 @@ impl LeaseStore for DynamoLeaseStore {
                 shard,
                 "UpdateItem returned no attributes for ALL_NEW".to_owned(),
             )),
-            // The SDK's own retry of a take whose first reply was lost finds the row already
-            // taken by us: that take is ours.
-            Err(Failure::Condition(Some(old))) => {
-                let row = self.decode(stream, shard, &old)?;
-                if is_ours(&row) {
-                    Ok(row)
-                } else {
-                    Err(StoreError::LeaseLost {
-                        shard: shard.clone(),
-                    })
-                }
-            }
             Err(failure) => {
-                self.settle("take", stream, shard, failure, |row| {
-                    row.filter(|r| is_ours(r)).cloned()
-                })
-                .await
+                let row = self.settle(write, stream, shard, failure).await?;
+                self.settled_row(stream, shard, row)
             }
         }
     }
@@ -761,17 +827,12 @@ impl LeaseStore for DynamoLeaseStore {
     ) -> Result<(), StoreError> {
         self.fenced(
             Op::Checkpoint,
-            "checkpoint",
+            LeaseWrite::Checkpoint { tenure, checkpoint },
             stream,
             tenure,
             "SET #c = :c",
             false,
             vec![(":c", s(checkpoint.to_string()))],
-            |r| {
-                r.owner.as_ref() == Some(&tenure.owner)
-                    && !r.finished
-                    && r.checkpoint.as_ref() == Some(checkpoint)
-            },
         )
         .await
     }
@@ -802,20 +863,14 @@ impl LeaseStore for DynamoLeaseStore {
             update.push_str(&format!(" SET {}", set.join(", ")));
         }
         let update = update.as_str();
-        // Only this tenure's release leaves the row unowned at this token.
         self.fenced(
             Op::Release,
-            "release",
+            LeaseWrite::Release { tenure },
             stream,
             tenure,
             update,
             false,
             values,
-            |r| {
-                r.owner.is_none()
-                    && !r.finished
-                    && checkpoint.is_none_or(|cp| r.checkpoint.as_ref() == Some(cp))
-            },
         )
         .await
     }
@@ -823,7 +878,7 @@ impl LeaseStore for DynamoLeaseStore {
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
         self.fenced(
             Op::Finish,
-            "finish",
+            LeaseWrite::Finish { tenure },
             stream,
             tenure,
             "SET #f = :true, #c = :end",
@@ -832,7 +887,6 @@ impl LeaseStore for DynamoLeaseStore {
                 (":true", AttributeValue::Bool(true)),
                 (":end", s(Checkpoint::ShardEnd.to_string())),
             ],
-            |r| r.owner.as_ref() == Some(&tenure.owner) && r.finished,
         )
         .await
     }
@@ -856,12 +910,10 @@ impl LeaseStore for DynamoLeaseStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(failure) => {
-                self.settle("delete_finished", stream, shard, failure, |row| {
-                    row.is_none().then_some(())
-                })
+            Err(failure) => self
+                .settle(LeaseWrite::DeleteFinished, stream, shard, failure)
                 .await
-            }
+                .map(drop),
         }
     }
 
@@ -890,15 +942,11 @@ impl LeaseStore for DynamoLeaseStore {
         match result {
             Ok(_) => Ok(()),
             Err(failure) => {
-                self.settle("reset_checkpoint", stream, shard, failure, |row| {
-                    row.filter(|r| {
-                        r.owner.is_none()
-                            && r.token == expected_token
-                            && r.checkpoint.as_ref() == Some(checkpoint)
-                    })
-                    .map(|_| ())
-                })
-                .await
+                let write = LeaseWrite::ResetCheckpoint {
+                    expected_token,
+                    checkpoint,
+                };
+                self.settle(write, stream, shard, failure).await.map(drop)
             }
         }
     }
@@ -950,14 +998,13 @@ impl LeaseStore for DynamoLeaseStore {
                 // Changed meanwhile: judge the item as it is now (gone: `NotFound`).
                 Err(Failure::Condition(now)) => current = now,
                 Err(Failure::Ambiguous(message)) => {
-                    let now = self.get(Op::Reread, stream, shard).await;
-                    return match now {
-                        Ok(Some(now)) if now == new => Ok(()),
-                        _ => Err(StoreError::Transient(format!(
-                            "replace_corrupt on {name}: the outcome was unknown ({message}) and \
-                             the item does not show the write; read it before retrying"
-                        ))),
-                    };
+                    let write = LeaseWrite::ReplaceCorrupt { lease };
+                    let what = format!("{write} on {name}");
+                    return outcome::settle(shard, write, &what, &message, || {
+                        self.reread(stream, shard)
+                    })
+                    .await
+                    .map(drop);
                 }
                 Err(failure) => {
                     return Err(self.plain(failure, &format!("replace_corrupt on {name}")));
@@ -996,10 +1043,10 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_half_and_full_delay() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
-        }
+    fn a_zero_attempt_timeout_is_refused_by_name() {
+        let zero = DynamoConfig::new("billing").with_attempt_timeout(Duration::ZERO);
+        assert!(
+            matches!(zero.validate(), Err(StoreError::Fatal(m)) if m.contains("attempt_timeout"))
+        );
     }
 }

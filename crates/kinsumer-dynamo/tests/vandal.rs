@@ -129,3 +129,35 @@ async fn a_corrupt_item_is_repaired_and_a_healthy_one_never_overwritten() {
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::drop_table(&client, store.table()).await;
 }
+
+/// `replace_corrupt` whose reply is lost (a `FaultProxy` between the store and moto) is
+/// settled by re-reading: see `conformance::unknown_outcome`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let authority =
+        kinsumer_testkit::services::authority(&endpoint).expect("host:port in the endpoint");
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority.as_str())
+        .expect("resolve moto's address")
+        .next()
+        .expect("an address");
+    let proxy = kinsumer_testkit::FaultProxy::start(upstream).expect("start the proxy");
+    let client = common::client(&endpoint);
+    let direct = common::fresh_store(&client, "repair-lost").await;
+    let vandal = DynamoVandal {
+        client: client.clone(),
+        table: direct.table().to_owned(),
+    };
+    let through_proxy = endpoint.replacen(&authority, &proxy.addr().to_string(), 1);
+    let config = kinsumer_dynamo::DynamoConfig::new("tests").with_table(direct.table());
+    let faulty = kinsumer_dynamo::DynamoLeaseStore::open(common::client(&through_proxy), config)
+        .await
+        .expect("open through the proxy");
+    conformance::unknown_outcome::replace_corrupt_whose_reply_was_lost_is_ok(
+        &faulty, &direct, &proxy, &vandal,
+    )
+    .await;
+    common::drop_table(&client, direct.table()).await;
+}

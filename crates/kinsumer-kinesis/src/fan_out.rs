@@ -6,7 +6,9 @@
 //! Each shard reader holds one subscription, pumped by its own task into a small channel, and
 //! resubscribes from the last continuation sequence number when Kinesis ends a subscription
 //! (after 5 minutes) or it fails; `ResourceInUseException` (the previous subscription is not
-//! released yet) is retried with back-off. Turn it on with [`KinesisSource::with_fan_out`].
+//! released yet) is retried with the core's seeded back-off ([`kinsumer_core::backoff`]; 400 ms
+//! doubling to 10 s, jittered; seed it with [`FanOutOptions::backoff_seed`]). Turn fan-out on
+//! with `KinesisSource::with_fan_out`.
 
 use std::time::Duration;
 
@@ -20,12 +22,20 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+use kinsumer_core::backoff::{Backoff, BackoffPolicy};
 use kinsumer_core::position::Checkpoint;
+use kinsumer_core::rng::stable_hash;
 use kinsumer_core::source::{Batch, ShardId, ShardReader, SourceError};
 
-use crate::source::{
-    Cursor, KinesisSource, SUBSCRIPTIONS, bump, classify, classify_start, start_of,
-};
+use crate::cursor::{Cursor, start_of};
+use crate::errors::{classify, classify_start};
+use crate::stats::{SUBSCRIPTIONS, bump};
+use crate::stream::StreamContext;
+
+/// The back-off between failed subscriptions: `200 ms × 2^attempt` (the first retry, attempt
+/// 1, waits about 400 ms), capped at 10 s, jittered — the core's one rule.
+const RESUBSCRIBE_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// Settings of enhanced fan-out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +45,10 @@ pub struct FanOutOptions {
     /// Resubscribe after this long even if Kinesis has not ended the subscription (default
     /// 5 minutes, when Kinesis ends it anyway).
     pub resubscribe_after: Duration,
+    /// The seed of the jitter of resubscription back-off (each shard's reader draws from its
+    /// own generator, seeded from this and the shard id); `None` (the default) seeds from the
+    /// OS. Set it to make a test's back-off repeat exactly.
+    pub backoff_seed: Option<u64>,
 }
 
 impl FanOutOptions {
@@ -43,7 +57,14 @@ impl FanOutOptions {
         Self {
             consumer_name: consumer_name.into(),
             resubscribe_after: Duration::from_secs(300),
+            backoff_seed: None,
         }
+    }
+
+    /// Seeds the jitter of the resubscription back-off (the default seeds it from the OS).
+    pub fn with_backoff_seed(mut self, seed: u64) -> Self {
+        self.backoff_seed = Some(seed);
+        self
     }
 }
 
@@ -74,7 +95,7 @@ impl FanOut {
         }
     }
 
-    async fn stream_arn(source: &KinesisSource) -> Result<String, SourceError> {
+    async fn stream_arn(source: &StreamContext) -> Result<String, SourceError> {
         if let Some(arn) = &source.stream.arn {
             return Ok(arn.clone());
         }
@@ -91,7 +112,7 @@ impl FanOut {
     }
 
     /// The consumer's ARN, registering it (idempotently) and waiting until ACTIVE.
-    async fn consumer_arn(&self, source: &KinesisSource) -> Result<String, SourceError> {
+    async fn consumer_arn(&self, source: &StreamContext) -> Result<String, SourceError> {
         self.consumer_arn
             .get_or_try_init(|| async {
                 let stream_arn = Self::stream_arn(source).await?;
@@ -135,7 +156,7 @@ impl FanOut {
 
     pub(crate) async fn open(
         &self,
-        source: &KinesisSource,
+        source: &StreamContext,
         shard: &ShardId,
         from: &Checkpoint,
     ) -> Result<Box<dyn ShardReader>, SourceError> {
@@ -155,6 +176,12 @@ impl FanOut {
             shard: shard.clone(),
             from: from.clone(),
             resubscribe_after: self.options.resubscribe_after,
+            backoff: Backoff::seeded_or_os(
+                RESUBSCRIBE_BACKOFF,
+                self.options
+                    .backoff_seed
+                    .map(|seed| seed ^ stable_hash(&[shard.as_str().as_bytes()])),
+            ),
             tx,
         };
         let task = tokio::spawn(pump.run(start));
@@ -167,7 +194,7 @@ impl FanOut {
         }))
     }
 
-    pub(crate) async fn deregister(&self, source: &KinesisSource) -> Result<(), SourceError> {
+    pub(crate) async fn deregister(&self, source: &StreamContext) -> Result<(), SourceError> {
         let arn = self.consumer_arn(source).await?;
         source
             .client
@@ -215,11 +242,13 @@ enum Event {
 /// Keeps one shard subscribed and forwards its events, in order.
 struct Pump {
     client: Client,
-    source: KinesisSource,
+    source: StreamContext,
     consumer_arn: String,
     shard: ShardId,
     from: Checkpoint,
     resubscribe_after: Duration,
+    /// Spaces resubscriptions after failures (seeded per shard, so readers spread apart).
+    backoff: Backoff,
     tx: mpsc::Sender<Event>,
 }
 
@@ -260,7 +289,7 @@ impl Pump {
         })
     }
 
-    async fn run(self, mut start: Start) {
+    async fn run(mut self, mut start: Start) {
         let mut attempt = 0u32;
         let mut next_probe = Instant::now() + END_PROBE_INTERVAL;
         loop {
@@ -305,7 +334,7 @@ impl Pump {
                         }
                     }
                     attempt = attempt.saturating_add(1);
-                    sleep(backoff(attempt)).await;
+                    sleep(self.backoff.delay(attempt)).await;
                     continue;
                 }
             };
@@ -379,19 +408,13 @@ impl Pump {
                     Err(e) => {
                         warn!(shard = %self.shard, error = %aws_sdk_kinesis::error::DisplayErrorContext(&e), "fan-out subscription failed; resubscribing");
                         attempt = attempt.saturating_add(1);
-                        sleep(backoff(attempt)).await;
+                        sleep(self.backoff.delay(attempt)).await;
                         break;
                     }
                 }
             }
         }
     }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200)
-        .saturating_mul(1u32 << attempt.min(6))
-        .min(Duration::from_secs(10))
 }
 
 /// A fan-out cursor over one shard.

@@ -26,6 +26,20 @@
 //!   errors → `Fatal`; network failures and 5xx → `Transient`.
 //! - The pace — at least `Config::poll_interval` (200 ms) between reads of a shard, as Kinesis
 //!   allows 5 reads per second per shard shared by every application — is the consumer's.
+//! - **Retries.** Two layers, not three: the caller's client keeps the SDK's own retry policy
+//!   (by default 3 attempts, with the SDK's back-off and retry token bucket), and the engine
+//!   backs off (the core's seeded [`kinsumer_core::backoff`]) only once a call failed after
+//!   those. Unlike a lease store, this source never retries on its own (apart from fan-out
+//!   resubscriptions, which are its reader's job) — and nothing it calls can land twice: reads,
+//!   and an idempotent consumer registration. Leaving the SDK's retries on is deliberate: a
+//!   throttled or dropped GetRecords is retried within the call, sooner than the engine's
+//!   back-off would, at no risk. Turn them off in the client if the engine alone should pace
+//!   retries.
+//!
+//! The modules form a DAG: `source` (the [`KinesisSource`] and its polling reader) and
+//! `fan_out` (the subscription reader) both build on `stream` (the client, the stream and its
+//! listing), `cursor` (records to user records), `errors` (classification) and `stats`, and
+//! neither imports the other's internals.
 //!
 //! ```no_run
 //! use kinsumer_core::{Config, Consumer};
@@ -41,12 +55,15 @@
 //! # }
 //! ```
 
+mod cursor;
+mod errors;
 pub mod fan_out;
 pub mod kpl;
 mod source;
+mod stats;
+mod stream;
 
+pub use errors::KinesisError;
 pub use fan_out::FanOutOptions;
-pub use source::{
-    EXPIRED, GET_RECORDS, KinesisError, KinesisSource, KinesisStats, MALFORMED, SUBSCRIPTIONS,
-    THROTTLED, TRIMMED,
-};
+pub use source::KinesisSource;
+pub use stats::{EXPIRED, GET_RECORDS, KinesisStats, MALFORMED, SUBSCRIPTIONS, THROTTLED, TRIMMED};

@@ -1,25 +1,21 @@
 //! [`KinesisSource`]: the `ShardSource` contract over ListShards, GetShardIterator and
 //! GetRecords.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::ShardIteratorType;
-use bytes::Bytes;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use tracing::{debug, warn};
 
-use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
-use kinsumer_core::source::{
-    Batch, HashRange, ShardId, ShardInfo, ShardReader, ShardSource, SourceError, SourceRecord,
-};
+use kinsumer_core::position::Checkpoint;
+use kinsumer_core::source::{Batch, ShardId, ShardInfo, ShardReader, ShardSource, SourceError};
 
+use crate::cursor::{Cursor, start_of};
+use crate::errors::{KinesisError, classify, classify_start};
 use crate::fan_out::{FanOut, FanOutOptions};
-use crate::kpl;
+use crate::stats::{EXPIRED, GET_RECORDS, KinesisStats, THROTTLED, TRIMMED, bump};
+use crate::stream::{StreamContext, StreamRef};
 
 /// Kinesis's largest `Limit` for one GetRecords call.
 const MAX_RECORDS_PER_CALL: usize = 10_000;
@@ -27,95 +23,16 @@ const MAX_RECORDS_PER_CALL: usize = 10_000;
 /// calls a second of 1 MiB already exceed; asking for more per call only costs memory.
 const BYTES_PER_CALL: u64 = 1 << 20;
 
-/// A bad stream reference.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KinesisError {
-    /// The ARN does not name a Kinesis stream.
-    #[error(
-        "invalid stream ARN {arn:?}: expected arn:<partition>:kinesis:<region>:<account>:stream/<name>"
-    )]
-    InvalidArn {
-        /// The text given.
-        arn: String,
-    },
-}
-
-/// Metric names (labels: `stream`, `shard`), next to the core's `kinsumer_*` metrics.
-pub const GET_RECORDS: &str = "kinsumer_kinesis_get_records_total";
-/// Reads refused for rate.
-pub const THROTTLED: &str = "kinsumer_kinesis_throttled_total";
-/// Expired iterators replaced.
-pub const EXPIRED: &str = "kinsumer_kinesis_expired_iterators_total";
-/// KPL-prefixed records that were not valid aggregates.
-pub const MALFORMED: &str = "kinsumer_kinesis_malformed_aggregates_total";
-/// Checkpoints found fallen off retention.
-pub const TRIMMED: &str = "kinsumer_kinesis_trimmed_checkpoints_total";
-/// SubscribeToShard calls (fan-out).
-pub const SUBSCRIPTIONS: &str = "kinsumer_kinesis_subscriptions_total";
-
-/// Counts one event in `stats` (its `counter`) and in the `metrics` facade.
-pub(crate) fn bump(
-    stats: &KinesisStats,
-    counter: &AtomicU64,
-    metric: &'static str,
-    shard: &ShardId,
-) {
-    counter.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(metric, "stream" => stats.stream.clone(), "shard" => shard.to_string())
-        .increment(1);
-}
-
-/// Counters a [`KinesisSource`] keeps, for tests and metrics.
-#[derive(Debug, Default)]
-pub struct KinesisStats {
-    /// GetRecords calls made.
-    pub get_records_calls: AtomicU64,
-    /// Calls refused for rate (`ProvisionedThroughputExceeded`, KMS throttling).
-    pub throttled: AtomicU64,
-    /// Expired iterators replaced (GetRecords answered `ExpiredIteratorException`).
-    pub expired_iterators: AtomicU64,
-    /// Records with the KPL prefix that were not valid aggregates (delivered raw).
-    pub malformed_aggregates: AtomicU64,
-    /// SubscribeToShard calls (fan-out mode), the first and every resubscription.
-    pub subscriptions: AtomicU64,
-    /// Checkpoints found to have fallen off retention (reported as `SourceError::Trimmed`).
-    pub trimmed_checkpoints: AtomicU64,
-    /// The stream, for the metrics' labels.
-    stream: String,
-}
-
-impl KinesisStats {
-    fn for_stream(stream: &str) -> Arc<Self> {
-        Arc::new(Self {
-            stream: stream.to_string(),
-            ..Self::default()
-        })
-    }
-}
-
-/// How a request names the stream: by name, or by ARN (then the name is the ARN's last part).
-#[derive(Clone, Debug)]
-pub(crate) struct StreamRef {
-    pub(crate) name: String,
-    pub(crate) arn: Option<String>,
-}
-
 /// A Kinesis data stream as a [`ShardSource`]. Cheap to clone.
 ///
 /// The caller builds the [`Client`] (credentials from the standard AWS chain, region, HTTP
 /// client and TLS of their choice); this crate forces none of it.
 #[derive(Clone, Debug)]
 pub struct KinesisSource {
-    pub(crate) client: Client,
-    pub(crate) stream: Arc<StreamRef>,
-    pub(crate) stats: Arc<KinesisStats>,
+    /// The client, the stream, the counters and the listing, as every reader shares them.
+    shared: StreamContext,
     /// `Some` in enhanced fan-out mode.
     fan_out: Option<Arc<FanOut>>,
-    /// ListShards page size (the service's default when `None`).
-    page_size: Option<i32>,
-    /// A listing succeeded once: the stream exists (or existed), so a later "not found" is a
-    /// stream deleted and created again, or a restarted service — retried, not fatal.
-    listed_once: Arc<AtomicBool>,
 }
 
 impl KinesisSource {
@@ -123,12 +40,8 @@ impl KinesisSource {
     pub fn new(client: Client, stream: impl Into<String>) -> Self {
         let name = stream.into();
         Self {
-            client,
-            stats: KinesisStats::for_stream(&name),
-            stream: Arc::new(StreamRef { name, arn: None }),
+            shared: StreamContext::new(client, StreamRef { name, arn: None }),
             fan_out: None,
-            page_size: None,
-            listed_once: Arc::default(),
         }
     }
 
@@ -146,15 +59,14 @@ impl KinesisSource {
             return Err(KinesisError::InvalidArn { arn });
         };
         Ok(Self {
-            client,
-            stats: KinesisStats::for_stream(&name),
-            stream: Arc::new(StreamRef {
-                name,
-                arn: Some(arn),
-            }),
+            shared: StreamContext::new(
+                client,
+                StreamRef {
+                    name,
+                    arn: Some(arn),
+                },
+            ),
             fan_out: None,
-            page_size: None,
-            listed_once: Arc::default(),
         })
     }
 
@@ -170,7 +82,7 @@ impl KinesisSource {
     /// In fan-out mode, deregisters the stream consumer (when the application is retired).
     pub async fn deregister_fan_out(&self) -> Result<(), SourceError> {
         match &self.fan_out {
-            Some(fan_out) => fan_out.deregister(self).await,
+            Some(fan_out) => fan_out.deregister(&self.shared).await,
             None => Ok(()),
         }
     }
@@ -178,162 +90,24 @@ impl KinesisSource {
     /// Asks ListShards for pages of at most `n` shards (1..=10,000), to exercise paging.
     #[doc(hidden)]
     pub fn with_list_page_size(mut self, n: i32) -> Self {
-        self.page_size = Some(n.clamp(1, 10_000));
+        self.shared.page_size = Some(n.clamp(1, 10_000));
         self
-    }
-
-    /// A shard reported missing may not be: some implementations answer a sequence number
-    /// they do not know with ResourceNotFound, and an iterator of a stream that was deleted and
-    /// created again (or of a service that restarted) is not found either. Finishing a live
-    /// shard's lease would skip its records, so `ShardGone` stands only if a listing agrees;
-    /// otherwise a position is treated as trimmed, and anything else is retried.
-    pub(crate) async fn confirm_gone(
-        &self,
-        shard: &ShardId,
-        from: &Checkpoint,
-        err: SourceError,
-    ) -> SourceError {
-        let SourceError::ShardGone(_) = &err else {
-            return err;
-        };
-        match self.still_listed(shard).await {
-            Ok(false) => err,
-            // Unsure: retry later rather than finish a lease on a guess.
-            Err(unsure) => unsure,
-            Ok(true) => match from {
-                Checkpoint::After(p) => SourceError::Trimmed {
-                    shard: shard.clone(),
-                    position: format!("{p} (not found in a shard that still exists)"),
-                },
-                _ => SourceError::Transient(format!(
-                    "{shard} was answered as not found, but the stream still lists it; retrying"
-                )),
-            },
-        }
-    }
-
-    /// Whether the stream's listing has `shard` (a failed listing is a transient error: never
-    /// decide a shard is gone on a guess).
-    pub(crate) async fn still_listed(&self, shard: &ShardId) -> Result<bool, SourceError> {
-        match self.list_shards().await {
-            Ok(shards) => Ok(shards.iter().any(|s| &s.id == shard)),
-            Err(e) => Err(SourceError::Transient(format!(
-                "could not confirm that {shard} is gone: {e}"
-            ))),
-        }
     }
 
     /// The source's counters.
     pub fn stats(&self) -> &KinesisStats {
-        &self.stats
+        &self.shared.stats
     }
-}
-
-/// An error code of the Kinesis API, classified.
-pub(crate) fn classify<E, R>(err: &SdkError<E, R>, shard: Option<&ShardId>) -> SourceError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let text = DisplayErrorContext(err).to_string();
-    match err.code() {
-        Some(
-            "ProvisionedThroughputExceededException"
-            | "KMSThrottlingException"
-            | "LimitExceededException"
-            | "ThrottlingException",
-        ) => SourceError::Throttled(text),
-        Some("ResourceNotFoundException") => match shard {
-            Some(shard) => SourceError::ShardGone(shard.clone()),
-            None => SourceError::Fatal(text),
-        },
-        Some(
-            "AccessDeniedException"
-            | "KMSAccessDeniedException"
-            | "KMSDisabledException"
-            | "KMSInvalidStateException"
-            | "KMSNotFoundException"
-            | "KMSOptInRequired"
-            | "InvalidArgumentException"
-            | "ValidationException"
-            | "UnrecognizedClientException",
-        ) => SourceError::Fatal(text),
-        // Network failures, timeouts, 5xx, and anything unknown: retry.
-        _ => SourceError::Transient(text),
-    }
-}
-
-fn parse_hash_key(text: &str, shard: &str) -> Result<u128, SourceError> {
-    text.parse().map_err(|_| {
-        SourceError::Fatal(format!(
-            "ListShards returned hash key {text:?} for {shard}, not a 128-bit integer"
-        ))
-    })
 }
 
 #[async_trait]
 impl ShardSource for KinesisSource {
     fn stream_name(&self) -> &str {
-        &self.stream.name
+        &self.shared.stream.name
     }
 
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
-        let mut shards = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            // With a NextToken, ListShards refuses the stream name: one or the other.
-            let mut req = self.client.list_shards().set_max_results(self.page_size);
-            req = match (&next, &self.stream.arn) {
-                (Some(token), _) => req.next_token(token),
-                (None, Some(arn)) => req.stream_arn(arn),
-                (None, None) => req.stream_name(&self.stream.name),
-            };
-            let out = req.send().await.map_err(|e| {
-                let err = classify(&e, None);
-                if e.code() == Some("ResourceNotFoundException")
-                    && self.listed_once.load(Ordering::Relaxed)
-                {
-                    return SourceError::Transient(format!(
-                        "stream {} is not found, though it was listed before (deleted and \
-                         created again, or the service restarted?); retrying: {err}",
-                        self.stream.name
-                    ));
-                }
-                err
-            })?;
-            for s in out.shards() {
-                let range = s.hash_key_range().ok_or_else(|| {
-                    SourceError::Fatal(format!(
-                        "ListShards gave {} no hash key range",
-                        s.shard_id()
-                    ))
-                })?;
-                let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
-                    .into_iter()
-                    .flatten()
-                    .map(ShardId::from)
-                    .collect();
-                shards.push(ShardInfo {
-                    id: ShardId::from(s.shard_id()),
-                    parents,
-                    hash_range: HashRange {
-                        start: parse_hash_key(range.starting_hash_key(), s.shard_id())?,
-                        end: parse_hash_key(range.ending_hash_key(), s.shard_id())?,
-                    },
-                    // Only the presence of an end matters (emulators report i64::MAX).
-                    open: s
-                        .sequence_number_range()
-                        .is_none_or(|r| r.ending_sequence_number().is_none()),
-                });
-            }
-            match out.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => {
-                    self.listed_once.store(true, Ordering::Relaxed);
-                    return Ok(shards);
-                }
-            }
-        }
+        self.shared.list_shards().await
     }
 
     async fn open(
@@ -342,11 +116,11 @@ impl ShardSource for KinesisSource {
         from: &Checkpoint,
     ) -> Result<Box<dyn ShardReader>, SourceError> {
         if let Some(fan_out) = &self.fan_out {
-            return fan_out.open(self, shard, from).await;
+            return fan_out.open(&self.shared, shard, from).await;
         }
         let mut reader = PollingReader {
-            source: self.clone(),
-            cursor: Cursor::new(shard.clone(), self.stats.clone()),
+            source: self.shared.clone(),
+            cursor: Cursor::new(shard.clone(), self.shared.stats.clone()),
             start: from.clone(),
             iterator: None,
             end: None,
@@ -359,224 +133,9 @@ impl ShardSource for KinesisSource {
     }
 }
 
-/// What polling and fan-out readers share: turning the service's records into user records,
-/// skipping what was delivered already, and noticing a checkpoint that fell off retention.
-///
-/// The service counts stream records, the consumer's bounds count user records: one read may
-/// return 10,000 aggregates of thousands of user records each. So the records read are queued
-/// here whole, and handed out at most `max_records` user records at a time ([`Cursor::pop`]);
-/// the reader asks the service again only once the queue is empty. What the queue holds is at
-/// most one response of the service, in the service's own bytes.
-pub(crate) struct Cursor {
-    pub(crate) shard: ShardId,
-    stats: Arc<KinesisStats>,
-    /// Records at or before this position were delivered already (a resume inside an
-    /// aggregate, or after a re-open): skip them.
-    skip_through: Option<Position>,
-    /// After `After(p)`: the first record read must be `p`'s own; if it is later, `p` fell off
-    /// retention and what followed it may be gone.
-    expect_first: Option<SequenceNumber>,
-    /// The last record handed out.
-    last: Option<Position>,
-    /// Stream records read and not yet handed out whole, in order.
-    queue: VecDeque<kpl::UserRecords>,
-}
-
-impl Cursor {
-    pub(crate) fn new(shard: ShardId, stats: Arc<KinesisStats>) -> Self {
-        Self {
-            shard,
-            stats,
-            skip_through: None,
-            expect_first: None,
-            last: None,
-            queue: VecDeque::new(),
-        }
-    }
-
-    /// Notes that reading (re)starts at `from`.
-    pub(crate) fn starting_at(&mut self, from: &Checkpoint) {
-        self.queue.clear();
-        if let Checkpoint::After(p) = from {
-            self.skip_through = Some(p.clone());
-            self.expect_first = Some(p.sequence.clone());
-        }
-    }
-
-    /// Where to re-open so that nothing is skipped or repeated: right after the last record
-    /// handed out, or at `start` if none was.
-    pub(crate) fn resume_point(&self, start: &Checkpoint) -> Checkpoint {
-        self.last
-            .clone()
-            .map_or_else(|| start.clone(), Checkpoint::After)
-    }
-
-    /// Whether every record read was handed out.
-    pub(crate) fn is_drained(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Queues the records of one response of the service (their bytes moved, not copied).
-    pub(crate) fn push(
-        &mut self,
-        records: Vec<aws_sdk_kinesis::types::Record>,
-    ) -> Result<(), SourceError> {
-        for r in records {
-            let sequence: SequenceNumber = r.sequence_number.parse().map_err(|e| {
-                SourceError::Fatal(format!("Kinesis returned a bad sequence number: {e}"))
-            })?;
-            if let Some(expected) = self.expect_first.take()
-                && sequence > expected
-            {
-                bump(
-                    &self.stats,
-                    &self.stats.trimmed_checkpoints,
-                    TRIMMED,
-                    &self.shard,
-                );
-                self.queue.clear();
-                return Err(SourceError::Trimmed {
-                    shard: self.shard.clone(),
-                    position: format!("{expected} (the first record still retained is {sequence})"),
-                });
-            }
-            let arrival_ms = r
-                .approximate_arrival_timestamp
-                .and_then(|t| t.to_millis().ok())
-                .and_then(|ms| u64::try_from(ms).ok())
-                .unwrap_or(0);
-            let data = Bytes::from(r.data.into_inner());
-            let users = kpl::UserRecords::new(sequence, r.partition_key, data, arrival_ms);
-            if users.malformed() {
-                bump(
-                    &self.stats,
-                    &self.stats.malformed_aggregates,
-                    MALFORMED,
-                    &self.shard,
-                );
-                warn!(shard = %self.shard, sequence = %users.sequence(), "record has the KPL prefix but is not a valid aggregate; delivering it raw");
-            }
-            self.queue.push_back(users);
-        }
-        Ok(())
-    }
-
-    /// Hands out up to `max_records` user records from the queue (at least one is asked for),
-    /// minus those delivered already.
-    pub(crate) fn pop(&mut self, max_records: usize) -> Vec<SourceRecord> {
-        let max = max_records.max(1);
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(front) = self.queue.front_mut() else {
-                break;
-            };
-            match front.next() {
-                Some(user) => {
-                    if self
-                        .skip_through
-                        .as_ref()
-                        .is_none_or(|s| user.position > *s)
-                    {
-                        out.push(user);
-                    }
-                }
-                None => {
-                    self.queue.pop_front();
-                }
-            }
-        }
-        // Drop a finished record at the front now, so `is_drained` is true as soon as the last
-        // user record is out (the shard's end is reported with it).
-        while self.queue.front().is_some_and(kpl::UserRecords::is_done) {
-            self.queue.pop_front();
-        }
-        if let Some(last) = out.last() {
-            self.last = Some(last.position.clone());
-            self.skip_through = None;
-        }
-        out
-    }
-}
-
-/// The iterator type, and its sequence number or timestamp, that starts reading at `from`
-/// (`None` for `ShardEnd`). `After(seq/sub)` starts AT `seq`, not after it: a resume inside a
-/// KPL aggregate must read that record again and skip the sub-records already processed.
-pub(crate) fn start_of(
-    from: &Checkpoint,
-) -> Option<(ShardIteratorType, Option<String>, Option<DateTime>)> {
-    Some(match from {
-        Checkpoint::TrimHorizon => (ShardIteratorType::TrimHorizon, None, None),
-        Checkpoint::Latest => (ShardIteratorType::Latest, None, None),
-        Checkpoint::AtTimestamp(ms) => (
-            ShardIteratorType::AtTimestamp,
-            None,
-            Some(DateTime::from_millis(
-                i64::try_from(*ms).unwrap_or(i64::MAX),
-            )),
-        ),
-        Checkpoint::After(p) => (
-            ShardIteratorType::AtSequenceNumber,
-            Some(p.sequence.to_string()),
-            None,
-        ),
-        Checkpoint::ShardEnd => return None,
-    })
-}
-
-/// How far ahead of this host's clock a timestamp may be and still be taken for clock skew
-/// between this host and the service (retried) rather than a position in the future.
-const CLOCK_SKEW_MS: u64 = 60_000;
-
-/// Classifies an error of a call that started reading at `from`: a starting sequence number
-/// Kinesis rejects means the checkpoint fell off retention — `Trimmed`, so the consumer's
-/// `TrimmedPolicy` decides.
-pub(crate) fn classify_start<E, R>(
-    err: &SdkError<E, R>,
-    from: &Checkpoint,
-    shard: &ShardId,
-) -> SourceError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match (from, classify(err, Some(shard))) {
-        (Checkpoint::After(p), SourceError::Fatal(text))
-            if err.code() == Some("InvalidArgumentException") =>
-        {
-            SourceError::Trimmed {
-                shard: shard.clone(),
-                position: format!("{p} ({text})"),
-            }
-        }
-        // A timestamp the service refuses as in the future. Near our own clock it is the
-        // service's clock that is behind (a start at `Latest` is written down as our time):
-        // retried, it passes once the service catches up. Well ahead of our clock it is a bad
-        // position — that shard's problem, not the consumer's: set aside until it is reset.
-        (Checkpoint::AtTimestamp(ms), SourceError::Fatal(text))
-            if err.code() == Some("InvalidArgumentException") =>
-        {
-            let host_now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            if *ms <= host_now.saturating_add(CLOCK_SKEW_MS) {
-                SourceError::Transient(format!(
-                    "{shard}: the service refused {from} (its clock is behind ours?); retrying: {text}"
-                ))
-            } else {
-                SourceError::BadPosition {
-                    shard: shard.clone(),
-                    position: from.to_string(),
-                    reason: text,
-                }
-            }
-        }
-        (_, other) => other,
-    }
-}
-
 /// A polling cursor over one shard. See the crate docs for how it starts, resumes and ends.
 struct PollingReader {
-    source: KinesisSource,
+    source: StreamContext,
     cursor: Cursor,
     /// Where it was opened, to re-open there if an iterator expires before any record.
     start: Checkpoint,

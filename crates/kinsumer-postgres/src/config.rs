@@ -50,8 +50,19 @@ pub struct PgStoreConfig {
     /// serialization failure, timeout) is retried inside the store before it returns
     /// `StoreError::Transient` (default 2; the engine retries on its own too).
     pub max_retries: u32,
-    /// The pause before the first retry; doubled for each further one (default 100 ms).
+    /// The pause before the first retry; doubled for each further one up to 64 times this,
+    /// with up to half taken off by jitter (the core's back-off; default 100 ms).
     pub retry_backoff: Duration,
+    /// The seed of that jitter; `None` (the default) seeds it from the OS. Set it to make a
+    /// test's back-off repeat exactly.
+    pub backoff_seed: Option<u64>,
+    /// How long the store waits for the reply to one statement (default 10 s). A reply that
+    /// does not come in time — the network lost it, the server hangs — fails the statement as
+    /// a lost connection would: its outcome is unknown, so a write is settled by re-reading
+    /// the row. Client-side, unlike `statement_timeout`, so it also bounds a reply lost after
+    /// the server answered. `Duration::ZERO` waits forever (the engine's `call_timeout` still
+    /// bounds each call, but then an unknown outcome is never settled by the store).
+    pub response_timeout: Duration,
     /// Whether [`crate::PgLeaseStore::connect`] runs [`crate::PgLeaseStore::migrate`]
     /// (default true).
     pub migrate_on_connect: bool,
@@ -78,6 +89,8 @@ impl PgStoreConfig {
             test_before_acquire: true,
             max_retries: 2,
             retry_backoff: Duration::from_millis(100),
+            backoff_seed: None,
+            response_timeout: Duration::from_secs(10),
             migrate_on_connect: true,
             ssl_mode: None,
             ssl_root_cert: None,
@@ -173,6 +186,8 @@ impl fmt::Debug for PgStoreConfig {
             .field("test_before_acquire", &self.test_before_acquire)
             .field("max_retries", &self.max_retries)
             .field("retry_backoff", &self.retry_backoff)
+            .field("backoff_seed", &self.backoff_seed)
+            .field("response_timeout", &self.response_timeout)
             .field("migrate_on_connect", &self.migrate_on_connect)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)

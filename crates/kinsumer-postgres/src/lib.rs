@@ -178,10 +178,13 @@
 //! `idle_in_transaction_session_timeout` (60 s) on every connection, `test_before_acquire`
 //! (a protocol ping, not a statement), and `max_retries`/`retry_backoff` for transient failures
 //! (connection lost, server restarting, serialization failure, deadlock, timeout: all
-//! `StoreError::Transient` once retries are spent). A write whose reply was lost is
-//! *ambiguous*: idempotent writes (`heartbeat`, `checkpoint`, `finish`, `create_if_absent`,
-//! `deregister`, `delete_finished`, `reset_checkpoint`) are simply sent again; `take` and
-//! `release` re-read the row to learn whether they applied. TLS uses rustls (ring, webpki
+//! `StoreError::Transient` once retries are spent), spaced by the core's seeded back-off
+//! ([`kinsumer_core::backoff`]; `backoff_seed`), and a client-side `response_timeout`
+//! (default 10 s) after which a statement's outcome counts as unknown. A write whose reply was
+//! lost is *ambiguous*: the unconditional ones (`heartbeat`, `deregister`) are simply sent
+//! again; every conditional write on a lease row re-reads the row and lets the core decide
+//! ([`kinsumer_core::outcome`]): landed → its answer, refused → `LeaseLost`/`NotFound`, not
+//! landed → sent again. TLS uses rustls (ring, webpki
 //! roots) behind the crate feature `tls-rustls`: set `sslmode` in the URL or
 //! [`PgStoreConfig::ssl_mode`] / [`PgStoreConfig::ssl_root_cert`]. The URL's password never
 //! appears in `Debug` output, errors or logs ([`redact_url`]).

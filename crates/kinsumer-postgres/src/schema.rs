@@ -4,7 +4,12 @@
 use kinsumer_core::store::StoreError;
 use sqlx::{AssertSqlSafe, PgPool};
 
-use crate::store::MigrateError;
+/// A migration failure: a statement's error (retryable or not) or a refusal. Here, beside
+/// the migration, so that the store (which runs it) imports the schema and never the reverse.
+pub(crate) enum MigrateError {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = 2;

@@ -2,11 +2,13 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kinsumer_core::backoff::{Backoff, BackoffPolicy};
+use kinsumer_core::outcome::{self, LeaseWrite, Verdict};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{
@@ -18,7 +20,7 @@ use tracing::debug;
 
 use crate::config::PgStoreConfig;
 use crate::error::{is_ambiguous, is_retryable, map_sqlx};
-use crate::schema::{self, quote, validate_schema};
+use crate::schema::{self, MigrateError, quote, validate_schema};
 use crate::sql::Statements;
 
 /// Statement counts of one store (all clones share them): what the store costs the server.
@@ -51,8 +53,36 @@ struct Inner {
     schema: String,
     sql: Statements,
     max_retries: u32,
-    retry_backoff: Duration,
+    /// The back-off between the store's own retries (the core's rule, seeded).
+    backoff: Mutex<Backoff>,
+    /// How long a statement waits for its reply before its outcome counts as unknown
+    /// (`Duration::ZERO`: no bound).
+    response_timeout: Duration,
     counters: Counters,
+}
+
+/// The most the store's retry back-off grows: 64 times `retry_backoff` (6 doublings).
+const BACKOFF_DOUBLINGS: u32 = 64;
+
+/// The defaults of [`PgLeaseStore::from_pool`] (those of [`PgStoreConfig::new`]).
+const DEFAULT_RETRIES: u32 = 2;
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a store retries and how long it waits for a reply.
+struct Patience {
+    max_retries: u32,
+    retry_backoff: Duration,
+    backoff_seed: Option<u64>,
+    response_timeout: Duration,
+}
+
+/// What a write sent through [`PgLeaseStore::resolving`] answered.
+enum Answer<T> {
+    /// The server's own reply.
+    Replied(T),
+    /// No reply came, and a re-read showed the write landed: the row read (if there is one).
+    Landed(Option<Lease>),
 }
 
 /// A [`LeaseStore`] in PostgreSQL, for one application. Cheap to clone (clones share the pool).
@@ -142,8 +172,12 @@ impl PgLeaseStore {
             pool,
             &config.application,
             &config.schema,
-            config.max_retries,
-            config.retry_backoff,
+            Patience {
+                max_retries: config.max_retries,
+                retry_backoff: config.retry_backoff,
+                backoff_seed: config.backoff_seed,
+                response_timeout: config.response_timeout,
+            },
         )?;
         if config.migrate_on_connect {
             store.retrying(Kind::Write, || store.migrate_once()).await?;
@@ -152,7 +186,8 @@ impl PgLeaseStore {
     }
 
     /// A store over a pool the caller built (its connections' settings are the caller's), with
-    /// 2 retries of 100 ms back-off. Does not migrate: call [`Self::migrate`].
+    /// 2 retries of 100 ms back-off (seeded from the OS) and a 10 s response timeout. Does not
+    /// migrate: call [`Self::migrate`].
     pub fn from_pool(
         pool: PgPool,
         application: impl Into<String>,
@@ -162,8 +197,12 @@ impl PgLeaseStore {
             pool,
             &application.into(),
             schema,
-            2,
-            Duration::from_millis(100),
+            Patience {
+                max_retries: DEFAULT_RETRIES,
+                retry_backoff: DEFAULT_RETRY_BACKOFF,
+                backoff_seed: None,
+                response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            },
         )
     }
 
@@ -171,18 +210,22 @@ impl PgLeaseStore {
         pool: PgPool,
         application: &str,
         schema: &str,
-        max_retries: u32,
-        retry_backoff: Duration,
+        patience: Patience,
     ) -> Result<Self, StoreError> {
         validate_schema(schema)?;
+        let policy = BackoffPolicy::new(
+            patience.retry_backoff,
+            patience.retry_backoff.saturating_mul(BACKOFF_DOUBLINGS),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(&quote(schema)),
                 pool,
                 application: application.to_owned(),
                 schema: schema.to_owned(),
-                max_retries,
-                retry_backoff,
+                max_retries: patience.max_retries,
+                backoff: Mutex::new(Backoff::seeded_or_os(policy, patience.backoff_seed)),
+                response_timeout: patience.response_timeout,
                 counters: Counters::default(),
             }),
         })
@@ -295,14 +338,36 @@ impl PgLeaseStore {
         };
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The pause before retry number `retry` (from 1), by the core's back-off rule.
+    fn backoff(&self, retry: u32) -> Duration {
         self.inner
-            .retry_backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .delay(retry.saturating_sub(1))
     }
 
-    /// Runs an idempotent statement, retrying transient failures (an ambiguous idempotent
-    /// write is resolved by simply applying it again).
+    /// `statement`, failing as a lost connection (an ambiguous error: the statement may have
+    /// been applied) when no reply comes within the response timeout.
+    async fn bounded<T>(
+        &self,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let limit = self.inner.response_timeout;
+        if limit.is_zero() {
+            return statement.await;
+        }
+        match tokio::time::timeout(limit, statement).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply within PgStoreConfig::response_timeout ({limit:?})"),
+            ))),
+        }
+    }
+
+    /// Runs an idempotent statement (a read, a heartbeat, a deregistration), retrying
+    /// transient failures: sending it again is how an ambiguous one is resolved.
     async fn retrying<T, F, Fut>(&self, kind: Kind, mut run: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
@@ -311,7 +376,7 @@ impl PgLeaseStore {
         let mut attempt = 0;
         loop {
             self.count(kind);
-            match run().await {
+            match self.bounded(run()).await {
                 Ok(value) => return Ok(value),
                 Err(err) if is_retryable(&err) && attempt < self.inner.max_retries => {
                     attempt += 1;
@@ -324,36 +389,47 @@ impl PgLeaseStore {
         }
     }
 
-    /// Runs a statement that is not idempotent (`take`, `release`): a clean transient failure
-    /// is retried; an ambiguous one (the reply was lost) is resolved by re-reading the row with
-    /// `resolve`, which says `Some(outcome)` when the row tells what happened, and `None` when
-    /// the write certainly did not apply (then it is sent again).
-    async fn resolving<T, F, Fut, R>(
+    /// Runs a conditional write on one lease row. A clean transient failure is retried; an
+    /// ambiguous one (no reply) is settled by re-reading the row, judged by the core
+    /// ([`kinsumer_core::outcome`]): landed → [`Answer::Landed`], refused → that error, not
+    /// landed → sent again (the row still expects it, so sending again is safe).
+    async fn resolving<T, F, Fut>(
         &self,
         stream: &str,
         shard: &ShardId,
+        write: LeaseWrite<'_>,
         mut run: F,
-        resolve: R,
-    ) -> Result<T, StoreError>
+    ) -> Result<Answer<T>, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
-        R: Fn(Option<Lease>) -> Option<Result<T, StoreError>>,
     {
         let mut attempt = 0;
         loop {
             self.count(Kind::Write);
-            let err = match run().await {
-                Ok(value) => return Ok(value),
+            let err = match self.bounded(run()).await {
+                Ok(value) => return Ok(Answer::Replied(value)),
                 Err(err) => err,
             };
             if !is_retryable(&err) {
                 return Err(map_sqlx(err));
             }
             if is_ambiguous(&err) {
-                debug!(error = %err, %shard, "kinsumer-postgres: ambiguous write, re-reading");
-                if let Some(outcome) = resolve(self.lease(stream, shard).await?) {
-                    return outcome;
+                debug!(error = %err, %shard, %write, "kinsumer-postgres: ambiguous write, re-reading");
+                let resolution =
+                    outcome::reread_and_judge(shard, &write, || self.lease(stream, shard))
+                        .await
+                        .map_err(|reread| {
+                            StoreError::Transient(format!(
+                                "{write} of {}: the outcome was unknown ({err}) and re-reading \
+                                 the row failed ({reread})",
+                                self.key(stream, shard)
+                            ))
+                        })?;
+                match resolution.verdict {
+                    Verdict::Landed => return Ok(Answer::Landed(resolution.row)),
+                    Verdict::Refused(refused) => return Err(refused),
+                    Verdict::NotLanded => {}
                 }
             }
             if attempt >= self.inner.max_retries {
@@ -440,14 +516,24 @@ impl PgLeaseStore {
         Ok((get(names[0])?, get(names[1])?))
     }
 
-    /// Runs a fenced write (`checkpoint`, `finish`, `reset_checkpoint`): `Ok` if it applied,
-    /// `LeaseLost` if the row exists but the fence refused, `NotFound` if it does not exist.
-    async fn fenced<F, Fut>(&self, stream: &str, shard: &ShardId, run: F) -> Result<(), StoreError>
+    /// Runs a fenced write (`checkpoint`, `release`, `finish`, `reset_checkpoint`): `Ok` if it
+    /// applied, `LeaseLost` if the row exists but the fence refused, `NotFound` if it does not
+    /// exist; an unknown outcome is settled as `write`.
+    async fn fenced<F, Fut>(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        write: LeaseWrite<'_>,
+        run: F,
+    ) -> Result<(), StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<PgRow, sqlx::Error>>,
     {
-        let row = self.retrying(Kind::Write, run).await?;
+        let row = match self.resolving(stream, shard, write, run).await? {
+            Answer::Replied(row) => row,
+            Answer::Landed(_) => return Ok(()),
+        };
         match self.flags(stream, shard, &row, ["updated", "found"])? {
             (true, _) => Ok(()),
             (false, true) => Err(lease_lost(shard)),
@@ -514,12 +600,6 @@ impl PgLeaseStore {
         tx.commit().await?;
         Ok(Ok(()))
     }
-}
-
-/// A migration failure: a statement's error (retryable or not) or a refusal.
-pub(crate) enum MigrateError {
-    Sql(sqlx::Error),
-    Store(StoreError),
 }
 
 #[async_trait]
@@ -645,8 +725,8 @@ impl LeaseStore for PgLeaseStore {
         // Zero rows only when another call inserted the row concurrently and committed after
         // this statement's snapshot: the next statement (a new snapshot) sees it.
         for _ in 0..3 {
-            let row = self
-                .retrying(Kind::Write, || {
+            let answer = self
+                .resolving(stream, shard, LeaseWrite::CreateIfAbsent, || {
                     sqlx::query(AssertSqlSafe(sql.clone()))
                         .bind(&self.inner.application)
                         .bind(stream)
@@ -655,8 +735,10 @@ impl LeaseStore for PgLeaseStore {
                         .fetch_optional(&self.inner.pool)
                 })
                 .await?;
-            if let Some(row) = row {
-                return self.parse_lease(stream, &row);
+            match answer {
+                Answer::Replied(Some(row)) => return self.parse_lease(stream, &row),
+                Answer::Landed(Some(lease)) => return Ok(lease),
+                Answer::Replied(None) | Answer::Landed(None) => {}
             }
         }
         Err(StoreError::Transient(format!(
@@ -683,42 +765,25 @@ impl LeaseStore for PgLeaseStore {
             });
         }
         let sql = &self.inner.sql.take;
-        let row = self
-            .resolving(
-                stream,
-                shard,
-                || {
-                    sqlx::query(AssertSqlSafe(sql.clone()))
-                        .bind(&self.inner.application)
-                        .bind(stream)
-                        .bind(shard.as_str())
-                        .bind(owner.as_str())
-                        .bind(token_param(expected_token))
-                        .fetch_optional(&self.inner.pool)
-                },
-                |now| match now {
-                    None => Some(Err(not_found(shard))),
-                    Some(l)
-                        if l.owner.as_ref() == Some(owner)
-                            && Some(l.token) == expected_token.checked_add(1) =>
-                    {
-                        Some(Ok(None)) // it applied: return the row read below
-                    }
-                    Some(l) if l.token == expected_token && !l.finished => None,
-                    Some(_) => Some(Err(lease_lost(shard))),
-                },
-            )
-            .await;
-        let row = match row {
-            Ok(Some(row)) => row,
-            // Applied, learned from a re-read: read the row as it is now.
-            Ok(None) => {
-                return self
-                    .lease(stream, shard)
-                    .await?
-                    .ok_or_else(|| not_found(shard));
-            }
-            Err(e) => return Err(e),
+        let write = LeaseWrite::Take {
+            owner,
+            expected_token,
+        };
+        let answer = self
+            .resolving(stream, shard, write, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(stream)
+                    .bind(shard.as_str())
+                    .bind(owner.as_str())
+                    .bind(token_param(expected_token))
+                    .fetch_one(&self.inner.pool)
+            })
+            .await?;
+        let row = match answer {
+            Answer::Replied(row) => row,
+            // Applied, learned from a re-read: that row is the answer.
+            Answer::Landed(lease) => return lease.ok_or_else(|| not_found(shard)),
         };
         let found: bool = row.try_get("found").map_err(|e| StoreError::Corrupt {
             key: self.key(stream, shard),
@@ -743,7 +808,8 @@ impl LeaseStore for PgLeaseStore {
     ) -> Result<(), StoreError> {
         let sql = &self.inner.sql.checkpoint;
         let cp = CpParams::of(Some(checkpoint));
-        self.fenced(stream, &tenure.shard, || {
+        let write = LeaseWrite::Checkpoint { tenure, checkpoint };
+        self.fenced(stream, &tenure.shard, write, || {
             sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(&self.inner.application)
                 .bind(stream)
@@ -769,54 +835,26 @@ impl LeaseStore for PgLeaseStore {
         let sql = &self.inner.sql.release;
         let cp = CpParams::of(checkpoint);
         let shard = &tenure.shard;
-        let row = self
-            .resolving(
-                stream,
-                shard,
-                || {
-                    sqlx::query(AssertSqlSafe(sql.clone()))
-                        .bind(&self.inner.application)
-                        .bind(stream)
-                        .bind(shard.as_str())
-                        .bind(tenure.owner.as_str())
-                        .bind(token_param(tenure.token))
-                        .bind(&cp.text)
-                        .bind(cp.kind)
-                        .bind(&cp.seq)
-                        .bind(&cp.sub)
-                        .bind(successor.map(ClientId::as_str))
-                        .fetch_optional(&self.inner.pool)
-                },
-                |now| match now {
-                    None => Some(Err(not_found(shard))),
-                    // Only the holder releases, and a take bumps the token: this is ours.
-                    Some(l) if l.owner.is_none() && l.token == tenure.token && !l.finished => {
-                        Some(Ok(None))
-                    }
-                    Some(l)
-                        if l.owner.as_ref() == Some(&tenure.owner)
-                            && l.token == tenure.token
-                            && !l.finished =>
-                    {
-                        None
-                    }
-                    Some(_) => Some(Err(lease_lost(shard))),
-                },
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(());
-        };
-        match self.flags(stream, shard, &row, ["updated", "found"])? {
-            (true, _) => Ok(()),
-            (false, true) => Err(lease_lost(shard)),
-            (false, false) => Err(not_found(shard)),
-        }
+        self.fenced(stream, shard, LeaseWrite::Release { tenure }, || {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&self.inner.application)
+                .bind(stream)
+                .bind(shard.as_str())
+                .bind(tenure.owner.as_str())
+                .bind(token_param(tenure.token))
+                .bind(&cp.text)
+                .bind(cp.kind)
+                .bind(&cp.seq)
+                .bind(&cp.sub)
+                .bind(successor.map(ClientId::as_str))
+                .fetch_one(&self.inner.pool)
+        })
+        .await
     }
 
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
         let sql = &self.inner.sql.finish;
-        self.fenced(stream, &tenure.shard, || {
+        self.fenced(stream, &tenure.shard, LeaseWrite::Finish { tenure }, || {
             sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(&self.inner.application)
                 .bind(stream)
@@ -830,8 +868,8 @@ impl LeaseStore for PgLeaseStore {
 
     async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
         let sql = &self.inner.sql.delete_finished;
-        let row = self
-            .retrying(Kind::Write, || {
+        let answer = self
+            .resolving(stream, shard, LeaseWrite::DeleteFinished, || {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(&self.inner.application)
                     .bind(stream)
@@ -839,6 +877,10 @@ impl LeaseStore for PgLeaseStore {
                     .fetch_one(&self.inner.pool)
             })
             .await?;
+        let row = match answer {
+            Answer::Replied(row) => row,
+            Answer::Landed(_) => return Ok(()),
+        };
         match self.flags(stream, shard, &row, ["deleted", "finished_or_missing"])? {
             (true, _) | (false, true) => Ok(()),
             (false, false) => Err(lease_lost(shard)),
@@ -854,7 +896,11 @@ impl LeaseStore for PgLeaseStore {
     ) -> Result<(), StoreError> {
         let sql = &self.inner.sql.reset_checkpoint;
         let cp = CpParams::of(Some(checkpoint));
-        self.fenced(stream, shard, || {
+        let write = LeaseWrite::ResetCheckpoint {
+            expected_token,
+            checkpoint,
+        };
+        self.fenced(stream, shard, write, || {
             sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(&self.inner.application)
                 .bind(stream)
@@ -880,41 +926,16 @@ impl LeaseStore for PgLeaseStore {
             ))
         })?;
         let cp = CpParams::of(lease.checkpoint.as_ref());
-        let mut attempt = 0;
-        loop {
-            self.count(Kind::Write);
-            let err = match self.replace_corrupt_once(stream, lease, token, &cp).await {
-                Ok(answer) => return answer,
-                Err(err) => err,
-            };
-            if !is_retryable(&err) {
-                return Err(map_sqlx(err));
-            }
-            if is_ambiguous(&err) {
-                // The commit's reply may be what was lost: the row tells. Still undecodable:
-                // not applied, send again; exactly ours: applied; anything else: unknown.
-                debug!(error = %err, %shard, "kinsumer-postgres: ambiguous repair, re-reading");
-                match self.lease(stream, shard).await {
-                    Ok(Some(now)) if now == *lease => return Ok(()),
-                    Ok(Some(now)) if now.token_exhausted() => {}
-                    Err(StoreError::Corrupt { .. }) => {}
-                    Ok(None) => return Err(not_found(shard)),
-                    Ok(Some(_)) => {
-                        return Err(StoreError::Transient(format!(
-                            "replace_corrupt of {}: the reply was lost ({err}) and the row now \
-                             decodes, but not as written; read it before retrying",
-                            self.key(stream, shard)
-                        )));
-                    }
-                    Err(reread) => return Err(reread),
-                }
-            }
-            if attempt >= self.inner.max_retries {
-                return Err(map_sqlx(err));
-            }
-            attempt += 1;
-            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(self.backoff(attempt)).await;
+        // The commit's reply may be what is lost: the core judges the row re-read.
+        let write = LeaseWrite::ReplaceCorrupt { lease };
+        match self
+            .resolving(stream, shard, write, || {
+                self.replace_corrupt_once(stream, lease, token, &cp)
+            })
+            .await?
+        {
+            Answer::Replied(answer) => answer,
+            Answer::Landed(_) => Ok(()),
         }
     }
 }

@@ -133,3 +133,32 @@ async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::drop_schema(store.pool(), &schema).await;
 }
+
+/// `replace_corrupt` whose reply is lost (a `FaultProxy` between the store and PostgreSQL) is
+/// settled by re-reading: see `conformance::unknown_outcome`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
+    let Some(url) = common::url() else { return };
+    let authority = kinsumer_testkit::services::authority(&url).expect("host:port in the URL");
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority.as_str())
+        .expect("resolve the PostgreSQL address")
+        .next()
+        .expect("an address");
+    let proxy = kinsumer_testkit::FaultProxy::start(upstream).expect("start the proxy");
+    let schema = common::unique_schema("repairlost");
+    let direct = common::store(&url, &schema, "repair-lost").await;
+    let vandal = PgVandal::of(&direct, &schema, "repair-lost");
+    let through_proxy = url.replacen(&authority, &proxy.addr().to_string(), 1);
+    let config = kinsumer_postgres::PgStoreConfig {
+        migrate_on_connect: false,
+        ..kinsumer_postgres::PgStoreConfig::new(through_proxy, "repair-lost").with_schema(&schema)
+    };
+    let faulty = PgLeaseStore::connect(config)
+        .await
+        .expect("connect through the proxy");
+    conformance::unknown_outcome::replace_corrupt_whose_reply_was_lost_is_ok(
+        &faulty, &direct, &proxy, &vandal,
+    )
+    .await;
+    common::drop_schema(direct.pool(), &schema).await;
+}

@@ -82,9 +82,12 @@
 //!   are [`StoreError::Transient`]; authentication or ACL refusals and invalid configuration are
 //!   [`StoreError::Fatal`].
 //! - Reconnection is the [`ConnectionManager`]'s. A write whose reply was lost (the connection
-//!   dropped or timed out after sending) is *ambiguous*: the store re-reads the row and answers
-//!   `Ok` if the row shows the write (for `take`: owner is the caller and token is
-//!   `expected + 1`), and `Transient` otherwise, so the engine retries and learns the outcome.
+//!   dropped, or no reply came within the response timeout: 5 s with [`RedisLeaseStore::connect`],
+//!   your own with [`RedisLeaseStore::new`]) is *ambiguous*: the store re-reads the row, and the
+//!   core's [`outcome::judge`] decides — `Ok` if the row shows the write (for `take`: owner is
+//!   the caller, token `expected + 1`, not finished), `LeaseLost`/`NotFound` if the row moved
+//!   on, and `Transient` if it still waits for the write, so the engine retries. The store
+//!   itself never retries: the engine does, with the core's back-off.
 //!
 //! ## Durability: what survives a crash
 //!
@@ -141,6 +144,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, ScriptInvocation};
 
+use kinsumer_core::outcome::{self, LeaseWrite};
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{
@@ -334,44 +338,54 @@ impl RedisLeaseStore {
             .map_err(|e| classify(&e, &self.row_name(stream, shard)))
     }
 
-    /// Settles a write whose outcome is unknown: re-reads the row and returns what `applied`
-    /// makes of it, or `Transient` (retry, and learn the outcome then).
-    async fn settle<T>(
+    /// Settles a write whose reply was lost: the store only translates (is the error one that
+    /// may hide an applied write?) and re-reads; the core decides ([`kinsumer_core::outcome`]).
+    async fn settle(
         &self,
-        op: &str,
+        write: LeaseWrite<'_>,
         stream: &str,
         shard: &ShardId,
         err: RedisError,
-        applied: impl FnOnce(Option<&Lease>) -> Option<T>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<Option<Lease>, StoreError> {
         let name = self.row_name(stream, shard);
         if !is_ambiguous(&err) {
             return Err(classify(&err, &name));
         }
-        match self.lease(stream, shard).await {
-            Ok(row) => applied(row.as_ref()).ok_or_else(|| {
-                StoreError::Transient(format!(
-                    "{op} on {name}: the reply was lost ({err}) and the row does not show the \
-                     write; retry"
-                ))
-            }),
-            Err(StoreError::Corrupt { key, reason }) => Err(StoreError::Corrupt { key, reason }),
-            Err(reread) => Err(StoreError::Transient(format!(
-                "{op} on {name}: the reply was lost ({err}) and re-reading failed ({reread})"
-            ))),
-        }
+        let what = format!("{write} on {name}");
+        outcome::settle(
+            shard,
+            write,
+            &what,
+            &format!("the reply was lost: {err}"),
+            || self.lease(stream, shard),
+        )
+        .await
     }
 
-    /// A fenced write (`checkpoint` / `release` / `finish`), settled by `applied` when its
+    /// The row a settled `take` or `create_if_absent` returns (a landed one always has it).
+    fn settled_row(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        row: Option<Lease>,
+    ) -> Result<Lease, StoreError> {
+        row.ok_or_else(|| {
+            StoreError::Transient(format!(
+                "{}: the write landed but the row was not returned; retry",
+                self.row_name(stream, shard)
+            ))
+        })
+    }
+
+    /// A fenced write (`checkpoint` / `release` / `finish`), settled as `write` when its
     /// reply is lost.
     async fn fenced(
         &self,
-        op: &str,
+        write: LeaseWrite<'_>,
         stream: &str,
         tenure: &Tenure,
         checkpoint: Option<&Checkpoint>,
         successor: Option<&ClientId>,
-        applied: impl FnOnce(&Lease) -> bool,
     ) -> Result<(), StoreError> {
         let shard = &tenure.shard;
         let checkpoint = checkpoint.map(ToString::to_string).unwrap_or_default();
@@ -382,18 +396,12 @@ impl RedisLeaseStore {
             .arg(shard.as_str())
             .arg(tenure.owner.as_str())
             .arg(tenure.token.to_string())
-            .arg(op)
+            .arg(write.name())
             .arg(checkpoint)
             .arg(successor);
         match self.run(stream, shard, &invocation).await {
             Ok(reply) => self.answer(stream, shard, reply).map(drop),
-            Err(err) => {
-                let holds = |row: &Lease| row.token == tenure.token && applied(row);
-                self.settle(op, stream, shard, err, |row| {
-                    row.filter(|r| holds(r)).map(|_| ())
-                })
-                .await
-            }
+            Err(err) => self.settle(write, stream, shard, err).await.map(drop),
         }
     }
 }
@@ -519,10 +527,12 @@ impl LeaseStore for RedisLeaseStore {
                 "create_if_absent on {}: the row vanished right after being written; retry",
                 self.row_name(stream, shard)
             ))),
-            // Idempotent: whatever happened, the row now stored is the answer.
+            // Whatever happened, the row now stored is the answer.
             Err(err) => {
-                self.settle("create_if_absent", stream, shard, err, |row| row.cloned())
-                    .await
+                let row = self
+                    .settle(LeaseWrite::CreateIfAbsent, stream, shard, err)
+                    .await?;
+                self.settled_row(stream, shard, row)
             }
         }
     }
@@ -558,11 +568,12 @@ impl LeaseStore for RedisLeaseStore {
                 )),
             },
             Err(err) => {
-                self.settle("take", stream, shard, err, |row| {
-                    row.filter(|r| r.owner.as_ref() == Some(owner) && r.token == next)
-                        .cloned()
-                })
-                .await
+                let write = LeaseWrite::Take {
+                    owner,
+                    expected_token,
+                };
+                let row = self.settle(write, stream, shard, err).await?;
+                self.settled_row(stream, shard, row)
             }
         }
     }
@@ -573,19 +584,9 @@ impl LeaseStore for RedisLeaseStore {
         tenure: &Tenure,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        self.fenced(
-            "checkpoint",
-            stream,
-            tenure,
-            Some(checkpoint),
-            None,
-            |row| {
-                row.owner.as_ref() == Some(&tenure.owner)
-                    && !row.finished
-                    && row.checkpoint.as_ref() == Some(checkpoint)
-            },
-        )
-        .await
+        let write = LeaseWrite::Checkpoint { tenure, checkpoint };
+        self.fenced(write, stream, tenure, Some(checkpoint), None)
+            .await
     }
 
     async fn release(
@@ -595,20 +596,14 @@ impl LeaseStore for RedisLeaseStore {
         checkpoint: Option<&Checkpoint>,
         successor: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        // Only this tenure's release leaves the row unowned at this token.
-        self.fenced("release", stream, tenure, checkpoint, successor, |row| {
-            row.owner.is_none()
-                && !row.finished
-                && checkpoint.is_none_or(|cp| row.checkpoint.as_ref() == Some(cp))
-        })
-        .await
+        let write = LeaseWrite::Release { tenure };
+        self.fenced(write, stream, tenure, checkpoint, successor)
+            .await
     }
 
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
-        self.fenced("finish", stream, tenure, None, None, |row| {
-            row.owner.as_ref() == Some(&tenure.owner) && row.finished
-        })
-        .await
+        let write = LeaseWrite::Finish { tenure };
+        self.fenced(write, stream, tenure, None, None).await
     }
 
     async fn delete_finished(&self, stream: &str, shard: &ShardId) -> Result<(), StoreError> {
@@ -616,12 +611,10 @@ impl LeaseStore for RedisLeaseStore {
         invocation.key(self.leases_key(stream)).arg(shard.as_str());
         match self.run(stream, shard, &invocation).await {
             Ok(reply) => self.answer(stream, shard, reply).map(drop),
-            Err(err) => {
-                self.settle("delete_finished", stream, shard, err, |row| {
-                    row.is_none().then_some(())
-                })
+            Err(err) => self
+                .settle(LeaseWrite::DeleteFinished, stream, shard, err)
                 .await
-            }
+                .map(drop),
         }
     }
 
@@ -641,15 +634,11 @@ impl LeaseStore for RedisLeaseStore {
         match self.run(stream, shard, &invocation).await {
             Ok(reply) => self.answer(stream, shard, reply).map(drop),
             Err(err) => {
-                self.settle("reset_checkpoint", stream, shard, err, |row| {
-                    row.filter(|r| {
-                        r.owner.is_none()
-                            && r.token == expected_token
-                            && r.checkpoint.as_ref() == Some(checkpoint)
-                    })
-                    .map(|_| ())
-                })
-                .await
+                let write = LeaseWrite::ResetCheckpoint {
+                    expected_token,
+                    checkpoint,
+                };
+                self.settle(write, stream, shard, err).await.map(drop)
             }
         }
     }
@@ -679,20 +668,10 @@ impl LeaseStore for RedisLeaseStore {
             match self.run(stream, shard, &invocation).await {
                 Ok(Reply::Changed) => continue,
                 Ok(reply) => return self.answer(stream, shard, reply).map(drop),
-                Err(err) if is_ambiguous(&err) => {
-                    // The row shows our bytes only if our write landed (nobody else writes
-                    // this exact row between); anything else is not known to be ours.
-                    let now = self.raw_lease(stream, shard).await;
-                    return match now {
-                        Ok(Some(now)) if now == new.as_bytes() => Ok(()),
-                        _ => Err(StoreError::Transient(format!(
-                            "replace_corrupt on {}: the reply was lost ({err}) and the row \
-                             does not show the write; read it again before retrying",
-                            self.row_name(stream, shard)
-                        ))),
-                    };
+                Err(err) => {
+                    let write = LeaseWrite::ReplaceCorrupt { lease };
+                    return self.settle(write, stream, shard, err).await.map(drop);
                 }
-                Err(err) => return Err(classify(&err, &self.row_name(stream, shard))),
             }
         }
         Err(StoreError::Transient(format!(

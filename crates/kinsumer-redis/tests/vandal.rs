@@ -126,3 +126,28 @@ async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::cleanup(&url, &application).await;
 }
+
+/// `replace_corrupt` whose reply is lost (a `FaultProxy` between the store and Redis) is
+/// settled by re-reading: see `conformance::unknown_outcome`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let authority = kinsumer_testkit::services::authority(&url).expect("host:port in the URL");
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority.as_str())
+        .expect("resolve the Redis address")
+        .next()
+        .expect("an address");
+    let proxy = kinsumer_testkit::FaultProxy::start(upstream).expect("start the proxy");
+    let (application, direct, vandal) = store_and_vandal(&url, "repair-lost").await;
+    let through_proxy = url.replacen(&authority, &proxy.addr().to_string(), 1);
+    let faulty = RedisLeaseStore::connect(&through_proxy, &application)
+        .await
+        .expect("connect through the proxy");
+    conformance::unknown_outcome::replace_corrupt_whose_reply_was_lost_is_ok(
+        &faulty, &direct, &proxy, &vandal,
+    )
+    .await;
+    common::cleanup(&url, &application).await;
+}

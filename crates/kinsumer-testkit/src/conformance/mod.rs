@@ -47,8 +47,10 @@ use kinsumer_core::store::{ClientId, Lease, LeaseStore, Rows, StoreError, Tenure
 use crate::memory_stream::{MemoryStream, partition_hash_key};
 
 pub mod fleet;
+pub mod unknown_outcome;
 pub mod vandal;
 pub use fleet::{FleetReport, consumer_fleet, consumer_fleet_with, fleet_config};
+pub use unknown_outcome::unknown_outcomes;
 pub use vandal::{
     Vandal, VandalReport, fleet_under_vandal, hostile_number, hostile_text, lease_field,
 };
