@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use kinsumer_core::store::StoreError;
+use percent_encoding::percent_decode_str;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use url::Url;
 
 pub use sqlx::postgres::PgSslMode;
 
@@ -206,57 +208,67 @@ impl fmt::Debug for PgStoreConfig {
 /// assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (format!("{s}://"), r),
-        None => (String::new(), url),
+    let Ok(mut parsed) = Url::parse(url) else {
+        // Not a URL: no part of it can be told apart from a password.
+        return url
+            .split_once("://")
+            .map_or_else(|| "***".to_owned(), |(scheme, _)| format!("{scheme}://***"));
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => p.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}{authority}{tail}")
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    let secret = |key: &str| key.eq_ignore_ascii_case("password");
+    if parsed.query_pairs().any(|(key, _)| secret(key.as_ref())) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(key.as_ref()) {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
-/// `text` with any occurrence of the URL's password removed (for error messages).
+/// `text` with the URL's password removed, as written in the URL (percent-encoded) and as the
+/// server saw it (decoded), for error messages.
 fn redact_text(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .map_or(url, |(_, r)| r)
-        .split(['/', '?'])
-        .next()
-        .and_then(|a| a.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p)
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(p) => text.replace(p, "***"),
-        None => text.to_owned(),
-    }
+    let Some(written) = Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .filter(|p| !p.is_empty())
+    else {
+        return text.to_owned();
+    };
+    let decoded = percent_decode_str(&written)
+        .decode_utf8_lossy()
+        .into_owned();
+    text.replace(&written, "***").replace(&decoded, "***")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A password holding `@`, `/` or `:` is percent-encoded in the URL: it never shows,
+    /// written or decoded, and a URL that does not parse shows nothing past its scheme.
+    #[test]
+    fn passwords_with_url_delimiters_never_show() {
+        let url = "postgres://app:p%40ss%2Fw%3Ard@db:5432/x";
+        assert_eq!(redact_url(url), "postgres://app:***@db:5432/x");
+        let message = "password authentication failed for p@ss/w:rd (p%40ss%2Fw%3Ard)";
+        let redacted = redact_text(message, url);
+        assert_eq!(redacted, "password authentication failed for *** (***)");
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:99999/x"),
+            "postgres://***"
+        );
+    }
 
     #[test]
     fn debug_never_shows_the_password() {
