@@ -27,6 +27,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kinsumer::backoff::{Backoff, BackoffPolicy};
 use kinsumer::kinesis::KinesisSource;
 use kinsumer::{Checkpoint, ShardId, ShardSource, SourceRecord};
 use serde::Serialize;
@@ -345,7 +346,8 @@ async fn read_shard(
     events: mpsc::Sender<Event>,
 ) {
     let mut reader = None;
-    let mut backoff = POLL_INTERVAL;
+    let mut backoff = Backoff::from_os_seed(BackoffPolicy::new(POLL_INTERVAL, MAX_BACKOFF));
+    let mut failures = 0;
     let mut first = true;
     loop {
         // Open the shard, then read it: each call limited, retried alike.
@@ -367,12 +369,12 @@ async fn read_shard(
                 return;
             }
             Ok(Err(_)) | Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(backoff.delay(failures)).await;
+                failures += 1;
                 continue;
             }
         };
-        backoff = POLL_INTERVAL;
+        failures = 0;
         if batch.records.is_empty()
             && std::mem::take(&mut first)
             && events.send(Event::Empty(shard.clone())).await.is_err()
