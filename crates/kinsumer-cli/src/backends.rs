@@ -741,7 +741,7 @@ mod tests {
     /// whatever its client library would wait.
     #[tokio::test]
     async fn an_operators_store_call_without_an_answer_ends_in_an_error() {
-        let Some(url) = kinsumer_testkit::services::postgres_url() else {
+        let Some(url) = kinsumer_test_env::services::postgres_url() else {
             return;
         };
         let direct = StoreUrl::Postgres {
@@ -752,7 +752,7 @@ mod tests {
         open_store(&direct, "cli-time-limit", Access::Consumer)
             .await
             .expect("open directly");
-        let authority = kinsumer_testkit::services::authority(&url).expect("host:port");
+        let authority = kinsumer_test_env::services::authority(&url).expect("host:port");
         let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority)
             .ok()
             .and_then(|mut a| a.next())
