@@ -18,9 +18,11 @@
 //!   the one exception to determinism below: real sockets, real time;
 //! - [`conformance`] — the contracts of both seams as plain async functions, which each
 //!   backend's tests run against a real server;
-//! - [`sim`] — the deterministic simulation of a whole fleet, with every invariant checked;
-//!   [`oracle`] — the checks on a run's history that judge takeovers (no theft from a live
-//!   client, nothing handed out after a takeover), usable in any test.
+//! - [`oracle`] — the checks on a run's history that judge takeovers (no theft from a live
+//!   client, nothing handed out after a takeover), usable in any test;
+//! - `sim` (feature `sim`, off by default) — the deterministic simulation of a whole fleet,
+//!   with every invariant checked. It runs under tokio's paused clock, so the feature turns
+//!   on tokio's `test-util`; nothing else here needs it.
 //!
 //! The plumbing that finds this repository's own services and emulators (for CI) is not here:
 //! it is the unpublished `kinsumer-test-env` crate.
@@ -61,6 +63,7 @@ pub mod memory_store;
 pub mod memory_stream;
 pub mod oracle;
 pub mod proxy;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use faults::{Gate, GatedSource, GatedStore};
