@@ -31,12 +31,22 @@ pub fn authority(url: &str) -> Option<String> {
 }
 
 /// `url` fit to print: its user and password replaced by `***`, and the value of every query
-/// parameter whose name contains `password` too. A string that does not parse as a URL is
-/// replaced whole (it may be a URL with a typo, credentials and all).
+/// parameter whose name contains `password` too. A string that does not parse as a URL with
+/// an authority (`scheme://…`) is replaced whole when it holds an `@` or does not parse at all
+/// (it may be a URL with a typo, credentials and all).
 pub fn redact(url: &str) -> String {
+    const HIDDEN: &str = "<not a URL>";
     let Ok(mut parsed) = url::Url::parse(url) else {
-        return "<not a URL>".to_owned();
+        return HIDDEN.to_owned();
     };
+    if parsed.cannot_be_a_base() {
+        // `user:secret@host` parses, as scheme `user` and an opaque path.
+        return if url.contains('@') {
+            HIDDEN.to_owned()
+        } else {
+            url.to_owned()
+        };
+    }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         // Cannot fail: a URL with credentials has a host.
         let _ = parsed.set_password(None);
@@ -150,7 +160,10 @@ mod tests {
                 shown,
                 format!("{scheme}://***@127.0.0.1:{port}/db?sslmode=disable")
             );
-            assert!(!shown.contains("ss") && !shown.contains("word"), "{shown}");
+            assert!(
+                !shown.contains("p%40ss") && !shown.contains("word"),
+                "{shown}"
+            );
         }
         drop(listener);
     }
@@ -176,5 +189,7 @@ mod tests {
         );
         assert_eq!(redact("redis://127.0.0.1:1"), "redis://127.0.0.1:1");
         assert_eq!(redact("user:secret@host"), "<not a URL>");
+        assert_eq!(redact("no scheme at all"), "<not a URL>");
+        assert_eq!(redact("memory:"), "memory:");
     }
 }
