@@ -1,12 +1,12 @@
 //! The contracts of the two seams, written once and run by every backend against its real
 //! server (the pattern of `object_store`'s `integration.rs`).
 //!
-//! - [`lease_store`] checks a [`LeaseStore`]: creation, the conditional `take`, fencing of
-//!   every write, release/finish/delete/reset, exact checkpoint round trips, stream isolation
-//!   and a race of concurrent takes.
-//! - [`shard_source`] checks a [`ShardSource`] on a fresh two-shard stream, driven through a
-//!   [`StreamAdmin`]: listing, read-back exactly once in order, `After`/`Latest` starts, and
-//!   split and merge handing over to the children.
+//! - [`lease_store`] checks a [`LeaseStore`](kinsumer_core::store::LeaseStore): creation, the
+//!   conditional `take`, fencing of every write, release/finish/delete/reset, exact checkpoint
+//!   round trips, stream isolation and a race of concurrent takes.
+//! - [`shard_source`] checks a [`ShardSource`](kinsumer_core::source::ShardSource) on a fresh
+//!   two-shard stream, driven through a [`StreamAdmin`]: listing, read-back exactly once in
+//!   order, `After`/`Latest` starts, and split and merge handing over to the children.
 //! - [`consumer_fleet`] runs three whole consumers over a source and a store through a crash
 //!   and a graceful leave, and judges every delivery: nothing lost, duplicates only from the
 //!   crash and within its window, key order kept (see [`fleet`]).
