@@ -690,7 +690,7 @@ mod tests {
     /// whatever its client library would wait.
     #[tokio::test]
     async fn an_operators_store_call_without_an_answer_ends_in_an_error() {
-        let Some(url) = kinsumer_testkit::services::postgres_url() else {
+        let Some(url) = kinsumer_test_env::services::postgres_url() else {
             return;
         };
         let direct = StoreUrl::Postgres {
@@ -701,7 +701,7 @@ mod tests {
         open_store(&direct, "cli-time-limit", Access::Consumer)
             .await
             .expect("open directly");
-        let authority = kinsumer_testkit::services::authority(&url).expect("host:port");
+        let authority = kinsumer_test_env::services::authority(&url).expect("host:port");
         let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority)
             .ok()
             .and_then(|mut a| a.next())
@@ -868,7 +868,7 @@ mod tests {
     /// password really is what was checked).
     #[tokio::test]
     async fn a_redis_password_with_url_delimiters_logs_in() {
-        let Some(base) = kinsumer_testkit::services::redis_url() else {
+        let Some(base) = kinsumer_test_env::services::redis_url() else {
             return;
         };
         let client = redis::Client::open(base.as_str()).expect("client");
@@ -889,7 +889,7 @@ mod tests {
             .query_async(&mut admin)
             .await
             .expect("ACL SETUSER");
-        let authority = kinsumer_testkit::services::authority(&base).expect("host:port");
+        let authority = kinsumer_test_env::services::authority(&base).expect("host:port");
         let open = |password: &str| {
             let url = format!("redis://{user}:{password}@{authority}");
             async move {

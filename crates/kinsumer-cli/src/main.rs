@@ -6,7 +6,6 @@
 //! - `kinsumer reset` — move checkpoints, through the store's fenced operations, and repair
 //!   lease rows that do not decode.
 //! - `kinsumer tail` — print a stream's records as they arrive, without taking leases.
-//! - `kinsumer bench` — the performance scenarios, written to `BENCHMARKS.md`.
 //! - `kinsumer chaos-member` (hidden) — one process of the chaos test's fleet
 //!   (`tests/chaos.rs`); see [`chaos_member`].
 //!
@@ -40,7 +39,6 @@ macro_rules! note_inline {
 }
 
 mod backends;
-mod bench;
 mod chaos_member;
 mod demo;
 mod reset;
@@ -76,11 +74,6 @@ enum Command {
     Reset(reset::ResetArgs),
     /// Print a stream's records as they arrive, from a chosen position, without taking leases.
     Tail(tail::TailArgs),
-    /// Run the performance scenarios and write BENCHMARKS.md.
-    #[command(
-        after_help = "Examples:\n  kinsumer bench --quick\n  kinsumer bench --scenario P1,P6 --out /tmp/bench.md\n  kinsumer bench --scenario P5 --redis redis://10.0.0.5:6379\n\nBuild it with --release (cargo run --release -p kinsumer-cli -- bench). Start the services first (bash scripts/services.sh): one that is not reachable gives a \"not measured\" row, never a number. Exit 0 when every measured row meets its goal, 1 when one misses."
-    )]
-    Bench(bench::BenchArgs),
     /// One member of the chaos test's fleet (crates/kinsumer-cli/tests/chaos.rs), which runs
     /// several as separate processes and kills, stops and partitions them: consumes --source
     /// with leases in --store, acks every record, and appends one JSON line per event (started,
@@ -131,7 +124,6 @@ fn main() {
             Command::Status(args) => status::run(args).await,
             Command::Reset(args) => reset::run(args).await,
             Command::Tail(args) => tail::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
             Command::ChaosMember(args) => chaos_member::run(args).await,
         }
     });

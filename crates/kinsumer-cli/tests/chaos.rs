@@ -56,8 +56,8 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use kinsumer::SequenceNumber;
 use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
 use kinsumer::redis::RedisLeaseStore;
-use kinsumer_testkit::kinesis_local::{self, TestStream, unique_name};
-use kinsumer_testkit::services::{authority, clear, postgres_url, redis_url};
+use kinsumer_test_env::kinesis_local::{self, TestStream, unique_name};
+use kinsumer_test_env::services::{authority, clear, postgres_url, redis_url};
 use kinsumer_testkit::{FaultProxy, ProxyMode};
 use serde::Deserialize;
 

@@ -14,10 +14,10 @@ use kinsumer::kinesis::KinesisSource;
 use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
 use kinsumer::redis::RedisLeaseStore;
 use kinsumer::{Checkpoint, ClientId, Consumer, LeaseStore, Position, SequenceNumber, ShardId};
+use kinsumer_test_env::kinesis_local::{self, TestStream, unique_name};
+use kinsumer_test_env::moto;
+use kinsumer_test_env::services::{clear, postgres_url, redis_url};
 use kinsumer_testkit::conformance::fleet_config;
-use kinsumer_testkit::kinesis_local::{self, TestStream, unique_name};
-use kinsumer_testkit::moto;
-use kinsumer_testkit::services::{clear, postgres_url, redis_url};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -1023,7 +1023,7 @@ async fn assert_reset_repairs<F, Fut>(
         &*store,
         name,
         child,
-        &[parent.clone()],
+        std::slice::from_ref(&parent),
         before_ms..=after_ms,
     )
     .await;

@@ -15,7 +15,7 @@ async fn dynamo_lease_store_settles_unknown_outcomes_by_re_reading() {
         return;
     };
     let authority =
-        kinsumer_testkit::services::authority(&endpoint).expect("host:port in the endpoint");
+        kinsumer_test_env::services::authority(&endpoint).expect("host:port in the endpoint");
     let upstream = authority
         .to_socket_addrs()
         .expect("resolve moto's address")

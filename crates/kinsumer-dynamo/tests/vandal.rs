@@ -138,7 +138,7 @@ async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
         return;
     };
     let authority =
-        kinsumer_testkit::services::authority(&endpoint).expect("host:port in the endpoint");
+        kinsumer_test_env::services::authority(&endpoint).expect("host:port in the endpoint");
     let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority.as_str())
         .expect("resolve moto's address")
         .next()

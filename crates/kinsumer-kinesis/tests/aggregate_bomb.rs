@@ -8,7 +8,7 @@
 //! `VmHWM`, reset through `/proc/self/clear_refs` before each run), which other tests running
 //! in parallel would disturb.
 
-use kinsumer_testkit::kinesis_local as common;
+use kinsumer_test_env::kinesis_local as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The `ShardSource` contract, against kinesis-local.
 
-use kinsumer_testkit::kinesis_local as common;
+use kinsumer_test_env::kinesis_local as common;
 
 use kinsumer_core::source::ShardSource;
 use kinsumer_kinesis::KinesisSource;

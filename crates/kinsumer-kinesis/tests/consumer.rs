@@ -1,6 +1,6 @@
 //! Whole consumers on kinesis-local: resharding, injected faults, KPL aggregates.
 
-use kinsumer_testkit::kinesis_local as common;
+use kinsumer_test_env::kinesis_local as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -14,7 +14,7 @@ async fn pg_lease_store_settles_unknown_outcomes_by_re_reading() {
     let Some(url) = common::url() else {
         return;
     };
-    let authority = kinsumer_testkit::services::authority(&url).expect("host:port in the URL");
+    let authority = kinsumer_test_env::services::authority(&url).expect("host:port in the URL");
     let upstream = authority
         .to_socket_addrs()
         .expect("resolve the PostgreSQL address")

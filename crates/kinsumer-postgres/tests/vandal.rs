@@ -139,7 +139,7 @@ async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
     let Some(url) = common::url() else { return };
-    let authority = kinsumer_testkit::services::authority(&url).expect("host:port in the URL");
+    let authority = kinsumer_test_env::services::authority(&url).expect("host:port in the URL");
     let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority.as_str())
         .expect("resolve the PostgreSQL address")
         .next()

@@ -66,7 +66,7 @@ async fn lost_replies_are_settled_by_re_reading() {
     let Some(url) = common::redis_url() else {
         return;
     };
-    let upstream = kinsumer_testkit::services::authority(&url).expect("host:port");
+    let upstream = kinsumer_test_env::services::authority(&url).expect("host:port");
     let (port, mode) = proxy(upstream).await;
     let app = common::unique_app("ambiguous");
     let store = RedisLeaseStore::connect(&format!("redis://127.0.0.1:{port}"), &app)

@@ -5,8 +5,8 @@ mod common;
 
 use kinsumer_kinesis::KinesisSource;
 use kinsumer_redis::RedisLeaseStore;
+use kinsumer_test_env::kinesis_local;
 use kinsumer_testkit::conformance;
-use kinsumer_testkit::kinesis_local;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_kinesis_and_redis_loses_nothing_through_a_crash_and_a_leave() {

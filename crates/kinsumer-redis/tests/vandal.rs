@@ -134,7 +134,7 @@ async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
     let Some(url) = common::redis_url() else {
         return;
     };
-    let authority = kinsumer_testkit::services::authority(&url).expect("host:port in the URL");
+    let authority = kinsumer_test_env::services::authority(&url).expect("host:port in the URL");
     let upstream = std::net::ToSocketAddrs::to_socket_addrs(&authority.as_str())
         .expect("resolve the Redis address")
         .next()

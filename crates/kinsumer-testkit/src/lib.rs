@@ -18,12 +18,14 @@
 //!   the one exception to determinism below: real sockets, real time;
 //! - [`conformance`] — the contracts of both seams as plain async functions, which each
 //!   backend's tests run against a real server;
-//! - [`services`] — finding those servers (fail under `CI=true`, skip loudly elsewhere);
-//! - `kinesis_local` and `moto` (features `kinesis-local`, `moto`) — clients for the Kinesis
-//!   and DynamoDB emulators, with fresh streams and tables per test;
-//! - [`sim`] — the deterministic simulation of a whole fleet, with every invariant checked;
-//!   [`oracle`] — the checks on a run's history that judge takeovers (no theft from a live
-//!   client, nothing handed out after a takeover), usable in any test.
+//! - [`oracle`] — the checks on a run's history that judge takeovers (no theft from a live
+//!   client, nothing handed out after a takeover), usable in any test;
+//! - `sim` (feature `sim`, off by default) — the deterministic simulation of a whole fleet,
+//!   with every invariant checked. It runs under tokio's paused clock, so the feature turns
+//!   on tokio's `test-util`; nothing else here needs it.
+//!
+//! The plumbing that finds this repository's own services and emulators (for CI) is not here:
+//! it is the unpublished `kinsumer-test-env` crate.
 //!
 //! Everything is deterministic: time is `tokio::time` (run under the paused clock), randomness
 //! comes from a caller-seeded [`Rng`](kinsumer_core::rng::Rng), and no order depends on a
@@ -56,16 +58,12 @@
 
 pub mod conformance;
 pub mod faults;
-#[cfg(feature = "kinesis-local")]
-pub mod kinesis_local;
 pub mod latency;
 pub mod memory_store;
 pub mod memory_stream;
-#[cfg(feature = "moto")]
-pub mod moto;
 pub mod oracle;
 pub mod proxy;
-pub mod services;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use faults::{Gate, GatedSource, GatedStore};

@@ -44,9 +44,63 @@ use std::time::Duration;
 use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::ClientId;
+use tokio::time::Instant;
 
 use crate::memory_store::{ClientEvent, ClientOp, StoreEvent, StoreOp};
-use crate::sim::{Delivery, Invariant, Violation};
+
+/// Which invariant a [`Violation`] broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// A produced record was never delivered and acked.
+    EveryRecordAcked,
+    /// Within one tenure, a record was delivered at or before the previous one.
+    OrderWithinTenure,
+    /// A tenure's first record was not the one right after its starting checkpoint.
+    NoGap,
+    /// A child shard's record was delivered before a parent was finished.
+    ParentsFirst,
+    /// A write was applied for a tenure that did not hold the lease.
+    FencedWrites,
+    /// A checkpoint moved backwards.
+    CheckpointMonotonic,
+    /// At the end, an eligible shard had no live owner, or the load was not balanced.
+    Balanced,
+    /// The consumer reported an error or did not finish in time.
+    Liveness,
+    /// A lease was taken from a client whose heartbeats were still landing.
+    NoTheft,
+    /// A tenure handed out a record after the store's token moved past it.
+    NoHandOutAfterTakeover,
+    /// A tenure's write did not cover what its application had acked: duplicates beyond the
+    /// commit window (or after a graceful release).
+    DuplicatesBounded,
+}
+
+/// One broken invariant, with what showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which.
+    pub invariant: Invariant,
+    /// The evidence.
+    pub detail: String,
+}
+
+/// One delivery the simulated handler saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// When, on the store's event clock (so it orders against store writes).
+    pub at: u64,
+    /// When, on tokio's clock.
+    pub time: Instant,
+    /// Who.
+    pub client: String,
+    /// Which shard.
+    pub shard: ShardId,
+    /// Under which tenure.
+    pub token: u64,
+    /// Which record.
+    pub position: Position,
+}
 
 /// Every take of a lease from a client that was live throughout its tenure: no gap of `ttl`
 /// in its heartbeats' landings from the take that gave it the lease until this take, and no

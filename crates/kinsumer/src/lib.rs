@@ -5,15 +5,18 @@
 //! lease store, and nothing is lost on crashes, deploys or resharding.
 //!
 //! This facade re-exports [`kinsumer_core`] and, behind Cargo features, the backends:
-//! `testkit` (in-memory stream and store, simulation), `kinesis`, `dynamo`, `redis`,
-//! `postgres` (and `redis-tls`, `postgres-tls` for TLS to the store).
+//! `testkit` (in-memory stream and store, fault injection, conformance suites — without the
+//! simulation, which is `kinsumer-testkit`'s own feature `sim`, so enabling `testkit` never
+//! turns on tokio's `test-util`), `kinesis`, `dynamo`, `redis`, `postgres` (and `redis-tls`,
+//! `postgres-tls` for TLS to the store).
 //!
 //! The README follows (its examples are compiled as doctests with the `testkit` feature).
 #![cfg_attr(feature = "testkit", doc = include_str!("../../../README.md"))]
 
 pub use kinsumer_core::*;
 
-/// In-memory stream and lease store, fault injection, conformance suites and the simulation.
+/// In-memory stream and lease store, fault injection and conformance suites (the simulation is
+/// behind `kinsumer-testkit`'s feature `sim`).
 #[cfg(feature = "testkit")]
 pub use kinsumer_testkit as testkit;
 

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a part of this
 
-pub use kinsumer_testkit::moto::*;
+pub use kinsumer_test_env::moto::*;
 
 use kinsumer_dynamo::aws_sdk_dynamodb::Client;
 use kinsumer_dynamo::{DynamoConfig, DynamoLeaseStore};

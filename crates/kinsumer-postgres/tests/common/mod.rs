@@ -13,7 +13,7 @@ pub const DEFAULT_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postg
 
 /// The shared server's URL, or `None` (skip) when it is not running outside CI.
 pub fn url() -> Option<String> {
-    kinsumer_testkit::services::require_service("PostgreSQL", "KINSUMER_POSTGRES_URL", DEFAULT_URL)
+    kinsumer_test_env::services::require_service("PostgreSQL", "KINSUMER_POSTGRES_URL", DEFAULT_URL)
 }
 
 /// A schema name no other test or run uses.

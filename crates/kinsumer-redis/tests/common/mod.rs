@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The shared Redis of the test suite, or `None` (skip) when it is not there outside CI.
 pub fn redis_url() -> Option<String> {
-    kinsumer_testkit::services::redis_url()
+    kinsumer_test_env::services::redis_url()
 }
 
 /// An application name no other test or run uses.

@@ -13,7 +13,7 @@ use kinsumer::testkit::MemoryLeaseStore;
 
 use super::BenchArgs;
 use crate::Result;
-use crate::backends::{http_client, redact};
+use kinsumer_test_env::services::redact;
 
 /// The schema the PostgreSQL benchmarks write to (their rows stay, under unique applications).
 const PG_SCHEMA: &str = "kinsumer_bench";
@@ -124,17 +124,17 @@ pub(crate) async fn open(
 
 /// Deletes a DynamoDB table the benchmarks created (best effort).
 pub(crate) async fn drop_table(args: &BenchArgs, table: &str) {
-    kinsumer_testkit::moto::drop_table(&dynamo_client(&args.dynamo_endpoint), table).await;
+    kinsumer_test_env::moto::drop_table(&dynamo_client(&args.dynamo_endpoint), table).await;
 }
 
-/// A client for moto's DynamoDB (the testkit's, with dummy credentials) over the binary's
-/// HTTP client.
+/// A client for moto's DynamoDB (the tests', with dummy credentials, over plain HTTP: the
+/// flag names an emulator).
 pub(crate) fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    kinsumer_testkit::moto::client_with(endpoint, |b| b.http_client(http_client()))
+    kinsumer_test_env::moto::client(endpoint)
 }
 
-/// A client for kinesis-local (the testkit's, with dummy credentials) over the binary's HTTP
-/// client.
+/// A client for kinesis-local (the tests', with dummy credentials, over plain HTTP: the flag
+/// names an emulator).
 pub(crate) fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    kinsumer_testkit::kinesis_local::client_with(endpoint, |b| b.http_client(http_client()))
+    kinsumer_test_env::kinesis_local::client(endpoint)
 }

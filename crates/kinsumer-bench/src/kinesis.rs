@@ -336,7 +336,7 @@ pub(crate) async fn p2(args: &BenchArgs) -> Vec<Row> {
                         raw_best = raw_best.min(d);
                         raw_all.push((round, d));
                     }
-                    Err(e) => note!("kinsumer bench: P2 raw loop failed: {e}"),
+                    Err(e) => note!("kinsumer-bench: P2 raw loop failed: {e}"),
                 }
                 continue;
             };
@@ -356,7 +356,7 @@ pub(crate) async fn p2(args: &BenchArgs) -> Vec<Row> {
                     });
                 }
                 Err(e) if all.is_empty() => *best = Err(e),
-                Err(e) => note!("kinsumer bench: P2 {} failed once: {e}", b.name()),
+                Err(e) => note!("kinsumer-bench: P2 {} failed once: {e}", b.name()),
             }
         }
     }

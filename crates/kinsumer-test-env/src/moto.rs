@@ -3,11 +3,11 @@
 //!
 //! ```no_run
 //! # async fn example() {
-//! let Some(endpoint) = kinsumer_testkit::moto::endpoint() else {
+//! let Some(endpoint) = kinsumer_test_env::moto::endpoint() else {
 //!     return; // skipped loudly outside CI; a failure under CI=true
 //! };
-//! let client = kinsumer_testkit::moto::client(&endpoint);
-//! let table = kinsumer_testkit::moto::unique_table("leases");
+//! let client = kinsumer_test_env::moto::client(&endpoint);
+//! let table = kinsumer_test_env::moto::unique_table("leases");
 //! # let _ = (client, table);
 //! # }
 //! ```

@@ -1,5 +1,11 @@
-//! `kinsumer bench`: the performance scenarios of the project (P1–P7), side by side with their
-//! goals, written to `BENCHMARKS.md`.
+//! `kinsumer-bench`: the performance scenarios of the project (P1–P7), side by side with their
+//! goals, written to `BENCHMARKS.md`. Not published: it exists to measure this repository.
+//!
+//! ```sh
+//! bash scripts/services.sh                                  # the stores and kinesis-local
+//! cargo run --release -p kinsumer-bench                     # every scenario
+//! cargo run --release -p kinsumer-bench -- --scenario P1,P6 --quick --out /tmp/bench.md
+//! ```
 //!
 //! The machine this runs on is shared and noisy, so every speed is a **ratio to a baseline
 //! measured in the same run** (a raw read loop over the same stream) or a **count** (store
@@ -17,6 +23,21 @@
 //! | P6 | leases moved by one join or leave, and the balance | [`moves`] |
 //! | P7 | peak RSS while a handler stalls, vs the byte bound | [`memory`] |
 
+use clap::Parser;
+
+/// A boxed-error result: a scenario that cannot run gives a "not measured" row or one line and
+/// an exit code, no error crate.
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// `eprintln!` that never panics: a closed stderr (`kinsumer-bench 2>&1 | head`) ends nothing
+/// badly — what could not be said is dropped.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod handoff;
 mod idle;
 mod kinesis;
@@ -29,14 +50,19 @@ mod services;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::Result;
 pub(crate) use report::{Row, Verdict};
 
 /// Every scenario, in order.
 const ALL: [&str; 7] = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"];
 
-/// Flags of `kinsumer bench`.
-#[derive(clap::Args, Debug, Clone)]
+/// Flags of `kinsumer-bench`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "kinsumer-bench",
+    version,
+    about = "Run the performance scenarios of kinsumer and write BENCHMARKS.md",
+    after_help = "Examples:\n  kinsumer-bench --quick\n  kinsumer-bench --scenario P1,P6 --out /tmp/bench.md\n  kinsumer-bench --scenario P5 --redis redis://10.0.0.5:6379\n\nBuild it with --release (cargo run --release -p kinsumer-bench -- …). Start the services first (bash scripts/services.sh): one that is not reachable gives a \"not measured\" row, never a number. Exit 0 when every measured row meets its goal, 1 when one misses, 2 on bad usage."
+)]
 pub struct BenchArgs {
     /// Scenarios to run, comma-separated (default: all of P1–P7).
     #[arg(long, value_delimiter = ',', value_name = "P1,P3,...")]
@@ -72,7 +98,7 @@ const DEFAULT_DYNAMO: &str = "http://127.0.0.1:5000";
 impl BenchArgs {
     /// The command that reproduces scenario `id` with the flags of this run.
     pub(crate) fn command(&self, id: &str) -> String {
-        let mut cmd = format!("cargo run --release -p kinsumer-cli -- bench --scenario {id}");
+        let mut cmd = format!("cargo run --release -p kinsumer-bench -- --scenario {id}");
         if self.quick {
             cmd.push_str(" --quick");
         }
@@ -88,7 +114,10 @@ impl BenchArgs {
         ];
         for (flag, value, default) in flags {
             if value != default {
-                cmd.push_str(&format!(" {flag} {}", crate::backends::redact(value)));
+                cmd.push_str(&format!(
+                    " {flag} {}",
+                    kinsumer_test_env::services::redact(value)
+                ));
             }
         }
         cmd
@@ -118,7 +147,35 @@ impl BenchArgs {
     }
 }
 
-/// Runs `kinsumer bench`: exit 0 when every measured row meets its goal, 1 when one misses,
+fn main() {
+    let args = BenchArgs::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            note!("kinsumer-bench: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            note!("kinsumer-bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs the scenarios: exit 0 when every measured row meets its goal, 1 when one misses,
 /// 2 on bad usage.
 pub async fn run(args: BenchArgs) -> Result<i32> {
     if args.p7_child {
@@ -127,20 +184,20 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
     let scenarios = match args.scenarios() {
         Ok(s) => s,
         Err(e) => {
-            note!("kinsumer bench: {e}");
+            note!("kinsumer-bench: {e}");
             return Ok(2);
         }
     };
     if cfg!(debug_assertions) {
         note!(
-            "kinsumer bench: this is a debug build; speeds mean little (use cargo run --release)"
+            "kinsumer-bench: this is a debug build; speeds mean little (use cargo run --release)"
         );
     }
     let machine = report::Machine::detect();
     println!("{}", machine.one_line());
     let mut rows: Vec<Row> = Vec::new();
     for id in scenarios {
-        note!("kinsumer bench: running {id}…");
+        note!("kinsumer-bench: running {id}…");
         let started = std::time::Instant::now();
         let new_rows = match id {
             "P1" => pipeline::p1(&args).await,
@@ -153,7 +210,7 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
             _ => Vec::new(),
         };
         note!(
-            "kinsumer bench: {id} took {:.1} s",
+            "kinsumer-bench: {id} took {:.1} s",
             started.elapsed().as_secs_f64()
         );
         rows.extend(new_rows);
@@ -190,7 +247,7 @@ where
 }
 
 /// A name no earlier run used (stream, application, table).
-pub(crate) use kinsumer_testkit::kinesis_local::unique_name as unique;
+pub(crate) use kinsumer_test_env::kinesis_local::unique_name as unique;
 
 /// `fut`, or an error naming `what` after `limit`.
 pub(crate) async fn within<T>(

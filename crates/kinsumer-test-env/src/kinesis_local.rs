@@ -6,10 +6,10 @@
 //! end-to-end tests, the CLI's), so that no test suite carries its own copy.
 //!
 //! ```no_run
-//! use kinsumer_testkit::kinesis_local;
+//! use kinsumer_test_env::kinesis_local;
 //!
 //! # async fn example() {
-//! let Some(endpoint) = kinsumer_testkit::kinesis_local::endpoint() else {
+//! let Some(endpoint) = kinsumer_test_env::kinesis_local::endpoint() else {
 //!     return; // skipped loudly outside CI; a failure under CI=true
 //! };
 //! let client = kinesis_local::client(&endpoint);
@@ -21,12 +21,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::conformance::StreamAdmin;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use kinsumer_testkit::conformance::StreamAdmin;
 
 /// The emulator's endpoint, or `None` (after a loud notice) when it is not running outside CI.
 pub fn endpoint() -> Option<String> {

@@ -193,7 +193,7 @@ pub(crate) fn markdown(machine: &Machine, args: &BenchArgs, rows: &[Row]) -> Str
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
     md.push_str(
-        "Written by `kinsumer bench` (issue #8). The machine is shared and noisy, so speeds are \
+        "Written by `kinsumer-bench` (issue #8). The machine is shared and noisy, so speeds are \
          ratios to a baseline measured in the same run, or counts (requests, moves); latencies \
          of the protocol come from the deterministic simulation (virtual time, exact) and from \
          real time on Redis. A row that could not be measured says why — never a made-up \
@@ -207,7 +207,7 @@ pub(crate) fn markdown(machine: &Machine, args: &BenchArgs, rows: &[Row]) -> Str
     md.push_str(&format!("- date: {}\n", machine.date));
     md.push_str(&format!("- commit: {}\n", machine.commit));
     md.push_str(&format!(
-        "- run: `kinsumer bench{}`{}\n\n",
+        "- run: `kinsumer-bench{}`{}\n\n",
         if args.quick { " --quick" } else { "" },
         if cfg!(debug_assertions) {
             " — **a debug build: the speeds mean little**"

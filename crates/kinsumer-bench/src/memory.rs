@@ -1,5 +1,5 @@
 //! P7: peak memory while a handler stalls and producers keep writing — measured in a fresh
-//! process (`kinsumer bench --p7-child`), so its peak RSS (`VmHWM`) is this scenario's alone.
+//! process (`kinsumer-bench --p7-child`), so its peak RSS (`VmHWM`) is this scenario's alone.
 //!
 //! The source is endless: every read returns fresh records (allocated then), as a stream whose
 //! producers stay ahead of the consumer. (A `MemoryStream` keeps every record written in this
@@ -176,7 +176,7 @@ pub(crate) async fn p7(args: &BenchArgs) -> Vec<Row> {
         Err(e) => return vec![row.not_measured(format!("cannot find this binary: {e}"))],
     };
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "--p7-child"]);
+    cmd.arg("--p7-child");
     if args.quick {
         cmd.arg("--quick");
     }
@@ -224,7 +224,7 @@ pub(crate) async fn p7(args: &BenchArgs) -> Vec<Row> {
             ),
         )
         .detail(format!(
-            "a fresh process (`kinsumer bench --p7-child`): one consumer, default settings \
+            "a fresh process (`kinsumer-bench --p7-child`): one consumer, default settings \
              (max_unacked_bytes {:.0} MiB per shard × {SHARDS} shards = {:.0} MiB bound), \
              on an endless source whose every read returns new 10 KiB records (≤ 10 MiB per \
              read, as GetRecords); the batch handler never returns, so nothing is acked. \

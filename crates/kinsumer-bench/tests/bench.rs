@@ -1,12 +1,12 @@
-//! The built `kinsumer bench`: the cheap scenarios run, the table and `BENCHMARKS.md` have
+//! The built `kinsumer-bench`: the cheap scenarios run, the table and `BENCHMARKS.md` have
 //! their shape, an unreachable backend gives a "not measured" row, bad flags are refused.
 //! Speed itself is never asserted here.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-fn kinsumer() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kinsumer"))
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kinsumer-bench"))
 }
 
 /// A report path in the temp dir, removed when dropped.
@@ -27,9 +27,8 @@ impl Drop for TempReport {
 #[test]
 fn quick_scenarios_write_a_report_with_every_row_and_the_machine() {
     let out = TempReport::new("shape");
-    let run = kinsumer()
+    let run = bench()
         .args([
-            "bench",
             "--quick",
             "--scenario",
             "p6,P3",
@@ -84,7 +83,7 @@ fn quick_scenarios_write_a_report_with_every_row_and_the_machine() {
         );
         assert!(row.contains("| met |"), "{row}");
         assert!(
-            row.contains("`cargo run --release -p kinsumer-cli -- bench --scenario P6 --quick --redis redis://127.0.0.1:1`"),
+            row.contains("`cargo run --release -p kinsumer-bench -- --scenario P6 --quick --redis redis://127.0.0.1:1`"),
             "{row}"
         );
     }
@@ -118,8 +117,8 @@ fn quick_scenarios_write_a_report_with_every_row_and_the_machine() {
 #[test]
 fn an_unknown_scenario_is_refused() {
     let out = TempReport::new("refused");
-    let run = kinsumer()
-        .args(["bench", "--scenario", "P9"])
+    let run = bench()
+        .args(["--scenario", "P9"])
         .arg("--out")
         .arg(&out.0)
         .output()
