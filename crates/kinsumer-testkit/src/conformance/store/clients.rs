@@ -4,7 +4,7 @@
 use kinsumer_core::store::{ClientId, LeaseStore};
 use std::collections::BTreeMap;
 
-use super::{every_row, must};
+use super::support::{every_row, must};
 
 pub(super) async fn heartbeat_writes_the_value_and_creates_the_row<S: LeaseStore>(store: &S) {
     const CHECK: &str = "heartbeat_writes_the_value_and_creates_the_row";

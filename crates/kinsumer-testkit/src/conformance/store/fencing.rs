@@ -3,7 +3,7 @@
 
 use kinsumer_core::store::{ClientId, LeaseStore, Tenure};
 
-use super::{after, assert_lease_lost, assert_not_found, must, owned, row, shard};
+use super::support::{after, assert_lease_lost, assert_not_found, must, owned, row, shard};
 
 pub(super) async fn fenced_writes_by_a_wrong_tenure_are_lease_lost<S: LeaseStore>(store: &S) {
     const CHECK: &str = "fenced_writes_by_a_wrong_tenure_are_lease_lost";

@@ -4,7 +4,7 @@
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::store::{ClientId, Lease, LeaseStore, Tenure};
 
-use super::{after, assert_lease_lost, every_row, must, owned, row, shard};
+use super::support::{after, assert_lease_lost, every_row, must, owned, row, shard};
 
 pub(super) async fn release_clears_the_owner_and_keeps_the_token<S: LeaseStore>(store: &S) {
     const CHECK: &str = "release_clears_the_owner_and_keeps_the_token";

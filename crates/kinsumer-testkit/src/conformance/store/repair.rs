@@ -7,7 +7,9 @@ use futures::future::join_all;
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::store::{ClientId, Lease, LeaseStore, StoreError};
 
-use super::{after, assert_lease_lost, assert_not_found, every_row, must, owned, row, shard};
+use super::support::{
+    after, assert_lease_lost, assert_not_found, every_row, must, owned, row, shard,
+};
 
 pub(super) async fn replace_corrupt_never_touches_a_healthy_or_missing_row<S: LeaseStore>(
     store: &S,

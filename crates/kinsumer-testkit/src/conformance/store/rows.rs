@@ -4,7 +4,7 @@
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::store::{Lease, LeaseStore};
 
-use super::{after, assert_not_found, every_row, must, owned, row, shard};
+use super::support::{after, assert_not_found, every_row, must, owned, row, shard};
 
 pub(super) async fn checkpoints_round_trip_exactly<S: LeaseStore>(store: &S) {
     const CHECK: &str = "checkpoints_round_trip_exactly";

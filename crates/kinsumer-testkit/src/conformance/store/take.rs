@@ -5,7 +5,7 @@
 use futures::future::join_all;
 use kinsumer_core::store::{ClientId, Lease, LeaseStore, StoreError};
 
-use super::{after, assert_lease_lost, assert_not_found, must, owned, row, shard};
+use super::support::{after, assert_lease_lost, assert_not_found, must, owned, row, shard};
 
 pub(super) async fn create_if_absent_is_idempotent_and_preserves_the_row<S: LeaseStore>(store: &S) {
     const CHECK: &str = "create_if_absent_is_idempotent_and_preserves_the_row";
