@@ -116,7 +116,7 @@ impl BenchArgs {
             if value != default {
                 cmd.push_str(&format!(
                     " {flag} {}",
-                    kinsumer_test_env::services::redact(value)
+                    kinsumer::postgres::redact_url(value)
                 ));
             }
         }

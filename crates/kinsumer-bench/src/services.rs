@@ -13,7 +13,7 @@ use kinsumer::testkit::MemoryLeaseStore;
 
 use super::BenchArgs;
 use crate::Result;
-use kinsumer_test_env::services::redact;
+use kinsumer::postgres::redact_url as redact;
 
 /// The schema the PostgreSQL benchmarks write to (their rows stay, under unique applications).
 const PG_SCHEMA: &str = "kinsumer_bench";

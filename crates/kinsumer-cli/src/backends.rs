@@ -19,7 +19,7 @@ use aws_config::BehaviorVersion;
 use kinsumer::dynamo::{DynamoConfig, DynamoLeaseStore};
 use kinsumer::kinesis::KinesisSource;
 use kinsumer::layer::{Layered, Timeout};
-use kinsumer::postgres::{PgLeaseStore, PgStoreConfig};
+use kinsumer::postgres::{PgLeaseStore, PgStoreConfig, redact_url};
 use kinsumer::redis::RedisLeaseStore;
 use kinsumer::testkit::MemoryLeaseStore;
 use kinsumer::{Checkpoint, LeaseStore, Position, SequenceNumber};
@@ -161,37 +161,20 @@ impl SourceUrl {
 }
 
 /// `url` with any `user:password@` replaced by `***@`, and the value of every query parameter
-/// whose name holds `password` (PostgreSQL's `?password=`, `sslpassword=`) by `***`. Text that
-/// has a scheme but does not parse as a URL keeps only its scheme: what cannot be parsed cannot
-/// be shown safely.
+/// whose name holds `password` (PostgreSQL's `?password=`, `sslpassword=`) by `***` — see
+/// [`redact_url`], which this extends by hiding the user name too. Text that has a scheme but
+/// does not parse as a URL keeps only its scheme.
 pub fn redact(text: &str) -> String {
-    let Some((scheme, _)) = text.split_once("://") else {
-        return text.to_owned();
-    };
-    let Ok(mut url) = Url::parse(text) else {
-        return format!("{scheme}://***");
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        // Both fail only for URLs that cannot hold credentials, which then hold none.
-        let _ = url.set_password(None);
-        let _ = url.set_username("***");
+    let redacted = redact_url(text);
+    match Url::parse(&redacted) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            // Both fail only for URLs that cannot hold credentials, which then hold none.
+            let _ = url.set_password(None);
+            let _ = url.set_username("***");
+            url.to_string()
+        }
+        _ => redacted,
     }
-    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
-    if url.query_pairs().any(|(key, _)| secret(key.as_ref())) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(key, value)| {
-                let value = if secret(key.as_ref()) {
-                    "***".into()
-                } else {
-                    value
-                };
-                (key.into_owned(), value.into_owned())
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
 }
 
 /// `text` (an error message, say) with every URL in it redacted as [`redact`] does: a URL runs

@@ -197,7 +197,11 @@ impl fmt::Debug for PgStoreConfig {
     }
 }
 
-/// `url` with the password of its user-info and any `password=` parameter replaced by `***`.
+/// `url` fit to print: the password of its user-info and the value of every query parameter
+/// whose name holds `password` (`password=`, libpq's `sslpassword=`) replaced by `***`. Text
+/// that is not a URL with an authority keeps only its scheme when it may hold credentials (a
+/// URL with a typo, say): what cannot be parsed cannot be shown safely. Any URL, not only
+/// PostgreSQL's: the `kinsumer` binary redacts every store URL with it.
 ///
 /// ```
 /// use kinsumer_postgres::redact_url;
@@ -206,18 +210,25 @@ impl fmt::Debug for PgStoreConfig {
 ///     "postgres://app:***@db:5432/x?password=***&sslmode=require"
 /// );
 /// assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+/// assert_eq!(redact_url("redis://:p%40ss%2Fw@cache:6379"), "redis://:***@cache:6379");
+/// assert_eq!(redact_url("mysql://u:s3cret@h:99999/db"), "mysql://***");
+/// assert_eq!(redact_url("user:s3cret@host"), "***");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = Url::parse(url) else {
-        // Not a URL: no part of it can be told apart from a password.
-        return url
-            .split_once("://")
-            .map_or_else(|| "***".to_owned(), |(scheme, _)| format!("{scheme}://***"));
+    let mut parsed = match Url::parse(url) {
+        Ok(parsed) if !parsed.cannot_be_a_base() => parsed,
+        // `localhost:6379` parses as scheme `localhost`; with no `@` it holds no user-info.
+        Ok(_) if !url.contains('@') => return url.to_owned(),
+        _ => {
+            return url
+                .split_once("://")
+                .map_or_else(|| "***".to_owned(), |(scheme, _)| format!("{scheme}://***"));
+        }
     };
     if parsed.password().is_some() {
         let _ = parsed.set_password(Some("***"));
     }
-    let secret = |key: &str| key.eq_ignore_ascii_case("password");
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
     if parsed.query_pairs().any(|(key, _)| secret(key.as_ref())) {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()

@@ -9,11 +9,10 @@
 //! (`%40` for `@`, `%2F` for `/`):
 //!
 //! ```
-//! use kinsumer_test_env::services::{authority, redact};
+//! use kinsumer_test_env::services::authority;
 //! assert_eq!(authority("redis://user:pw@127.0.0.1:6379/0"), Some("127.0.0.1:6379".into()));
 //! assert_eq!(authority("http://localhost:4567"), Some("localhost:4567".into()));
 //! assert_eq!(authority("postgres://u:p%40ss%2Fword@db:5432/x"), Some("db:5432".into()));
-//! assert_eq!(redact("postgres://u:p%40ss%2Fword@db:5432/x"), "postgres://***@db:5432/x");
 //! ```
 
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,46 +27,6 @@ pub fn authority(url: &str) -> Option<String> {
     let host = parsed.host_str().filter(|h| !h.is_empty())?;
     let port = parsed.port_or_known_default()?;
     Some(format!("{host}:{port}"))
-}
-
-/// `url` fit to print: its user and password replaced by `***`, and the value of every query
-/// parameter whose name contains `password` too. A string that does not parse as a URL with
-/// an authority (`scheme://…`) is replaced whole when it holds an `@` or does not parse at all
-/// (it may be a URL with a typo, credentials and all).
-pub fn redact(url: &str) -> String {
-    const HIDDEN: &str = "<not a URL>";
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return HIDDEN.to_owned();
-    };
-    if parsed.cannot_be_a_base() {
-        // `user:secret@host` parses, as scheme `user` and an opaque path.
-        return if url.contains('@') {
-            HIDDEN.to_owned()
-        } else {
-            url.to_owned()
-        };
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        // Cannot fail: a URL with credentials has a host.
-        let _ = parsed.set_password(None);
-        let _ = parsed.set_username("***");
-    }
-    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
-    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret(&k) {
-                    "***".to_owned()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.into()
 }
 
 /// Whether something accepts TCP connections at the URL's `host:port` within two seconds.
@@ -155,15 +114,6 @@ mod tests {
                 .next()
                 .map(|(_, v)| v.into_owned());
             assert_eq!(decoded.as_deref(), Some("p@ss/word"), "{url}");
-            let shown = redact(&url);
-            assert_eq!(
-                shown,
-                format!("{scheme}://***@127.0.0.1:{port}/db?sslmode=disable")
-            );
-            assert!(
-                !shown.contains("p%40ss") && !shown.contains("word"),
-                "{shown}"
-            );
         }
         drop(listener);
     }
@@ -175,21 +125,5 @@ mod tests {
         assert_eq!(authority("http://[::1]:4567/"), Some("[::1]:4567".into()));
         assert_eq!(authority("http://localhost"), Some("localhost:80".into()));
         assert!(!reachable("redis://127.0.0.1"));
-    }
-
-    #[test]
-    fn redact_hides_password_query_parameters_and_unparsable_input() {
-        assert_eq!(
-            redact("kinesis://orders?endpoint=http://x:1&db_password=secret"),
-            "kinesis://orders?endpoint=http%3A%2F%2Fx%3A1&db_password=***"
-        );
-        assert_eq!(
-            redact("kinesis://orders?endpoint=http://x:1&region=eu"),
-            "kinesis://orders?endpoint=http://x:1&region=eu"
-        );
-        assert_eq!(redact("redis://127.0.0.1:1"), "redis://127.0.0.1:1");
-        assert_eq!(redact("user:secret@host"), "<not a URL>");
-        assert_eq!(redact("no scheme at all"), "<not a URL>");
-        assert_eq!(redact("memory:"), "memory:");
     }
 }
