@@ -18,12 +18,10 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use kinsumer_testkit::conformance::StreamAdmin;
@@ -47,35 +45,11 @@ pub fn client_with(
     endpoint: &str,
     configure: impl FnOnce(aws_sdk_kinesis::config::Builder) -> aws_sdk_kinesis::config::Builder,
 ) -> Client {
-    let http = aws_smithy_http_client::Builder::new().build_http();
-    let builder = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "kinsumer-tests",
-        ))
-        .http_client(http);
+    let builder = aws_sdk_kinesis::config::Builder::from(&crate::emulator::sdk_config(endpoint));
     Client::from_conf(configure(builder).build())
 }
 
-/// A stream name no other test (or earlier run) uses.
-pub fn unique_name(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use crate::emulator::unique_name;
 
 /// A fresh stream on the emulator, deleted when dropped.
 pub struct TestStream {

@@ -11,6 +11,8 @@
 //!   `StreamAdmin`);
 //! - `moto` (feature `moto`) — a client for moto's DynamoDB server, with fresh tables.
 
+#[cfg(any(feature = "kinesis-local", feature = "moto"))]
+pub mod emulator;
 #[cfg(feature = "kinesis-local")]
 pub mod kinesis_local;
 #[cfg(feature = "moto")]

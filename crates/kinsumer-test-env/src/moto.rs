@@ -12,12 +12,8 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::services::require_service;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
 /// moto's DynamoDB endpoint, or `None` (skip, after a loud notice) outside CI.
 pub fn endpoint() -> Option<String> {
@@ -38,30 +34,13 @@ pub fn client_with(
     endpoint: &str,
     configure: impl FnOnce(aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::config::Builder,
 ) -> Client {
-    let http = aws_smithy_http_client::Builder::new().build_http();
-    let builder = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "kinsumer-tests",
-        ))
-        .http_client(http);
+    let builder = aws_sdk_dynamodb::config::Builder::from(&crate::emulator::sdk_config(endpoint));
     Client::from_conf(configure(builder).build())
 }
 
 /// A table name no other test (or earlier run against the same moto) uses.
 pub fn unique_table(tag: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("kinsumer-test-{tag}-{}-{nanos:x}-{n}", std::process::id())
+    crate::emulator::unique_name(&format!("kinsumer-test-{tag}"))
 }
 
 /// Deletes a table (best effort).
