@@ -27,6 +27,9 @@
 //! t.ack(a);
 //! assert_eq!(t.watermark(), Some(pos(2)));
 //! ```
+//!
+//! (Over 500 lines because a third of it is the unit tests of the book's private state, which
+//! belong next to it; the book itself is one concept.)
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
