@@ -1,6 +1,6 @@
 //! Records handed to the caller and the handles that acknowledge them: [`Record`] (the record
 //! stream) and [`ShardBatch`] (a batch handler). An ack goes to the tenure's [`AckTracker`]
-//! (in [`tracker`]), the book that makes the watermark.
+//! (in `tracker.rs`), the book that makes the watermark.
 //!
 //! The tracker is re-exported here (`kinsumer_core::record::AckTracker`); this file imports it,
 //! never the other way round.
