@@ -56,9 +56,40 @@ fn not_found() -> Verdict {
     Verdict::Refused(StoreError::NotFound { shard: shard() })
 }
 
+/// Our tenure of `shard-1`, at token 3.
+fn our_tenure() -> Tenure {
+    Tenure {
+        shard: shard(),
+        owner: me(),
+        token: 3,
+    }
+}
+
+/// The case of a row that is gone: `NotFound`, for every write that expects one.
+fn gone() -> Case {
+    ("gone", None, not_found())
+}
+
+/// The case of a row our tenure finished meanwhile: the shard is over, the write lost.
+fn finished_by_us() -> Case {
+    let row = row(Some(me()), 3, Some(Checkpoint::ShardEnd), true);
+    ("finished", Some(Ok(row)), lost())
+}
+
+/// The case of a row that no longer decodes: refused as `Corrupt`, as a fresh attempt is.
+fn undecodable() -> Case {
+    (
+        "undecodable",
+        Some(Err(corrupt())),
+        Verdict::Refused(corrupt()),
+    )
+}
+
 /// What each row means for one write: (case, row now — `None` missing, `Some(Err)`
 /// undecodable — and the verdict).
-type Cases = Vec<(&'static str, Option<Result<Lease, StoreError>>, Verdict)>;
+type Case = (&'static str, Option<Result<Lease, StoreError>>, Verdict);
+/// See [`Case`].
+type Cases = Vec<Case>;
 
 fn check(write: LeaseWrite<'_>, cases: Cases) {
     // Every write is judged on each kind of row: landed, not landed, changed by someone
@@ -117,11 +148,7 @@ fn create_if_absent_landed_whenever_a_row_is_there() {
                 Some(Ok(row(Some(other()), 2, Some(Checkpoint::ShardEnd), true))),
                 Verdict::Landed,
             ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            undecodable(),
         ],
     );
 }
@@ -170,7 +197,7 @@ fn take_landed_only_as_our_owner_at_the_next_token_unfinished() {
                 Some(Ok(row(None, 4, None, false))),
                 lost(),
             ),
-            ("gone", None, not_found()),
+            gone(),
             (
                 "finished: ours at the next token, finished since",
                 Some(Ok(row(
@@ -186,11 +213,7 @@ fn take_landed_only_as_our_owner_at_the_next_token_unfinished() {
                 Some(Ok(row(Some(other()), 3, Some(Checkpoint::ShardEnd), true))),
                 lost(),
             ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            undecodable(),
         ],
     );
     // A take from the largest token cannot land (there is no next token): never `Landed`.
@@ -207,11 +230,7 @@ fn take_landed_only_as_our_owner_at_the_next_token_unfinished() {
 
 #[test]
 fn checkpoint_landed_when_our_tenure_holds_our_checkpoint() {
-    let tenure = Tenure {
-        shard: shard(),
-        owner: me(),
-        token: 3,
-    };
+    let tenure = our_tenure();
     let cp = after(20);
     check(
         LeaseWrite::Checkpoint {
@@ -244,28 +263,16 @@ fn checkpoint_landed_when_our_tenure_holds_our_checkpoint() {
                 Some(Ok(row(None, 3, Some(after(20)), false))),
                 lost(),
             ),
-            ("gone", None, not_found()),
-            (
-                "finished",
-                Some(Ok(row(Some(me()), 3, Some(Checkpoint::ShardEnd), true))),
-                lost(),
-            ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            gone(),
+            finished_by_us(),
+            undecodable(),
         ],
     );
 }
 
 #[test]
 fn release_landed_when_the_row_is_unowned_at_our_token() {
-    let tenure = Tenure {
-        shard: shard(),
-        owner: me(),
-        token: 3,
-    };
+    let tenure = our_tenure();
     check(
         LeaseWrite::Release { tenure: &tenure },
         vec![
@@ -299,28 +306,16 @@ fn release_landed_when_the_row_is_unowned_at_our_token() {
                 Some(Ok(row(Some(other()), 3, None, false))),
                 lost(),
             ),
-            ("gone", None, not_found()),
-            (
-                "finished",
-                Some(Ok(row(Some(me()), 3, Some(Checkpoint::ShardEnd), true))),
-                lost(),
-            ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            gone(),
+            finished_by_us(),
+            undecodable(),
         ],
     );
 }
 
 #[test]
 fn finish_landed_when_our_tenure_holds_a_finished_row() {
-    let tenure = Tenure {
-        shard: shard(),
-        owner: me(),
-        token: 3,
-    };
+    let tenure = our_tenure();
     check(
         LeaseWrite::Finish { tenure: &tenure },
         vec![
@@ -344,17 +339,13 @@ fn finish_landed_when_our_tenure_holds_a_finished_row() {
                 Some(Ok(row(None, 3, None, false))),
                 lost(),
             ),
-            ("gone", None, not_found()),
+            gone(),
             (
                 "finished by someone else",
                 Some(Ok(row(Some(other()), 4, Some(Checkpoint::ShardEnd), true))),
                 lost(),
             ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            undecodable(),
         ],
     );
 }
@@ -381,11 +372,7 @@ fn delete_finished_landed_when_the_row_is_gone() {
                 Some(Ok(row(None, 7, Some(Checkpoint::ShardEnd), true))),
                 Verdict::NotLanded,
             ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            undecodable(),
         ],
     );
 }
@@ -429,17 +416,9 @@ fn reset_checkpoint_landed_when_the_unowned_row_holds_our_checkpoint() {
                 Some(Ok(row(None, 5, Some(Checkpoint::TrimHorizon), false))),
                 lost(),
             ),
-            ("gone", None, not_found()),
-            (
-                "finished",
-                Some(Ok(row(Some(me()), 3, Some(Checkpoint::ShardEnd), true))),
-                lost(),
-            ),
-            (
-                "undecodable",
-                Some(Err(corrupt())),
-                Verdict::Refused(corrupt()),
-            ),
+            gone(),
+            finished_by_us(),
+            undecodable(),
         ],
     );
 }
@@ -478,7 +457,7 @@ fn replace_corrupt_landed_when_the_row_is_ours_and_not_while_it_stays_unusable()
                 })),
                 lost(),
             ),
-            ("gone", None, not_found()),
+            gone(),
             (
                 "finished: a usable finished row",
                 Some(Ok(row(Some(other()), 2, Some(Checkpoint::ShardEnd), true))),
