@@ -42,16 +42,16 @@
 //! Nothing here depends on the store's response timeout, so the checks take no longer than
 //! the round trips they make.
 
-use std::fmt::Debug;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, Lease, LeaseStore, StoreError, Tenure};
+use kinsumer_core::store::{ClientId, Lease, LeaseStore, StoreError};
 
 use crate::conformance::Vandal;
+use crate::conformance::store::support::{must, owned};
 use crate::proxy::{FaultProxy, ProxyMode};
 
 /// How many fresh rows a check tries before it gives up on the fault firing.
@@ -102,34 +102,9 @@ fn after(sequence: u128) -> Checkpoint {
     Checkpoint::After(Position::new(SequenceNumber::from_u128(sequence), 0))
 }
 
-fn must<T, E: Debug>(check: &str, call: &str, result: Result<T, E>) -> T {
-    match result {
-        Ok(value) => value,
-        Err(err) => panic!("unknown_outcome conformance [{check}]: {call} failed: {err:?}"),
-    }
-}
-
 /// The row as the server holds it now, read without the proxy.
 async fn read<D: LeaseStore>(check: &str, direct: &D, shard: &ShardId) -> Option<Lease> {
     must(check, "lease (direct)", direct.lease(STREAM, shard).await)
-}
-
-/// Creates the row of `shard` and takes it for `owner`, without the proxy.
-async fn owned<D: LeaseStore>(check: &str, direct: &D, shard: &ShardId, owner: &str) -> Tenure {
-    must(
-        check,
-        "create_if_absent (direct)",
-        direct.create_if_absent(STREAM, shard, &[]).await,
-    );
-    let lease = must(
-        check,
-        "take (direct)",
-        direct.take(STREAM, shard, &ClientId::from(owner), 0).await,
-    );
-    match lease.tenure() {
-        Some(tenure) => tenure,
-        None => panic!("unknown_outcome conformance [{check}]: a taken lease has no owner"),
-    }
 }
 
 /// Runs `write` so that it reaches the server but its reply is lost (see the module docs), and
@@ -218,6 +193,17 @@ where
     result
 }
 
+/// Runs `attempt` on fresh rows until the fault fires in one (`Some`), at most [`ATTEMPTS`]
+/// times.
+async fn until_the_fault_fires(check: &str, mut attempt: impl AsyncFnMut() -> Option<()>) {
+    for _ in 0..ATTEMPTS {
+        if attempt().await.is_some() {
+            return;
+        }
+    }
+    fault_never_fired(check)
+}
+
 fn fault_never_fired(check: &str) -> ! {
     panic!(
         "unknown_outcome conformance [{check}]: the write's reply was never lost in {ATTEMPTS} \
@@ -227,16 +213,13 @@ fn fault_never_fired(check: &str) -> ! {
 }
 
 /// `create_if_absent` whose reply is lost returns the row now stored.
-pub async fn create_if_absent_whose_reply_was_lost_returns_the_row<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn create_if_absent_whose_reply_was_lost_returns_the_row(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "create_if_absent_whose_reply_was_lost_returns_the_row";
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let (shard, parent) = (fresh_shard(), fresh_shard());
         let parents = [parent];
         let outcome = with_reply_lost(
@@ -246,7 +229,7 @@ pub async fn create_if_absent_whose_reply_was_lost_returns_the_row<F, D>(
             || async { read(CHECK, direct, &shard).await.is_some() },
         )
         .await;
-        let Some(created) = outcome else { continue };
+        let created = outcome?;
         let expected = Lease::new(shard.clone(), parents.to_vec());
         assert_eq!(
             created.as_ref(),
@@ -254,27 +237,24 @@ pub async fn create_if_absent_whose_reply_was_lost_returns_the_row<F, D>(
             "unknown_outcome conformance [{CHECK}]: the store must return the row it created"
         );
         assert_eq!(read(CHECK, direct, &shard).await, Some(expected));
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A take whose reply is lost returns the lease (ours, at the next token) — never
 /// `LeaseLost` — and the row shows it.
-pub async fn take_whose_reply_was_lost_returns_the_lease<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn take_whose_reply_was_lost_returns_the_lease(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "take_whose_reply_was_lost_returns_the_lease";
     let me = ClientId::from("unknown-outcome-me");
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
         // Held and released by a client that left: token 1, unowned.
-        let before = owned(CHECK, direct, &shard, "gone").await;
+        let before = owned(CHECK, direct, STREAM, &shard, "gone").await;
         must(
             CHECK,
             "release (direct)",
@@ -291,7 +271,7 @@ pub async fn take_whose_reply_was_lost_returns_the_lease<F, D>(
             },
         )
         .await;
-        let Some(taken) = outcome else { continue };
+        let taken = outcome?;
         let taken = must(CHECK, "take whose reply was lost", taken);
         assert_eq!(
             (taken.owner.as_ref(), taken.token, taken.finished),
@@ -299,21 +279,18 @@ pub async fn take_whose_reply_was_lost_returns_the_lease<F, D>(
             "unknown_outcome conformance [{CHECK}]: the take landed, so it is ours"
         );
         assert_eq!(read(CHECK, direct, &shard).await, Some(taken));
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A take whose request is lost while another client takes the lease is `LeaseLost`, and the
 /// row is the other client's.
-pub async fn take_lost_to_another_owner_meanwhile_is_lease_lost<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn take_lost_to_another_owner_meanwhile_is_lease_lost(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "take_lost_to_another_owner_meanwhile_is_lease_lost";
     let (me, rival) = (
         ClientId::from("unknown-outcome-me"),
@@ -353,16 +330,16 @@ pub async fn take_lost_to_another_owner_meanwhile_is_lease_lost<F, D>(
 }
 
 /// A checkpoint whose reply is lost is `Ok`, and the row holds it.
-pub async fn checkpoint_whose_reply_was_lost_is_ok<F, D>(faulty: &F, direct: &D, proxy: &FaultProxy)
-where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+pub async fn checkpoint_whose_reply_was_lost_is_ok(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
+    proxy: &FaultProxy,
+) {
     const CHECK: &str = "checkpoint_whose_reply_was_lost_is_ok";
     let checkpoint = after(49_590_338_271_490_256_608_559_692_538_361_571_095);
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
-        let tenure = owned(CHECK, direct, &shard, "unknown-outcome-me").await;
+        let tenure = owned(CHECK, direct, STREAM, &shard, "unknown-outcome-me").await;
         let outcome = with_reply_lost(
             CHECK,
             proxy,
@@ -374,7 +351,7 @@ where
             },
         )
         .await;
-        let Some(result) = outcome else { continue };
+        let result = outcome?;
         must(CHECK, "checkpoint whose reply was lost", result);
         let row = read(CHECK, direct, &shard).await;
         assert_eq!(
@@ -382,30 +359,27 @@ where
             Some((
                 Some(tenure.owner.clone()),
                 tenure.token,
-                Some(checkpoint),
+                Some(checkpoint.clone()),
                 false
             )),
             "unknown_outcome conformance [{CHECK}]: the row holds the checkpoint, still ours"
         );
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A checkpoint whose request never arrived is reported `Ok` only if the row holds it (a store
 /// may send it again once a re-read proved it did not land); otherwise the error is
 /// retryable, and the row holds the checkpoint before.
-pub async fn checkpoint_whose_request_was_lost_is_never_ok_without_the_row<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn checkpoint_whose_request_was_lost_is_never_ok_without_the_row(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "checkpoint_whose_request_was_lost_is_never_ok_without_the_row";
     let shard = fresh_shard();
-    let tenure = owned(CHECK, direct, &shard, "unknown-outcome-me").await;
+    let tenure = owned(CHECK, direct, STREAM, &shard, "unknown-outcome-me").await;
     let (first, second) = (after(10), after(20));
     must(
         CHECK,
@@ -443,16 +417,16 @@ pub async fn checkpoint_whose_request_was_lost_is_never_ok_without_the_row<F, D>
 
 /// A release whose reply is lost is `Ok`, and the row is unowned at the same token, with the
 /// checkpoint and successor the release wrote.
-pub async fn release_whose_reply_was_lost_is_ok<F, D>(faulty: &F, direct: &D, proxy: &FaultProxy)
-where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+pub async fn release_whose_reply_was_lost_is_ok(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
+    proxy: &FaultProxy,
+) {
     const CHECK: &str = "release_whose_reply_was_lost_is_ok";
     let (checkpoint, heir) = (after(77), ClientId::from("heir"));
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
-        let tenure = owned(CHECK, direct, &shard, "unknown-outcome-me").await;
+        let tenure = owned(CHECK, direct, STREAM, &shard, "unknown-outcome-me").await;
         let outcome = with_reply_lost(
             CHECK,
             proxy,
@@ -464,36 +438,41 @@ where
             },
         )
         .await;
-        let Some(result) = outcome else { continue };
+        let result = outcome?;
         must(CHECK, "release whose reply was lost", result);
         let row = read(CHECK, direct, &shard).await;
         assert_eq!(
             row.map(|r| (r.owner, r.token, r.checkpoint, r.successor)),
-            Some((None, tenure.token, Some(checkpoint), Some(heir))),
+            Some((
+                None,
+                tenure.token,
+                Some(checkpoint.clone()),
+                Some(heir.clone())
+            )),
             "unknown_outcome conformance [{CHECK}]: the row is released as written"
         );
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A finish whose reply is lost is `Ok`, and the row is finished at `ShardEnd`, still ours.
-pub async fn finish_whose_reply_was_lost_is_ok<F, D>(faulty: &F, direct: &D, proxy: &FaultProxy)
-where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+pub async fn finish_whose_reply_was_lost_is_ok(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
+    proxy: &FaultProxy,
+) {
     const CHECK: &str = "finish_whose_reply_was_lost_is_ok";
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
-        let tenure = owned(CHECK, direct, &shard, "unknown-outcome-me").await;
+        let tenure = owned(CHECK, direct, STREAM, &shard, "unknown-outcome-me").await;
         let outcome = with_reply_lost(CHECK, proxy, faulty.finish(STREAM, &tenure), || async {
             read(CHECK, direct, &shard)
                 .await
                 .is_some_and(|row| row.finished)
         })
         .await;
-        let Some(result) = outcome else { continue };
+        let result = outcome?;
         must(CHECK, "finish whose reply was lost", result);
         let row = read(CHECK, direct, &shard).await;
         assert_eq!(
@@ -506,24 +485,21 @@ where
             )),
             "unknown_outcome conformance [{CHECK}]: the row is finished, still ours"
         );
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A `delete_finished` whose reply is lost is `Ok`, and the row is gone.
-pub async fn delete_finished_whose_reply_was_lost_is_ok<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn delete_finished_whose_reply_was_lost_is_ok(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "delete_finished_whose_reply_was_lost_is_ok";
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
-        let tenure = owned(CHECK, direct, &shard, "unknown-outcome-me").await;
+        let tenure = owned(CHECK, direct, STREAM, &shard, "unknown-outcome-me").await;
         must(
             CHECK,
             "finish (direct)",
@@ -536,28 +512,25 @@ pub async fn delete_finished_whose_reply_was_lost_is_ok<F, D>(
             || async { read(CHECK, direct, &shard).await.is_none() },
         )
         .await;
-        let Some(result) = outcome else { continue };
+        let result = outcome?;
         must(CHECK, "delete_finished whose reply was lost", result);
         assert_eq!(read(CHECK, direct, &shard).await, None);
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A `reset_checkpoint` whose reply is lost is `Ok`, and the unowned row holds the new
 /// checkpoint at the same token.
-pub async fn reset_checkpoint_whose_reply_was_lost_is_ok<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn reset_checkpoint_whose_reply_was_lost_is_ok(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "reset_checkpoint_whose_reply_was_lost_is_ok";
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
-        let tenure = owned(CHECK, direct, &shard, "gone").await;
+        let tenure = owned(CHECK, direct, STREAM, &shard, "gone").await;
         must(
             CHECK,
             "release (direct)",
@@ -576,7 +549,7 @@ pub async fn reset_checkpoint_whose_reply_was_lost_is_ok<F, D>(
             },
         )
         .await;
-        let Some(result) = outcome else { continue };
+        let result = outcome?;
         must(CHECK, "reset_checkpoint whose reply was lost", result);
         let row = read(CHECK, direct, &shard).await;
         assert_eq!(
@@ -584,25 +557,22 @@ pub async fn reset_checkpoint_whose_reply_was_lost_is_ok<F, D>(
             Some((None, tenure.token, Some(Checkpoint::TrimHorizon))),
             "unknown_outcome conformance [{CHECK}]: the row holds the reset checkpoint"
         );
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }
 
 /// A `replace_corrupt` whose reply is lost is `Ok`, and the row reads back as written. The
 /// row is made undecodable by the backend's `vandal` (on the server, through `direct`'s
 /// application).
-pub async fn replace_corrupt_whose_reply_was_lost_is_ok<F, D>(
-    faulty: &F,
-    direct: &D,
+pub async fn replace_corrupt_whose_reply_was_lost_is_ok(
+    faulty: &impl LeaseStore,
+    direct: &impl LeaseStore,
     proxy: &FaultProxy,
     vandal: &dyn Vandal,
-) where
-    F: LeaseStore,
-    D: LeaseStore,
-{
+) {
     const CHECK: &str = "replace_corrupt_whose_reply_was_lost_is_ok";
-    for _ in 0..ATTEMPTS {
+    until_the_fault_fires(CHECK, async || {
         let shard = fresh_shard();
         must(
             CHECK,
@@ -622,10 +592,10 @@ pub async fn replace_corrupt_whose_reply_was_lost_is_ok<F, D>(
             || async { direct.lease(STREAM, &shard).await == Ok(Some(repaired.clone())) },
         )
         .await;
-        let Some(result) = outcome else { continue };
+        let result = outcome?;
         must(CHECK, "replace_corrupt whose reply was lost", result);
         assert_eq!(read(CHECK, direct, &shard).await, Some(repaired));
-        return;
-    }
-    fault_never_fired(CHECK)
+        Some(())
+    })
+    .await
 }

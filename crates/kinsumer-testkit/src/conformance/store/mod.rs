@@ -12,7 +12,7 @@ mod fencing;
 mod lifecycle;
 mod repair;
 mod rows;
-mod support;
+pub(super) mod support;
 mod take;
 
 pub use repair::repair_of_a_corrupt_row;

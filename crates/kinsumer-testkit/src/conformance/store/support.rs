@@ -7,7 +7,11 @@ use kinsumer_core::store::{ClientId, Lease, LeaseStore, Rows, StoreError, Tenure
 use std::fmt::Debug;
 
 /// Unwraps a result the check needs, or panics naming the check and the call.
-pub(super) fn must<T, E: Debug>(check: &str, call: &str, result: Result<T, E>) -> T {
+pub(in crate::conformance) fn must<T, E: Debug>(
+    check: &str,
+    call: &str,
+    result: Result<T, E>,
+) -> T {
     match result {
         Ok(value) => value,
         Err(err) => panic!("lease_store conformance [{check}]: {call} failed: {err:?}"),
@@ -15,7 +19,7 @@ pub(super) fn must<T, E: Debug>(check: &str, call: &str, result: Result<T, E>) -
 }
 
 /// The rows of a read that must have decoded every row (the contract's own rows always do).
-pub(super) fn every_row<T, E: Debug>(
+pub(in crate::conformance) fn every_row<T, E: Debug>(
     check: &str,
     call: &str,
     result: Result<Rows<T>, E>,
@@ -29,21 +33,29 @@ pub(super) fn every_row<T, E: Debug>(
     read.rows
 }
 
-pub(super) fn assert_lease_lost<T: Debug>(check: &str, call: &str, result: Result<T, StoreError>) {
+pub(in crate::conformance) fn assert_lease_lost<T: Debug>(
+    check: &str,
+    call: &str,
+    result: Result<T, StoreError>,
+) {
     assert!(
         matches!(result, Err(StoreError::LeaseLost { .. })),
         "lease_store conformance [{check}]: {call} should fail with LeaseLost, got {result:?}"
     );
 }
 
-pub(super) fn assert_not_found<T: Debug>(check: &str, call: &str, result: Result<T, StoreError>) {
+pub(in crate::conformance) fn assert_not_found<T: Debug>(
+    check: &str,
+    call: &str,
+    result: Result<T, StoreError>,
+) {
     assert!(
         matches!(result, Err(StoreError::NotFound { .. })),
         "lease_store conformance [{check}]: {call} should fail with NotFound, got {result:?}"
     );
 }
 
-pub(super) async fn row<S: LeaseStore>(
+pub(in crate::conformance) async fn row<S: LeaseStore>(
     check: &str,
     store: &S,
     stream: &str,
@@ -57,7 +69,7 @@ pub(super) async fn row<S: LeaseStore>(
 }
 
 /// Creates a row and takes it for `owner`, returning the tenure.
-pub(super) async fn owned<S: LeaseStore>(
+pub(in crate::conformance) async fn owned<S: LeaseStore>(
     check: &str,
     store: &S,
     stream: &str,
@@ -80,11 +92,11 @@ pub(super) async fn owned<S: LeaseStore>(
     }
 }
 
-pub(super) fn shard(n: u32) -> ShardId {
+pub(in crate::conformance) fn shard(n: u32) -> ShardId {
     ShardId::from(format!("shardId-{n:012}"))
 }
 
-pub(super) fn after(sequence: &str, sub_sequence: u64) -> Checkpoint {
+pub(in crate::conformance) fn after(sequence: &str, sub_sequence: u64) -> Checkpoint {
     match sequence.parse::<SequenceNumber>() {
         Ok(sequence) => Checkpoint::After(Position::new(sequence, sub_sequence)),
         Err(err) => panic!("lease_store conformance: bad test sequence number: {err}"),
