@@ -19,7 +19,7 @@ use crate::health::Health;
 use crate::lifecycle::{EndReason, ShardEnding, ShardLifecycle};
 use crate::membership::Beats;
 use crate::metrics::{self, Labels};
-use crate::record::{AckTracker, Record};
+use crate::record::{AckTracker, Run};
 use crate::rng::Rng;
 use crate::shutdown::{ShutdownHandle, Stop};
 use crate::source::{ShardId, ShardSource};
@@ -32,8 +32,8 @@ const ENGINE_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How records leave the engine.
 pub(crate) enum Delivery {
-    /// Each fetched batch goes as one chunk: one channel slot per batch, not per record.
-    Stream(mpsc::Sender<Vec<Record>>),
+    /// Each fetched batch goes as one run: one channel slot per batch, not per record.
+    Stream(mpsc::Sender<Arc<Run>>),
     Handler(Arc<dyn BatchHandler>),
 }
 

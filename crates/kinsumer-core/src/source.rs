@@ -136,11 +136,12 @@ impl SourceRecord {
     }
 }
 
-/// What one fetched record costs in memory besides its payload and partition key: the handle
-/// the caller gets (160 bytes on a 64-bit target), its entry in the ack book (56, in a queue
-/// that grows by doubling), the record of the batch it was read in (128) while the batch is
-/// handed over, and allocator slack. Measured with KPL aggregates of empty records (issue #15):
-/// at 256 bytes a 16 MiB bound held 46 MiB, at 512 it holds within it.
+/// What one fetched record costs in memory besides its payload and partition key: the record
+/// of the batch it was read in (128 bytes on a 64-bit target, held until its whole batch is
+/// acked), the handle the caller gets (16), its share of an entry in the ack book (one per
+/// batch: 96 bytes for a batch of one record, in a queue that grows by doubling), and allocator
+/// slack. Measured with KPL aggregates of empty records (issue #15): at 256 bytes a 16 MiB
+/// bound held 46 MiB, at 512 it holds within it.
 pub const RECORD_OVERHEAD_BYTES: usize = 512;
 
 /// One read from a shard.

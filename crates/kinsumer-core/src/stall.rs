@@ -99,17 +99,20 @@ impl StallLog {
     }
 }
 
-/// When the record stream was last polled, since when records have waited in it, and a
+/// How often the record stream was polled, since when records have waited in it, and a
 /// wake-up for a client that left the fleet because it was not polled.
 ///
-/// The record stream notes every poll: an atomic store, no lock, on that per-record path.
+/// The record stream counts its polls — an atomic store, no clock read and no lock, on that
+/// per-record path — and whoever asks when it was last polled gets the moment it first saw the
+/// current count: later than the poll by at most the time between two asks, so a stall is found
+/// up to one check late, never early.
 #[derive(Debug)]
 pub(crate) struct PollClock {
-    /// What `polled_at` counts from.
-    base: Instant,
-    /// When the stream was last polled, in nanoseconds since `base`.
-    polled_at: AtomicU64,
-    /// The stream holds the rest of a chunk the application took a record of.
+    /// Polls so far (written by the record stream alone).
+    polls: AtomicU64,
+    /// The count last seen, and when it was first seen.
+    seen: Mutex<(u64, Instant)>,
+    /// The stream holds the rest of a run the application took a record of.
     holding: AtomicBool,
     /// Since when records have waited for the application (the supervisor's observation).
     waiting_since: Mutex<Option<Instant>>,
@@ -118,11 +121,15 @@ pub(crate) struct PollClock {
     polled: Notify,
 }
 
+/// A client that left the fleet re-reads the poll count this often while it waits, in case
+/// the wake-up of a poll crossed its registration (neither side pays for a fence).
+const POLL_RECHECK: Duration = Duration::from_millis(250);
+
 impl PollClock {
     pub(crate) fn new() -> Self {
         Self {
-            base: Instant::now(),
-            polled_at: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            seen: Mutex::new((0, Instant::now())),
             holding: AtomicBool::new(false),
             waiting_since: Mutex::new(None),
             waiting: AtomicBool::new(false),
@@ -130,17 +137,15 @@ impl PollClock {
         }
     }
 
-    /// The record stream was polled now.
-    pub(crate) fn polled(&self, now: Instant) {
-        let since = now.saturating_duration_since(self.base);
-        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
-        self.polled_at.store(nanos, Ordering::Release);
+    /// The record stream was polled: `polls` times so far.
+    pub(crate) fn polled(&self, polls: u64) {
+        self.polls.store(polls, Ordering::Release);
         if self.waiting.load(Ordering::Acquire) {
             self.polled.notify_one();
         }
     }
 
-    /// The record stream returned, holding the rest of a chunk (`true`) or nothing.
+    /// The record stream returned, holding the rest of a run (`true`) or nothing.
     pub(crate) fn set_holding(&self, holding: bool) {
         self.holding.store(holding, Ordering::Relaxed);
     }
@@ -160,15 +165,26 @@ impl PollClock {
         *since
     }
 
-    pub(crate) fn last(&self) -> Instant {
-        self.base + Duration::from_nanos(self.polled_at.load(Ordering::Acquire))
+    /// Polls so far.
+    pub(crate) fn polls(&self) -> u64 {
+        self.polls.load(Ordering::Acquire)
     }
 
-    /// Waits for the next poll after `after`.
-    pub(crate) async fn wait_after(&self, after: Instant) {
+    /// When the stream was last polled, as seen at `now` (see the type's docs).
+    pub(crate) fn last(&self, now: Instant) -> Instant {
+        let polls = self.polls();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.0 != polls {
+            *seen = (polls, now);
+        }
+        seen.1
+    }
+
+    /// Waits for a poll after the first `polls`.
+    pub(crate) async fn wait_after(&self, polls: u64) {
         self.waiting.store(true, Ordering::Release);
-        while self.last() <= after {
-            self.polled.notified().await;
+        while self.polls() <= polls {
+            let _ = tokio::time::timeout(POLL_RECHECK, self.polled.notified()).await;
         }
         self.waiting.store(false, Ordering::Release);
     }
@@ -272,22 +288,30 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_poll_clock_keeps_the_last_poll_and_wakes_a_waiter() {
+    async fn the_poll_clock_dates_a_poll_when_first_seen_and_wakes_a_waiter() {
         let clock = std::sync::Arc::new(PollClock::new());
         let start = Instant::now();
-        assert_eq!(clock.last(), start);
         tokio::time::advance(Duration::from_millis(1500)).await;
-        let polled = Instant::now();
-        clock.polled(polled);
-        assert_eq!(clock.last(), polled);
+        assert_eq!(clock.last(Instant::now()), start, "no poll yet");
+        clock.polled(1);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let seen = Instant::now();
+        assert_eq!(
+            clock.last(seen),
+            seen,
+            "a new poll is dated when first seen"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(clock.last(Instant::now()), seen, "and keeps that date");
         let waiter = tokio::spawn({
             let clock = clock.clone();
-            async move { clock.wait_after(polled).await }
+            async move { clock.wait_after(1).await }
         });
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "no poll after `polled` yet");
+        assert!(!waiter.is_finished(), "no poll after the first yet");
         tokio::time::advance(Duration::from_secs(1)).await;
-        clock.polled(Instant::now());
+        assert!(!waiter.is_finished(), "re-checks find none either");
+        clock.polled(2);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("a later poll wakes the waiter")

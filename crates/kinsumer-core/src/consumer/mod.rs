@@ -230,7 +230,9 @@ impl Consumer {
         let started = self.start(Delivery::Stream(tx))?;
         Ok(Records {
             rx,
-            chunk: Vec::new().into_iter(),
+            run: None,
+            next: 0,
+            polls: 0,
             health: started.health,
             stopped_by: started.stopped_by,
             poll_clock: started.poll_clock,

@@ -1,17 +1,20 @@
 //! Records handed to the caller and the handles that acknowledge them: [`Record`] (the record
 //! stream) and [`ShardBatch`] (a batch handler). An ack goes to the tenure's [`AckTracker`]
-//! (in `tracker.rs`), the book that makes the watermark.
+//! (in `tracker.rs`), the book that makes the watermark — for a [`Record`] through the *run*
+//! it came in (`run.rs`): the fetched batch, shared by its records' handles, whose counters
+//! say how far it is handed out and acked, so neither takes a lock.
 //!
-//! The tracker is re-exported here (`kinsumer_core::record::AckTracker`); this file imports it,
-//! never the other way round.
+//! The tracker is re-exported here (`kinsumer_core::record::AckTracker`); this file imports it
+//! and the run, never the other way round (the tracker imports the run).
 
+mod run;
 mod tracker;
 
+pub(crate) use self::run::Run;
 pub use self::tracker::AckTracker;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -20,110 +23,98 @@ use crate::position::{Position, SequenceNumber};
 use crate::source::{ShardId, SourceRecord};
 use crate::store::Tenure;
 
-/// Where the records of one fetched batch came from, and how they are acked.
-pub(crate) struct Fetched {
-    pub(crate) tenure: Tenure,
-    pub(crate) stream: Arc<str>,
-    pub(crate) tracker: Arc<AckTracker>,
-    pub(crate) mode: AckMode,
-    /// The engine's fence epoch when fetched: a record fetched before a self-fence is stale.
-    pub(crate) epoch: u64,
-    /// The ack latency is sampled once per fetched batch: its first ack reads the clock, the
-    /// others do not (a clock read per record was most of an ack's cost).
-    pub(crate) sampled: AtomicBool,
-}
-
-impl Fetched {
-    /// Acks record `index` of this batch.
-    fn ack(&self, index: u64) {
-        let sample =
-            !self.sampled.load(Ordering::Relaxed) && !self.sampled.swap(true, Ordering::Relaxed);
-        self.tracker
-            .ack_range_at(index, 1, sample.then(tokio::time::Instant::now));
-    }
-}
-
 /// A record handed out by [`crate::Consumer::records`]: the data, where it came from, and the
 /// handle that acknowledges it.
 pub struct Record {
-    pub(crate) inner: SourceRecord,
-    /// Shared by every record of a fetched batch: one reference count per record.
-    pub(crate) from: Arc<Fetched>,
-    pub(crate) index: u64,
-    /// Whether this record must not ack itself on drop: until it is handed out (a record
-    /// dropped in a channel or by an aborted fetcher was never processed), and once acked.
-    pub(crate) done: bool,
+    /// The fetched batch it is part of, shared by its records (it holds the data).
+    run: Arc<Run>,
+    index: u32,
+    /// Whether it acked itself already (it acks itself on drop in [`AckMode::OnDrop`]).
+    done: bool,
 }
 
 impl Record {
+    /// Record `index` of `run`, handed out (the stream marked it in the run).
+    pub(crate) fn handed_out(run: Arc<Run>, index: u32) -> Self {
+        Self {
+            run,
+            index,
+            done: false,
+        }
+    }
+
+    fn inner(&self) -> &SourceRecord {
+        &self.run.records[self.index as usize]
+    }
+
     /// The payload.
     pub fn data(&self) -> &Bytes {
-        &self.inner.data
+        &self.inner().data
     }
 
     /// The partition key the producer gave.
     pub fn partition_key(&self) -> &str {
-        &self.inner.partition_key
+        &self.inner().partition_key
     }
 
     /// The explicit hash key the producer gave, where known (KPL user records).
     pub fn explicit_hash_key(&self) -> Option<u128> {
-        self.inner.explicit_hash_key
+        self.inner().explicit_hash_key
     }
 
     /// The Kinesis sequence number.
     pub fn sequence_number(&self) -> &SequenceNumber {
-        &self.inner.position.sequence
+        &self.inner().position.sequence
     }
 
     /// The index inside a KPL aggregate (0 for plain records).
     pub fn sub_sequence_number(&self) -> u64 {
-        self.inner.position.sub_sequence
+        self.inner().position.sub_sequence
     }
 
     /// Sequence and sub-sequence number together.
     pub fn position(&self) -> &Position {
-        &self.inner.position
+        &self.inner().position
     }
 
     /// The stream it came from (what a store's transactional checkpoint needs with
     /// [`Record::tenure`]).
     pub fn stream(&self) -> &str {
-        &self.from.stream
+        &self.run.stream
     }
 
     /// The shard it came from.
     pub fn shard_id(&self) -> &ShardId {
-        &self.from.tenure.shard
+        &self.run.tenure.shard
     }
 
     /// When the stream accepted it (ms since the Unix epoch).
     pub fn arrival_ms(&self) -> u64 {
-        self.inner.arrival_ms
+        self.inner().arrival_ms
     }
 
     /// The fencing token of the lease tenure that delivered this record. It grows with every
     /// change of owner, so an external system can reject writes from a stale owner.
     pub fn lease_token(&self) -> u64 {
-        self.from.tenure.token
+        self.run.tenure.token
     }
 
     /// The lease tenure that delivered this record (shard, owner, token): what a store's
     /// transactional checkpoint is fenced by, so an effect is committed only while the lease
     /// is still this tenure's.
     pub fn tenure(&self) -> &Tenure {
-        &self.from.tenure
+        &self.run.tenure
     }
 
     /// The record as the source delivered it.
     pub fn source_record(&self) -> &SourceRecord {
-        &self.inner
+        self.inner()
     }
 
     /// Marks the record processed. The checkpoint moves past it once every earlier record of
     /// its shard is acked too.
     pub fn ack(mut self) {
-        self.from.ack(self.index);
+        self.run.ack(self.index);
         self.done = true;
     }
 }
@@ -131,8 +122,8 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         // A record dropped while its task panics was not processed: never ack it.
-        if !self.done && self.from.mode == AckMode::OnDrop && !std::thread::panicking() {
-            self.from.ack(self.index);
+        if !self.done && self.run.mode == AckMode::OnDrop && !std::thread::panicking() {
+            self.run.ack(self.index);
         }
     }
 }
@@ -141,10 +132,10 @@ impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Payloads may hold secrets: show their size, not their content.
         f.debug_struct("Record")
-            .field("tenure", &self.from.tenure)
-            .field("position", &self.inner.position)
-            .field("partition_key", &self.inner.partition_key)
-            .field("bytes", &self.inner.data.len())
+            .field("tenure", &self.run.tenure)
+            .field("position", &self.inner().position)
+            .field("partition_key", &self.inner().partition_key)
+            .field("bytes", &self.inner().data.len())
             .finish()
     }
 }

@@ -32,12 +32,13 @@
 //! belong next to it; the book itself is one concept.)
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-
-use tokio::sync::Notify;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use crate::metrics::ShardMetrics;
 use crate::position::Position;
+
+use super::run::{Run, Shared};
 
 #[derive(Debug)]
 struct Entry {
@@ -55,12 +56,36 @@ struct Entry {
     /// When it was handed out, for the ack-latency metric.
     handed_out: Option<tokio::time::Instant>,
     acked: bool,
+    /// The run it stands for (the record stream): then the run's counters say what is handed
+    /// out and acked, not `handed_out` and `acked`.
+    run: Option<Arc<Run>>,
+    /// A run's hand-outs and acks already counted in the metrics.
+    counted: (u32, u32),
 }
 
 impl Entry {
-    /// The first record it stands for.
+    /// The first record it stands for that is not acked (the first, if none is).
     fn first(&self) -> &Position {
-        self.batch_first.as_deref().unwrap_or(&self.position)
+        match &self.run {
+            Some(run) => run.position(run.acked_prefix().min(run.len() - 1)),
+            None => self.batch_first.as_deref().unwrap_or(&self.position),
+        }
+    }
+
+    /// Whether every record it stands for is acked.
+    fn is_acked(&self) -> bool {
+        match &self.run {
+            Some(run) => run.acked_prefix() == run.len(),
+            None => self.acked,
+        }
+    }
+
+    /// Whether every record it stands for is handed out (or acked).
+    fn is_handed(&self) -> bool {
+        match &self.run {
+            Some(run) => run.handed() == run.len(),
+            None => self.handed_out.is_some() || self.acked,
+        }
     }
 }
 
@@ -85,6 +110,9 @@ struct AckState {
     handed_upto: u64,
     /// When the batch handler's current call on this shard began (`None` between calls).
     call_since: Option<tokio::time::Instant>,
+    /// The record holding the watermark back in a run, as (entry index, record), and when the
+    /// stall check first saw it handed out and not acked: a run does not date each hand-out.
+    front_seen: Option<(u64, u32, tokio::time::Instant)>,
     /// The application was told this tenure ends (its `ending` hook is called once).
     told_end: bool,
     revoked: bool,
@@ -96,9 +124,9 @@ pub struct AckTracker {
     state: Mutex<AckState>,
     max_records: usize,
     max_bytes: usize,
-    /// Woken on every ack, so the fetcher (space) and a drain (outstanding) can re-check.
-    changed: Notify,
-    metrics: ShardMetrics,
+    /// Shared with the runs: the revoked flag, the wake-up of waiters (the fetcher waits for
+    /// space, a drain for the records out) and the metrics.
+    shared: Arc<Shared>,
 }
 
 impl AckTracker {
@@ -116,25 +144,49 @@ impl AckTracker {
             state: Mutex::new(AckState::default()),
             max_records,
             max_bytes,
-            changed: Notify::new(),
-            metrics,
+            shared: Arc::new(Shared::new(metrics)),
         }
     }
 
     /// This shard's metric handles.
     pub(crate) fn metrics(&self) -> &ShardMetrics {
-        &self.metrics
+        &self.shared.metrics
+    }
+
+    /// What a run of this tenure shares with it.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Records fetched since the watermark.
     pub(crate) fn since_watermark(&self) -> usize {
-        self.lock().pending_records
+        let s = self.settled();
+        since_watermark(&s)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
         // A poisoned lock only means another thread panicked mid-update of plain counters;
         // the book is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock, with what the runs did since it was last taken read in: their metrics
+    /// counted, and the runs acked whole popped off the front (the watermark moves past them).
+    fn settled(&self) -> std::sync::MutexGuard<'_, AckState> {
+        let mut s = self.lock();
+        let (mut delivered, mut acked) = (0u64, 0u64);
+        for e in s.pending.iter_mut() {
+            if let Some(run) = &e.run {
+                let now = (run.handed(), run.acked());
+                delivered += u64::from(now.0.saturating_sub(e.counted.0));
+                acked += u64::from(now.1.saturating_sub(e.counted.1));
+                e.counted = now;
+            }
+        }
+        pop_acked(&mut s);
+        self.shared.metrics.delivered.increment(delivered);
+        self.shared.metrics.acked.increment(acked);
+        s
     }
 
     /// Adds a fetched record; returns its index.
@@ -158,6 +210,8 @@ impl AckTracker {
                 fetched,
                 handed_out: None,
                 acked: false,
+                run: None,
+                counted: (0, 0),
             });
             s.pending_records += 1;
             s.unacked_records += 1;
@@ -195,6 +249,8 @@ impl AckTracker {
             fetched: tokio::time::Instant::now(),
             handed_out: None,
             acked: false,
+            run: None,
+            counted: (0, 0),
         });
         let records = count as usize;
         s.pending_records += records;
@@ -203,6 +259,37 @@ impl AckTracker {
         s.registered_records += records as u64;
         s.registered_bytes += bytes as u64;
         index
+    }
+
+    /// Adds a run (the record stream's fetched batch) as one entry: its counters say what of
+    /// it is handed out and acked. Its bytes count against the byte bound until it is acked
+    /// whole.
+    pub(crate) fn register_run(&self, run: Arc<Run>) {
+        let mut s = self.lock();
+        let (Some(first), Some(last)) = (run.records.first(), run.records.last()) else {
+            return;
+        };
+        let records = run.records.len();
+        s.last_registered = Some(last.position.clone());
+        let entry = Entry {
+            position: last.position.clone(),
+            batch_first: (records > 1).then(|| Box::new(first.position.clone())),
+            records: run.len(),
+            bytes: run.bytes,
+            fetched: tokio::time::Instant::now(),
+            handed_out: None,
+            acked: false,
+            run: None,
+            counted: (0, 0),
+        };
+        s.pending_records += records;
+        s.unacked_bytes += entry.bytes;
+        s.registered_records += records as u64;
+        s.registered_bytes += entry.bytes as u64;
+        s.pending.push_back(Entry {
+            run: Some(run),
+            ..entry
+        });
     }
 
     /// Marks records `first..first+count` as handed to the caller, unless the tenure was revoked
@@ -238,7 +325,7 @@ impl AckTracker {
         s.outstanding += marked;
         s.handed_upto = s.handed_upto.max(first.saturating_add(count));
         drop(s);
-        self.metrics.delivered.increment(marked as u64);
+        self.shared.metrics.delivered.increment(marked as u64);
         true
     }
 
@@ -275,22 +362,17 @@ impl AckTracker {
             if let Some(at) = handed_out {
                 s.outstanding -= records;
                 if let Some(now) = now {
-                    self.metrics
+                    self.shared
+                        .metrics
                         .ack_latency
                         .record(now.saturating_duration_since(at).as_secs_f64());
                 }
             }
         }
-        while s.pending.front().is_some_and(|e| e.acked) {
-            if let Some(e) = s.pending.pop_front() {
-                s.pending_records -= e.records as usize;
-                s.watermark = Some(e.position);
-                s.base += 1;
-            }
-        }
+        pop_acked(&mut s);
         drop(s);
-        self.metrics.acked.increment(acked);
-        self.changed.notify_one();
+        self.shared.metrics.acked.increment(acked);
+        self.shared.wake();
     }
 
     /// [`Self::ack_range`] for one record.
@@ -300,7 +382,13 @@ impl AckTracker {
 
     /// The position up to which every record is acked.
     pub fn watermark(&self) -> Option<Position> {
-        self.lock().watermark.clone()
+        let s = self.settled();
+        match s.pending.front().and_then(|e| e.run.as_ref()) {
+            Some(run) if run.acked_prefix() > 0 => {
+                Some(run.position(run.acked_prefix() - 1).clone())
+            }
+            _ => s.watermark.clone(),
+        }
     }
 
     /// The last record fetched (handed out or not).
@@ -312,16 +400,16 @@ impl AckTracker {
     /// Records are counted from the watermark, not just the un-acked ones, so one record never
     /// acked cannot let the book behind it grow without bound.
     pub fn is_full(&self) -> bool {
-        let s = self.lock();
-        s.pending_records >= self.max_records || s.unacked_bytes >= self.max_bytes
+        let s = self.settled();
+        since_watermark(&s) >= self.max_records || s.unacked_bytes >= self.max_bytes
     }
 
     /// How many more records may be fetched now: the records left under the record bound and,
     /// once record sizes are known, the bytes left under the byte bound divided by the average
     /// record size so far — so one read does not overshoot the byte bound by a whole read.
     pub fn room(&self) -> usize {
-        let s = self.lock();
-        let records = self.max_records.saturating_sub(s.pending_records);
+        let s = self.settled();
+        let records = self.max_records.saturating_sub(since_watermark(&s));
         if s.registered_records == 0 {
             return records;
         }
@@ -332,30 +420,49 @@ impl AckTracker {
 
     /// The first record not yet acked: the one holding the watermark back.
     pub fn oldest_unacked(&self) -> Option<Position> {
-        self.lock()
+        self.settled()
             .pending
             .iter()
-            .find(|e| !e.acked)
+            .find(|e| !e.is_acked())
             .map(|e| e.first().clone())
     }
 
     /// The record that holds the watermark back, if it was handed out, and when: the oldest
-    /// record handed out and not acked.
+    /// record handed out and not acked. In a run (which does not date each hand-out), a record
+    /// after its first is dated when this was first asked and found it out: a stall is then
+    /// found up to one check late, never early.
     pub fn oldest_outstanding(&self) -> Option<(Position, tokio::time::Instant)> {
-        let s = self.lock();
+        let mut s = self.settled();
+        let base = s.base;
         let front = s.pending.front()?;
-        Some((front.first().clone(), front.handed_out?))
+        let Some(run) = &front.run else {
+            return Some((front.first().clone(), front.handed_out?));
+        };
+        let next = run.acked_prefix();
+        if run.handed() <= next {
+            return None;
+        }
+        let position = run.position(next).clone();
+        let first_out = run.handed_at()?;
+        if next == 0 {
+            return Some((position, first_out));
+        }
+        let since = match s.front_seen {
+            Some((entry, record, at)) if (entry, record) == (base, next) => at,
+            _ => tokio::time::Instant::now().max(first_out),
+        };
+        s.front_seen = Some((base, next, since));
+        Some((position, since))
     }
 
     /// When the oldest record fetched and not yet handed out was fetched: how long the records
     /// of this shard have waited for the application.
     pub fn waiting_since(&self) -> Option<tokio::time::Instant> {
-        let s = self.lock();
+        let s = self.settled();
         if s.revoked {
             return None;
         }
-        let k = usize::try_from(s.handed_upto.saturating_sub(s.base)).ok()?;
-        s.pending.get(k).map(|e| e.fetched)
+        s.pending.iter().find(|e| !e.is_handed()).map(|e| e.fetched)
     }
 
     /// True the first time it is called: the tenure's `ending` hook is due (once).
@@ -371,19 +478,27 @@ impl AckTracker {
     /// When the application's current call on this shard (the batch handler, a lifecycle
     /// hook) began, and the first record not acked.
     pub(crate) fn call_since(&self) -> Option<(Option<Position>, tokio::time::Instant)> {
-        let s = self.lock();
+        let s = self.settled();
         let since = s.call_since?;
         Some((s.pending.front().map(|e| e.first().clone()), since))
     }
 
     /// Records handed out and not acked.
     pub fn outstanding(&self) -> usize {
-        self.lock().outstanding
+        let s = self.settled();
+        s.outstanding
+            + runs(&s)
+                .map(|r| (r.handed() - r.acked().min(r.handed())) as usize)
+                .sum::<usize>()
     }
 
     /// Records fetched and not acked.
     pub fn unacked(&self) -> usize {
-        self.lock().unacked_records
+        let s = self.settled();
+        s.unacked_records
+            + runs(&s)
+                .map(|r| (r.len() - r.acked()) as usize)
+                .sum::<usize>()
     }
 
     /// Whether the tenure ended: nothing more may be handed out.
@@ -394,13 +509,89 @@ impl AckTracker {
     /// Stops further hand-outs; the tenure is ending.
     pub fn revoke(&self) {
         self.lock().revoked = true;
-        self.changed.notify_one();
+        self.shared.revoked.store(true, Ordering::SeqCst);
+        self.shared.wake();
     }
 
-    /// Waits for the next ack (or revoke). Callers re-check their condition in a loop.
+    /// Waits for the next ack (or revoke). Callers re-check their condition in a loop; prefer
+    /// [`Self::wait_until`], which cannot miss an ack between the check and the wait.
     pub async fn changed(&self) {
-        self.changed.notified().await;
+        let _watching = Watching::new(&self.shared);
+        self.shared.changed.notified().await;
     }
+
+    /// Waits until `done` holds, re-checking it after every ack and revoke. A waiter counts as
+    /// one before each check, so an ack between the check and the wait still wakes it.
+    pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        let _watching = Watching::new(&self.shared);
+        self.wait_for_wakes(done).await;
+    }
+
+    /// [`Self::wait_until`] for what only a run acked whole (or an entry of the book acked, or
+    /// a revoke) can bring about — room under the bounds, which a run gives back whole: not
+    /// woken by every ack of the record stream.
+    pub(crate) async fn wait_until_run_acked(&self, done: impl Fn(&Self) -> bool) {
+        self.wait_for_wakes(done).await;
+    }
+
+    async fn wait_for_wakes(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let woken = self.shared.changed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// A waiter for acks, counted while it waits (see `Shared::watchers`).
+struct Watching<'a>(&'a Shared);
+
+impl<'a> Watching<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.watchers.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Takes the entries acked whole off the front of the book: the watermark moves past them.
+fn pop_acked(s: &mut AckState) {
+    while s.pending.front().is_some_and(Entry::is_acked) {
+        if let Some(e) = s.pending.pop_front() {
+            s.pending_records -= e.records as usize;
+            if e.run.is_some() {
+                // A run's bytes are held until it is acked whole (an entry of the book gives
+                // them back record by record, as each is acked).
+                s.unacked_bytes -= e.bytes;
+            }
+            s.watermark = Some(e.position);
+            s.base += 1;
+        }
+    }
+}
+
+/// The runs in the book.
+fn runs(s: &AckState) -> impl Iterator<Item = &Arc<Run>> {
+    s.pending.iter().filter_map(|e| e.run.as_ref())
+}
+
+/// Records fetched since the watermark: the records of the book, less those a run at its
+/// front acked in order (the watermark is inside it).
+fn since_watermark(s: &AckState) -> usize {
+    let inside = match s.pending.front().and_then(|e| e.run.as_ref()) {
+        Some(run) => run.acked_prefix() as usize,
+        None => 0,
+    };
+    s.pending_records - inside
 }
 
 /// What one entry of the book takes in memory (for the per-record overhead the byte bound
@@ -534,6 +725,166 @@ mod tests {
         assert!(t.is_full(), "10 records since the watermark");
         t.ack(full);
         assert!(!t.is_full());
+    }
+
+    /// A run of `n` records of 100 bytes from position `from` on, registered in `t`.
+    fn run(t: &AckTracker, from: u128, n: u128) -> Arc<Run> {
+        let records = (from..from + n)
+            .map(|k| crate::source::SourceRecord {
+                data: bytes::Bytes::from(vec![0u8; 100]),
+                partition_key: String::new(),
+                explicit_hash_key: None,
+                position: pos(k),
+                arrival_ms: 0,
+            })
+            .collect();
+        let tenure = crate::store::Tenure {
+            shard: "shard-0".into(),
+            owner: "me".into(),
+            token: 1,
+        };
+        let run = Arc::new(Run::new(
+            records,
+            tenure,
+            "stream".into(),
+            crate::config::AckMode::Explicit,
+            0,
+            t.shared(),
+        ));
+        t.register_run(run.clone());
+        run
+    }
+
+    /// A run is one entry whose counters make the watermark: it moves inside the run with the
+    /// in-order acks, waits at a gap of an out-of-order ack, and passes the run once it is
+    /// acked whole; the run's bytes count until then.
+    #[test]
+    fn a_run_moves_the_watermark_record_by_record() {
+        let t = AckTracker::new(10, 1 << 20);
+        let a = run(&t, 1, 4);
+        let b = run(&t, 5, 2);
+        assert_eq!((t.unacked(), t.since_watermark()), (6, 6));
+        assert_eq!(t.room(), 4);
+        for i in 0..4 {
+            assert!(a.hand_out(i));
+        }
+        assert!(b.hand_out(0));
+        assert_eq!(t.outstanding(), 5);
+        assert!(t.waiting_since().is_some(), "record 6 waits");
+        a.ack(0);
+        a.ack(2); // out of order: the watermark waits for 2
+        assert_eq!(t.watermark(), Some(pos(1)));
+        assert_eq!(
+            (t.outstanding(), t.unacked(), t.since_watermark()),
+            (3, 4, 5)
+        );
+        assert_eq!(t.oldest_unacked(), Some(pos(2)));
+        b.ack(0);
+        assert_eq!(t.watermark(), Some(pos(1)), "run b waits for run a");
+        a.ack(1);
+        assert_eq!(t.watermark(), Some(pos(3)), "the gap closed");
+        let held = t.lock().unacked_bytes;
+        assert_eq!(
+            held,
+            a.bytes + b.bytes,
+            "a run's bytes are held until it is acked whole"
+        );
+        a.ack(3);
+        assert_eq!(
+            t.watermark(),
+            Some(pos(5)),
+            "a acked whole, b up to its first"
+        );
+        assert_eq!(t.lock().unacked_bytes, b.bytes);
+        assert!(b.hand_out(1));
+        b.ack(1);
+        assert_eq!(t.watermark(), Some(pos(6)));
+        assert_eq!(
+            (t.outstanding(), t.unacked(), t.since_watermark()),
+            (0, 0, 0)
+        );
+        let s = t.lock();
+        assert_eq!((s.unacked_bytes, s.pending.len()), (0, 0));
+        drop(s);
+        assert_eq!(t.waiting_since(), None);
+    }
+
+    /// A revoked tenure hands out nothing more of a run, and what was refused is not counted
+    /// as out (a drain does not wait for it).
+    #[test]
+    fn a_revoked_run_hands_out_nothing_more() {
+        let t = AckTracker::new(10, 1 << 20);
+        let r = run(&t, 1, 3);
+        assert!(r.hand_out(0));
+        t.revoke();
+        assert!(!r.hand_out(1));
+        assert_eq!((r.handed(), t.outstanding()), (1, 1));
+        r.ack(0);
+        assert_eq!(t.outstanding(), 0);
+        assert_eq!(t.watermark(), Some(pos(1)));
+    }
+
+    /// The record holding the watermark back is dated exactly when it is a run's first (the
+    /// run dates its first hand-out), and otherwise when it was first found out: a stall check
+    /// counts from then, so it may be late by one check, never early.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_dates_the_record_holding_the_watermark() {
+        let t = AckTracker::new(10, 1 << 20);
+        let r = run(&t, 1, 3);
+        assert_eq!(t.oldest_outstanding(), None, "nothing out");
+        assert!(r.hand_out(0));
+        let first_out = tokio::time::Instant::now();
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert_eq!(t.oldest_outstanding(), Some((pos(1), first_out)));
+        assert!(r.hand_out(1));
+        r.ack(0);
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        let seen = tokio::time::Instant::now();
+        assert_eq!(
+            t.oldest_outstanding(),
+            Some((pos(2), seen)),
+            "dated when first seen"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert_eq!(t.oldest_outstanding(), Some((pos(2), seen)), "and kept");
+        r.ack(1);
+        assert_eq!(t.oldest_outstanding(), None, "record 3 is not out");
+    }
+
+    /// What waits for room under the byte bound waits for a run acked whole (its records are
+    /// freed together); what waits for acks wakes at every ack.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_wake_for_what_they_wait_for() {
+        // Two records of 612 bytes (payload and overhead) fill a 1,000-byte bound.
+        let t = Arc::new(AckTracker::new(100, 1000));
+        let r = run(&t, 1, 2);
+        assert!(r.hand_out(0) && r.hand_out(1));
+        assert!(t.is_full());
+        let room = tokio::spawn({
+            let t = t.clone();
+            async move { t.wait_until_run_acked(|t| !t.is_full()).await }
+        });
+        let one_out = tokio::spawn({
+            let t = t.clone();
+            async move { t.wait_until(|t| t.outstanding() <= 1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!room.is_finished() && !one_out.is_finished());
+        r.ack(0);
+        tokio::time::timeout(std::time::Duration::from_secs(1), one_out)
+            .await
+            .expect("an ack wakes what waits for acks")
+            .expect("ran");
+        tokio::task::yield_now().await;
+        assert!(
+            !room.is_finished(),
+            "still full: the run is not acked whole"
+        );
+        r.ack(1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("the run acked whole wakes what waits for room")
+            .expect("ran");
     }
 
     #[test]

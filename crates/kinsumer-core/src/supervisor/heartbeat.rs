@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep_until};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 
@@ -28,18 +28,36 @@ impl Heartbeat {
     }
 }
 
+/// Closes the record stream's coarse fence check when dropped (see `crate::health`).
+struct CloseWhenStopped(Arc<Engine>);
+
+impl Drop for CloseWhenStopped {
+    fn drop(&mut self) {
+        self.0.health.close_fast_path_now();
+    }
+}
+
 /// Heartbeats every `heartbeat_interval`, on its own task so a slow handler never delays it.
 /// A heartbeat does not wait for the one before: one call stuck in the network (up to
 /// `call_timeout`, which may be longer than `lease_ttl`) must not silence a client that can
 /// still reach its store, or it fences itself and the fleet moves its leases for nothing.
 async fn heartbeat_loop(engine: Arc<Engine>) {
+    // Once no heartbeat is sent, nothing closes the coarse fence check on tokio's clock: closed
+    // when the loop stops, every hand-out takes the precise check until a heartbeat lands.
+    let _close = CloseWhenStopped(engine.clone());
     let mut in_flight = JoinSet::new();
     let mut tick = tokio::time::interval(engine.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The record stream's coarse fence check runs on real time; on tokio's clock (paused
+        // in tests) it is closed here, just before the deadline (see `crate::health`).
+        let close_at = engine.health.fast_path_closes_at();
         tokio::select! {
             biased;
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
+                engine.health.close_fast_path(Instant::now());
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let stuck = engine.watchdog.stuck_for(now).filter(|_| !engine.config.faults.no_watchdog);

@@ -111,8 +111,11 @@ impl Supervisor {
                 }
             }
         }
-        for shard in self.held.keys().cloned().collect::<Vec<_>>() {
-            self.engine.status.remove(&shard);
+        for (shard, held) in &self.held {
+            // An abandoned tenure (stuck in a call when asked to release) hands out nothing
+            // more: its lease is released below, and the next owner delivers its records.
+            held.tracker.revoke();
+            self.engine.status.remove(shard);
         }
         self.held.clear();
         self.set_held_gauge();
@@ -155,7 +158,7 @@ impl Supervisor {
         let Some(oldest) = clock.waiting(queued > 0 || clock.holding(), now) else {
             return false;
         };
-        let polled = clock.last();
+        let polled = clock.last(now);
         if now.saturating_duration_since(polled) < limit
             || now.saturating_duration_since(oldest) < limit
         {
@@ -181,14 +184,14 @@ impl Supervisor {
         rejoin: Rejoin,
     ) -> Result<bool, ConsumerError> {
         self.shutdown(tasks, EndReason::Stalled).await;
-        let left = Instant::now();
+        let polls = self.engine.poll_clock.polls();
         self.engine
             .status
             .left_fleet
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let back = async {
             match rejoin {
-                Rejoin::WhenPolled => self.engine.poll_clock.wait_after(left).await,
+                Rejoin::WhenPolled => self.engine.poll_clock.wait_after(polls).await,
                 Rejoin::After(pause) => sleep(pause).await,
             }
         };

@@ -1,31 +1,32 @@
 //! Delivery: how a fetched batch leaves its tenure — registered in the tenure's
-//! [`AckTracker`], then moved (not copied) to the record stream as one chunk of [`Record`]s, or
-//! to the tenure's batch-handler worker as one [`ShardBatch`].
+//! [`AckTracker`] as one entry, then moved (not copied) to the record stream as one [`Run`]
+//! (its records handed out and acked one by one through the run's counters), or to the
+//! tenure's batch-handler worker as one [`ShardBatch`].
 //!
 //! This is the one place where a [`SourceRecord`](crate::source::SourceRecord) becomes
-//! something the application can ack: each record or batch carries the index its tracker entry
-//! got, so an ack finds its entry without any lookup back through the engine.
+//! something the application can ack: a run carries what its records ack into, a batch the
+//! index its tracker entry got, so an ack finds its entry without any lookup back through the
+//! engine.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
-use crate::record::{AckTracker, Fetched, Record, ShardBatch};
+use crate::record::{AckTracker, Run, ShardBatch};
 use crate::store::Tenure;
 
 /// Where the fetcher puts records.
 pub(super) enum Sink {
-    /// The record stream: one chunk per fetched batch.
-    Stream(mpsc::Sender<Vec<Record>>),
+    /// The record stream: one run per fetched batch.
+    Stream(mpsc::Sender<Arc<Run>>),
     /// The batch-handler worker: the batch's tracker entry (one per batch: the handler acks
     /// whole batches), and the batch.
     Handler(mpsc::Sender<(u64, ShardBatch)>),
 }
 
-/// Registers `records` with the tracker (an entry per record for the record stream, one for the
-/// batch for a handler) and hands them to the sink (moved, not copied).
+/// Registers `records` with the tracker (one entry for the batch) and hands them to the sink
+/// (moved, not copied).
 /// `false` if the sink is gone.
 pub(super) async fn deliver(
     engine: &Engine,
@@ -41,31 +42,16 @@ pub(super) async fn deliver(
     };
     match sink {
         Sink::Stream(tx) => {
-            // One lock for the whole batch; the records take the indices from `first` on, in
-            // order: each is handed out and acked on its own.
-            let first = tracker.register_all(
-                records
-                    .iter()
-                    .map(|r| (r.position.clone(), r.memory_size())),
-            );
-            let from = Arc::new(Fetched {
-                tenure: tenure.clone(),
-                stream: engine.stream.clone(),
-                tracker: tracker.clone(),
-                mode: engine.config.ack_mode,
+            let run = Arc::new(Run::new(
+                records,
+                tenure.clone(),
+                engine.stream.clone(),
+                engine.config.ack_mode,
                 epoch,
-                sampled: AtomicBool::new(false),
-            });
-            let chunk = (first..)
-                .zip(records)
-                .map(|(index, r)| Record {
-                    inner: r,
-                    from: from.clone(),
-                    index,
-                    done: true, // armed only when the record stream hands it out
-                })
-                .collect();
-            tx.send(chunk).await.is_ok()
+                tracker.shared(),
+            ));
+            tracker.register_run(run.clone());
+            tx.send(run).await.is_ok()
         }
         Sink::Handler(tx) => {
             // The handler takes and acks the batch whole: one tracker entry stands for it.

@@ -121,7 +121,11 @@ pub(super) async fn fetch_loop(
                         "fetching paused: an un-acked record holds the checkpoint back (was a record dropped without ack()?)"
                     );
                 }
-                let _ = tokio::time::timeout(STALL_WARNING, tracker.changed()).await;
+                let _ = tokio::time::timeout(
+                    STALL_WARNING,
+                    tracker.wait_until_run_acked(|t| !t.is_full()),
+                )
+                .await;
             }
             if let Some(t) = last_call {
                 sleep_until(t + cfg.poll_interval).await;

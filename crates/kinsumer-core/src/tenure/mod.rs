@@ -156,15 +156,18 @@ pub(crate) async fn run_tenure(
     loop {
         // At the end of the shard: the application is told before the finish, so what it
         // flushes and acks in the hook is covered.
-        let handed_all = tracker.waiting_since().is_none();
-        if ended && !told_end && handed_all && (!handler || tracker.unacked() == 0) {
+        // What the end of a shard waits for: the `ending` hook is due, or the finish.
+        let hook_due =
+            |t: &AckTracker| t.waiting_since().is_none() && (!handler || t.unacked() == 0);
+        let finish_due = |t: &AckTracker| t.unacked() == 0;
+        if ended && !told_end && hook_due(&tracker) {
             told_end = true;
             let limit = cfg.stall_timeout.unwrap_or(cfg.drain_timeout);
             engine
                 .hook_ending(&tenure, &tracker, EndReason::Finished, limit)
                 .await;
         }
-        if ended && told_end && tracker.unacked() == 0 {
+        if ended && told_end && finish_due(&tracker) {
             return finish(&engine, &tenure, &tracker).await;
         }
         tokio::select! {
@@ -238,7 +241,7 @@ pub(crate) async fn run_tenure(
                     return fail(&engine, &tenure, &tracker, &mut committed, e).await;
                 }
             },
-            _ = tracker.changed(), if ended => {}
+            _ = tracker.wait_until(|t| if told_end { finish_due(t) } else { hook_due(t) }), if ended => {}
         }
     }
 }
@@ -335,7 +338,7 @@ async fn release_lease(
                 warn!(tenure = %tenure, outstanding = tracker.outstanding(), "drain timed out; releasing with what is acked");
                 break;
             }
-            _ = tracker.changed() => {}
+            _ = tracker.wait_until(|t| t.outstanding() == 0) => {}
         }
     }
     if handler {
