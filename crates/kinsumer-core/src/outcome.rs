@@ -327,6 +327,16 @@ where
     })
 }
 
+/// The row a settled `take` or `create_if_absent` returns: a landed one always has it (it was
+/// judged on it), so none is `Transient`. `key` names the row in the message.
+pub fn landed_row(row: Option<Lease>, key: &str) -> Result<Lease, StoreError> {
+    row.ok_or_else(|| {
+        StoreError::Transient(format!(
+            "{key}: the write landed but the row was not returned; retry"
+        ))
+    })
+}
+
 /// The whole "did my write land?" for a store that leaves retrying to the engine: re-reads,
 /// judges, and answers as the contract wants. `what` names the write and its row in messages
 /// (e.g. `take on <key>`), `cause` is why the outcome is unknown (the client's error).

@@ -187,6 +187,26 @@ pub fn canonical_u64(text: &str) -> Option<u64> {
     if canonical { text.parse().ok() } else { None }
 }
 
+/// The fencing token a `take` expecting `expected_token` writes, or why it cannot: at `max`,
+/// the largest token the store holds, the token cannot grow, and the row is corrupt (an
+/// operator replaces it) — never wrapped around to a token an old owner once held.
+///
+/// ```
+/// use kinsumer_core::store::next_token;
+/// assert_eq!(next_token(7, u64::MAX), Ok(8));
+/// assert!(next_token(u64::MAX, u64::MAX).is_err());
+/// assert!(next_token(i64::MAX as u64, i64::MAX as u64).is_err()); // a bigint column
+/// ```
+pub fn next_token(expected_token: u64, max: u64) -> Result<u64, String> {
+    if expected_token >= max {
+        return Err(format!(
+            "the fencing token is at {expected_token}, the largest this store holds: it cannot \
+             grow (replace the row)"
+        ));
+    }
+    Ok(expected_token + 1)
+}
+
 /// A row that a read of every row could not decode: named, with what is wrong with it. The
 /// engine sets it aside — never guesses at its owner, token or checkpoint — and goes on with
 /// every other row; an operator sees it in `kinsumer status` and repairs it.

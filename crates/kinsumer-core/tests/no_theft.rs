@@ -279,6 +279,44 @@ async fn shutdown_releases_leases_whose_tenure_was_abandoned() {
     assert!(store.peek_clients().is_empty(), "deregistered");
 }
 
+/// A tenure abandoned at the shutdown deadline (stuck in a checkpoint when asked to release)
+/// hands out nothing more once its lease is released — not even while this client's own fence
+/// deadline is still ahead, which a short `shutdown_timeout` puts after the release. Records
+/// fetched for it and still in the record stream go to the next owner.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_tenure_hands_out_nothing_after_its_release() {
+    let stream = MemoryStream::new("s", 1);
+    for i in 0..3u8 {
+        stream.put("k", vec![i]).expect("put");
+    }
+    let store = MemoryLeaseStore::new();
+    let checkpoints = Gate::for_ops(&["checkpoint"]);
+    let mut cfg = config("a");
+    cfg.drain_timeout = secs(1.0);
+    cfg.shutdown_timeout = secs(3.0);
+    let mut consumer = Consumer::new(
+        cfg,
+        stream.clone(),
+        GatedStore::new(store.clone(), checkpoints.clone()),
+    )
+    .expect("valid config");
+    let mut records = consumer.records().expect("starts");
+    let first = records.next().await.expect("a record").expect("no error");
+    checkpoints.pause();
+    first.ack();
+    sleep(secs(2.0)).await; // the commit of that ack hangs
+    consumer.shutdown().await.expect("shut down");
+    assert_eq!(owned(&store, "a"), 0, "the abandoned lease was released");
+    let after = tokio::time::timeout(secs(1.0), records.next())
+        .await
+        .expect("the stream ends");
+    assert!(
+        after.is_none(),
+        "a record of the released tenure was handed out: {after:?}"
+    );
+    checkpoints.resume();
+}
+
 /// A store that loses its last writes on restart (Redis without an fsynced append-only file, a
 /// failover to a lagging replica): checkpoints and takes of the lost seconds are undone. The
 /// guarantee that remains — and is checked here — is at-least-once: every record is still

@@ -503,21 +503,6 @@ impl DynamoLeaseStore {
             .transpose()
     }
 
-    /// The row a settled `take` or `create_if_absent` returns (a landed one always has it).
-    fn settled_row(
-        &self,
-        stream: &str,
-        shard: &ShardId,
-        row: Option<Lease>,
-    ) -> Result<Lease, StoreError> {
-        row.ok_or_else(|| {
-            StoreError::Transient(format!(
-                "{}: the write landed but the row was not returned; retry",
-                self.lease_key_name(stream, shard)
-            ))
-        })
-    }
-
     /// One conditional `UpdateItem` on a lease row, returning the new item.
     #[allow(clippy::too_many_arguments)]
     async fn update(
@@ -761,7 +746,7 @@ impl LeaseStore for DynamoLeaseStore {
                 let row = self
                     .settle(LeaseWrite::CreateIfAbsent, stream, shard, failure)
                     .await?;
-                self.settled_row(stream, shard, row)
+                outcome::landed_row(row, &self.lease_key_name(stream, shard))
             }
         }
     }
@@ -773,13 +758,8 @@ impl LeaseStore for DynamoLeaseStore {
         owner: &ClientId,
         expected_token: u64,
     ) -> Result<Lease, StoreError> {
-        let Some(next) = expected_token.checked_add(1) else {
-            return Err(self.corrupt(
-                stream,
-                shard,
-                "the fencing token is at u64::MAX and cannot grow".to_owned(),
-            ));
-        };
+        let next = kinsumer_core::store::next_token(expected_token, u64::MAX)
+            .map_err(|reason| self.corrupt(stream, shard, reason))?;
         let result = self
             .update(
                 Op::Take,
@@ -814,7 +794,7 @@ impl LeaseStore for DynamoLeaseStore {
             )),
             Err(failure) => {
                 let row = self.settle(write, stream, shard, failure).await?;
-                self.settled_row(stream, shard, row)
+                outcome::landed_row(row, &self.lease_key_name(stream, shard))
             }
         }
     }

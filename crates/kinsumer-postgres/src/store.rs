@@ -162,7 +162,19 @@ fn not_found(shard: &ShardId) -> StoreError {
     }
 }
 
+/// A statement of the store with its parameters bound as far as they are.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl PgLeaseStore {
+    /// One of the store's statements on one lease row, with the parameters every such
+    /// statement starts with bound: the application, the stream, the shard.
+    fn on_row<'q>(&'q self, sql: &str, stream: &'q str, shard: &'q ShardId) -> PgQuery<'q> {
+        sqlx::query(AssertSqlSafe(sql.to_owned()))
+            .bind(&self.inner.application)
+            .bind(stream)
+            .bind(shard.as_str())
+    }
+
     /// Connects a pool as `config` says and, if `config.migrate_on_connect`, runs
     /// [`Self::migrate`].
     pub async fn connect(config: PgStoreConfig) -> Result<Self, StoreError> {
@@ -704,10 +716,7 @@ impl LeaseStore for PgLeaseStore {
         let sql = &self.inner.sql.lease;
         let row = self
             .retrying(Kind::Read, || {
-                sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(&self.inner.application)
-                    .bind(stream)
-                    .bind(shard.as_str())
+                self.on_row(sql, stream, shard)
                     .fetch_optional(&self.inner.pool)
             })
             .await?;
@@ -727,10 +736,7 @@ impl LeaseStore for PgLeaseStore {
         for _ in 0..3 {
             let answer = self
                 .resolving(stream, shard, LeaseWrite::CreateIfAbsent, || {
-                    sqlx::query(AssertSqlSafe(sql.clone()))
-                        .bind(&self.inner.application)
-                        .bind(stream)
-                        .bind(shard.as_str())
+                    self.on_row(sql, stream, shard)
                         .bind(&parents)
                         .fetch_optional(&self.inner.pool)
                 })
@@ -756,14 +762,12 @@ impl LeaseStore for PgLeaseStore {
     ) -> Result<Lease, StoreError> {
         // The next token must fit the column (a bigint): a row at its largest value cannot be
         // taken, and says so instead of failing with a numeric overflow.
-        if expected_token >= i64::MAX as u64 {
-            return Err(StoreError::Corrupt {
+        kinsumer_core::store::next_token(expected_token, i64::MAX as u64).map_err(|reason| {
+            StoreError::Corrupt {
                 key: self.key(stream, shard),
-                reason: format!(
-                    "token {expected_token} is the largest a bigint holds: it cannot grow (reset the row)"
-                ),
-            });
-        }
+                reason,
+            }
+        })?;
         let sql = &self.inner.sql.take;
         let write = LeaseWrite::Take {
             owner,
@@ -771,10 +775,7 @@ impl LeaseStore for PgLeaseStore {
         };
         let answer = self
             .resolving(stream, shard, write, || {
-                sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(&self.inner.application)
-                    .bind(stream)
-                    .bind(shard.as_str())
+                self.on_row(sql, stream, shard)
                     .bind(owner.as_str())
                     .bind(token_param(expected_token))
                     .fetch_one(&self.inner.pool)
@@ -810,10 +811,7 @@ impl LeaseStore for PgLeaseStore {
         let cp = CpParams::of(Some(checkpoint));
         let write = LeaseWrite::Checkpoint { tenure, checkpoint };
         self.fenced(stream, &tenure.shard, write, || {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(&self.inner.application)
-                .bind(stream)
-                .bind(tenure.shard.as_str())
+            self.on_row(sql, stream, &tenure.shard)
                 .bind(tenure.owner.as_str())
                 .bind(token_param(tenure.token))
                 .bind(&cp.text)
@@ -836,10 +834,7 @@ impl LeaseStore for PgLeaseStore {
         let cp = CpParams::of(checkpoint);
         let shard = &tenure.shard;
         self.fenced(stream, shard, LeaseWrite::Release { tenure }, || {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(&self.inner.application)
-                .bind(stream)
-                .bind(shard.as_str())
+            self.on_row(sql, stream, shard)
                 .bind(tenure.owner.as_str())
                 .bind(token_param(tenure.token))
                 .bind(&cp.text)
@@ -855,10 +850,7 @@ impl LeaseStore for PgLeaseStore {
     async fn finish(&self, stream: &str, tenure: &Tenure) -> Result<(), StoreError> {
         let sql = &self.inner.sql.finish;
         self.fenced(stream, &tenure.shard, LeaseWrite::Finish { tenure }, || {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(&self.inner.application)
-                .bind(stream)
-                .bind(tenure.shard.as_str())
+            self.on_row(sql, stream, &tenure.shard)
                 .bind(tenure.owner.as_str())
                 .bind(token_param(tenure.token))
                 .fetch_one(&self.inner.pool)
@@ -870,11 +862,7 @@ impl LeaseStore for PgLeaseStore {
         let sql = &self.inner.sql.delete_finished;
         let answer = self
             .resolving(stream, shard, LeaseWrite::DeleteFinished, || {
-                sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(&self.inner.application)
-                    .bind(stream)
-                    .bind(shard.as_str())
-                    .fetch_one(&self.inner.pool)
+                self.on_row(sql, stream, shard).fetch_one(&self.inner.pool)
             })
             .await?;
         let row = match answer {
@@ -901,10 +889,7 @@ impl LeaseStore for PgLeaseStore {
             checkpoint,
         };
         self.fenced(stream, shard, write, || {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(&self.inner.application)
-                .bind(stream)
-                .bind(shard.as_str())
+            self.on_row(sql, stream, shard)
                 .bind(token_param(expected_token))
                 .bind(&cp.text)
                 .bind(cp.kind)

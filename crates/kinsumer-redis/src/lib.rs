@@ -338,6 +338,17 @@ impl RedisLeaseStore {
             .map_err(|e| classify(&e, &self.row_name(stream, shard)))
     }
 
+    /// Every field of the hash `key` and its value, as bytes: a field that does not decode is
+    /// one corrupt row, not a failed read.
+    async fn fields(&self, key: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, key))
+    }
+
     /// Settles a write whose reply was lost: the store only translates (is the error one that
     /// may hide an applied write?) and re-reads; the core decides ([`kinsumer_core::outcome`]).
     async fn settle(
@@ -360,21 +371,6 @@ impl RedisLeaseStore {
             || self.lease(stream, shard),
         )
         .await
-    }
-
-    /// The row a settled `take` or `create_if_absent` returns (a landed one always has it).
-    fn settled_row(
-        &self,
-        stream: &str,
-        shard: &ShardId,
-        row: Option<Lease>,
-    ) -> Result<Lease, StoreError> {
-        row.ok_or_else(|| {
-            StoreError::Transient(format!(
-                "{}: the write landed but the row was not returned; retry",
-                self.row_name(stream, shard)
-            ))
-        })
     }
 
     /// A fenced write (`checkpoint` / `release` / `finish`), settled as `write` when its
@@ -427,12 +423,7 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         let key = self.clients_key();
-        let mut conn = self.conn.clone();
-        let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| classify(&e, &key))?;
+        let fields = self.fields(&key).await?;
         let mut rows = Vec::new();
         let mut corrupt = Vec::new();
         for (id, counter) in fields {
@@ -476,12 +467,7 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         let key = self.leases_key(stream);
-        let mut conn = self.conn.clone();
-        let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| classify(&e, &key))?;
+        let fields = self.fields(&key).await?;
         let mut leases = Vec::new();
         let mut corrupt = Vec::new();
         for (shard, raw) in fields {
@@ -532,7 +518,7 @@ impl LeaseStore for RedisLeaseStore {
                 let row = self
                     .settle(LeaseWrite::CreateIfAbsent, stream, shard, err)
                     .await?;
-                self.settled_row(stream, shard, row)
+                outcome::landed_row(row, &self.row_name(stream, shard))
             }
         }
     }
@@ -544,13 +530,8 @@ impl LeaseStore for RedisLeaseStore {
         owner: &ClientId,
         expected_token: u64,
     ) -> Result<Lease, StoreError> {
-        let Some(next) = expected_token.checked_add(1) else {
-            return Err(self.corrupt(
-                stream,
-                shard,
-                "the fencing token is at u64::MAX and cannot grow".to_owned(),
-            ));
-        };
+        let next = kinsumer_core::store::next_token(expected_token, u64::MAX)
+            .map_err(|reason| self.corrupt(stream, shard, reason))?;
         let mut invocation = scripts::TAKE.prepare_invoke();
         invocation
             .key(self.leases_key(stream))
@@ -573,7 +554,7 @@ impl LeaseStore for RedisLeaseStore {
                     expected_token,
                 };
                 let row = self.settle(write, stream, shard, err).await?;
-                self.settled_row(stream, shard, row)
+                outcome::landed_row(row, &self.row_name(stream, shard))
             }
         }
     }

@@ -867,12 +867,12 @@ impl LeaseStore for MemoryLeaseStore {
             if row.finished || (fencing && row.token != expected_token) {
                 return Err(lease_lost(shard));
             }
-            let token = row
-                .token
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: format!("{stream}/{shard}"),
-                    reason: "the fencing token is at u64::MAX".to_owned(),
+            let token =
+                kinsumer_core::store::next_token(row.token, u64::MAX).map_err(|reason| {
+                    StoreError::Corrupt {
+                        key: format!("{stream}/{shard}"),
+                        reason,
+                    }
                 })?;
             let before = row.clone();
             row.owner = Some(owner.clone());
