@@ -71,6 +71,16 @@ async fn kinsumer_line(line: String) -> Run {
     kinsumer(&words(&line)).await
 }
 
+/// A PostgreSQL store at `pg` for a fresh application named from `prefix`: the name and the
+/// store.
+async fn pg_store_for(pg: &str, prefix: &str) -> (String, PgLeaseStore) {
+    let app = unique_name(prefix);
+    let store = PgLeaseStore::connect(PgStoreConfig::new(pg, &app))
+        .await
+        .expect("PostgreSQL");
+    (app, store)
+}
+
 /// `text` when `on`, else nothing: an optional flag in a command line.
 fn flag(on: bool, text: &str) -> &str {
     if on { text } else { "" }
@@ -468,17 +478,9 @@ async fn status_on_postgres_is_read_only() {
     assert!(!run.stdout.contains("ro-pass") && !run.stderr.contains("ro-pass"));
 
     let typo = format!("{schema}_typo");
-    let run = kinsumer(&[
-        "status",
-        "--store",
-        &format!("{pg}?schema={typo}"),
-        "--app",
-        "billing",
-        "--stream",
-        "orders",
-        "--sample",
-        "0",
-    ])
+    let run = kinsumer_line(format!(
+        "status --store {pg}?schema={typo} --app billing --stream orders --sample 0"
+    ))
     .await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("no kinsumer tables"), "{run:?}");
@@ -502,10 +504,7 @@ async fn status_after_a_consumer_run_on_postgres_and_kinesis() {
     };
     let kinesis = kinesis_local::client(&endpoint);
     let stream = TestStream::create(&kinesis, "orders", 4).await;
-    let app = unique_name("billing");
-    let store = PgLeaseStore::connect(PgStoreConfig::new(&pg, &app))
-        .await
-        .expect("PostgreSQL");
+    let (app, store) = pg_store_for(&pg, "billing").await;
     let source = KinesisSource::new(kinesis.clone(), &stream.name);
 
     // Deliveries: (shard, sequence, data); records of batch 2 are held, never acked.
@@ -1006,9 +1005,7 @@ async fn assert_reset_repairs<F, Fut>(
         "a refused repair writes nothing"
     );
 
-    let before_ms = now_ms();
-    let repaired = reset(true).await;
-    let after_ms = now_ms();
+    let (repaired, window) = timed(reset(true)).await;
     assert_eq!(repaired.code, 0, "{repaired:?}");
     assert!(
         repaired.stdout.contains("repair: rewrite the row")
@@ -1019,14 +1016,7 @@ async fn assert_reset_repairs<F, Fut>(
                 .contains(&format!("{child}: repaired; checkpoint now trim horizon")),
         "the plan names the repair and why: {repaired:?}"
     );
-    let lease = assert_repaired(
-        &*store,
-        name,
-        child,
-        std::slice::from_ref(&parent),
-        before_ms..=after_ms,
-    )
-    .await;
+    let lease = assert_repaired(&*store, name, child, std::slice::from_ref(&parent), window).await;
 
     let status = kinsumer(&[
         "status", "--store", store_url, "--app", app, "--source", &source, "--json", "--sample",
@@ -1126,6 +1116,16 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What `command` gives, and the wall-clock window (Unix ms) it ran in: a token a repair took
+/// from the clock must fall inside it.
+async fn timed<T>(
+    command: impl std::future::Future<Output = T>,
+) -> (T, std::ops::RangeInclusive<u64>) {
+    let before_ms = now_ms();
+    let out = command.await;
+    (out, before_ms..=now_ms())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_repairs_a_row_that_does_not_decode_on_redis() {
     let Some((url, endpoint)) = with_kinesis(redis_url()) else {
@@ -1159,10 +1159,7 @@ async fn reset_repairs_a_row_that_does_not_decode_on_postgres() {
     let Some((pg, endpoint)) = with_kinesis(postgres_url()) else {
         return;
     };
-    let app = unique_name("cli-repair");
-    let pg_store = PgLeaseStore::connect(PgStoreConfig::new(&pg, &app))
-        .await
-        .expect("PostgreSQL");
+    let (app, pg_store) = pg_store_for(&pg, "cli-repair").await;
     let store: Arc<dyn LeaseStore> = Arc::new(pg_store.clone());
     let spoil = |stream: String, shard: ShardId| {
         let app = app.clone();
@@ -1237,10 +1234,7 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
     let Some(pg) = postgres_url() else {
         return;
     };
-    let app = unique_name("cli-exhausted");
-    let pg_store = PgLeaseStore::connect(PgStoreConfig::new(&pg, &app))
-        .await
-        .expect("PostgreSQL");
+    let (app, pg_store) = pg_store_for(&pg, "cli-exhausted").await;
     let store: Arc<dyn LeaseStore> = Arc::new(pg_store.clone());
     let (stream, shard, parent) = ("orders", ShardId::from("s-stuck"), ShardId::from("s-p"));
     store
@@ -1278,9 +1272,7 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
         refused.stderr.contains("can never be taken again") && refused.stderr.contains("--force"),
         "{refused:?}"
     );
-    let before_ms = now_ms();
-    let freed = reset(true).await;
-    let after_ms = now_ms();
+    let (freed, window) = timed(reset(true)).await;
     assert_eq!(freed.code, 0, "{freed:?}");
     assert!(
         freed
@@ -1291,7 +1283,7 @@ async fn reset_frees_a_lease_whose_token_is_exhausted() {
                 .contains("s-stuck: repaired; checkpoint now trim horizon"),
         "{freed:?}"
     );
-    let lease = assert_repaired(&*store, stream, &shard, &[parent], before_ms..=after_ms).await;
+    let lease = assert_repaired(&*store, stream, &shard, &[parent], window).await;
     let taken = store
         .take(
             stream,
@@ -1381,22 +1373,10 @@ async fn reset_refuses_a_sequence_number_the_shard_does_not_hold() {
 
     let mut other = reset("trim-horizon".into(), false).await;
     assert_eq!(other.code, 0, "{other:?}");
-    other = kinsumer(&[
-        "reset",
-        "--store",
-        &url,
-        "--app",
-        &app,
-        "--stream",
-        "another-stream",
-        "--source",
-        &source,
-        "--shard",
-        first.as_str(),
-        "--to",
-        "latest",
-        "--yes",
-    ])
+    other = kinsumer_line(format!(
+        "reset --store {url} --app {app} --stream another-stream --source {source} \
+         --shard {first} --to latest --yes"
+    ))
     .await;
     assert_eq!(other.code, 2, "{other:?}");
     assert!(
@@ -1425,19 +1405,9 @@ async fn tail_prints_what_was_produced() {
         stream.name
     );
 
-    let run = kinsumer(&[
-        "tail",
-        "--source",
-        url.as_str(),
-        "--from",
-        "trim-horizon",
-        "--format",
-        "json",
-        "--limit",
-        "30",
-        "--idle-exit",
-        "30",
-    ])
+    let run = kinsumer_line(format!(
+        "tail --source {url} --from trim-horizon --format json --limit 30 --idle-exit 30"
+    ))
     .await;
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<Value> = run
@@ -1465,15 +1435,9 @@ async fn tail_prints_what_was_produced() {
     assert!(run.stderr.contains("tailing stream"), "{run:?}");
 
     // Text, until idle; then from after a record of one shard: the rest of that shard.
-    let run = kinsumer(&[
-        "tail",
-        "--source",
-        url.as_str(),
-        "--from",
-        "trim-horizon",
-        "--idle-exit",
-        "2",
-    ])
+    let run = kinsumer_line(format!(
+        "tail --source {url} --from trim-horizon --idle-exit 2"
+    ))
     .await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout.lines().count(), 30, "{run:?}");
@@ -1484,20 +1448,10 @@ async fn tail_prints_what_was_produced() {
         first["sequence"].as_str().expect("sequence"),
     );
     let in_shard = lines.iter().filter(|l| l["shard"] == shard_id).count();
-    let from = format!("sequence:{sequence}");
-    let run = kinsumer(&[
-        "tail",
-        "--source",
-        url.as_str(),
-        "--shard",
-        shard_id,
-        "--from",
-        from.as_str(),
-        "--format",
-        "hex",
-        "--idle-exit",
-        "2",
-    ])
+    let run = kinsumer_line(format!(
+        "tail --source {url} --shard {shard_id} --from sequence:{sequence} --format hex \
+         --idle-exit 2"
+    ))
     .await;
     assert_eq!(run.code, 0, "{run:?}");
     let rest: Vec<&str> = run.stdout.lines().collect();
@@ -1505,16 +1459,7 @@ async fn tail_prints_what_was_produced() {
     assert!(rest.iter().all(|l| l.starts_with(shard_id)), "{run:?}");
     assert!(!run.stdout.contains(&format!(" {sequence} ")), "{run:?}");
 
-    let run = kinsumer(&[
-        "tail",
-        "--source",
-        url.as_str(),
-        "--shard",
-        "shardId-999",
-        "--limit",
-        "1",
-    ])
-    .await;
+    let run = kinsumer_line(format!("tail --source {url} --shard shardId-999 --limit 1")).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("has no shard shardId-999"), "{run:?}");
 }

@@ -9,7 +9,9 @@ use futures::StreamExt;
 use kinsumer_core::position::{Checkpoint, InitialPosition};
 use kinsumer_core::source::{Batch, ShardId, ShardInfo, ShardReader, ShardSource, SourceError};
 use kinsumer_core::store::LeaseStore;
-use kinsumer_core::{AckMode, Config, ConfigError, Consumer, ConsumerError, ShardBatch};
+use kinsumer_core::{
+    AckMode, Config, ConfigError, Consumer, ConsumerError, Record, Records, ShardBatch,
+};
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreFaults};
 use tokio::time::sleep;
 
@@ -29,12 +31,54 @@ fn id_of(data: &[u8]) -> u64 {
     u64::from_be_bytes(data[..8].try_into().expect("8 bytes"))
 }
 
+/// A stream of `shards` shards holding `n` records, a fresh store, and a consumer of both
+/// under `config`, not yet started.
+fn consumer_over(
+    shards: usize,
+    n: u64,
+    config: Config,
+) -> (MemoryStream, MemoryLeaseStore, Consumer) {
+    let stream = MemoryStream::new("s", shards);
+    fill(&stream, n);
+    let store = MemoryLeaseStore::new();
+    let consumer = Consumer::new(config, stream.clone(), store.clone()).expect("valid");
+    (stream, store, consumer)
+}
+
+/// The next record, which must come within a minute of the paused clock (`why` says what
+/// its not coming would mean).
+async fn next_within_a_minute(records: &mut Records, why: &str) -> Record {
+    tokio::time::timeout(Duration::from_secs(60), records.next())
+        .await
+        .expect(why)
+        .expect("open")
+        .expect("ok")
+}
+
+/// Reads and acks records until `n` distinct ids have come (a record delivered again counts
+/// once), each within a minute.
+async fn ack_until_distinct(records: &mut Records, n: usize, why: &str) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    while ids.len() < n {
+        let r = next_within_a_minute(records, why).await;
+        ids.insert(id_of(r.data()));
+        r.ack();
+    }
+    ids
+}
+
+/// Asserts that the lease of the stream's one shard is checkpointed just after its first
+/// `n` records.
+#[track_caller]
+fn assert_checkpoint_covers_first(stream: &MemoryStream, store: &MemoryLeaseStore, n: usize) {
+    let lease = &store.peek_leases("s")[0];
+    let nth = stream.records(&lease.shard)[n - 1].position.clone();
+    assert_eq!(lease.checkpoint, Some(Checkpoint::After(nth)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_record_stream_delivers_everything_in_shard_order_and_shutdown_releases() {
-    let stream = MemoryStream::new("s", 3);
-    fill(&stream, 300);
-    let store = MemoryLeaseStore::new();
-    let mut consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let (stream, store, mut consumer) = consumer_over(3, 300, config("a"));
     let mut records = consumer.records().expect("first start");
     let mut seen = BTreeSet::new();
     let mut last: std::collections::BTreeMap<ShardId, _> = Default::default();
@@ -65,10 +109,7 @@ async fn a_record_stream_delivers_everything_in_shard_order_and_shutdown_release
 
 #[tokio::test(start_paused = true)]
 async fn the_checkpoint_never_passes_an_unacked_record() {
-    let stream = MemoryStream::new("s", 1);
-    fill(&stream, 10);
-    let store = MemoryLeaseStore::new();
-    let mut consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let (stream, store, mut consumer) = consumer_over(1, 10, config("a"));
     let mut records = consumer.records().expect("start");
     let mut held = Vec::new();
     for i in 0..10 {
@@ -80,43 +121,33 @@ async fn the_checkpoint_never_passes_an_unacked_record() {
         }
     }
     sleep(Duration::from_secs(3)).await; // several commit intervals
-    let lease = &store.peek_leases("s")[0];
-    let third = stream.records(&lease.shard)[2].position.clone();
-    assert_eq!(lease.checkpoint, Some(Checkpoint::After(third)));
+    assert_checkpoint_covers_first(&stream, &store, 3);
     held.pop().expect("held").ack();
     sleep(Duration::from_secs(2)).await;
-    let lease = &store.peek_leases("s")[0];
-    let tenth = stream.records(&lease.shard)[9].position.clone();
-    assert_eq!(lease.checkpoint, Some(Checkpoint::After(tenth)));
+    assert_checkpoint_covers_first(&stream, &store, 10);
     consumer.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(start_paused = true)]
 async fn ack_on_drop_acks_after_processing() {
-    let stream = MemoryStream::new("s", 1);
-    fill(&stream, 5);
-    let store = MemoryLeaseStore::new();
-    let mut c = config("a");
-    c.ack_mode = AckMode::OnDrop;
-    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let on_drop = Config {
+        ack_mode: AckMode::OnDrop,
+        ..config("a")
+    };
+    let (stream, store, mut consumer) = consumer_over(1, 5, on_drop);
     let mut records = consumer.records().expect("start");
     for _ in 0..5 {
         let r = records.next().await.expect("open").expect("ok");
         drop(r);
     }
     sleep(Duration::from_secs(2)).await;
-    let lease = &store.peek_leases("s")[0];
-    let last = stream.records(&lease.shard)[4].position.clone();
-    assert_eq!(lease.checkpoint, Some(Checkpoint::After(last)));
+    assert_checkpoint_covers_first(&stream, &store, 5);
     consumer.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_handler_runs_in_order_and_retries_a_failed_batch() {
-    let stream = MemoryStream::new("s", 2);
-    fill(&stream, 200);
-    let store = MemoryLeaseStore::new();
-    let consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let (_stream, store, consumer) = consumer_over(2, 200, config("a"));
     let stop = consumer.shutdown_handle();
     let seen = Arc::new(Mutex::new(Vec::<(ShardId, u64)>::new()));
     let failed_once = Arc::new(Mutex::new(false));
@@ -204,16 +235,7 @@ async fn initial_position_latest_skips_old_records_but_children_start_at_their_h
             .put(&format!("k{i}"), i.to_be_bytes().to_vec())
             .expect("put");
     }
-    let mut ids = BTreeSet::new();
-    while ids.len() < 70 {
-        let r = tokio::time::timeout(Duration::from_secs(60), records.next())
-            .await
-            .expect("records keep coming")
-            .expect("open")
-            .expect("ok");
-        ids.insert(id_of(r.data()));
-        r.ack();
-    }
+    let ids = ack_until_distinct(&mut records, 70, "records keep coming").await;
     assert!(
         ids.iter().all(|i| *i >= 100),
         "nothing from before the start"
@@ -226,10 +248,52 @@ async fn initial_position_latest_skips_old_records_but_children_start_at_their_h
     consumer.shutdown().await.expect("shutdown");
 }
 
-/// A source whose readers panic on their first read, once per shard.
-struct PanicsOnce {
+/// The records of a memory stream, each shard read through `wrap` around the stream's own
+/// reader: a source that differs from the stream only in how it reads.
+struct WrappedReaders<W> {
     inner: MemoryStream,
-    panicked: Arc<Mutex<BTreeSet<ShardId>>>,
+    wrap: W,
+}
+
+impl<W> WrappedReaders<W>
+where
+    W: Fn(&ShardId, Box<dyn ShardReader>) -> Box<dyn ShardReader> + Send + Sync + 'static,
+{
+    fn new(inner: MemoryStream, wrap: W) -> Self {
+        Self { inner, wrap }
+    }
+}
+
+#[async_trait]
+impl<W> ShardSource for WrappedReaders<W>
+where
+    W: Fn(&ShardId, Box<dyn ShardReader>) -> Box<dyn ShardReader> + Send + Sync + 'static,
+{
+    fn stream_name(&self) -> &str {
+        self.inner.stream_name()
+    }
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
+        self.inner.list_shards().await
+    }
+    async fn open(
+        &self,
+        shard: &ShardId,
+        from: &Checkpoint,
+    ) -> Result<Box<dyn ShardReader>, SourceError> {
+        Ok((self.wrap)(shard, self.inner.open(shard, from).await?))
+    }
+}
+
+/// A source whose readers panic on their first read, once per shard.
+fn panics_once(stream: MemoryStream) -> impl ShardSource {
+    let panicked: Arc<Mutex<BTreeSet<ShardId>>> = Default::default();
+    WrappedReaders::new(stream, move |shard, inner| {
+        Box::new(PanickyReader {
+            inner,
+            shard: shard.clone(),
+            panicked: panicked.clone(),
+        })
+    })
 }
 
 struct PanickyReader {
@@ -253,48 +317,15 @@ impl ShardReader for PanickyReader {
     }
 }
 
-#[async_trait]
-impl ShardSource for PanicsOnce {
-    fn stream_name(&self) -> &str {
-        self.inner.stream_name()
-    }
-    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
-        self.inner.list_shards().await
-    }
-    async fn open(
-        &self,
-        shard: &ShardId,
-        from: &Checkpoint,
-    ) -> Result<Box<dyn ShardReader>, SourceError> {
-        Ok(Box::new(PanickyReader {
-            inner: self.inner.open(shard, from).await?,
-            shard: shard.clone(),
-            panicked: self.panicked.clone(),
-        }))
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failing_shard_is_restarted_not_left_dead() {
     let stream = MemoryStream::new("s", 2);
     fill(&stream, 40);
-    let source = PanicsOnce {
-        inner: stream.clone(),
-        panicked: Default::default(),
-    };
+    let source = panics_once(stream.clone());
     let store = MemoryLeaseStore::new();
     let mut consumer = Consumer::new(config("a"), source, store.clone()).expect("valid");
     let mut records = consumer.records().expect("start");
-    let mut ids = BTreeSet::new();
-    while ids.len() < 40 {
-        let r = tokio::time::timeout(Duration::from_secs(60), records.next())
-            .await
-            .expect("the shards recover")
-            .expect("open")
-            .expect("ok");
-        ids.insert(id_of(r.data()));
-        r.ack();
-    }
+    ack_until_distinct(&mut records, 40, "the shards recover").await;
     // Each restart took the lease again, so the token moved past the first tenure.
     assert!(store.peek_leases("s").iter().all(|l| l.token >= 2));
     consumer.shutdown().await.expect("shutdown");
@@ -302,12 +333,11 @@ async fn a_failing_shard_is_restarted_not_left_dead() {
 
 #[tokio::test(start_paused = true)]
 async fn fetching_pauses_at_the_unacked_bound() {
-    let stream = MemoryStream::new("s", 1);
-    fill(&stream, 5_000);
-    let store = MemoryLeaseStore::new();
-    let mut c = config("a");
-    c.max_unacked_records = 100;
-    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let bounded = Config {
+        max_unacked_records: 100,
+        ..config("a")
+    };
+    let (stream, store, mut consumer) = consumer_over(1, 5_000, bounded);
     let mut records = consumer.records().expect("start");
     let first = records.next().await.expect("open").expect("ok");
     sleep(Duration::from_secs(10)).await; // a stalled handler
@@ -478,12 +508,11 @@ async fn a_finished_lease_is_deleted_once_its_shard_leaves_retention() {
 
 #[tokio::test(start_paused = true)]
 async fn ack_on_drop_never_acks_records_that_were_not_handed_out() {
-    let stream = MemoryStream::new("s", 1);
-    fill(&stream, 500);
-    let store = MemoryLeaseStore::new();
-    let mut c = config("a");
-    c.ack_mode = AckMode::OnDrop;
-    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let on_drop = Config {
+        ack_mode: AckMode::OnDrop,
+        ..config("a")
+    };
+    let (stream, store, mut consumer) = consumer_over(1, 500, on_drop);
     {
         let mut records = consumer.records().expect("start");
         for _ in 0..10 {
@@ -492,17 +521,12 @@ async fn ack_on_drop_never_acks_records_that_were_not_handed_out() {
         sleep(Duration::from_millis(500)).await; // more records wait in the channel
     } // the stream is dropped with records in it: they were never processed
     consumer.shutdown().await.expect("shutdown");
-    let lease = &store.peek_leases("s")[0];
-    let tenth = stream.records(&lease.shard)[9].position.clone();
-    assert_eq!(lease.checkpoint, Some(Checkpoint::After(tenth)));
+    assert_checkpoint_covers_first(&stream, &store, 10);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_batch_handler_restarts_its_shard_and_skips_nothing() {
-    let stream = MemoryStream::new("s", 1);
-    fill(&stream, 50);
-    let store = MemoryLeaseStore::new();
-    let consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let (_stream, store, consumer) = consumer_over(1, 50, config("a"));
     let stop = consumer.shutdown_handle();
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let panicked = Arc::new(Mutex::new(false));
@@ -542,9 +566,7 @@ async fn a_panicking_batch_handler_restarts_its_shard_and_skips_nothing() {
 /// duplicates of 2,000 records, and with panics often enough the checkpoint never moved).
 #[tokio::test(start_paused = true)]
 async fn a_handler_that_panics_often_redelivers_only_the_batches_that_panicked() {
-    let stream = MemoryStream::new("s", 1);
-    let store = MemoryLeaseStore::new();
-    let consumer = Consumer::new(config("a"), stream.clone(), store.clone()).expect("valid");
+    let (stream, _store, consumer) = consumer_over(1, 0, config("a"));
     let stop = consumer.shutdown_handle();
     // (ids handled, ids of batches that panicked)
     type Log = Arc<Mutex<(Vec<u64>, Vec<u64>)>>;
@@ -626,11 +648,7 @@ async fn a_takeover_before_the_first_commit_at_latest_loses_nothing() {
     stream.put("k", 101u64.to_be_bytes().to_vec()).expect("put");
     let mut ids = Vec::new();
     while ids.len() < 2 {
-        let r = tokio::time::timeout(Duration::from_secs(60), b_records.next())
-            .await
-            .expect("b takes over")
-            .expect("open")
-            .expect("ok");
+        let r = next_within_a_minute(&mut b_records, "b takes over").await;
         ids.push(id_of(r.data()));
         r.ack();
     }
@@ -644,12 +662,11 @@ async fn a_takeover_before_the_first_commit_at_latest_loses_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_record_never_acked_bounds_what_is_fetched_behind_it() {
-    let stream = MemoryStream::new("s", 1);
-    fill(&stream, 3_000);
-    let store = MemoryLeaseStore::new();
-    let mut c = config("a");
-    c.max_unacked_records = 100;
-    let mut consumer = Consumer::new(c, stream.clone(), store.clone()).expect("valid");
+    let bounded = Config {
+        max_unacked_records: 100,
+        ..config("a")
+    };
+    let (stream, _store, mut consumer) = consumer_over(1, 3_000, bounded);
     let mut records = consumer.records().expect("start");
     drop(records.next().await.expect("open").expect("ok")); // dropped, never acked
     for _ in 0..99 {
@@ -787,13 +804,8 @@ fn the_public_types_are_send() {
     send_sync::<ConsumerError>();
 }
 
-/// A source whose reader hands out one record at a time from each read of the stream, as a
-/// Kinesis reader does with the user records of an aggregate, saying `more_ready` while it
-/// holds more.
-struct OneAtATime {
-    inner: MemoryStream,
-}
-
+/// A reader that hands out one record at a time from each read of the stream, as a Kinesis
+/// reader does with the user records of an aggregate, saying `more_ready` while it holds more.
 struct OneAtATimeReader {
     inner: Box<dyn ShardReader>,
     held: std::collections::VecDeque<kinsumer_core::source::SourceRecord>,
@@ -816,26 +828,6 @@ impl ShardReader for OneAtATimeReader {
     }
 }
 
-#[async_trait]
-impl ShardSource for OneAtATime {
-    fn stream_name(&self) -> &str {
-        self.inner.stream_name()
-    }
-    async fn list_shards(&self) -> Result<Vec<ShardInfo>, SourceError> {
-        self.inner.list_shards().await
-    }
-    async fn open(
-        &self,
-        shard: &ShardId,
-        from: &Checkpoint,
-    ) -> Result<Box<dyn ShardReader>, SourceError> {
-        Ok(Box::new(OneAtATimeReader {
-            inner: self.inner.open(shard, from).await?,
-            held: Default::default(),
-        }))
-    }
-}
-
 /// Records a reader already holds are not paced like reads of the stream: 50 records read in
 /// one call and handed out one per batch all come within one `poll_interval` (they would
 /// take 49 of them if each batch waited its turn).
@@ -845,9 +837,12 @@ async fn records_a_reader_holds_are_not_paced_like_reads() {
     fill(&stream, 50);
     let cfg = config("a");
     let poll_interval = cfg.poll_interval;
-    let source = OneAtATime {
-        inner: stream.clone(),
-    };
+    let source = WrappedReaders::new(stream.clone(), |_, inner| {
+        Box::new(OneAtATimeReader {
+            inner,
+            held: Default::default(),
+        })
+    });
     let mut consumer = Consumer::new(cfg, source, MemoryLeaseStore::new()).expect("valid");
     let mut records = consumer.records().expect("start");
     let mut first_at = None;

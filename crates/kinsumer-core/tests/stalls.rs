@@ -80,10 +80,27 @@ impl Book {
 
 fn fill(stream: &MemoryStream) {
     for i in 0..RECORDS {
-        stream
-            .put(&format!("key-{i}"), i.to_be_bytes().to_vec())
-            .expect("put");
+        put_record(stream, i);
     }
+}
+
+/// Puts record `i`: its id as the data, under a key of its own.
+fn put_record(stream: &MemoryStream, i: u64) {
+    stream
+        .put(&format!("key-{i}"), i.to_be_bytes().to_vec())
+        .expect("put");
+}
+
+/// Puts the records one at a time, `every` apart, from a task of its own: they keep coming
+/// while the test goes on.
+fn produce_every(stream: &MemoryStream, every: Duration) -> tokio::task::JoinHandle<()> {
+    let stream = stream.clone();
+    tokio::spawn(async move {
+        for i in 0..RECORDS {
+            put_record(&stream, i);
+            sleep(every).await;
+        }
+    })
 }
 
 /// Two shards, an empty store, and `b`, a client that acks everything, already started.
@@ -103,10 +120,34 @@ fn steady(
     store: &MemoryLeaseStore,
     book: &Book,
 ) -> Consumer {
-    let mut c = Consumer::new(config(id, stall), stream.clone(), store.clone()).expect("valid");
+    steady_under(config(id, stall), stream, store, book)
+}
+
+/// A client under `config` that acks everything it is given.
+fn steady_under(
+    config: Config,
+    stream: &MemoryStream,
+    store: &MemoryLeaseStore,
+    book: &Book,
+) -> Consumer {
+    let id = config.client_id.clone();
+    let mut c = Consumer::new(config, stream.clone(), store.clone()).expect("valid");
     let records = c.records().expect("start");
-    tokio::spawn(ack_all(id.to_string(), records, book.clone()));
+    tokio::spawn(ack_all(id, records, book.clone()));
     c
+}
+
+/// `a` on its record stream, with stall detection as `detection` says, and its status.
+fn a_on_records(
+    detection: Option<Duration>,
+    stream: &MemoryStream,
+    store: &MemoryLeaseStore,
+) -> (Consumer, StatusHandle, Records) {
+    let mut a =
+        Consumer::new(config("a", detection), stream.clone(), store.clone()).expect("valid");
+    let status = a.status();
+    let records = a.records().expect("start");
+    (a, status, records)
 }
 
 async fn ack_all(id: String, mut records: Records, book: Book) {
@@ -156,10 +197,7 @@ async fn a_record_never_acked_moves_its_shard_within_the_stall_timeout() {
     let _recording = metrics::set_default_local_recorder(&recorder);
     for detection in [Some(STALL), None] {
         let (stream, store, book, b) = fleet_with_b(detection);
-        let mut a =
-            Consumer::new(config("a", detection), stream.clone(), store.clone()).expect("valid");
-        let status = a.status();
-        let mut records = a.records().expect("start");
+        let (a, status, mut records) = a_on_records(detection, &stream, &store);
         sleep(secs(5)).await; // one shard each
         fill(&stream);
         let (app, held) = (book.clone(), Arc::new(Mutex::new(None)));
@@ -308,10 +346,7 @@ async fn a_hung_batch_handler_moves_its_shard_within_the_stall_timeout() {
 async fn a_record_stream_not_polled_leaves_the_fleet_until_polled_again() {
     for detection in [Some(STALL), None] {
         let (stream, store, book, b) = fleet_with_b(detection);
-        let mut a =
-            Consumer::new(config("a", detection), stream.clone(), store.clone()).expect("valid");
-        let status = a.status();
-        let mut records = a.records().expect("start");
+        let (a, status, mut records) = a_on_records(detection, &stream, &store);
         sleep(secs(5)).await; // one shard each
         fill(&stream);
         // Take (and ack) one record, then stop polling.
@@ -372,13 +407,8 @@ async fn a_stuck_supervisor_stops_heartbeating_and_its_shards_move() {
         cfg.faults.no_watchdog = !watchdog;
         let watchdog_bound = cfg.lease_ttl - cfg.safety_margin - cfg.heartbeat_interval;
         let bound = watchdog_bound + cfg.lease_ttl + secs(2);
-        let mut a = Consumer::new(cfg, stream.clone(), store.clone()).expect("valid");
+        let a = steady_under(cfg, &stream, &store, &book);
         let status = a.status();
-        tokio::spawn(ack_all(
-            "a".into(),
-            a.records().expect("start"),
-            book.clone(),
-        ));
         sleep(secs(5)).await;
         assert_eq!(owned(&store, "a"), 2);
         switch.set(true);
@@ -462,26 +492,11 @@ async fn a_dropped_consumer_shuts_down_gracefully_in_the_background() {
         let (stream, store, book, b) = fleet_with_b(Some(STALL));
         let mut cfg = config("a", Some(STALL));
         cfg.faults.silent_drops = !handled;
-        let mut a = Consumer::new(cfg.clone(), stream.clone(), store.clone()).expect("valid");
-        tokio::spawn(ack_all(
-            "a".into(),
-            a.records().expect("start"),
-            book.clone(),
-        ));
+        let a = steady_under(cfg.clone(), &stream, &store, &book);
         sleep(secs(5)).await;
         assert_eq!(owned(&store, "a"), 1);
         // Records keep coming; a acks them up to the moment it is dropped (mid commit window).
-        let producer = {
-            let stream = stream.clone();
-            tokio::spawn(async move {
-                for i in 0..RECORDS {
-                    stream
-                        .put(&format!("key-{i}"), i.to_be_bytes().to_vec())
-                        .expect("put");
-                    sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
+        let producer = produce_every(&stream, Duration::from_millis(20));
         sleep(Duration::from_millis(1_500)).await;
         let since = Instant::now();
         drop(a);
@@ -529,17 +544,7 @@ async fn a_handler_that_hangs_again_takes_its_client_out_of_the_fleet() {
     let (status, stop) = (a.status(), a.shutdown_handle());
     let run = tokio::spawn(a.run(handler));
     sleep(secs(5)).await; // one shard each
-    let producer = {
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            for i in 0..RECORDS {
-                stream
-                    .put(&format!("key-{i}"), i.to_be_bytes().to_vec())
-                    .expect("put");
-                sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let producer = produce_every(&stream, Duration::from_millis(500));
     let left = wait_for(STALL * 6, || status.has_left_fleet()).await;
     assert!(left.is_some(), "a left the fleet: {:?}", status.stalls());
     assert!(stalls_of(&status, StallKind::HandlerHung) >= 2);
