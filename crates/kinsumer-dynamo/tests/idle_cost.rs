@@ -11,14 +11,27 @@ mod common;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kinsumer_core::{Config, Consumer, LeaseStore, ShardSource};
+use kinsumer_core::{Config, LeaseStore, ShardSource};
+use kinsumer_dynamo::aws_sdk_dynamodb::Client;
 use kinsumer_dynamo::{DynamoConfig, DynamoLeaseStore, DynamoStats};
+use kinsumer_test_env::fleet::wait_until_balanced;
 use kinsumer_testkit::MemoryStream;
+use kinsumer_testkit::conformance::fleet::start_acking;
 use tokio::time::sleep;
 
 const CLIENTS: usize = 10;
 const SHARDS: usize = 1_000;
 const WINDOW: Duration = Duration::from_secs(10);
+
+/// A store of its own for application "idle" on `table`, which the first one opened creates.
+async fn open_store(client: &Client, table: &str) -> DynamoLeaseStore {
+    let config = DynamoConfig::new("idle")
+        .with_table(table)
+        .create_table_if_missing(true);
+    DynamoLeaseStore::open(client.clone(), config)
+        .await
+        .expect("open")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_store_cost_of_10_clients_and_1000_leases() {
@@ -39,14 +52,7 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
 
     // Set-up, not measured: the 1,000 lease rows, written 16 at a time (otherwise all ten
     // clients race to create them, which moto, one Python process, serves slowly).
-    let setup = DynamoLeaseStore::open(
-        client.clone(),
-        DynamoConfig::new("idle")
-            .with_table(&table)
-            .create_table_if_missing(true),
-    )
-    .await
-    .expect("open");
+    let setup = open_store(&client, &table).await;
     let shards: Vec<_> = stream
         .list_shards()
         .await
@@ -68,24 +74,10 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
     let mut fleet = Vec::new();
     let mut stores = Vec::new();
     for n in 0..CLIENTS {
-        let store = DynamoLeaseStore::open(
-            client.clone(),
-            DynamoConfig::new("idle")
-                .with_table(&table)
-                .create_table_if_missing(true),
-        )
-        .await
-        .expect("open");
+        let store = open_store(&client, &table).await;
         stores.push(store.clone());
         let config = config.clone().with_client_id(format!("client-{n}"));
-        let mut consumer = Consumer::new(config, stream.clone(), store).expect("valid config");
-        let mut records = consumer.records().expect("start");
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(record)) = records.next().await {
-                record.ack();
-            }
-        });
-        fleet.push((consumer, reader));
+        fleet.push(start_acking(config, stream.clone(), store));
     }
     let total = |stores: &[DynamoLeaseStore]| {
         stores
@@ -94,22 +86,12 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
     };
 
     // Settle: every lease taken and balanced, then a little longer.
-    let started = Instant::now();
-    loop {
-        let held: Vec<usize> = fleet
-            .iter()
-            .map(|(c, _)| c.status().shards().len())
-            .collect();
-        if held.iter().sum::<usize>() == SHARDS && held.iter().all(|&n| n == SHARDS / CLIENTS) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "the fleet never settled: {held:?}"
-        );
-        sleep(Duration::from_millis(250)).await;
-    }
-    let settled_in = started.elapsed();
+    let settled_in = wait_until_balanced(
+        fleet.iter().map(|(c, _)| c),
+        SHARDS,
+        Duration::from_secs(240),
+    )
+    .await;
     let settle_cost = total(&stores);
     sleep(Duration::from_secs(3)).await;
 

@@ -7,18 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use aws_smithy_runtime_api::http::StatusCode;
-use aws_smithy_types::body::SdkBody;
 use kinsumer_core::position::{Checkpoint, Position, SequenceNumber};
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{ClientId, LeaseStore, StoreError};
-use kinsumer_dynamo::aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut;
 use kinsumer_dynamo::aws_sdk_dynamodb::config::retry::RetryConfig;
-use kinsumer_dynamo::aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use kinsumer_dynamo::aws_sdk_dynamodb::types::AttributeValue;
 use kinsumer_dynamo::{DynamoConfig, DynamoLeaseStore};
+use kinsumer_test_env::emulator::{InjectReplies, ReplaceReplies};
+use kinsumer_test_env::rows::client_counters;
 
 fn after(n: u128) -> Checkpoint {
     Checkpoint::After(Position::new(SequenceNumber::from_u128(n), 0))
@@ -174,17 +170,7 @@ async fn heartbeat_values_are_exact_numbers_and_old_rows_still_read() {
         .send()
         .await
         .expect("put");
-    let rows = |read: kinsumer_core::store::Rows<kinsumer_core::store::ClientRow>| {
-        assert!(read.corrupt.is_empty(), "{:?}", read.corrupt);
-        read.rows
-            .into_iter()
-            .map(|r| (r.id.as_str().to_owned(), r.counter))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        rows(store.clients().await.expect("clients")),
-        [("old".to_owned(), 17)]
-    );
+    assert_eq!(client_counters(&store).await, [("old".to_owned(), 17)]);
     let stored = |sk: &'static str| {
         let (client, table) = (client.clone(), table.clone());
         async move {
@@ -209,7 +195,7 @@ async fn heartbeat_values_are_exact_numbers_and_old_rows_still_read() {
         Some(AttributeValue::N("18446744073709551615".into()))
     );
     assert_eq!(
-        rows(store.clients().await.expect("clients")),
+        client_counters(&store).await,
         [("new".to_owned(), 1 << 63), ("old".to_owned(), u64::MAX)]
     );
     // A smaller value replaces a larger one, and a repeat is harmless.
@@ -217,7 +203,7 @@ async fn heartbeat_values_are_exact_numbers_and_old_rows_still_read() {
     store.heartbeat(&old, 5).await.expect("heartbeat again");
     assert_eq!(stored("old").await, Some(AttributeValue::N("5".into())));
     assert_eq!(
-        rows(store.clients().await.expect("clients")),
+        client_counters(&store).await,
         [("new".to_owned(), 1 << 63), ("old".to_owned(), 5)]
     );
     common::drop_table(&client, &table).await;
@@ -365,25 +351,26 @@ async fn client_ttl_stamps_rows_and_enables_ttl() {
 
 /// Replaces the server's answer to the first `count` requests of `operation` (after the server
 /// handled them) by `status` and `body`: a reply lost after sending, or throttling.
-#[derive(Debug, Clone)]
-struct InjectReplies {
+#[derive(Debug)]
+struct ReplaceFirst {
     operation: &'static str,
     count: u64,
     status: u16,
     body: &'static str,
-    /// Requests of `operation` seen so far (shared by the clones the SDK keeps).
-    seen: Arc<AtomicU64>,
+    /// Requests of `operation` seen so far.
+    seen: AtomicU64,
 }
 
-impl InjectReplies {
-    fn new(operation: &'static str, count: u64, status: u16, body: &'static str) -> Self {
-        Self {
+impl ReplaceFirst {
+    /// Shared: the test reads `seen` while the client's interceptor holds it.
+    fn new(operation: &'static str, count: u64, status: u16, body: &'static str) -> Arc<Self> {
+        Arc::new(Self {
             operation,
             count,
             status,
             body,
-            seen: Arc::default(),
-        }
+            seen: AtomicU64::new(0),
+        })
     }
 
     fn seen(&self) -> u64 {
@@ -391,27 +378,12 @@ impl InjectReplies {
     }
 }
 
-impl Intercept for InjectReplies {
-    fn name(&self) -> &'static str {
-        "inject-replies"
-    }
-
-    fn modify_before_deserialization(
-        &self,
-        ctx: &mut BeforeDeserializationInterceptorContextMut<'_>,
-        _: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        if cfg.load::<Metadata>().map(Metadata::name) != Some(self.operation) {
-            return Ok(());
+impl ReplaceReplies for ReplaceFirst {
+    fn replace(&self, operation: &str) -> Option<(u16, String)> {
+        if operation != self.operation || self.seen.fetch_add(1, Ordering::Relaxed) >= self.count {
+            return None;
         }
-        if self.seen.fetch_add(1, Ordering::Relaxed) >= self.count {
-            return Ok(());
-        }
-        let response = ctx.response_mut();
-        *response.status_mut() = StatusCode::try_from(self.status)?;
-        *response.body_mut() = SdkBody::from(self.body);
-        Ok(())
+        Some((self.status, self.body.to_owned()))
     }
 }
 
@@ -434,9 +406,9 @@ async fn an_applied_take_whose_reply_was_lost_is_settled_as_ours() {
             .create_if_absent(stream, &shard, &[])
             .await
             .expect("create");
-        let lose = InjectReplies::new("UpdateItem", 1, 500, LOST_REPLY);
+        let lose = ReplaceFirst::new("UpdateItem", 1, 500, LOST_REPLY);
         let faulty = common::client_with(&endpoint, |b| {
-            let b = b.interceptor(lose.clone());
+            let b = b.interceptor(InjectReplies(lose.clone()));
             if retries {
                 b
             } else {
@@ -532,8 +504,8 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
     // The SDK's own retries are off, so every retry seen here is the store's. (The injected
     // answers replace those of requests the server applied: retrying a fenced write that was
     // in fact applied is harmless, it sets the same values under the same condition.)
-    let store_over = |inject: &InjectReplies| {
-        let inject = inject.clone();
+    let store_over = |inject: &Arc<ReplaceFirst>| {
+        let inject = InjectReplies(inject.clone());
         let client = common::client_with(&endpoint, |b| {
             b.interceptor(inject).retry_config(RetryConfig::disabled())
         });
@@ -541,7 +513,7 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
     };
 
     // Three throttled replies, then the write goes through: the caller only sees success.
-    let few = InjectReplies::new("UpdateItem", 3, 400, THROTTLED);
+    let few = ReplaceFirst::new("UpdateItem", 3, 400, THROTTLED);
     let store = store_over(&few).await.expect("open");
     let started = std::time::Instant::now();
     store
@@ -569,7 +541,7 @@ async fn throttling_is_retried_with_backoff_then_reported_as_throttled() {
 
     // Throttled for longer than the store retries: a typed, retryable `Throttled` — never
     // LeaseLost, which would make the engine drop a lease it still holds.
-    let many = InjectReplies::new("UpdateItem", 1_000, 400, THROTTLED);
+    let many = ReplaceFirst::new("UpdateItem", 1_000, 400, THROTTLED);
     let store = store_over(&many).await.expect("open");
     let err = store
         .checkpoint(stream, &tenure, &after(8))

@@ -8,9 +8,12 @@ mod common;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::AttributeValue;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
+use kinsumer_dynamo::DynamoLeaseStore;
 use kinsumer_testkit::conformance::{self, Vandal, hostile_number, hostile_text, lease_field};
 
 struct DynamoVandal {
@@ -29,6 +32,36 @@ fn hostile_value(rng: &mut Rng) -> AttributeValue {
         3 => AttributeValue::L(vec![AttributeValue::N("1".into())]),
         4 => AttributeValue::Null(true),
         _ => AttributeValue::Ss(vec![hostile_number(rng).replace(' ', "x") + "s"]),
+    }
+}
+
+impl DynamoVandal {
+    /// A vandal of the items in `store`'s table, written through `client`.
+    fn of(client: &Client, store: &DynamoLeaseStore) -> Self {
+        Self {
+            client: client.clone(),
+            table: store.table().to_owned(),
+        }
+    }
+
+    /// Sets the `token` attribute of the lease item of `shard`, which must exist.
+    async fn set_token(
+        &self,
+        stream: &str,
+        shard: &ShardId,
+        token: AttributeValue,
+    ) -> Result<UpdateItemOutput, SdkError<UpdateItemError>> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("lease#tests#{stream}")))
+            .key("sk", AttributeValue::S(shard.to_string()))
+            .update_expression("SET #t = :v")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#t", "token")
+            .expression_attribute_values(":v", token)
+            .send()
+            .await
     }
 }
 
@@ -51,31 +84,13 @@ impl Vandal for DynamoVandal {
 
     async fn corrupt_lease(&self, stream: &str, shard: &ShardId) {
         // The token as a string: an attribute of the wrong type.
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("lease#tests#{stream}")))
-            .key("sk", AttributeValue::S(shard.to_string()))
-            .update_expression("SET #t = :v")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#t", "token")
-            .expression_attribute_values(":v", AttributeValue::S("1".into()))
-            .send()
+        self.set_token(stream, shard, AttributeValue::S("1".into()))
             .await
             .expect("UpdateItem of a corrupt lease item");
     }
 
     async fn exhaust_token(&self, stream: &str, shard: &ShardId) {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("lease#tests#{stream}")))
-            .key("sk", AttributeValue::S(shard.to_string()))
-            .update_expression("SET #t = :v")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#t", "token")
-            .expression_attribute_values(":v", AttributeValue::N(i64::MAX.to_string()))
-            .send()
+        self.set_token(stream, shard, AttributeValue::N(i64::MAX.to_string()))
             .await
             .expect("UpdateItem of the token");
     }
@@ -102,10 +117,7 @@ async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
     };
     let client = common::client(&endpoint);
     let store = common::fresh_store(&client, "vandal").await;
-    let vandal = DynamoVandal {
-        client: client.clone(),
-        table: store.table().to_owned(),
-    };
+    let vandal = DynamoVandal::of(&client, &store);
     let report = conformance::fleet_under_vandal(store.clone(), "tests", &vandal, 13).await;
     eprintln!("dynamodb under a vandal: {report:?}");
     assert!(
@@ -122,10 +134,7 @@ async fn a_corrupt_item_is_repaired_and_a_healthy_one_never_overwritten() {
     };
     let client = common::client(&endpoint);
     let store = common::fresh_store(&client, "repair").await;
-    let vandal = DynamoVandal {
-        client: client.clone(),
-        table: store.table().to_owned(),
-    };
+    let vandal = DynamoVandal::of(&client, &store);
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
     common::drop_table(&client, store.table()).await;
 }
@@ -146,13 +155,10 @@ async fn a_repair_whose_reply_was_lost_is_settled_by_re_reading() {
     let proxy = kinsumer_testkit::FaultProxy::start(upstream).expect("start the proxy");
     let client = common::client(&endpoint);
     let direct = common::fresh_store(&client, "repair-lost").await;
-    let vandal = DynamoVandal {
-        client: client.clone(),
-        table: direct.table().to_owned(),
-    };
+    let vandal = DynamoVandal::of(&client, &direct);
     let through_proxy = endpoint.replacen(&authority, &proxy.addr().to_string(), 1);
     let config = kinsumer_dynamo::DynamoConfig::new("tests").with_table(direct.table());
-    let faulty = kinsumer_dynamo::DynamoLeaseStore::open(common::client(&through_proxy), config)
+    let faulty = DynamoLeaseStore::open(common::client(&through_proxy), config)
         .await
         .expect("open through the proxy");
     conformance::unknown_outcome::replace_corrupt_whose_reply_was_lost_is_ok(

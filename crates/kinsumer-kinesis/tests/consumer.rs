@@ -1,5 +1,6 @@
 //! Whole consumers on kinesis-local: resharding, injected faults, KPL aggregates.
 
+use kinsumer_test_env::emulator::{InjectReplies, ReplaceReplies};
 use kinsumer_test_env::kinesis_local as common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,33 +8,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::interceptors::BeforeDeserializationInterceptorContextMut;
 use aws_sdk_kinesis::config::retry::RetryConfig;
-use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use aws_smithy_runtime_api::http::StatusCode;
-use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use futures::StreamExt;
 use kinsumer_core::{Config, Consumer, Records};
 use kinsumer_kinesis::kpl::{UserRecord, aggregate};
 use kinsumer_kinesis::{FanOutOptions, KinesisSource};
 use kinsumer_testkit::MemoryLeaseStore;
+use kinsumer_testkit::conformance::fleet_config;
 use kinsumer_testkit::memory_store::{EventClock, StoreOp};
 
-/// Short intervals, so takeovers and reshards settle in seconds.
+/// The fleet check's short intervals, so takeovers and reshards settle in seconds; the call
+/// timeout stays the default (the emulator's reads may be slow, and were never cut short here).
 fn config(client: &str) -> Config {
-    let mut c = Config::new("kinesis-tests").with_client_id(client);
-    c.heartbeat_interval = Duration::from_millis(500);
-    c.lease_ttl = Duration::from_secs(3);
-    c.safety_margin = Duration::from_millis(500);
-    c.commit_interval = Duration::from_millis(250);
-    c.poll_interval = Duration::from_millis(100);
-    c.membership_poll_interval = Duration::from_millis(100);
-    c.rebalance_interval = Duration::from_secs(1);
-    c.shard_sync_interval = Duration::from_secs(1);
+    let mut c = fleet_config("kinesis-tests", client);
+    c.call_timeout = Config::new("kinesis-tests").call_timeout;
     c
 }
 
@@ -243,19 +233,10 @@ struct InjectFaults {
     throttled: AtomicU64,
 }
 
-impl Intercept for InjectFaults {
-    fn name(&self) -> &'static str {
-        "inject-faults"
-    }
-
-    fn modify_before_deserialization(
-        &self,
-        ctx: &mut BeforeDeserializationInterceptorContextMut<'_>,
-        _: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        if cfg.load::<Metadata>().map(Metadata::name) != Some("GetRecords") {
-            return Ok(());
+impl ReplaceReplies for InjectFaults {
+    fn replace(&self, operation: &str) -> Option<(u16, String)> {
+        if operation != "GetRecords" {
+            return None;
         }
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let code = if n.is_multiple_of(7) {
@@ -265,14 +246,12 @@ impl Intercept for InjectFaults {
             self.throttled.fetch_add(1, Ordering::Relaxed);
             "ProvisionedThroughputExceededException"
         } else {
-            return Ok(());
+            return None;
         };
-        let response = ctx.response_mut();
-        *response.status_mut() = StatusCode::try_from(400)?;
-        *response.body_mut() = SdkBody::from(format!(
-            r#"{{"__type":"{code}","message":"injected by the test"}}"#
-        ));
-        Ok(())
+        Some((
+            400,
+            format!(r#"{{"__type":"{code}","message":"injected by the test"}}"#),
+        ))
     }
 }
 
@@ -288,7 +267,7 @@ async fn expired_iterators_and_throttling_lose_and_repeat_nothing() {
     let faulty = common::client_with(&endpoint, |b| {
         // Let every fault reach the consumer instead of the SDK's own retries.
         b.retry_config(RetryConfig::disabled())
-            .interceptor(FaultsRef(faults.clone()))
+            .interceptor(InjectReplies(faults.clone()))
     });
     let source = KinesisSource::new(faulty, &stream.name);
     let stats_source = source.clone();
@@ -318,25 +297,6 @@ async fn expired_iterators_and_throttling_lose_and_repeat_nothing() {
     assert!(
         faults.expired.load(Ordering::Relaxed) > 0 && faults.throttled.load(Ordering::Relaxed) > 0
     );
-}
-
-/// `Intercept` for a shared `InjectFaults`, so the test can read its counters.
-#[derive(Debug)]
-struct FaultsRef(Arc<InjectFaults>);
-
-impl Intercept for FaultsRef {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn modify_before_deserialization(
-        &self,
-        ctx: &mut BeforeDeserializationInterceptorContextMut<'_>,
-        rc: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.modify_before_deserialization(ctx, rc, cfg)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{ClientId, LeaseStore, StoreError, Tenure};
 use kinsumer_postgres::sqlx::{self, AssertSqlSafe};
 use kinsumer_postgres::{PgLeaseStore, TxCheckpoint};
+use kinsumer_test_env::rows::client_counters;
 use kinsumer_testkit::conformance;
 
 fn pos(seq: &str, sub: u64) -> Position {
@@ -176,17 +177,7 @@ async fn heartbeat_values_are_written_as_they_are_and_old_counters_still_read() 
     .execute(store.pool())
     .await
     .expect("insert");
-    let rows = |read: kinsumer_core::store::Rows<kinsumer_core::store::ClientRow>| {
-        assert!(read.corrupt.is_empty(), "{:?}", read.corrupt);
-        read.rows
-            .into_iter()
-            .map(|r| (r.id.as_str().to_owned(), r.counter))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        rows(store.clients().await.expect("clients")),
-        [("old".to_owned(), 17)]
-    );
+    assert_eq!(client_counters(&store).await, [("old".to_owned(), 17)]);
     // Values are written, not added: a lower one replaces a higher one; a repeat is fine.
     for (id, beat) in [("old", 5), ("max", i64::MAX as u64), ("mid", (7 << 32) | 1)] {
         store
@@ -199,7 +190,7 @@ async fn heartbeat_values_are_written_as_they_are_and_old_counters_still_read() 
         .await
         .expect("a repeated heartbeat");
     assert_eq!(
-        rows(store.clients().await.expect("clients")),
+        client_counters(&store).await,
         [
             ("max".to_owned(), i64::MAX as u64),
             ("mid".to_owned(), (7 << 32) | 1),

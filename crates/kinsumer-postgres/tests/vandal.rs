@@ -27,6 +27,23 @@ impl PgVandal {
             application: application.to_owned(),
         }
     }
+
+    /// `UPDATE leases SET {set}` on the row of `shard`, which must exist (`what` names the
+    /// statement if it fails).
+    async fn update_lease(&self, stream: &str, shard: &ShardId, set: &str, what: &str) {
+        let sql = format!(
+            "UPDATE \"{}\".leases SET {set} WHERE application = $1 AND stream = $2 AND shard = $3",
+            self.schema
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(stream)
+            .bind(shard.as_str())
+            .execute(&self.pool)
+            .await
+            .expect(what);
+        assert_eq!(done.rows_affected(), 1, "the row of {shard} exists");
+    }
 }
 
 #[async_trait]
@@ -57,36 +74,23 @@ impl Vandal for PgVandal {
 
     async fn corrupt_lease(&self, stream: &str, shard: &ShardId) {
         // A sub-sequence with a sign: text the column takes, but no checkpoint.
-        let sql = format!(
-            "UPDATE \"{}\".leases SET checkpoint = 'AFTER:1/+1' \
-             WHERE application = $1 AND stream = $2 AND shard = $3",
-            self.schema
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(&self.application)
-            .bind(stream)
-            .bind(shard.as_str())
-            .execute(&self.pool)
-            .await
-            .expect("UPDATE of a corrupt lease row");
-        assert_eq!(done.rows_affected(), 1, "the row of {shard} exists");
+        self.update_lease(
+            stream,
+            shard,
+            "checkpoint = 'AFTER:1/+1'",
+            "UPDATE of a corrupt lease row",
+        )
+        .await;
     }
 
     async fn exhaust_token(&self, stream: &str, shard: &ShardId) {
-        let sql = format!(
-            "UPDATE \"{}\".leases SET token = $4 \
-             WHERE application = $1 AND stream = $2 AND shard = $3",
-            self.schema
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(&self.application)
-            .bind(stream)
-            .bind(shard.as_str())
-            .bind(i64::MAX)
-            .execute(&self.pool)
-            .await
-            .expect("UPDATE of the token");
-        assert_eq!(done.rows_affected(), 1, "the row of {shard} exists");
+        self.update_lease(
+            stream,
+            shard,
+            &format!("token = {}", i64::MAX),
+            "UPDATE of the token",
+        )
+        .await;
     }
 
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {

@@ -9,10 +9,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use kinsumer_core::{Config, Consumer};
+use kinsumer_core::Config;
 use kinsumer_redis::RedisLeaseStore;
+use kinsumer_test_env::fleet::wait_until_balanced;
 use kinsumer_testkit::MemoryStream;
+use kinsumer_testkit::conformance::fleet::start_acking;
 use tokio::time::sleep;
 
 const CLIENTS: usize = 10;
@@ -63,34 +64,17 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
     for n in 0..CLIENTS {
         let store = RedisLeaseStore::connect(&url, &app).await.expect("connect");
         let config = config.clone().with_client_id(format!("client-{n}"));
-        let mut consumer = Consumer::new(config, stream.clone(), store).expect("valid config");
-        let mut records = consumer.records().expect("start");
         // Nothing is ever produced; drain anyway so the fleet behaves as in production.
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(record)) = records.next().await {
-                record.ack();
-            }
-        });
-        fleet.push((consumer, reader));
+        fleet.push(start_acking(config, stream.clone(), store));
     }
 
     // Settle: every lease taken, balanced, then a little longer.
-    let started = Instant::now();
-    loop {
-        let held: Vec<usize> = fleet
-            .iter()
-            .map(|(c, _)| c.status().shards().len())
-            .collect();
-        if held.iter().sum::<usize>() == SHARDS && held.iter().all(|&n| n == SHARDS / CLIENTS) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the fleet never settled: {held:?}"
-        );
-        sleep(Duration::from_millis(250)).await;
-    }
-    let settled_in = started.elapsed();
+    let settled_in = wait_until_balanced(
+        fleet.iter().map(|(c, _)| c),
+        SHARDS,
+        Duration::from_secs(120),
+    )
+    .await;
     sleep(Duration::from_secs(5)).await;
 
     let mut conn = common::raw_connection(&url).await;

@@ -5,8 +5,9 @@ mod common;
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::source::ShardId;
-use kinsumer_core::store::{ClientId, ClientRow, LeaseStore, Rows, StoreError, Tenure};
+use kinsumer_core::store::{ClientId, LeaseStore, StoreError, Tenure};
 use kinsumer_redis::RedisLeaseStore;
+use kinsumer_test_env::rows::client_counters;
 
 fn shard(n: u32) -> ShardId {
     ShardId::from(format!("shardId-{n:012}"))
@@ -116,17 +117,7 @@ async fn heartbeat_values_are_decimal_u64_text_and_old_rows_still_read() {
         .await
         .expect("hincrby");
     let key = store.clients_key();
-    let rows = |read: Rows<ClientRow>| {
-        assert!(read.corrupt.is_empty(), "{:?}", read.corrupt);
-        read.rows
-            .into_iter()
-            .map(|r| (r.id.as_str().to_owned(), r.counter))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        rows(store.clients().await.expect("clients")),
-        [("old".to_owned(), 17)]
-    );
+    assert_eq!(client_counters(&store).await, [("old".to_owned(), 17)]);
     // The restarted client overwrites it with a value of its own, here the largest u64.
     store
         .heartbeat(&ClientId::from("old"), u64::MAX)
@@ -149,7 +140,7 @@ async fn heartbeat_values_are_decimal_u64_text_and_old_rows_still_read() {
     assert_eq!(hget(&mut conn, &key, "old").await, "3");
     assert_eq!(hget(&mut conn, &key, "new").await, "9223372036854775808");
     assert_eq!(
-        rows(store.clients().await.expect("clients")),
+        client_counters(&store).await,
         [("new".to_owned(), 1 << 63), ("old".to_owned(), 3)]
     );
     common::cleanup(&url, store.application()).await;

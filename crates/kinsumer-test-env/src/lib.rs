@@ -9,12 +9,18 @@
 //! - `kinesis_local` (feature `kinesis-local`) — a client for the Kinesis emulator, with a
 //!   fresh stream per test (`TestStream`, which the source conformance suite drives as a
 //!   `StreamAdmin`);
-//! - `moto` (feature `moto`) — a client for moto's DynamoDB server, with fresh tables.
+//! - `moto` (feature `moto`) — a client for moto's DynamoDB server, with fresh tables;
+//! - [`fleet`] and [`rows`] — waiting for a fleet of consumers to settle, and reading a store's
+//!   client rows, the same way in every backend's tests;
+//! - `emulator::InjectReplies` (either emulator feature) — replacing some of an emulator's
+//!   replies with errors, as the service would send them.
 
 #[cfg(any(feature = "kinesis-local", feature = "moto"))]
 pub mod emulator;
+pub mod fleet;
 #[cfg(feature = "kinesis-local")]
 pub mod kinesis_local;
 #[cfg(feature = "moto")]
 pub mod moto;
+pub mod rows;
 pub mod services;

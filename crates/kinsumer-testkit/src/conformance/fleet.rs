@@ -48,6 +48,27 @@ pub fn fleet_config(application: &str, client: &str) -> Config {
     c
 }
 
+/// Starts a consumer that acks every record it is handed, as a production fleet drains its
+/// stream, and returns it with the task reading its records (which ends at shutdown). For
+/// fleets whose cost or balance is measured, not their deliveries.
+pub fn start_acking(
+    config: Config,
+    source: impl ShardSource,
+    store: impl LeaseStore,
+) -> (Consumer, tokio::task::JoinHandle<()>) {
+    let mut consumer =
+        Consumer::new(config, source, store).expect("start_acking: the configuration is valid");
+    let mut records = consumer
+        .records()
+        .expect("start_acking: a new consumer hands out its records");
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(record)) = records.next().await {
+            record.ack();
+        }
+    });
+    (consumer, reader)
+}
+
 /// One delivery, as the handler saw it.
 #[derive(Clone, Debug)]
 struct Delivery {
