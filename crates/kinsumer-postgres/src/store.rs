@@ -114,6 +114,21 @@ pub(crate) struct CpParams {
     pub sub: Option<String>,
 }
 
+/// Binds a checkpoint's four parameters (text, kind, sequence, sub-sequence: the columns of
+/// every statement that writes one, in that order) within a statement's chain of binds.
+trait BindCheckpoint<'q> {
+    fn bind_checkpoint(self, cp: &'q CpParams) -> Self;
+}
+
+impl<'q> BindCheckpoint<'q> for PgQuery<'q> {
+    fn bind_checkpoint(self, cp: &'q CpParams) -> Self {
+        self.bind(&cp.text)
+            .bind(cp.kind)
+            .bind(&cp.seq)
+            .bind(&cp.sub)
+    }
+}
+
 impl CpParams {
     pub(crate) fn of(cp: Option<&Checkpoint>) -> Self {
         let Some(cp) = cp else {
@@ -601,10 +616,7 @@ impl PgLeaseStore {
             .bind(&parents)
             .bind(lease.owner.as_ref().map(ClientId::as_str))
             .bind(token)
-            .bind(&cp.text)
-            .bind(cp.kind)
-            .bind(&cp.seq)
-            .bind(&cp.sub)
+            .bind_checkpoint(cp)
             .bind(lease.finished)
             .bind(lease.successor.as_ref().map(ClientId::as_str))
             .execute(&mut *tx)
@@ -814,10 +826,7 @@ impl LeaseStore for PgLeaseStore {
             self.on_row(sql, stream, &tenure.shard)
                 .bind(tenure.owner.as_str())
                 .bind(token_param(tenure.token))
-                .bind(&cp.text)
-                .bind(cp.kind)
-                .bind(&cp.seq)
-                .bind(&cp.sub)
+                .bind_checkpoint(&cp)
                 .fetch_one(&self.inner.pool)
         })
         .await
@@ -837,10 +846,7 @@ impl LeaseStore for PgLeaseStore {
             self.on_row(sql, stream, shard)
                 .bind(tenure.owner.as_str())
                 .bind(token_param(tenure.token))
-                .bind(&cp.text)
-                .bind(cp.kind)
-                .bind(&cp.seq)
-                .bind(&cp.sub)
+                .bind_checkpoint(&cp)
                 .bind(successor.map(ClientId::as_str))
                 .fetch_one(&self.inner.pool)
         })
@@ -891,10 +897,7 @@ impl LeaseStore for PgLeaseStore {
         self.fenced(stream, shard, write, || {
             self.on_row(sql, stream, shard)
                 .bind(token_param(expected_token))
-                .bind(&cp.text)
-                .bind(cp.kind)
-                .bind(&cp.seq)
-                .bind(&cp.sub)
+                .bind_checkpoint(&cp)
                 .fetch_one(&self.inner.pool)
         })
         .await

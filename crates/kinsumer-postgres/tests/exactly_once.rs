@@ -20,16 +20,8 @@ use tokio::time::{Instant, sleep};
 const RECORDS: i64 = 400;
 
 fn config(client: &str) -> Config {
-    let mut c = Config::new("exactly-once").with_client_id(client);
-    c.heartbeat_interval = Duration::from_millis(200);
-    c.lease_ttl = Duration::from_secs(2);
-    c.safety_margin = Duration::from_millis(400);
-    c.membership_poll_interval = Duration::from_millis(100);
-    c.commit_interval = Duration::from_millis(200);
-    c.call_timeout = Duration::from_secs(1);
+    let mut c = common::fast_config("exactly-once", client);
     c.poll_interval = Duration::from_millis(20);
-    c.rebalance_interval = Duration::from_secs(1);
-    c.drain_timeout = Duration::from_secs(1);
     c.max_records_per_read = 10;
     c
 }

@@ -15,15 +15,7 @@ use tokio::time::{Instant, sleep};
 use common::private_pg::PrivatePg;
 
 fn config(client: &str) -> Config {
-    let mut c = Config::new("restart").with_client_id(client);
-    c.heartbeat_interval = Duration::from_millis(200);
-    c.lease_ttl = Duration::from_secs(2);
-    c.safety_margin = Duration::from_millis(400);
-    c.membership_poll_interval = Duration::from_millis(100);
-    c.commit_interval = Duration::from_millis(200);
-    c.call_timeout = Duration::from_secs(1);
-    c.rebalance_interval = Duration::from_secs(1);
-    c.drain_timeout = Duration::from_secs(1);
+    let mut c = common::fast_config("restart", client);
     c.max_backoff = Duration::from_millis(500);
     c.poll_interval = Duration::from_millis(50);
     c

@@ -9,6 +9,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kinsumer_postgres::sqlx::{self, AssertSqlSafe, PgPool};
 use kinsumer_postgres::{PgLeaseStore, PgStoreConfig};
 
+/// A consumer's config on a fast clock: leases, commits and handoffs within a second or two,
+/// so a test of crashes and restarts runs in seconds.
+pub fn fast_config(app: &str, client: &str) -> kinsumer_core::Config {
+    use std::time::Duration;
+    let mut c = kinsumer_core::Config::new(app).with_client_id(client);
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.lease_ttl = Duration::from_secs(2);
+    c.safety_margin = Duration::from_millis(400);
+    c.membership_poll_interval = Duration::from_millis(100);
+    c.commit_interval = Duration::from_millis(200);
+    c.call_timeout = Duration::from_secs(1);
+    c.rebalance_interval = Duration::from_secs(1);
+    c.drain_timeout = Duration::from_secs(1);
+    c
+}
+
 pub const DEFAULT_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
 /// The shared server's URL, or `None` (skip) when it is not running outside CI.
