@@ -265,30 +265,27 @@ impl AckTracker {
     /// it is handed out and acked. Its bytes count against the byte bound until it is acked
     /// whole.
     pub(crate) fn register_run(&self, run: Arc<Run>) {
-        let mut s = self.lock();
-        let (Some(first), Some(last)) = (run.records.first(), run.records.last()) else {
+        let Some(last) = run.records.last().map(|r| r.position.clone()) else {
             return;
         };
-        let records = run.records.len();
-        s.last_registered = Some(last.position.clone());
-        let entry = Entry {
-            position: last.position.clone(),
-            batch_first: (records > 1).then(|| Box::new(first.position.clone())),
+        let (records, bytes) = (run.records.len(), run.bytes);
+        let mut s = self.lock();
+        s.last_registered = Some(last.clone());
+        s.pending_records += records;
+        s.unacked_bytes += bytes;
+        s.registered_records += records as u64;
+        s.registered_bytes += bytes as u64;
+        s.pending.push_back(Entry {
+            position: last,
+            // The run names its records itself (see `Entry::first`).
+            batch_first: None,
             records: run.len(),
-            bytes: run.bytes,
+            bytes,
             fetched: tokio::time::Instant::now(),
             handed_out: None,
             acked: false,
-            run: None,
-            counted: (0, 0),
-        };
-        s.pending_records += records;
-        s.unacked_bytes += entry.bytes;
-        s.registered_records += records as u64;
-        s.registered_bytes += entry.bytes as u64;
-        s.pending.push_back(Entry {
             run: Some(run),
-            ..entry
+            counted: (0, 0),
         });
     }
 
