@@ -105,9 +105,6 @@ struct AckState {
     registered_bytes: u64,
     /// Handed out and not yet acked: what a drain waits for.
     outstanding: usize,
-    /// The index after the last record handed out: records are handed out in order, so the
-    /// record there is the one that has waited longest to be handed out.
-    handed_upto: u64,
     /// When the batch handler's current call on this shard began (`None` between calls).
     call_since: Option<tokio::time::Instant>,
     /// The record holding the watermark back in a run, as (entry index, record), and when the
@@ -292,16 +289,7 @@ impl AckTracker {
     /// Marks records `first..first+count` as handed to the caller, unless the tenure was revoked
     /// (then nothing is marked and `false` is returned: the records must not be delivered).
     pub fn hand_out_range(&self, first: u64, count: u64) -> bool {
-        self.hand_out_range_at(first, count, tokio::time::Instant::now())
-    }
-
-    /// [`Self::hand_out_range`] as of `now`.
-    pub(crate) fn hand_out_range_at(
-        &self,
-        first: u64,
-        count: u64,
-        now: tokio::time::Instant,
-    ) -> bool {
+        let now = tokio::time::Instant::now();
         let mut s = self.lock();
         if s.revoked {
             return false;
@@ -320,7 +308,6 @@ impl AckTracker {
             }
         }
         s.outstanding += marked;
-        s.handed_upto = s.handed_upto.max(first.saturating_add(count));
         drop(s);
         self.shared.metrics.delivered.increment(marked as u64);
         true
@@ -333,12 +320,7 @@ impl AckTracker {
 
     /// Acks records `first..first+count`; acking twice is harmless.
     pub fn ack_range(&self, first: u64, count: u64) {
-        self.ack_range_at(first, count, Some(tokio::time::Instant::now()));
-    }
-
-    /// [`Self::ack_range`], sampling the ack latency as of `now` (no sample with `None`: the
-    /// record stream reads the clock for one ack of each fetched batch, not for every record).
-    pub(crate) fn ack_range_at(&self, first: u64, count: u64, now: Option<tokio::time::Instant>) {
+        let now = tokio::time::Instant::now();
         let mut s = self.lock();
         let mut acked = 0u64;
         for i in first..first + count {
@@ -358,12 +340,10 @@ impl AckTracker {
             acked += records as u64;
             if let Some(at) = handed_out {
                 s.outstanding -= records;
-                if let Some(now) = now {
-                    self.shared
-                        .metrics
-                        .ack_latency
-                        .record(now.saturating_duration_since(at).as_secs_f64());
-                }
+                self.shared
+                    .metrics
+                    .ack_latency
+                    .record(now.saturating_duration_since(at).as_secs_f64());
             }
         }
         pop_acked(&mut s);
