@@ -368,7 +368,14 @@ impl RedisLeaseStore {
             write,
             &what,
             &format!("the reply was lost: {err}"),
-            || self.lease(stream, shard),
+            // The connection the reply was lost on may be the one broken: a re-read that meets
+            // it is sent once more (the manager reconnects), not taken as the answer.
+            || async {
+                match self.lease(stream, shard).await {
+                    Err(e) if e.is_retryable() => self.lease(stream, shard).await,
+                    read => read,
+                }
+            },
         )
         .await
     }
