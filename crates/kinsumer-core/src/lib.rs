@@ -13,10 +13,10 @@
 //!   release or finish; its files: `tenure/mod.rs` (the lifecycle), `tenure/fetch.rs` (the read
 //!   loop), `tenure/handler.rs` (the batch-handler worker), `tenure/deliver.rs` (a fetched
 //!   batch to the record stream or the handler);
-//! - [`record`] — what the application acks ([`Record`], [`ShardBatch`]); in `record/run.rs`,
-//!   a fetched batch on its way through the record stream (handed out and acked record by
-//!   record through counters, without a lock), and in `record/tracker.rs`, the tenure's ack
-//!   book that makes the watermark;
+//! - [`record`] — what the application acks ([`Record`], [`RecordRun`], [`ShardBatch`]); in
+//!   `record/run.rs`, a fetched batch on its way through the record stream (handed out and
+//!   acked by record or by stretch through counters, without a lock), and in
+//!   `record/tracker.rs`, the tenure's ack book that makes the watermark;
 //! - `engine` — what the supervisor and its tenures share (config, seams, back-off, heartbeat,
 //!   stall reports), and `health` — self-fencing when our own heartbeat stops landing;
 //! - `supervisor` — the task that runs all of the above: registers, reads, plans, takes, hands
@@ -71,7 +71,7 @@ pub use consumer::{
 pub use error::ConsumerError;
 pub use failure::{FailedBatch, FailureAction, FailurePolicy};
 pub use lifecycle::{EndReason, ShardEnding, ShardLifecycle, ShardStarted};
-pub use record::{BatchRecords, Record, ShardBatch};
+pub use record::{BatchRecords, Record, RecordRun, ShardBatch};
 pub use stall::{Stall, StallKind};
 
 pub use config::{AckMode, Config, ConfigError, TrimmedPolicy};

@@ -128,6 +128,97 @@ async fn the_checkpoint_never_passes_an_unacked_record() {
     consumer.shutdown().await.expect("shutdown");
 }
 
+/// Runs and single records mix on one stream: every record comes once, in shard order, and
+/// shutdown releases each lease at its last record.
+#[tokio::test(start_paused = true)]
+async fn runs_and_records_mix_on_one_stream() {
+    let small_reads = Config {
+        max_records_per_read: 7,
+        ..config("a")
+    };
+    let (stream, store, mut consumer) = consumer_over(3, 300, small_reads);
+    let mut records = consumer.records().expect("start");
+    let mut seen = BTreeSet::new();
+    let mut last: std::collections::BTreeMap<ShardId, _> = Default::default();
+    let mut in_order = |shard: &ShardId, position: &kinsumer_core::Position, id: u64| {
+        if let Some(prev) = last.insert(shard.clone(), position.clone()) {
+            assert!(prev < *position, "shard order");
+        }
+        assert!(seen.insert(id), "record {id} came twice");
+        seen.len()
+    };
+    let mut count = 0;
+    while count < 300 {
+        // One record on its own, then the rest of its read as a run.
+        let r = next_within_a_minute(&mut records, "a record comes").await;
+        count = in_order(r.shard_id(), r.position(), id_of(r.data()));
+        r.ack();
+        if count == 300 {
+            break;
+        }
+        let run = records.next_run().await.expect("open").expect("ok");
+        assert!(!run.is_empty() && run.len() <= 7, "{} records", run.len());
+        for record in run.records() {
+            count = in_order(run.shard_id(), &record.position, id_of(&record.data));
+        }
+        run.ack();
+    }
+    consumer.shutdown().await.expect("clean shutdown");
+    for lease in store.peek_leases("s") {
+        let last = stream
+            .records(&lease.shard)
+            .last()
+            .map(|r| r.position.clone());
+        assert_eq!(lease.checkpoint, last.map(Checkpoint::After), "{lease:?}");
+    }
+}
+
+/// A run held unacked holds the checkpoint at its first record, although later runs are
+/// acked; acked, it lets the checkpoint through them.
+#[tokio::test(start_paused = true)]
+async fn a_run_held_unacked_holds_the_checkpoint() {
+    let small_reads = Config {
+        max_records_per_read: 4,
+        ..config("a")
+    };
+    let (stream, store, mut consumer) = consumer_over(1, 12, small_reads);
+    let mut records = consumer.records().expect("start");
+    let first = records.next_run().await.expect("open").expect("ok");
+    assert_eq!(first.len(), 4);
+    let held = records.next_run().await.expect("open").expect("ok");
+    assert_eq!(held.len(), 4);
+    records.next_run().await.expect("open").expect("ok").ack();
+    first.ack();
+    sleep(Duration::from_secs(3)).await; // several commit intervals
+    assert_checkpoint_covers_first(&stream, &store, 4);
+    held.ack();
+    sleep(Duration::from_secs(2)).await;
+    assert_checkpoint_covers_first(&stream, &store, 12);
+    consumer.shutdown().await.expect("shutdown");
+}
+
+/// In `AckMode::OnDrop` a run acks itself when dropped — never when it was not handed out.
+#[tokio::test(start_paused = true)]
+async fn a_run_acks_itself_on_drop_and_only_what_it_holds() {
+    let on_drop = Config {
+        ack_mode: AckMode::OnDrop,
+        max_records_per_read: 5,
+        ..config("a")
+    };
+    let (stream, store, mut consumer) = consumer_over(1, 500, on_drop);
+    {
+        let mut records = consumer.records().expect("start");
+        for _ in 0..2 {
+            let run = records.next_run().await.expect("open").expect("ok");
+            assert_eq!(run.len(), 5);
+            drop(run); // processed
+        }
+        sleep(Duration::from_millis(500)).await; // more runs wait in the channel
+    } // dropped with runs in it: they were never processed
+    consumer.shutdown().await.expect("shutdown");
+    assert_checkpoint_covers_first(&stream, &store, 10);
+}
+
 #[tokio::test(start_paused = true)]
 async fn ack_on_drop_acks_after_processing() {
     let on_drop = Config {
@@ -391,22 +482,59 @@ async fn a_fatal_error_stops_the_consumer_and_says_why() {
 }
 
 /// Reads `records` in a task, logging (time, id) of each record handed out, acking each.
+/// How a test takes records off the stream.
+#[derive(Clone, Copy, Debug)]
+enum Take {
+    /// One by one (`StreamExt::next`), each acked.
+    Records,
+    /// A run at a time (`Records::next_run`), each acked whole.
+    Runs,
+}
+
 fn drain_into(
     mut records: kinsumer_core::Records,
+    take: Take,
     log: Arc<Mutex<Vec<(tokio::time::Instant, u64)>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(Ok(r)) = records.next().await {
-            log.lock()
-                .expect("lock")
-                .push((tokio::time::Instant::now(), id_of(r.data())));
-            r.ack();
+        loop {
+            let ids: Vec<u64> = match take {
+                Take::Records => match records.next().await {
+                    Some(Ok(r)) => {
+                        let id = id_of(r.data());
+                        r.ack();
+                        vec![id]
+                    }
+                    _ => return,
+                },
+                Take::Runs => match records.next_run().await {
+                    Some(Ok(run)) => {
+                        let ids = run.records().iter().map(|r| id_of(&r.data)).collect();
+                        run.ack();
+                        ids
+                    }
+                    _ => return,
+                },
+            };
+            let now = tokio::time::Instant::now();
+            let mut log = log.lock().expect("lock");
+            log.extend(ids.into_iter().map(|id| (now, id)));
         }
     })
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_client_cut_off_from_its_store_stops_before_anyone_takes_over() {
+    cut_off_client_stops_before_anyone_takes_over(Take::Records).await;
+}
+
+/// The same through runs: a run is handed out only while the client is not fenced either.
+#[tokio::test(start_paused = true)]
+async fn a_client_cut_off_from_its_store_hands_out_no_run_once_fenced() {
+    cut_off_client_stops_before_anyone_takes_over(Take::Runs).await;
+}
+
+async fn cut_off_client_stops_before_anyone_takes_over(take: Take) {
     use kinsumer_testkit::{Gate, GatedStore};
     let stream = MemoryStream::new("s", 1);
     let store = MemoryLeaseStore::new();
@@ -418,11 +546,11 @@ async fn a_client_cut_off_from_its_store_stops_before_anyone_takes_over() {
     )
     .expect("valid");
     let a_log = Arc::new(Mutex::new(Vec::new()));
-    let a_task = drain_into(a.records().expect("start"), a_log.clone());
+    let a_task = drain_into(a.records().expect("start"), take, a_log.clone());
     sleep(Duration::from_secs(3)).await; // a holds the shard
     let mut b = Consumer::new(config("b"), stream.clone(), store.clone()).expect("valid");
     let b_log = Arc::new(Mutex::new(Vec::new()));
-    let b_task = drain_into(b.records().expect("start"), b_log.clone());
+    let b_task = drain_into(b.records().expect("start"), take, b_log.clone());
 
     // a's store calls hang from now on; its reader keeps fetching.
     let cut = tokio::time::Instant::now();
@@ -799,6 +927,7 @@ fn the_public_types_are_send() {
     send::<Consumer>();
     send::<kinsumer_core::Records>();
     send::<kinsumer_core::Record>();
+    send::<kinsumer_core::RecordRun>();
     send_sync::<kinsumer_core::ShutdownHandle>();
     send_sync::<kinsumer_core::StatusHandle>();
     send_sync::<ConsumerError>();

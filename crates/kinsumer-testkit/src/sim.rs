@@ -66,7 +66,10 @@ use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::rng::{Rng, stable_hash};
 use kinsumer_core::source::{ShardId, ShardSource, SourceRecord};
 use kinsumer_core::store::{ClientId, Lease, LeaseStore};
-use kinsumer_core::{AckMode, Config, Consumer, ShardBatch, ShutdownHandle, StatusHandle};
+use kinsumer_core::{
+    AckMode, Config, Consumer, ConsumerError, Record, RecordRun, Records, ShardBatch,
+    ShutdownHandle, StatusHandle,
+};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -205,6 +208,8 @@ pub struct Scenario {
     pub slow_handler: bool,
     /// Record-stream consumers ack by dropping records (`AckMode::OnDrop`).
     pub ack_on_drop: bool,
+    /// Record-stream consumers take a run at a time (`Records::next_run`), acked whole.
+    pub by_run: bool,
     /// The clients' `call_timeout`. A paused client's calls hang until this passes; a long one
     /// lets a call made during the pause land after it, as a real process pause does.
     pub call_timeout: Duration,
@@ -242,6 +247,7 @@ impl Scenario {
             batch_handler: false,
             slow_handler: false,
             ack_on_drop: false,
+            by_run: false,
             call_timeout: Duration::from_secs(10),
             max_clock_drift: 0.0,
             engine_faults: EngineFaults::default(),
@@ -254,7 +260,8 @@ impl Scenario {
     }
 
     /// A scenario drawn from `seed`: 1–4 shards, 2–4 clients, 100–400 records over 30 s, and
-    /// 2–6 events in the first 45 s; 30 % consume with a batch handler, 15 % with a slow one; a
+    /// 2–6 events in the first 45 s; 30 % consume with a batch handler, 15 % with a slow one, a
+    /// third of the record-stream ones take runs (`Records::next_run`); a
     /// quarter also have one client stall for good in the first 40 s, and the calm phase's last
     /// probe is a shutdown, a dropped `Consumer` or a dropped record stream, a third each.
     pub fn from_seed(seed: u64) -> Self {
@@ -336,6 +343,8 @@ impl Scenario {
         }
         // From a third stream: in a quarter of the runs one client stalls for good, and the calm
         // phase's last probe shuts a client down, drops its consumer or drops its record stream.
+        // From a fourth: a third of the record-stream consumers take runs.
+        s.by_run = Rng::new(stable_hash(&[b"runs", &seed.to_le_bytes()])).chance(0.33);
         let mut stalls = Rng::new(stable_hash(&[b"stalls", &seed.to_le_bytes()]));
         if stalls.chance(0.25) {
             let at = Duration::from_millis(stalls.below(40_000));
@@ -522,6 +531,50 @@ impl App {
 }
 
 /// How long the application takes for one record: mostly quick, sometimes slow.
+/// What the record stream handed the application: one record, or a run.
+enum Handed {
+    One(Record),
+    Run(RecordRun),
+}
+
+impl Handed {
+    async fn next(stream: &mut Records, by_run: bool) -> Option<Result<Handed, ConsumerError>> {
+        if by_run {
+            stream.next_run().await.map(|r| r.map(Handed::Run))
+        } else {
+            stream.next().await.map(|r| r.map(Handed::One))
+        }
+    }
+
+    fn records(&self) -> &[SourceRecord] {
+        match self {
+            Handed::One(r) => std::slice::from_ref(r.source_record()),
+            Handed::Run(run) => run.records(),
+        }
+    }
+
+    fn shard_id(&self) -> &ShardId {
+        match self {
+            Handed::One(r) => r.shard_id(),
+            Handed::Run(run) => run.shard_id(),
+        }
+    }
+
+    fn lease_token(&self) -> u64 {
+        match self {
+            Handed::One(r) => r.lease_token(),
+            Handed::Run(run) => run.lease_token(),
+        }
+    }
+
+    fn ack(self) {
+        match self {
+            Handed::One(r) => r.ack(),
+            Handed::Run(run) => run.ack(),
+        }
+    }
+}
+
 fn processing_time(rng: &mut Rng, slow: bool) -> Duration {
     if slow {
         Duration::from_millis(30 + rng.below(70))
@@ -693,6 +746,7 @@ impl World {
         let mut rng = Rng::new(self.rng.next_u64());
         let slow = self.scenario.slow_handler;
         let on_drop = self.scenario.ack_on_drop;
+        let by_run = self.scenario.by_run;
         let errors = self.errors.clone();
         let mut consumer = match Consumer::from_shared(config, source, store) {
             Ok(c) => c,
@@ -766,30 +820,28 @@ impl World {
                             () = app.dropped.wait_open() => None,
                             item = async {
                                 app.polling.wait_open().await;
-                                stream.next().await
+                                Handed::next(stream, by_run).await
                             } => Some(item),
                         },
                     };
                     let Some(Some(item)) = next else {
                         break;
                     };
-                    let record = match item {
-                        Ok(r) => r,
+                    let handed = match item {
+                        Ok(h) => h,
                         Err(e) => {
                             lock(&errors).push(format!("{id2}: {e}"));
                             break;
                         }
                     };
                     // Logged when handed out, before a pause can hold the application.
-                    app.deliver(
-                        record.shard_id(),
-                        record.lease_token(),
-                        record.source_record(),
-                    );
+                    for record in handed.records() {
+                        app.deliver(handed.shard_id(), handed.lease_token(), record);
+                    }
                     app.gate.wait_open().await;
                     app.stall.wait_open().await;
-                    // Hung for good: the record is held, not acked. An application that drops
-                    // its stream meanwhile still holds the record (dropping it would ack it in
+                    // Hung for good: the records are held, not acked. An application that drops
+                    // its stream meanwhile still holds them (dropping them would ack them in
                     // `AckMode::OnDrop`, unprocessed).
                     tokio::select! {
                         biased;
@@ -799,17 +851,20 @@ impl World {
                             app.hang.wait_open().await;
                         }
                     }
-                    sleep(processing_time(&mut rng, slow)).await;
+                    let took = handed
+                        .records()
+                        .iter()
+                        .map(|_| processing_time(&mut rng, slow))
+                        .sum();
+                    sleep(took).await;
                     app.gate.wait_open().await;
-                    app.ack(
-                        record.shard_id(),
-                        record.lease_token(),
-                        record.source_record(),
-                    );
+                    for record in handed.records() {
+                        app.ack(handed.shard_id(), handed.lease_token(), record);
+                    }
                     if on_drop {
-                        drop(record);
+                        drop(handed);
                     } else {
-                        record.ack();
+                        handed.ack();
                     }
                 }
             });

@@ -1,5 +1,6 @@
-//! Records handed to the caller and the handles that acknowledge them: [`Record`] (the record
-//! stream) and [`ShardBatch`] (a batch handler). An ack goes to the tenure's [`AckTracker`]
+//! Records handed to the caller and the handles that acknowledge them: [`Record`] and
+//! [`RecordRun`] (the record stream, one record or a stretch of one fetched batch at a time)
+//! and [`ShardBatch`] (a batch handler). An ack goes to the tenure's [`AckTracker`]
 //! (in `tracker.rs`), the book that makes the watermark — for a [`Record`] through the *run*
 //! it came in (`run.rs`): the fetched batch, shared by its records' handles, whose counters
 //! say how far it is handed out and acked, so neither takes a lock.
@@ -114,7 +115,7 @@ impl Record {
     /// Marks the record processed. The checkpoint moves past it once every earlier record of
     /// its shard is acked too.
     pub fn ack(mut self) {
-        self.run.ack(self.index);
+        self.run.ack(self.index, self.index + 1);
         self.done = true;
     }
 }
@@ -123,7 +124,7 @@ impl Drop for Record {
     fn drop(&mut self) {
         // A record dropped while its task panics was not processed: never ack it.
         if !self.done && self.run.mode == AckMode::OnDrop && !std::thread::panicking() {
-            self.run.ack(self.index);
+            self.run.ack(self.index, self.index + 1);
         }
     }
 }
@@ -136,6 +137,97 @@ impl fmt::Debug for Record {
             .field("position", &self.inner().position)
             .field("partition_key", &self.inner().partition_key)
             .field("bytes", &self.inner().data.len())
+            .finish()
+    }
+}
+
+/// Consecutive records of one shard handed out together by
+/// [`Records::next_run`](crate::Records::next_run), and acknowledged together: the record
+/// stream's fast path for an application that processes records in stretches. The consumer
+/// checks its lease and its own health once for the run instead of once per record, so a run
+/// is handed out — and must be processed — like a batch of a batch handler: up to one fetched
+/// batch (`Config::max_records_per_read`).
+pub struct RecordRun {
+    /// The fetched batch it is part of (it holds the data).
+    run: Arc<Run>,
+    from: u32,
+    to: u32,
+    /// Whether it acked itself already (it acks itself on drop in [`AckMode::OnDrop`]).
+    done: bool,
+}
+
+impl RecordRun {
+    /// Records `from..to` of `run`, handed out (the stream marked them in the run).
+    pub(crate) fn handed_out(run: Arc<Run>, from: u32, to: u32) -> Self {
+        Self {
+            run,
+            from,
+            to,
+            done: false,
+        }
+    }
+
+    /// The records, in shard order.
+    pub fn records(&self) -> &[SourceRecord] {
+        &self.run.records[self.from as usize..self.to as usize]
+    }
+
+    /// How many records it holds (never 0).
+    pub fn len(&self) -> usize {
+        (self.to - self.from) as usize
+    }
+
+    /// Always `false`: a run holds at least one record.
+    pub fn is_empty(&self) -> bool {
+        self.from == self.to
+    }
+
+    /// The stream they came from.
+    pub fn stream(&self) -> &str {
+        &self.run.stream
+    }
+
+    /// The shard they came from.
+    pub fn shard_id(&self) -> &ShardId {
+        &self.run.tenure.shard
+    }
+
+    /// The fencing token of the lease tenure that delivered them (see [`Record::lease_token`]).
+    pub fn lease_token(&self) -> u64 {
+        self.run.tenure.token
+    }
+
+    /// The lease tenure that delivered them (shard, owner, token).
+    pub fn tenure(&self) -> &Tenure {
+        &self.run.tenure
+    }
+
+    /// Marks every record of the run processed. The checkpoint moves past them once every
+    /// earlier record of their shard is acked too.
+    pub fn ack(mut self) {
+        self.run.ack(self.from, self.to);
+        self.done = true;
+    }
+}
+
+impl Drop for RecordRun {
+    fn drop(&mut self) {
+        // A run dropped while its task panics was not processed: never ack it.
+        if !self.done && self.run.mode == AckMode::OnDrop && !std::thread::panicking() {
+            self.run.ack(self.from, self.to);
+        }
+    }
+}
+
+impl fmt::Debug for RecordRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads may hold secrets: show how many, not their content.
+        let records = self.records();
+        f.debug_struct("RecordRun")
+            .field("tenure", &self.run.tenure)
+            .field("first", &records.first().map(|r| &r.position))
+            .field("last", &records.last().map(|r| &r.position))
+            .field("records", &records.len())
             .finish()
     }
 }

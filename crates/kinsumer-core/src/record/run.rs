@@ -1,10 +1,12 @@
 //! A **run**: one fetched batch on its way through the record stream, handed out and acked
-//! record by record without a lock.
+//! record by record (or in stretches of consecutive records) without a lock.
 //!
 //! The record stream hands a batch's records out in order and an application mostly acks them
 //! in order, so a run keeps two counters instead of a book entry per record: how many records
 //! are handed out (a prefix, written by the stream alone) and how many are acked in order (a
-//! prefix). An ack out of order waits in a small list until the prefix reaches it. The
+//! prefix). An ack out of order waits in a small list until the prefix reaches it. A
+//! [`RecordRun`](super::RecordRun) is handed out and acked as one stretch: one store and one
+//! compare-and-swap for all its records. The
 //! [`Record`](super::Record) handles share the run and index into it, so a record is not moved
 //! or copied after its fetch, and the tenure's tracker reads the counters when asked (for the
 //! watermark, the bounds, a drain, the stall checks) — one tracker entry per run.
@@ -81,23 +83,24 @@ pub(crate) struct Run {
     handed_at: OnceLock<Instant>,
     /// Records acked in order: `records[..acked]`.
     acked: AtomicU32,
-    /// Acks past `acked`, until the prefix reaches them.
-    out_of_order: Mutex<Vec<u32>>,
+    /// Acks past `acked` (stretches `start..end`), until the prefix reaches them.
+    out_of_order: Mutex<Vec<(u32, u32)>>,
     has_out_of_order: AtomicBool,
     /// The ack latency is sampled once per run: its first ack reads the clock.
     sampled: AtomicBool,
 }
 
 impl Run {
+    /// A run of `records`, `bytes` of memory as [`SourceRecord::memory_size`] counts them.
     pub(crate) fn new(
         records: Vec<SourceRecord>,
+        bytes: usize,
         tenure: Tenure,
         stream: Arc<str>,
         mode: AckMode,
         epoch: u64,
         shared: Arc<Shared>,
     ) -> Self {
-        let bytes = records.iter().map(SourceRecord::memory_size).sum();
         Self {
             records,
             tenure,
@@ -125,38 +128,38 @@ impl Run {
         &self.records[index as usize].position
     }
 
-    /// Marks record `index` — the next in order — handed out, unless the tenure was revoked
-    /// (then `false`: it must not be delivered). The stream alone calls it, in order.
-    pub(crate) fn hand_out(&self, index: u32) -> bool {
-        if index == 0 {
+    /// Marks records `from..to` — the next in order — handed out, unless the tenure was revoked
+    /// (then `false`: they must not be delivered). The stream alone calls it, in order.
+    pub(crate) fn hand_out(&self, from: u32, to: u32) -> bool {
+        if from == 0 {
             let _ = self.handed_at.set(Instant::now());
         }
         // Published before the revoked flag is read, and a revoke is published before the
-        // drain reads this: either we see the revoke, or the drain sees this record out.
-        self.handed.store(index + 1, Ordering::SeqCst);
+        // drain reads this: either we see the revoke, or the drain sees these records out.
+        self.handed.store(to, Ordering::SeqCst);
         if self.shared.revoked.load(Ordering::SeqCst) {
-            self.handed.store(index, Ordering::SeqCst);
+            self.handed.store(from, Ordering::SeqCst);
             self.shared.wake();
             return false;
         }
         true
     }
 
-    /// Acks record `index` (once: a [`Record`](super::Record) acks itself at most once).
-    pub(crate) fn ack(&self, index: u32) {
+    /// Acks records `from..to`, handed out together (once: a handle acks itself at most once).
+    pub(crate) fn ack(&self, from: u32, to: u32) {
         let in_order = self
             .acked
-            .compare_exchange(index, index + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         let whole = if !in_order {
             let mut waiting = self.lock_out_of_order();
-            waiting.push(index);
+            waiting.push((from, to));
             self.has_out_of_order.store(true, Ordering::SeqCst);
             self.absorb(&mut waiting)
         } else if self.has_out_of_order.load(Ordering::SeqCst) {
             self.absorb(&mut self.lock_out_of_order())
         } else {
-            index + 1 == self.len()
+            to == self.len()
         };
         if !self.sampled.load(Ordering::Relaxed)
             && !self.sampled.swap(true, Ordering::Relaxed)
@@ -175,21 +178,21 @@ impl Run {
         }
     }
 
-    fn lock_out_of_order(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+    fn lock_out_of_order(&self) -> std::sync::MutexGuard<'_, Vec<(u32, u32)>> {
         self.out_of_order.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Moves the in-order prefix over the out-of-order acks it reached; whether that acked the
-    /// run whole. Under their lock; an index in the list is acked, so no in-order ack races us
+    /// run whole. Under their lock; a stretch in the list is acked, so no in-order ack races us
     /// for it.
-    fn absorb(&self, waiting: &mut Vec<u32>) -> bool {
+    fn absorb(&self, waiting: &mut Vec<(u32, u32)>) -> bool {
         loop {
             let prefix = self.acked.load(Ordering::SeqCst);
-            let Some(k) = waiting.iter().position(|&i| i == prefix) else {
+            let Some(k) = waiting.iter().position(|&(start, _)| start == prefix) else {
                 break;
             };
-            waiting.swap_remove(k);
-            self.acked.store(prefix + 1, Ordering::SeqCst);
+            let (_, end) = waiting.swap_remove(k);
+            self.acked.store(end, Ordering::SeqCst);
         }
         if waiting.is_empty() {
             self.has_out_of_order.store(false, Ordering::SeqCst);
@@ -215,6 +218,7 @@ impl Run {
     /// Records acked, in order or not.
     pub(super) fn acked(&self) -> u32 {
         let waiting = self.lock_out_of_order();
-        self.acked.load(Ordering::SeqCst) + u32::try_from(waiting.len()).unwrap_or(u32::MAX)
+        let out_of_order: u32 = waiting.iter().map(|&(start, end)| end - start).sum();
+        self.acked.load(Ordering::SeqCst) + out_of_order
     }
 }

@@ -706,7 +706,7 @@ mod tests {
 
     /// A run of `n` records of 100 bytes from position `from` on, registered in `t`.
     fn run(t: &AckTracker, from: u128, n: u128) -> Arc<Run> {
-        let records = (from..from + n)
+        let records: Vec<_> = (from..from + n)
             .map(|k| crate::source::SourceRecord {
                 data: bytes::Bytes::from(vec![0u8; 100]),
                 partition_key: String::new(),
@@ -720,8 +720,13 @@ mod tests {
             owner: "me".into(),
             token: 1,
         };
+        let bytes = records
+            .iter()
+            .map(|r: &crate::source::SourceRecord| r.memory_size())
+            .sum();
         let run = Arc::new(Run::new(
             records,
+            bytes,
             tenure,
             "stream".into(),
             crate::config::AckMode::Explicit,
@@ -743,22 +748,22 @@ mod tests {
         assert_eq!((t.unacked(), t.since_watermark()), (6, 6));
         assert_eq!(t.room(), 4);
         for i in 0..4 {
-            assert!(a.hand_out(i));
+            assert!(a.hand_out(i, i + 1));
         }
-        assert!(b.hand_out(0));
+        assert!(b.hand_out(0, 1));
         assert_eq!(t.outstanding(), 5);
         assert!(t.waiting_since().is_some(), "record 6 waits");
-        a.ack(0);
-        a.ack(2); // out of order: the watermark waits for 2
+        a.ack(0, 1);
+        a.ack(2, 3); // out of order: the watermark waits for 2
         assert_eq!(t.watermark(), Some(pos(1)));
         assert_eq!(
             (t.outstanding(), t.unacked(), t.since_watermark()),
             (3, 4, 5)
         );
         assert_eq!(t.oldest_unacked(), Some(pos(2)));
-        b.ack(0);
+        b.ack(0, 1);
         assert_eq!(t.watermark(), Some(pos(1)), "run b waits for run a");
-        a.ack(1);
+        a.ack(1, 2);
         assert_eq!(t.watermark(), Some(pos(3)), "the gap closed");
         let held = t.lock().unacked_bytes;
         assert_eq!(
@@ -766,15 +771,15 @@ mod tests {
             a.bytes + b.bytes,
             "a run's bytes are held until it is acked whole"
         );
-        a.ack(3);
+        a.ack(3, 4);
         assert_eq!(
             t.watermark(),
             Some(pos(5)),
             "a acked whole, b up to its first"
         );
         assert_eq!(t.lock().unacked_bytes, b.bytes);
-        assert!(b.hand_out(1));
-        b.ack(1);
+        assert!(b.hand_out(1, 2));
+        b.ack(1, 2);
         assert_eq!(t.watermark(), Some(pos(6)));
         assert_eq!(
             (t.outstanding(), t.unacked(), t.since_watermark()),
@@ -792,13 +797,38 @@ mod tests {
     fn a_revoked_run_hands_out_nothing_more() {
         let t = AckTracker::new(10, 1 << 20);
         let r = run(&t, 1, 3);
-        assert!(r.hand_out(0));
+        assert!(r.hand_out(0, 1));
         t.revoke();
-        assert!(!r.hand_out(1));
+        assert!(!r.hand_out(1, 2));
         assert_eq!((r.handed(), t.outstanding()), (1, 1));
-        r.ack(0);
+        r.ack(0, 1);
         assert_eq!(t.outstanding(), 0);
         assert_eq!(t.watermark(), Some(pos(1)));
+    }
+
+    /// Stretches of a run handed out and acked together count like their records one by one:
+    /// a stretch acked out of order waits whole for the prefix, and a revoke refuses a whole
+    /// stretch.
+    #[test]
+    fn a_run_hands_out_and_acks_in_stretches() {
+        let t = AckTracker::new(10, 1 << 20);
+        let r = run(&t, 1, 6);
+        assert!(r.hand_out(0, 2));
+        assert!(r.hand_out(2, 5));
+        assert_eq!((r.handed(), t.outstanding()), (5, 5));
+        r.ack(2, 5);
+        assert_eq!(t.watermark(), None, "waits for 1..=2");
+        assert_eq!((r.acked(), t.outstanding()), (3, 2));
+        r.ack(0, 2);
+        assert_eq!(
+            t.watermark(),
+            Some(pos(5)),
+            "the prefix took the stretch in one step"
+        );
+        assert_eq!(r.acked_prefix(), 5);
+        t.revoke();
+        assert!(!r.hand_out(5, 6));
+        assert_eq!((r.handed(), t.outstanding()), (5, 0));
     }
 
     /// The record holding the watermark back is dated exactly when it is a run's first (the
@@ -809,12 +839,12 @@ mod tests {
         let t = AckTracker::new(10, 1 << 20);
         let r = run(&t, 1, 3);
         assert_eq!(t.oldest_outstanding(), None, "nothing out");
-        assert!(r.hand_out(0));
+        assert!(r.hand_out(0, 1));
         let first_out = tokio::time::Instant::now();
         tokio::time::advance(std::time::Duration::from_secs(5)).await;
         assert_eq!(t.oldest_outstanding(), Some((pos(1), first_out)));
-        assert!(r.hand_out(1));
-        r.ack(0);
+        assert!(r.hand_out(1, 2));
+        r.ack(0, 1);
         tokio::time::advance(std::time::Duration::from_secs(5)).await;
         let seen = tokio::time::Instant::now();
         assert_eq!(
@@ -824,7 +854,7 @@ mod tests {
         );
         tokio::time::advance(std::time::Duration::from_secs(5)).await;
         assert_eq!(t.oldest_outstanding(), Some((pos(2), seen)), "and kept");
-        r.ack(1);
+        r.ack(1, 2);
         assert_eq!(t.oldest_outstanding(), None, "record 3 is not out");
     }
 
@@ -835,7 +865,7 @@ mod tests {
         // Two records of 612 bytes (payload and overhead) fill a 1,000-byte bound.
         let t = Arc::new(AckTracker::new(100, 1000));
         let r = run(&t, 1, 2);
-        assert!(r.hand_out(0) && r.hand_out(1));
+        assert!(r.hand_out(0, 1) && r.hand_out(1, 2));
         assert!(t.is_full());
         let room = tokio::spawn({
             let t = t.clone();
@@ -847,7 +877,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!room.is_finished() && !one_out.is_finished());
-        r.ack(0);
+        r.ack(0, 1);
         tokio::time::timeout(std::time::Duration::from_secs(1), one_out)
             .await
             .expect("an ack wakes what waits for acks")
@@ -857,7 +887,7 @@ mod tests {
             !room.is_finished(),
             "still full: the run is not acked whole"
         );
-        r.ack(1);
+        r.ack(1, 2);
         tokio::time::timeout(std::time::Duration::from_secs(1), room)
             .await
             .expect("the run acked whole wakes what waits for room")

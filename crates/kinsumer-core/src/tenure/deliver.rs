@@ -25,8 +25,18 @@ pub(super) enum Sink {
     Handler(mpsc::Sender<(u64, ShardBatch)>),
 }
 
-/// Registers `records` with the tracker (one entry for the batch) and hands them to the sink
-/// (moved, not copied).
+/// One read of the shard, as the fetcher passes it on.
+pub(super) struct Fetched {
+    pub(super) records: Vec<crate::source::SourceRecord>,
+    /// Their memory, as [`SourceRecord::memory_size`] counts it.
+    ///
+    /// [`SourceRecord::memory_size`]: crate::source::SourceRecord::memory_size
+    pub(super) bytes: usize,
+    pub(super) millis_behind_latest: Option<u64>,
+}
+
+/// Registers the fetched records with the tracker (one entry for the batch) and hands them to
+/// the sink (moved, not copied).
 /// `false` if the sink is gone.
 pub(super) async fn deliver(
     engine: &Engine,
@@ -34,9 +44,13 @@ pub(super) async fn deliver(
     tracker: &Arc<AckTracker>,
     epoch: u64,
     sink: &Sink,
-    records: Vec<crate::source::SourceRecord>,
-    millis_behind_latest: Option<u64>,
+    fetched: Fetched,
 ) -> bool {
+    let Fetched {
+        records,
+        bytes,
+        millis_behind_latest,
+    } = fetched;
     let (Some(first_record), Some(last_record)) = (records.first(), records.last()) else {
         return true;
     };
@@ -44,6 +58,7 @@ pub(super) async fn deliver(
         Sink::Stream(tx) => {
             let run = Arc::new(Run::new(
                 records,
+                bytes,
                 tenure.clone(),
                 engine.stream.clone(),
                 engine.config.ack_mode,
@@ -59,7 +74,7 @@ pub(super) async fn deliver(
                 first_record.position.clone(),
                 last_record.position.clone(),
                 records.len(),
-                records.iter().map(|r| r.memory_size()).sum(),
+                bytes,
             );
             let batch = ShardBatch {
                 shard: tenure.shard.clone(),

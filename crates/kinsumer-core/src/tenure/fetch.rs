@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::warn;
 
-use super::deliver::{Sink, deliver};
+use super::deliver::{Fetched, Sink, deliver};
 use crate::config::TrimmedPolicy;
 use crate::engine::Engine;
 use crate::error::ConsumerError;
@@ -176,10 +176,13 @@ pub(super) async fn fetch_loop(
                 skip_first = false;
             }
             engine.note_fetch(shard, records.len(), millis_behind_latest);
+            // One pass for both sums: the payload for the metrics, the memory for the bound.
+            let (payload, memory) = records.iter().fold((0, 0), |(payload, memory), r| {
+                (payload + r.data.len(), memory + r.memory_size())
+            });
             let m = tracker.metrics();
             m.fetched.increment(records.len() as u64);
-            m.bytes
-                .increment(records.iter().map(|r| r.data.len() as u64).sum());
+            m.bytes.increment(payload as u64);
             if let Some(ms) = millis_behind_latest {
                 m.behind.set(ms as f64);
             }
@@ -188,17 +191,12 @@ pub(super) async fn fetch_loop(
                 copies.push(copies[0].clone());
             }
             for records in copies {
-                if !deliver(
-                    &engine,
-                    &tenure,
-                    &tracker,
-                    epoch,
-                    &sink,
+                let fetched = Fetched {
                     records,
+                    bytes: memory,
                     millis_behind_latest,
-                )
-                .await
-                {
+                };
+                if !deliver(&engine, &tenure, &tracker, epoch, &sink, fetched).await {
                     if matches!(sink, Sink::Handler(_)) {
                         // The handler worker is gone (it panicked); the driver restarts us.
                         return FetchEnd::Failed(ConsumerError::Panicked(
