@@ -134,9 +134,15 @@ pub struct Config {
     pub safety_margin: Duration,
     /// How often the acked watermark is written, if it moved (default 1 s).
     pub commit_interval: Duration,
-    /// The least time between two reads of one shard (default 200 ms: Kinesis allows 5 per
-    /// second per shard, shared by every application on the stream).
+    /// The least time between two reads of one shard that is behind (default 200 ms: Kinesis
+    /// allows 5 per second per shard, shared by every application on the stream).
     pub poll_interval: Duration,
+    /// The least time between two reads of one shard that is caught up: its last read returned
+    /// nothing, or fewer records than asked for at the tip (`millis_behind_latest` 0). Default
+    /// 1 s, as KCL's idle time between reads: an idle shard costs one read a second, so other
+    /// applications on the stream keep most of the shard's 5 reads/s. Never less than
+    /// `poll_interval`; a reader that is pushed its records (enhanced fan-out) is not slowed.
+    pub idle_poll_interval: Duration,
     /// The most records one read asks for (default 10,000, Kinesis's maximum).
     pub max_records_per_read: usize,
     /// How often client rows are read to notice joins and leaves, and how often a client polls a
@@ -216,6 +222,7 @@ impl Config {
             safety_margin: Duration::from_secs(2),
             commit_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(200),
+            idle_poll_interval: Duration::from_secs(1),
             max_records_per_read: 10_000,
             membership_poll_interval: Duration::from_millis(200),
             rebalance_interval: Duration::from_secs(5),
@@ -264,6 +271,7 @@ impl Config {
             ("safety_margin", self.safety_margin),
             ("commit_interval", self.commit_interval),
             ("poll_interval", self.poll_interval),
+            ("idle_poll_interval", self.idle_poll_interval),
             ("membership_poll_interval", self.membership_poll_interval),
             ("rebalance_interval", self.rebalance_interval),
             ("shard_sync_interval", self.shard_sync_interval),

@@ -219,4 +219,8 @@ impl<L: Layer> ShardReader for Layered<L, Box<dyn ShardReader>> {
         let call = self.inner.next_batch(max_records);
         self.layer.source_call("read", call).await
     }
+
+    fn is_pushed(&self) -> bool {
+        self.inner.is_pushed()
+    }
 }

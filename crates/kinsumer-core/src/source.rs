@@ -248,6 +248,14 @@ pub trait ShardReader: Send {
     /// Reads the next batch of at most `max_records` records (at least 1 is asked for; the
     /// source's own limits apply too). Returns an empty batch when nothing new is there yet.
     async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError>;
+
+    /// Whether the source pushes records to this reader (Kinesis enhanced fan-out), so that a
+    /// call costs no read of the stream: the engine then reads a caught-up shard as often as a
+    /// busy one (`Config::poll_interval`) instead of backing off to
+    /// `Config::idle_poll_interval`. Default `false`: every call is a read.
+    fn is_pushed(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]

@@ -988,3 +988,45 @@ async fn records_a_reader_holds_are_not_paced_like_reads() {
     );
     consumer.shutdown().await.expect("clean shutdown");
 }
+
+/// A shard that is behind is read as fast as `poll_interval` allows (5 reads/s); once it is
+/// caught up, once per `idle_poll_interval` (1 s): an idle fleet leaves most of each shard's
+/// read budget to the other applications on the stream.
+#[tokio::test(start_paused = true)]
+async fn a_caught_up_shard_is_read_once_a_second_and_a_busy_one_five_times() {
+    let small_reads = Config {
+        max_records_per_read: 10,
+        max_unacked_records: 1_000,
+        ..config("a")
+    };
+    let (stream, _store, mut consumer) = consumer_over(1, 200, small_reads);
+    let mut records = consumer.records().expect("start");
+    // Twenty reads of ten: the shard is behind until the last, so one read every 200 ms.
+    let started = tokio::time::Instant::now();
+    let ids = ack_until_distinct(&mut records, 200, "the backlog is read").await;
+    assert_eq!(ids.len(), 200);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(20 * 200 + 500),
+        "a shard behind is read at poll_interval: 200 records in {took:?}"
+    );
+    // Caught up: ten seconds of an idle shard.
+    let before = stream.stats().get_records_calls;
+    sleep(Duration::from_secs(10)).await;
+    let idle_reads = stream.stats().get_records_calls - before;
+    assert!(
+        (9..=11).contains(&idle_reads),
+        "{idle_reads} reads of an idle shard in 10 s (once a second expected, 50 at the busy pace)"
+    );
+    // A record put now is delivered within the idle pause.
+    stream.put("k", 200u64.to_be_bytes().to_vec()).expect("put");
+    let put_at = tokio::time::Instant::now();
+    let r = next_within_a_minute(&mut records, "the new record comes").await;
+    assert!(
+        put_at.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        put_at.elapsed()
+    );
+    r.ack();
+    consumer.shutdown().await.expect("shutdown");
+}

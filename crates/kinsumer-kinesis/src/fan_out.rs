@@ -449,6 +449,12 @@ impl Drop for FanOutReader {
 
 #[async_trait::async_trait]
 impl ShardReader for FanOutReader {
+    /// Records are pushed: a call reads nothing from the stream, so a caught-up shard need not
+    /// be called less often.
+    fn is_pushed(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&mut self, max_records: usize) -> Result<Batch, SourceError> {
         // Records of an event are handed out at most `max_records` at a time; the next event
         // is received only once they are all out (the pump waits meanwhile).

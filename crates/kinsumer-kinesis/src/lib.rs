@@ -24,8 +24,10 @@
 //!   again, a restarted service — is re-opened after the last record read, and a stream that
 //!   was listed before and is missing now is retried, not fatal); access, KMS and argument
 //!   errors → `Fatal`; network failures and 5xx → `Transient`.
-//! - The pace — at least `Config::poll_interval` (200 ms) between reads of a shard, as Kinesis
-//!   allows 5 reads per second per shard shared by every application — is the consumer's.
+//! - The pace — at least `Config::poll_interval` (200 ms) between reads of a shard that is
+//!   behind and `Config::idle_poll_interval` (1 s) once it is caught up, as Kinesis allows 5
+//!   reads per second per shard shared by every application — is the consumer's; a fan-out
+//!   reader says it is pushed its records (`ShardReader::is_pushed`), so it is not slowed.
 //! - **Retries.** Two layers, not three: the caller's client keeps the SDK's own retry policy
 //!   (by default 3 attempts, with the SDK's back-off and retry token bucket), and the engine
 //!   backs off (the core's seeded [`kinsumer_core::backoff`]) only once a call failed after

@@ -655,6 +655,7 @@ impl World {
             &mut c.safety_margin,
             &mut c.commit_interval,
             &mut c.poll_interval,
+            &mut c.idle_poll_interval,
             &mut c.membership_poll_interval,
             &mut c.rebalance_interval,
             &mut c.shard_sync_interval,

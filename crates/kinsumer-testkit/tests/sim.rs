@@ -264,9 +264,12 @@ fn catches_a_store_that_ignores_fencing() {
         std::time::Duration::from_secs(10),
         Event::HalfPartition(std::time::Duration::from_secs(20)),
     ));
-    // A fencing store rejects the zombie's writes: nothing breaks.
+    // A fencing store rejects the zombie's writes: no write breaks. (What the zombie hands out
+    // after the takeover is the engine's fault, which no store can prevent: whether it hands out
+    // any depends on when it reads, so that check is not asserted either way here.)
     let report = run(&s);
-    assert!(report.violations.is_empty(), "{report}");
+    assert!(!report.broke(Invariant::FencedWrites), "{report}");
+    assert!(!report.broke(Invariant::CheckpointMonotonic), "{report}");
     // A store that ignores the token lets them through, and both checks see it.
     s.store_ignores_fencing = true;
     let report = run(&s);

@@ -1,7 +1,8 @@
 //! The fetcher of a tenure: the GetRecords side of the delivery path.
 //!
 //! It opens a reader at the tenure's start, reads at most once per `poll_interval` while the
-//! tenure's [`AckTracker`] has room, drops what a re-opened source replays, counts what it read,
+//! shard is behind and once per `idle_poll_interval` once it is caught up (see [`Pace`]), while
+//! the tenure's [`AckTracker`] has room, drops what a re-opened source replays, counts what it read,
 //! and passes each batch on to [`deliver`](super::deliver) — so a record only ever moves
 //! forward: source → fetcher → delivery. A source error is classified here ([`recover`]):
 //! throttling and transient errors back off and retry, a trimmed position falls back as
@@ -38,6 +39,37 @@ pub(super) enum FetchEnd {
     Gone,
     /// A failure no retry fixes.
     Failed(ConsumerError),
+}
+
+/// How long the fetcher waits between two reads: the shard's read budget (5 per second on
+/// Kinesis) is shared by every application on the stream, so a shard that is caught up is read
+/// at the idle pace and one that is behind as fast as `poll_interval` allows.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    busy: Duration,
+    idle: Duration,
+}
+
+impl Pace {
+    fn new(poll_interval: Duration, idle_poll_interval: Duration, pushed: bool) -> Self {
+        let idle = if pushed {
+            poll_interval
+        } else {
+            idle_poll_interval.max(poll_interval)
+        };
+        Self {
+            busy: poll_interval,
+            idle,
+        }
+    }
+
+    /// The pause after a read that asked for `asked` records and got `batch`: caught up when it
+    /// got none, or fewer than asked at the tip.
+    fn after(&self, asked: usize, batch: &Batch) -> Duration {
+        let got = batch.records.len();
+        let caught_up = got == 0 || (got < asked && batch.millis_behind_latest == Some(0));
+        if caught_up { self.idle } else { self.busy }
+    }
 }
 
 /// What the fetcher does after an error.
@@ -106,7 +138,13 @@ pub(super) async fn fetch_loop(
                 Next::Stop(end) => return end,
             },
         };
-        let mut last_call: Option<Instant> = None;
+        let pace = Pace::new(
+            cfg.poll_interval,
+            cfg.idle_poll_interval,
+            reader.is_pushed(),
+        );
+        // When the last read was made, and how long after it the next may be.
+        let mut last_call: Option<(Instant, Duration)> = None;
         loop {
             let paused_at = Instant::now();
             let mut warned = false;
@@ -127,10 +165,11 @@ pub(super) async fn fetch_loop(
                 )
                 .await;
             }
-            if let Some(t) = last_call {
-                sleep_until(t + cfg.poll_interval).await;
+            if let Some((t, pause)) = last_call {
+                sleep_until(t + pause).await;
             }
-            last_call = Some(Instant::now());
+            let called = Instant::now();
+            last_call = Some((called, pace.busy));
             let max = cfg.max_records_per_read.min(tracker.room().max(1));
             let batch = match reader.next_batch(max).await {
                 Ok(b) => {
@@ -146,6 +185,7 @@ pub(super) async fn fetch_loop(
                     Next::Stop(end) => return end,
                 },
             };
+            last_call = Some((called, pace.after(max, &batch)));
             let Batch {
                 mut records,
                 millis_behind_latest,
@@ -259,5 +299,54 @@ mod tests {
             classify(resume, SourceError::Fatal("denied".into())),
             Next::Stop(FetchEnd::Failed(_))
         ));
+    }
+
+    fn batch(records: usize, behind: Option<u64>) -> Batch {
+        let record = crate::source::SourceRecord {
+            data: bytes::Bytes::new(),
+            partition_key: String::new(),
+            explicit_hash_key: None,
+            position: crate::position::Position::new(
+                crate::position::SequenceNumber::from_u128(1),
+                0,
+            ),
+            arrival_ms: 0,
+        };
+        Batch {
+            records: vec![record; records],
+            millis_behind_latest: behind,
+            ..Batch::default()
+        }
+    }
+
+    /// A read that got nothing, or less than it asked for at the tip, is caught up: the next
+    /// waits the idle pause. A full read, or one behind the tip, or one from a source that does
+    /// not say, reads again at the busy pace; a pushed reader is never slowed.
+    #[test]
+    fn a_caught_up_shard_is_read_at_the_idle_pace() {
+        let (busy, idle) = (Duration::from_millis(200), Duration::from_secs(1));
+        let pace = Pace::new(busy, idle, false);
+        assert_eq!(pace.after(100, &batch(0, Some(0))), idle);
+        assert_eq!(pace.after(100, &batch(0, None)), idle);
+        assert_eq!(pace.after(100, &batch(7, Some(0))), idle);
+        assert_eq!(
+            pace.after(100, &batch(100, Some(0))),
+            busy,
+            "full: more may wait"
+        );
+        assert_eq!(pace.after(100, &batch(7, Some(5_000))), busy, "behind");
+        assert_eq!(
+            pace.after(100, &batch(7, None)),
+            busy,
+            "the source does not say"
+        );
+        let pushed = Pace::new(busy, idle, true);
+        assert_eq!(pushed.after(100, &batch(0, Some(0))), busy);
+        let slow = Pace::new(Duration::from_secs(2), idle, false);
+        assert_eq!(
+            slow.after(100, &batch(0, Some(0))),
+            Duration::from_secs(2),
+            "never below poll_interval"
+        );
     }
 }
