@@ -24,9 +24,13 @@ const SHARDS: usize = 1_000;
 const WINDOW: Duration = Duration::from_secs(10);
 
 /// A store of its own for application "idle" on `table`, which the first one opened creates.
+/// Its requests wait up to 20 s: ten clients reading 1,000 leases keep moto (one Python
+/// process) busy enough that a reply can take longer than the default 5 s, and a timed-out
+/// open fails this test without saying anything about what it measures.
 async fn open_store(client: &Client, table: &str) -> DynamoLeaseStore {
     let config = DynamoConfig::new("idle")
         .with_table(table)
+        .with_attempt_timeout(Duration::from_secs(20))
         .create_table_if_missing(true);
     DynamoLeaseStore::open(client.clone(), config)
         .await
