@@ -956,10 +956,7 @@ mod tests {
     fn heartbeat_ages_are_observed_changes() {
         let mut observer = Observer::default();
         let t0 = Instant::now();
-        let row = |id: &str, counter| ClientRow {
-            id: ClientId::from(id),
-            counter,
-        };
+        let row = |id: &str, counter| ClientRow::new(ClientId::from(id), counter);
         // Values as the engine writes them: any change counts, not a step of one.
         let (a1, a2) = ((9 << 32) | 1, (9 << 32) | 2);
         observer.observe(vec![row("a", a1), row("b", 7)], t0);

@@ -117,6 +117,22 @@ impl<L: Layer, S: LeaseStore> LeaseStore for Layered<L, S> {
         let call = self.inner.deregister(client);
         self.layer.store_call("deregister", call).await
     }
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        let call = self.inner.client(client);
+        self.layer.store_call("client", call).await
+    }
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        let call = self.inner.mark_dead(client, counter);
+        self.layer.store_call("mark_dead", call).await
+    }
+    async fn changes(&self) -> Result<u64, StoreError> {
+        self.layer.store_call("changes", self.inner.changes()).await
+    }
+    async fn announce(&self) -> Result<u64, StoreError> {
+        self.layer
+            .store_call("announce", self.inner.announce())
+            .await
+    }
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         self.layer
             .store_call("leases", self.inner.leases(stream))

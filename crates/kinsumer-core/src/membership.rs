@@ -33,7 +33,7 @@
 //! let mut m = Membership::new(ttl);
 //! let t0 = Instant::now();
 //! let s = Duration::from_secs;
-//! let row = |n| vec![ClientRow { id: ClientId::from("a"), counter: n }];
+//! let row = |n| vec![ClientRow::new(ClientId::from("a"), n)];
 //! m.observe(&row(1), t0, t0);
 //! m.observe(&row(1), t0 + s(9), t0 + s(9));
 //! assert!(m.is_alive(&ClientId::from("a")));
@@ -249,10 +249,7 @@ mod tests {
 
     fn rows(list: &[(&str, u64)]) -> Vec<ClientRow> {
         list.iter()
-            .map(|(id, counter)| ClientRow {
-                id: ClientId::from(*id),
-                counter: *counter,
-            })
+            .map(|(id, counter)| ClientRow::new(ClientId::from(*id), *counter))
             .collect()
     }
 

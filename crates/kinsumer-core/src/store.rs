@@ -1,10 +1,14 @@
 //! The `LeaseStore` seam: where ownership and progress live.
 //!
-//! A store is bound to one *application* (its namespace) and holds two kinds of rows:
+//! A store is bound to one *application* (its namespace) and holds three kinds of rows:
 //! - one [`ClientRow`] per live client, whose `counter` the client rewrites on every heartbeat
-//!   with a value it never wrote before;
+//!   with a value it never wrote before (and a watcher may mark judged dead at a value:
+//!   [`LeaseStore::mark_dead`]);
 //! - one [`Lease`] per (stream, shard), with an owner, a fencing `token`, a checkpoint and a
-//!   `finished` mark.
+//!   `finished` mark;
+//! - one change counter ([`LeaseStore::changes`]), which a client moves on
+//!   ([`LeaseStore::announce`]) after it changed who holds what or who is in the fleet, so
+//!   an idle fleet reads one small row per poll instead of every row.
 //!
 //! Every operation is atomic on one row. The fenced operations (`checkpoint`, `release`,
 //! `finish`) succeed only while the row's owner and token still equal the caller's [`Tenure`],
@@ -89,6 +93,37 @@ pub struct ClientRow {
     /// heartbeat landed — a restarted client cannot count back up to the value an observer saw
     /// before it left.
     pub counter: u64,
+    /// The heartbeat value at which a watcher judged the client dead
+    /// ([`LeaseStore::mark_dead`]), if one did. The client is dead while its counter still
+    /// equals it; its next heartbeat (a new value) makes it alive again.
+    pub judged_dead: Option<u64>,
+}
+
+impl ClientRow {
+    /// A row with `counter` that nobody judged dead.
+    pub fn new(id: ClientId, counter: u64) -> Self {
+        Self {
+            id,
+            counter,
+            judged_dead: None,
+        }
+    }
+
+    /// Whether a watcher judged the client dead at the value the row still holds.
+    ///
+    /// ```
+    /// use kinsumer_core::store::{ClientId, ClientRow};
+    ///
+    /// let mut row = ClientRow::new(ClientId::from("a"), 7);
+    /// assert!(!row.is_judged_dead());
+    /// row.judged_dead = Some(7);
+    /// assert!(row.is_judged_dead());
+    /// row.counter = 8; // a heartbeat landed since: alive again
+    /// assert!(!row.is_judged_dead());
+    /// ```
+    pub fn is_judged_dead(&self) -> bool {
+        self.judged_dead == Some(self.counter)
+    }
 }
 
 /// The first token no store takes from: PostgreSQL's `bigint` ends at 2⁶³ − 1 and a take
@@ -328,6 +363,26 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Removes `client`'s row (a graceful leave). Removing a missing row is not an error.
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError>;
 
+    /// One client row, if it exists (`Corrupt` if it does not decode): what a watcher reads
+    /// of the few clients it watches, instead of every row.
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError>;
+
+    /// Records that `client` was judged dead at heartbeat value `counter`
+    /// ([`ClientRow::judged_dead`]), if its row still holds `counter`: `Ok(true)` if the row
+    /// now says so, `Ok(false)` if a heartbeat moved the row on or there is no row. Atomic: a
+    /// heartbeat that lands first wins, so a client whose heartbeats land is never marked.
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError>;
+
+    /// The application's change counter: 0 until the first [`LeaseStore::announce`]. A client
+    /// that reads the same value as before knows no client announced a change since, and
+    /// reads nothing else.
+    async fn changes(&self) -> Result<u64, StoreError>;
+
+    /// Moves the change counter on and returns its new value: concurrent announces each move
+    /// it, so it never shows a value twice. A stored counter that does not decode (or cannot
+    /// grow) is written afresh as 1, so one bad value cannot silence the fleet.
+    async fn announce(&self) -> Result<u64, StoreError>;
+
     /// Every lease row of `stream`; a row that does not decode is in [`Rows::corrupt`], not an
     /// error.
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError>;
@@ -415,6 +470,18 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         (**self).deregister(client).await
+    }
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        (**self).client(client).await
+    }
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        (**self).mark_dead(client, counter).await
+    }
+    async fn changes(&self) -> Result<u64, StoreError> {
+        (**self).changes().await
+    }
+    async fn announce(&self) -> Result<u64, StoreError> {
+        (**self).announce().await
     }
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         (**self).leases(stream).await

@@ -20,6 +20,10 @@ pub(crate) const PK: &str = "pk";
 pub(crate) const SK: &str = "sk";
 /// Client rows: the last heartbeat value (N, a `u64`; a small counter in rows of older versions).
 pub(crate) const COUNTER: &str = "counter";
+/// Client rows: the heartbeat value a watcher judged the client dead at (N), absent if none.
+pub(crate) const JUDGED_DEAD: &str = "judged_dead";
+/// The change counter item: its value (N).
+pub(crate) const CHANGES: &str = "changes";
 /// Client rows: epoch seconds after which DynamoDB's TTL may delete the row (N).
 pub(crate) const EXPIRES_AT: &str = "expires_at";
 /// Lease rows: the owner (S), absent when unowned.
@@ -44,6 +48,11 @@ pub(crate) const LEASE_ATTRIBUTES: [&str; 6] =
 /// (`DynamoConfig::validate`), so keys of different applications never collide.
 pub(crate) fn clients_pk(application: &str) -> String {
     format!("clients#{application}")
+}
+
+/// The key of `application`'s change counter: an item of its own, in a partition of its own.
+pub(crate) fn changes_key(application: &str) -> Item {
+    key(format!("changes#{application}"), "changes")
 }
 
 /// The partition key of `application`'s lease rows of `stream`.
@@ -155,7 +164,7 @@ fn wrong_type(name: &str, want: &str, got: &AttributeValue) -> String {
     )
 }
 
-fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
+pub(crate) fn number(item: &Item, name: &str) -> Result<Option<u64>, String> {
     match item.get(name) {
         None => Ok(None),
         // DynamoDB writes numbers in canonical form; anything else (a sign, a fraction, an
@@ -185,9 +194,11 @@ pub(crate) fn decode_client(item: &Item) -> Result<ClientRow, String> {
     let id = sort_key(item)?;
     let counter = number(item, COUNTER)?
         .ok_or_else(|| format!("the heartbeat value {COUNTER:?} is missing"))?;
+    // A judgement that does not decode is none (the safe side: the client counts as alive).
+    let judged_dead = number(item, JUDGED_DEAD).ok().flatten();
     Ok(ClientRow {
-        id: ClientId::from(id),
-        counter,
+        judged_dead,
+        ..ClientRow::new(ClientId::from(id), counter)
     })
 }
 

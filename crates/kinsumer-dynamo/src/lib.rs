@@ -38,7 +38,8 @@
 //!
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
-//! | client | `clients#billing` | client id, e.g. `worker-1` | `counter` (N, the last heartbeat value), `expires_at` (N, epoch s, only with `client_ttl`) |
+//! | client | `clients#billing` | client id, e.g. `worker-1` | `counter` (N, the last heartbeat value), `judged_dead` (N, the value a watcher judged the client dead at; absent when none), `expires_at` (N, epoch s, only with `client_ttl`) |
+//! | change counter | `changes#billing` | `changes` | `changes` (N) |
 //! | lease | `lease#billing#<stream>`, e.g. `lease#billing#orders` | shard id, e.g. `shardId-000000000001` | `token` (N), `owner` (S, absent when unowned), `checkpoint` (S, [`Checkpoint`](kinsumer_core::Checkpoint) text, absent until the first commit), `finished` (BOOL), `parents` (L of S), `successor` (S, the client a release handed the lease to; absent when none) |
 //!
 //! A client's `counter` is the value of its last heartbeat, a `u64` over its whole range (the
@@ -53,7 +54,11 @@
 //! |---|---|
 //! | `heartbeat` | `UpdateItem` `SET counter = :beat` (the value, unconditionally), condition: counter absent or of type N |
 //! | `clients` | `Query pk = "clients#<application>"` (consistent, all pages) |
-//! | `deregister` | `DeleteItem` |
+//! | `deregister` | `DeleteItem` (the judgement goes with the item) |
+//! | `client` | `GetItem` (consistent) |
+//! | `mark_dead` | `UpdateItem` `SET judged_dead = :v` if `counter = :v` |
+//! | `changes` | `GetItem` (consistent) of the change counter; none is 0 |
+//! | `announce` | `UpdateItem` `SET changes = if_not_exists(changes, 0) + 1` if absent or of type N, returning the new value; a value that does not decode is written afresh as 1 by a `PutItem` conditioned on the bad value |
 //! | `leases` | `Query pk = "lease#<application>#<stream>"` (consistent, all pages) |
 //! | `lease` | `GetItem` (consistent) |
 //! | `create_if_absent` | `PutItem` if `attribute_not_exists(pk)`; on failure the `ALL_OLD` item is the answer |

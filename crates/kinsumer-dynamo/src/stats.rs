@@ -8,6 +8,10 @@ pub(crate) enum Op {
     Heartbeat,
     Clients,
     Deregister,
+    Client,
+    MarkDead,
+    Changes,
+    Announce,
     Leases,
     Lease,
     CreateIfAbsent,
@@ -22,7 +26,7 @@ pub(crate) enum Op {
     Admin,
 }
 
-const OPS: usize = 15;
+const OPS: usize = 19;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -45,6 +49,10 @@ impl Counters {
             heartbeat: get(Op::Heartbeat),
             clients: get(Op::Clients),
             deregister: get(Op::Deregister),
+            client: get(Op::Client),
+            mark_dead: get(Op::MarkDead),
+            changes: get(Op::Changes),
+            announce: get(Op::Announce),
             leases: get(Op::Leases),
             lease: get(Op::Lease),
             create_if_absent: get(Op::CreateIfAbsent),
@@ -73,6 +81,14 @@ pub struct DynamoStats {
     pub clients: u64,
     /// `DeleteItem`s of `deregister` (writes).
     pub deregister: u64,
+    /// `GetItem`s of `client` (reads).
+    pub client: u64,
+    /// `UpdateItem`s of `mark_dead` (writes).
+    pub mark_dead: u64,
+    /// `GetItem`s of `changes` (reads).
+    pub changes: u64,
+    /// `UpdateItem`s and repairing `PutItem`s of `announce` (writes).
+    pub announce: u64,
     /// `Query` pages of `leases` (reads).
     pub leases: u64,
     /// `GetItem`s of `lease` (reads).
@@ -104,13 +120,15 @@ pub struct DynamoStats {
 impl DynamoStats {
     /// Read requests (`Query` pages and `GetItem`s).
     pub fn reads(&self) -> u64 {
-        self.clients + self.leases + self.lease + self.rereads
+        self.clients + self.client + self.changes + self.leases + self.lease + self.rereads
     }
 
     /// Write requests (`UpdateItem`, `PutItem`, `DeleteItem`).
     pub fn writes(&self) -> u64 {
         self.heartbeat
             + self.deregister
+            + self.mark_dead
+            + self.announce
             + self.create_if_absent
             + self.take
             + self.checkpoint
@@ -132,6 +150,10 @@ impl DynamoStats {
             heartbeat: self.heartbeat.saturating_sub(earlier.heartbeat),
             clients: self.clients.saturating_sub(earlier.clients),
             deregister: self.deregister.saturating_sub(earlier.deregister),
+            client: self.client.saturating_sub(earlier.client),
+            mark_dead: self.mark_dead.saturating_sub(earlier.mark_dead),
+            changes: self.changes.saturating_sub(earlier.changes),
+            announce: self.announce.saturating_sub(earlier.announce),
             leases: self.leases.saturating_sub(earlier.leases),
             lease: self.lease.saturating_sub(earlier.lease),
             create_if_absent: self
@@ -158,6 +180,10 @@ impl DynamoStats {
             heartbeat: self.heartbeat + other.heartbeat,
             clients: self.clients + other.clients,
             deregister: self.deregister + other.deregister,
+            client: self.client + other.client,
+            mark_dead: self.mark_dead + other.mark_dead,
+            changes: self.changes + other.changes,
+            announce: self.announce + other.announce,
             leases: self.leases + other.leases,
             lease: self.lease + other.lease,
             create_if_absent: self.create_if_absent + other.create_if_absent,

@@ -409,12 +409,18 @@ impl DynamoLeaseStore {
 
     /// `GetItem` (strongly consistent) of one lease row.
     async fn get(&self, op: Op, stream: &str, shard: &ShardId) -> Sent<Option<Item>> {
+        self.get_item(op, item::key(self.lease_pk(stream), shard.as_str()))
+            .await
+    }
+
+    /// `GetItem` (strongly consistent) of the item at `key`.
+    async fn get_item(&self, op: Op, key: Item) -> Sent<Option<Item>> {
         let out = self
             .send(op, || {
                 self.client
                     .get_item()
                     .table_name(&*self.table)
-                    .set_key(Some(item::key(self.lease_pk(stream), shard.as_str())))
+                    .set_key(Some(key.clone()))
                     .consistent_read(true)
                     .send()
             })
@@ -422,6 +428,16 @@ impl DynamoLeaseStore {
         let item = out.item().cloned();
         self.counters.items(usize::from(item.is_some()));
         Ok(item)
+    }
+
+    /// How the change counter item is named in errors.
+    fn changes_name(&self) -> String {
+        let key = item::changes_key(&self.application);
+        let part = |k: &str| match key.get(k) {
+            Some(AttributeValue::S(v)) => v.clone(),
+            _ => String::new(),
+        };
+        self.key_name(&part(item::PK), &part(item::SK))
     }
 
     /// Every item of one partition, strongly consistent, all pages.
@@ -678,6 +694,144 @@ impl LeaseStore for DynamoLeaseStore {
             let name = self.key_name(&self.clients_pk(), client.as_str());
             self.plain(f, &format!("deregister on {name}"))
         })
+    }
+
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        let name = self.key_name(&self.clients_pk(), client.as_str());
+        let found = self
+            .get_item(Op::Client, item::key(self.clients_pk(), client.as_str()))
+            .await
+            .map_err(|f| self.plain(f, &format!("client on {name}")))?;
+        found
+            .map(|it| {
+                item::decode_client(&it).map_err(|reason| StoreError::Corrupt {
+                    key: name.clone(),
+                    reason,
+                })
+            })
+            .transpose()
+    }
+
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        let result = self
+            .send(Op::MarkDead, || {
+                self.client
+                    .update_item()
+                    .table_name(&*self.table)
+                    .set_key(Some(item::key(self.clients_pk(), client.as_str())))
+                    .update_expression("SET #j = :v")
+                    // Only while the row still holds the value judged: a heartbeat that
+                    // landed first wins (and a missing row fails the condition too).
+                    .condition_expression("#c = :v")
+                    .expression_attribute_names("#j", item::JUDGED_DEAD)
+                    .expression_attribute_names("#c", item::COUNTER)
+                    .expression_attribute_values(":v", n(counter))
+                    .return_values(ReturnValue::None)
+                    .send()
+            })
+            .await;
+        // Idempotent: an unknown outcome is retried by the engine like any transient error.
+        match result {
+            Ok(_) => Ok(true),
+            Err(Failure::Condition(_)) => Ok(false),
+            Err(f) => {
+                let name = self.key_name(&self.clients_pk(), client.as_str());
+                Err(self.plain(f, &format!("mark_dead on {name}")))
+            }
+        }
+    }
+
+    async fn changes(&self) -> Result<u64, StoreError> {
+        let key = item::changes_key(&self.application);
+        let found = self
+            .get_item(Op::Changes, key)
+            .await
+            .map_err(|f| self.plain(f, &format!("changes on {}", self.changes_name())))?;
+        let Some(found) = found else {
+            return Ok(0);
+        };
+        item::number(&found, item::CHANGES)
+            .map(Option::unwrap_or_default)
+            .map_err(|reason| StoreError::Corrupt {
+                key: self.changes_name(),
+                reason,
+            })
+    }
+
+    async fn announce(&self) -> Result<u64, StoreError> {
+        let what = || format!("announce on {}", self.changes_name());
+        // A few rounds: each either moves a good counter or writes a bad one afresh; a
+        // repair lost to another client's is followed by one more try.
+        for _ in 0..3 {
+            let result = self
+                .send(Op::Announce, || {
+                    self.client
+                        .update_item()
+                        .table_name(&*self.table)
+                        .set_key(Some(item::changes_key(&self.application)))
+                        .update_expression("SET #c = if_not_exists(#c, :zero) + :one")
+                        .condition_expression("attribute_not_exists(#c) OR attribute_type(#c, :n)")
+                        .expression_attribute_names("#c", item::CHANGES)
+                        .expression_attribute_values(":zero", n(0))
+                        .expression_attribute_values(":one", n(1))
+                        .expression_attribute_values(":n", s("N"))
+                        .return_values(ReturnValue::UpdatedNew)
+                        .return_values_on_condition_check_failure(
+                            ReturnValuesOnConditionCheckFailure::AllOld,
+                        )
+                        .send()
+                })
+                .await;
+            // What is stored, if it does not decode: a number of the wrong form (`None` for
+            // a value of another type).
+            let bad_number = match result {
+                Ok(out) => {
+                    let new = out.attributes().cloned().unwrap_or_default();
+                    match item::number(&new, item::CHANGES) {
+                        Ok(Some(value))
+                            if (1..kinsumer_core::store::TOKEN_LIMIT).contains(&value) =>
+                        {
+                            return Ok(value);
+                        }
+                        _ => new.get(item::CHANGES).cloned(),
+                    }
+                }
+                Err(Failure::Condition(_)) => None,
+                Err(f) => return Err(self.plain(f, &what())),
+            };
+            let mut fresh = item::changes_key(&self.application);
+            fresh.insert(item::CHANGES.to_owned(), n(1));
+            let repaired = self
+                .send(Op::Announce, || {
+                    let request = self
+                        .client
+                        .put_item()
+                        .table_name(&*self.table)
+                        .set_item(Some(fresh.clone()))
+                        .expression_attribute_names("#c", item::CHANGES);
+                    match &bad_number {
+                        Some(bad) => request
+                            .condition_expression("#c = :bad")
+                            .expression_attribute_values(":bad", bad.clone()),
+                        None => request
+                            .condition_expression(
+                                "attribute_exists(#c) AND NOT attribute_type(#c, :n)",
+                            )
+                            .expression_attribute_values(":n", s("N")),
+                    }
+                    .send()
+                })
+                .await;
+            match repaired {
+                Ok(_) => return Ok(1),
+                Err(Failure::Condition(_)) => continue,
+                Err(f) => return Err(self.plain(f, &what())),
+            }
+        }
+        Err(StoreError::Transient(format!(
+            "{}: the change counter kept changing under a repair",
+            what()
+        )))
     }
 
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {

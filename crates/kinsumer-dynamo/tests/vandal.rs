@@ -96,6 +96,12 @@ impl Vandal for DynamoVandal {
     }
 
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {
+        // The heartbeat value, or the judged-dead mark beside it.
+        let field = if rng.chance(0.5) {
+            "counter"
+        } else {
+            "judged_dead"
+        };
         let _ = self
             .client
             .update_item()
@@ -103,10 +109,39 @@ impl Vandal for DynamoVandal {
             .key("pk", AttributeValue::S("clients#tests".into()))
             .key("sk", AttributeValue::S(client.to_owned()))
             .update_expression("SET #c = :v")
-            .expression_attribute_names("#c", "counter")
+            .expression_attribute_names("#c", field)
             .expression_attribute_values(":v", hostile_value(rng))
             .send()
             .await;
+    }
+
+    async fn spoil_changes(&self, rng: &mut Rng) {
+        let _ = self.set_changes(hostile_value(rng)).await;
+    }
+
+    async fn corrupt_changes(&self) {
+        self.set_changes(AttributeValue::N("-1".into()))
+            .await
+            .expect("UpdateItem of the change counter");
+    }
+}
+
+impl DynamoVandal {
+    /// Sets the change counter of the application `tests`.
+    async fn set_changes(
+        &self,
+        value: AttributeValue,
+    ) -> Result<UpdateItemOutput, SdkError<UpdateItemError>> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S("changes#tests".into()))
+            .key("sk", AttributeValue::S("changes".into()))
+            .update_expression("SET #c = :v")
+            .expression_attribute_names("#c", "changes")
+            .expression_attribute_values(":v", value)
+            .send()
+            .await
     }
 }
 
@@ -136,6 +171,32 @@ async fn a_corrupt_item_is_repaired_and_a_healthy_one_never_overwritten() {
     let store = common::fresh_store(&client, "repair").await;
     let vandal = DynamoVandal::of(&client, &store);
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
+    common::drop_table(&client, store.table()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_change_counter_is_written_afresh() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let client = common::client(&endpoint);
+    let store = common::fresh_store(&client, "changes").await;
+    let vandal = DynamoVandal::of(&client, &store);
+    conformance::corrupt_change_counter(&store, &vandal).await;
+    // Values of every other shape are written afresh too.
+    let mut rng = Rng::new(5);
+    for _ in 0..12 {
+        vandal.spoil_changes(&mut rng).await;
+        let value = kinsumer_core::store::LeaseStore::announce(&store)
+            .await
+            .expect("announce over a hostile counter");
+        assert_eq!(
+            kinsumer_core::store::LeaseStore::changes(&store)
+                .await
+                .expect("changes"),
+            value
+        );
+    }
     common::drop_table(&client, store.table()).await;
 }
 

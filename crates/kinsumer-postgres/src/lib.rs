@@ -102,7 +102,7 @@
 //! [`PgLeaseStore::migrate`] (run by [`PgLeaseStore::connect`] unless
 //! `migrate_on_connect = false`) creates or upgrades it in one transaction under
 //! `pg_advisory_xact_lock(hashtext('kinsumer-postgres:' || schema))`, recording the version
-//! in `schema_version`, so many processes may run it at once. Version 2 ([`ddl`]):
+//! in `schema_version`, so many processes may run it at once. Version 3 ([`ddl`]):
 //!
 //! ```sql
 //! CREATE SCHEMA IF NOT EXISTS "kinsumer";
@@ -136,10 +136,17 @@
 //! );
 //! ALTER TABLE "kinsumer".leases ADD COLUMN IF NOT EXISTS successor text; -- version 2:
 //!                            -- the client a release handed the lease to; take clears it
+//! ALTER TABLE "kinsumer".clients ADD COLUMN IF NOT EXISTS judged_dead bigint; -- version 3:
+//!                            -- the heartbeat value a watcher judged the client dead at
+//! CREATE TABLE IF NOT EXISTS "kinsumer".changes (      -- version 3: the change counter
+//!     application text   PRIMARY KEY,
+//!     counter     bigint NOT NULL
+//! );
 //! ```
 //!
 //! A process of an earlier version refuses to start against a newer schema (processes already
-//! running go on working, and ignore `successor`): upgrade the fleet, then restart it.
+//! running go on working, and ignore the columns and tables they do not know): upgrade the
+//! fleet, then restart it.
 //!
 //! `clients.counter` is the value of the client's last heartbeat, written as the engine chose
 //! it (`(incarnation << 32) | sequence`, always in `1..=i64::MAX`, so it fits the `bigint` and
@@ -152,8 +159,11 @@
 //! | operation | SQL |
 //! |---|---|
 //! | `heartbeat` | `INSERT … VALUES ($1, $2, $beat) ON CONFLICT DO UPDATE SET counter = EXCLUDED.counter` (unconditional) |
-//! | `clients` | `SELECT client_id, counter … WHERE application = $1` |
-//! | `deregister` | `DELETE … WHERE application = $1 AND client_id = $2` |
+//! | `clients` / `client` | `SELECT client_id, counter, judged_dead … WHERE application = $1 [AND client_id = $2]` |
+//! | `deregister` | `DELETE … WHERE application = $1 AND client_id = $2` (the judgement goes with the row) |
+//! | `mark_dead` | `UPDATE clients SET judged_dead = $3 WHERE … AND counter = $3` (one row updated: marked) |
+//! | `changes` | `SELECT counter FROM changes WHERE application = $1` (no row: 0) |
+//! | `announce` | `INSERT INTO changes … VALUES ($1, 1) ON CONFLICT DO UPDATE SET counter = counter + 1 RETURNING counter` (a negative or exhausted counter starts afresh at 1) |
 //! | `leases` / `lease` | `SELECT … WHERE application = $1 AND stream = $2 [AND shard = $3]` |
 //! | `create_if_absent` | `WITH ins AS (INSERT … ON CONFLICT DO NOTHING RETURNING …) SELECT … FROM ins UNION ALL SELECT … existing row` |
 //! | `take` | `WITH target AS (SELECT key), upd AS (UPDATE … SET owner, token = token + 1 WHERE token = $exp AND NOT finished RETURNING …) SELECT found, upd.*` |

@@ -12,7 +12,7 @@ pub(crate) enum MigrateError {
 }
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Checks a schema name against `^[a-z_][a-z0-9_]{0,62}$` (so it needs no escaping and fits
 /// PostgreSQL's 63-byte identifiers).
@@ -68,6 +68,15 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // 2: the client a release handed the lease to (NULL: nobody named); `take` clears it.
     &["ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS successor text"],
+    // 3: a watcher's judgement (the heartbeat value a client was judged dead at), and the
+    // change counter an idle fleet polls instead of every row.
+    &[
+        "ALTER TABLE {s}.clients ADD COLUMN IF NOT EXISTS judged_dead bigint",
+        "CREATE TABLE IF NOT EXISTS {s}.changes (
+            application text   PRIMARY KEY,
+            counter     bigint NOT NULL
+        )",
+    ],
 ];
 
 /// The DDL of the current version for `schema` (for documentation and operators).

@@ -9,6 +9,9 @@
 
 use std::sync::Arc;
 
+/// The columns a `ClientRow` is read from.
+const CLIENT: &str = "client_id, counter, judged_dead";
+
 /// The columns a `Lease` is read from, in order.
 const LEASE: &str = "shard, parents, owner, token, checkpoint, finished, successor";
 
@@ -42,7 +45,11 @@ fn set_checkpoint(keep: &str, text: &str, kind: &str, seq: &str, sub: &str) -> S
 pub(crate) struct Statements {
     pub heartbeat: Arc<str>,
     pub clients: Arc<str>,
+    pub client: Arc<str>,
     pub deregister: Arc<str>,
+    pub mark_dead: Arc<str>,
+    pub changes: Arc<str>,
+    pub announce: Arc<str>,
     pub leases: Arc<str>,
     pub lease: Arc<str>,
     pub create_if_absent: Arc<str>,
@@ -114,8 +121,26 @@ impl Statements {
             )
             .into(),
             clients: format!(
-                "SELECT client_id, counter FROM {s}.clients WHERE application = $1 \
-                 ORDER BY client_id"
+                "SELECT {CLIENT} FROM {s}.clients WHERE application = $1 ORDER BY client_id"
+            )
+            .into(),
+            client: format!(
+                "SELECT {CLIENT} FROM {s}.clients WHERE application = $1 AND client_id = $2"
+            )
+            .into(),
+            mark_dead: format!(
+                "UPDATE {s}.clients SET judged_dead = $3 \
+                 WHERE application = $1 AND client_id = $2 AND counter = $3"
+            )
+            .into(),
+            changes: format!("SELECT counter FROM {s}.changes WHERE application = $1").into(),
+            // A counter that cannot grow (negative, or at the end of bigint) starts afresh.
+            announce: format!(
+                "INSERT INTO {s}.changes AS c (application, counter) VALUES ($1, 1) \
+                 ON CONFLICT (application) DO UPDATE SET counter = \
+                 CASE WHEN c.counter >= 0 AND c.counter < 9223372036854775807 \
+                 THEN c.counter + 1 ELSE 1 END \
+                 RETURNING counter"
             )
             .into(),
             deregister: format!(

@@ -626,6 +626,36 @@ impl PgLeaseStore {
     }
 }
 
+impl PgLeaseStore {
+    /// A client row as read by `clients` or `client`; a mark that does not decode is no
+    /// judgement (the safe side: the client counts as alive).
+    fn decode_client(&self, row: &PgRow) -> Result<ClientRow, CorruptRow> {
+        let id: String = row.try_get("client_id").map_err(|e| CorruptRow {
+            key: format!("{}/client/?", self.inner.application),
+            id: None,
+            reason: e.to_string(),
+        })?;
+        let corrupt = |reason: String| CorruptRow {
+            key: format!("{}/client/{id}", self.inner.application),
+            id: Some(id.clone()),
+            reason,
+        };
+        let counter: i64 = row.try_get("counter").map_err(|e| corrupt(e.to_string()))?;
+        let counter = u64::try_from(counter)
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| corrupt(format!("counter {counter} is not positive")))?;
+        if id.is_empty() {
+            return Err(corrupt("an empty client id".to_owned()));
+        }
+        let judged: Option<i64> = row.try_get("judged_dead").unwrap_or(None);
+        Ok(ClientRow {
+            judged_dead: judged.and_then(|j| u64::try_from(j).ok()),
+            ..ClientRow::new(ClientId::from(id), counter)
+        })
+    }
+}
+
 #[async_trait]
 impl LeaseStore for PgLeaseStore {
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
@@ -657,33 +687,9 @@ impl LeaseStore for PgLeaseStore {
                     .fetch_all(&self.inner.pool)
             })
             .await?;
-        let decode = |row: &PgRow| -> Result<ClientRow, CorruptRow> {
-            let id: String = row.try_get("client_id").map_err(|e| CorruptRow {
-                key: format!("{}/client/?", self.inner.application),
-                id: None,
-                reason: e.to_string(),
-            })?;
-            let corrupt = |reason: String| CorruptRow {
-                key: format!("{}/client/{id}", self.inner.application),
-                id: Some(id.clone()),
-                reason,
-            };
-            let counter: i64 = row.try_get("counter").map_err(|e| corrupt(e.to_string()))?;
-            let counter = u64::try_from(counter)
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| corrupt(format!("counter {counter} is not positive")))?;
-            if id.is_empty() {
-                return Err(corrupt("an empty client id".to_owned()));
-            }
-            Ok(ClientRow {
-                id: ClientId::from(id),
-                counter,
-            })
-        };
         let (mut good, mut corrupt) = (Vec::new(), Vec::new());
         for row in &rows {
-            match decode(row) {
+            match self.decode_client(row) {
                 Ok(client) => good.push(client),
                 Err(bad) => corrupt.push(bad),
             }
@@ -701,6 +707,74 @@ impl LeaseStore for PgLeaseStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        let sql = &self.inner.sql.client;
+        let row = self
+            .retrying(Kind::Read, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(client.as_str())
+                    .fetch_optional(&self.inner.pool)
+            })
+            .await?;
+        row.map(|row| self.decode_client(&row).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        // A value past bigint is one no row holds: nothing to mark.
+        let Ok(counter) = i64::try_from(counter) else {
+            return Ok(false);
+        };
+        let sql = &self.inner.sql.mark_dead;
+        // Idempotent: an ambiguous one is simply sent again.
+        let done = self
+            .retrying(Kind::Write, || {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .bind(client.as_str())
+                    .bind(counter)
+                    .execute(&self.inner.pool)
+            })
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn changes(&self) -> Result<u64, StoreError> {
+        let sql = &self.inner.sql.changes;
+        let counter: Option<i64> = self
+            .retrying(Kind::Read, || {
+                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .fetch_optional(&self.inner.pool)
+            })
+            .await?;
+        let Some(counter) = counter else {
+            return Ok(0);
+        };
+        u64::try_from(counter).map_err(|_| StoreError::Corrupt {
+            key: format!("{}/changes", self.inner.application),
+            reason: format!("the change counter {counter} is negative"),
+        })
+    }
+
+    async fn announce(&self) -> Result<u64, StoreError> {
+        let sql = &self.inner.sql.announce;
+        // Sent again after an ambiguous failure: the counter may move twice, which is only
+        // one more change.
+        let counter: i64 = self
+            .retrying(Kind::Write, || {
+                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(&self.inner.application)
+                    .fetch_one(&self.inner.pool)
+            })
+            .await?;
+        u64::try_from(counter).map_err(|_| StoreError::Corrupt {
+            key: format!("{}/changes", self.inner.application),
+            reason: format!("announce returned the counter {counter}"),
+        })
     }
 
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {

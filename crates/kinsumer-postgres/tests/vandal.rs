@@ -110,6 +110,43 @@ impl Vandal for PgVandal {
             .bind(i64::MAX)
             .execute(&self.pool)
             .await;
+        // A judgement of a value the row never held, or of one it holds now.
+        let sql = format!(
+            "UPDATE {s}.clients SET judged_dead = \
+             CASE WHEN random() < 0.5 THEN counter ELSE -1 END \
+             WHERE application = $1 AND client_id = $2"
+        );
+        let _ = sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(client)
+            .execute(&self.pool)
+            .await;
+    }
+
+    async fn spoil_changes(&self, rng: &mut Rng) {
+        let value = [-1, i64::MIN, i64::MAX][rng.below(3) as usize];
+        self.set_changes(value).await;
+    }
+
+    async fn corrupt_changes(&self) {
+        self.set_changes(-7).await;
+    }
+}
+
+impl PgVandal {
+    /// Writes `value` as the change counter (no `CHECK` keeps a negative one out).
+    async fn set_changes(&self, value: i64) {
+        let sql = format!(
+            "INSERT INTO \"{}\".changes (application, counter) VALUES ($1, $2) \
+             ON CONFLICT (application) DO UPDATE SET counter = EXCLUDED.counter",
+            self.schema
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.application)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .expect("a write of the change counter");
     }
 }
 
@@ -125,6 +162,16 @@ async fn a_fleet_goes_on_while_a_vandal_spoils_rows() {
         report.most_corrupt_seen > 0,
         "the vandal's rows were reported: {report:?}"
     );
+    common::drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_change_counter_is_written_afresh() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("changes");
+    let store = common::store(&url, &schema, "changes").await;
+    let vandal = PgVandal::of(&store, &schema, "changes");
+    conformance::corrupt_change_counter(&store, &vandal).await;
     common::drop_schema(store.pool(), &schema).await;
 }
 

@@ -34,6 +34,8 @@
 //! | key | type | field → value |
 //! |---|---|---|
 //! | `kinsumer:{billing}:clients` | hash | client id → last heartbeat value, a decimal `u64`, e.g. `worker-1` → `30064771089` |
+//! | `kinsumer:{billing}:judged_dead` | hash | client id → the heartbeat value a watcher judged it dead at (dead while it equals the value in `clients`), e.g. `worker-2` → `30064771050` |
+//! | `kinsumer:{billing}:changes` | string | the change counter, a decimal `u64`, e.g. `412` |
 //! | `kinsumer:{billing}:leases:orders` | hash | shard id → lease row, e.g. `shardId-000000000001` → `{"owner":"worker-1","token":"3","checkpoint":"AFTER:49590338271490256608559692538361571095921575989136588898/0"}` |
 //!
 //! A client's value is the decimal text of the `u64` its last heartbeat wrote (the engine
@@ -58,7 +60,11 @@
 //! |---|---|
 //! | `heartbeat` | `HSET clients <client> <beat>` (unconditional) |
 //! | `clients` | `HGETALL clients` (one round trip) |
-//! | `deregister` | `HDEL clients <client>` |
+//! | `deregister` | `HDEL judged_dead <client>`, then `HDEL clients <client>` |
+//! | `client` | `HGET clients <client>`, `HGET judged_dead <client>` |
+//! | `mark_dead` | script: the value in `clients` equal → `HSET judged_dead <client> <value>` |
+//! | `changes` | `GET changes` (none is 0) |
+//! | `announce` | script: `GET changes`, `SET changes <value + 1>` (a value that does not decode, or a key of another type, is written afresh as 1) |
 //! | `leases` | `HGETALL leases:<stream>` (one round trip, whatever the shard count) |
 //! | `lease` | `HGET leases:<stream> <shard>` |
 //! | `create_if_absent` | script: `HSETNX`, then `HGET` the row now stored |
@@ -252,6 +258,17 @@ impl RedisLeaseStore {
         format!("{}clients", self.prefix)
     }
 
+    /// The hash of the heartbeat values clients were judged dead at:
+    /// `kinsumer:{<application>}:judged_dead`.
+    pub fn judged_dead_key(&self) -> String {
+        format!("{}judged_dead", self.prefix)
+    }
+
+    /// The change counter (a decimal string): `kinsumer:{<application>}:changes`.
+    pub fn changes_key(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+
     /// The hash of `stream`'s lease rows: `kinsumer:{<application>}:leases:<stream>`.
     pub fn leases_key(&self, stream: &str) -> String {
         format!("{}leases:{stream}", self.prefix)
@@ -409,6 +426,13 @@ impl RedisLeaseStore {
     }
 }
 
+/// A judged-dead mark as stored: a value that does not decode is no judgement (the safe side:
+/// the client counts as alive).
+fn judged_at(raw: Option<&[u8]>) -> Option<u64> {
+    raw.and_then(|raw| std::str::from_utf8(raw).ok())
+        .and_then(canonical_u64)
+}
+
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
@@ -430,7 +454,14 @@ impl LeaseStore for RedisLeaseStore {
 
     async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         let key = self.clients_key();
+        // Two reads, not one snapshot: a mark holds only at the value it was made at, so a
+        // mark read with a later value means nothing, whichever hash is read first.
         let fields = self.fields(&key).await?;
+        let judged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = self
+            .fields(&self.judged_dead_key())
+            .await?
+            .into_iter()
+            .collect();
         let mut rows = Vec::new();
         let mut corrupt = Vec::new();
         for (id, counter) in fields {
@@ -446,8 +477,8 @@ impl LeaseStore for RedisLeaseStore {
             };
             match std::str::from_utf8(&counter).ok().and_then(canonical_u64) {
                 Some(counter) => rows.push(ClientRow {
-                    id: ClientId::from(id),
-                    counter,
+                    judged_dead: judged_at(judged.get(id.as_bytes()).map(Vec::as_slice)),
+                    ..ClientRow::new(ClientId::from(id), counter)
                 }),
                 None => corrupt.push(bad(format!(
                     "the heartbeat value {:?} is not an unsigned 64-bit integer in canonical decimal form",
@@ -462,7 +493,15 @@ impl LeaseStore for RedisLeaseStore {
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         let key = self.clients_key();
         let mut conn = self.conn.clone();
-        // Idempotent: a lost reply is retried by the engine as any transient error.
+        // Idempotent: a lost reply is retried by the engine as any transient error. The mark
+        // goes first, then the row: a client registering again under the id is not born dead.
+        let judged_key = self.judged_dead_key();
+        let _removed: i64 = redis::cmd("HDEL")
+            .arg(&judged_key)
+            .arg(client.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &judged_key))?;
         let _removed: i64 = redis::cmd("HDEL")
             .arg(&key)
             .arg(client.as_str())
@@ -470,6 +509,92 @@ impl LeaseStore for RedisLeaseStore {
             .await
             .map_err(|e| classify(&e, &key))?;
         Ok(())
+    }
+
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        let key = self.clients_key();
+        let mut conn = self.conn.clone();
+        let counter: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(client.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        let judged_key = self.judged_dead_key();
+        let judged: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&judged_key)
+            .arg(client.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &judged_key))?;
+        let Some(counter) = counter else {
+            return Ok(None);
+        };
+        match std::str::from_utf8(&counter).ok().and_then(canonical_u64) {
+            Some(value) => Ok(Some(ClientRow {
+                judged_dead: judged_at(judged.as_deref()),
+                ..ClientRow::new(client.clone(), value)
+            })),
+            None => Err(StoreError::Corrupt {
+                key: format!("{key} {client}"),
+                reason: format!(
+                    "the heartbeat value {:?} is not an unsigned 64-bit integer in canonical decimal form",
+                    String::from_utf8_lossy(&counter)
+                ),
+            }),
+        }
+    }
+
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        let key = self.clients_key();
+        let mut conn = self.conn.clone();
+        // Idempotent: a lost reply is retried by the engine as any transient error.
+        let marked: i64 = scripts::MARK_DEAD
+            .key(&key)
+            .key(self.judged_dead_key())
+            .arg(client.as_str())
+            .arg(counter.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        Ok(marked == 1)
+    }
+
+    async fn changes(&self) -> Result<u64, StoreError> {
+        let key = self.changes_key();
+        let mut conn = self.conn.clone();
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        let Some(value) = value else {
+            return Ok(0);
+        };
+        std::str::from_utf8(&value)
+            .ok()
+            .and_then(canonical_u64)
+            .ok_or_else(|| StoreError::Corrupt {
+                key,
+                reason: format!(
+                    "the change counter {:?} is not an unsigned 64-bit integer in canonical decimal form",
+                    String::from_utf8_lossy(&value)
+                ),
+            })
+    }
+
+    async fn announce(&self) -> Result<u64, StoreError> {
+        let key = self.changes_key();
+        let mut conn = self.conn.clone();
+        let text: String = scripts::ANNOUNCE
+            .key(&key)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &key))?;
+        canonical_u64(&text).ok_or_else(|| StoreError::Corrupt {
+            key,
+            reason: format!("the announce script answered {text:?}"),
+        })
     }
 
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {

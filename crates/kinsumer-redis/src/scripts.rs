@@ -167,3 +167,40 @@ return {'OK'}
 "#,
     )
 });
+
+/// Marks client `ARGV[1]` judged dead at heartbeat value `ARGV[2]` (`KEYS[2]`, a hash beside
+/// the clients hash `KEYS[1]`), only while its row still holds that value: 1 if marked, else
+/// 0. Values compare as their canonical decimal text, as the Rust side writes them.
+pub(crate) static MARK_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Moves the change counter `KEYS[1]` on by one and returns it as text. A value that is not
+/// a canonical decimal of at most 14 digits (exact in a Lua double, and 10¹⁴ announces are
+/// millennia away), or a key of another type, is written afresh as 1.
+pub(crate) static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+if redis.call('TYPE', KEYS[1]).ok == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  if string.match(v, '^[1-9]%d*$') and #v <= 14 then n = tonumber(v) end
+else
+  redis.call('DEL', KEYS[1])
+end
+n = n + 1
+if n >= 1e14 then n = 1 end
+local text = string.format('%d', n)
+redis.call('SET', KEYS[1], text)
+return text
+"#,
+    )
+});

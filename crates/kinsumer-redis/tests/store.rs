@@ -91,13 +91,45 @@ async fn keys_follow_the_documented_layout() {
             "parents": ["shardId-000000000000"],
         })
     );
+    // A watcher's mark sits beside the value it was made at; the change counter is a string.
+    let marked = store
+        .mark_dead(&ClientId::from("worker-1"), beat)
+        .await
+        .expect("mark_dead");
+    assert!(marked);
+    assert_eq!(store.announce().await.expect("announce"), 1);
+    let mark: String = redis::cmd("HGET")
+        .arg(store.judged_dead_key())
+        .arg("worker-1")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(mark, beat.to_string());
+    let changes: String = redis::cmd("GET")
+        .arg(store.changes_key())
+        .query_async(&mut conn)
+        .await
+        .expect("get");
+    assert_eq!(changes, "1");
+    assert_eq!(
+        store.judged_dead_key(),
+        format!("kinsumer:{{{app}}}:judged_dead")
+    );
+    assert_eq!(store.changes_key(), format!("kinsumer:{{{app}}}:changes"));
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("kinsumer:{{{app}}}:*"))
         .query_async(&mut conn)
         .await
         .expect("keys");
     keys.sort();
-    assert_eq!(keys, vec![store.clients_key(), store.leases_key("orders")]);
+    let mut expected = vec![
+        store.changes_key(),
+        store.clients_key(),
+        store.judged_dead_key(),
+        store.leases_key("orders"),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
     common::cleanup(&url, &app).await;
 }
 

@@ -80,12 +80,53 @@ impl Vandal for RedisVandal {
 
     async fn spoil_client(&self, client: &str, rng: &mut Rng) {
         let mut conn = self.conn.clone();
+        // The heartbeat value, or the judged-dead mark beside it.
+        let key = if rng.chance(0.5) {
+            self.store.clients_key()
+        } else {
+            self.store.judged_dead_key()
+        };
         let _: Result<i64, _> = redis::cmd("HSET")
-            .arg(self.store.clients_key())
+            .arg(key)
             .arg(client)
             .arg(hostile_number(rng))
             .query_async(&mut conn)
             .await;
+    }
+
+    async fn spoil_changes(&self, rng: &mut Rng) {
+        let mut conn = self.conn.clone();
+        let key = self.store.changes_key();
+        // A hostile string, or a key of another type.
+        let _: Result<(), _> = if rng.chance(0.5) {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(hostile_text(rng))
+                .query_async(&mut conn)
+                .await
+        } else {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(&key)
+                .ignore()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("x")
+                .arg("1")
+                .ignore()
+                .query_async(&mut conn)
+                .await
+        };
+    }
+
+    async fn corrupt_changes(&self) {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(self.store.changes_key())
+            .arg("01")
+            .query_async(&mut conn)
+            .await
+            .expect("SET of a corrupt change counter");
     }
 }
 
@@ -124,6 +165,16 @@ async fn a_corrupt_row_is_repaired_and_a_healthy_one_never_overwritten() {
     };
     let (application, store, vandal) = store_and_vandal(&url, "repair").await;
     conformance::repair_of_a_corrupt_row(&store, &vandal).await;
+    common::cleanup(&url, &application).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_change_counter_is_written_afresh() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let (application, store, vandal) = store_and_vandal(&url, "changes").await;
+    conformance::corrupt_change_counter(&store, &vandal).await;
     common::cleanup(&url, &application).await;
 }
 

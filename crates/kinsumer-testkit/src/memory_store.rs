@@ -47,7 +47,7 @@ use kinsumer_core::position::Checkpoint;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;
 use kinsumer_core::store::{
-    ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure,
+    ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, TOKEN_LIMIT, Tenure,
 };
 
 /// A global logical clock shared by the components of a test, so their events interleave in
@@ -195,6 +195,14 @@ pub struct StoreStats {
     pub clients: u64,
     /// `deregister` calls.
     pub deregister: u64,
+    /// `client` calls.
+    pub client: u64,
+    /// `mark_dead` calls.
+    pub mark_dead: u64,
+    /// `changes` calls.
+    pub changes: u64,
+    /// `announce` calls.
+    pub announce: u64,
     /// `leases` calls.
     pub leases: u64,
     /// `lease` calls.
@@ -222,15 +230,17 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
-    /// Read requests: `clients`, `leases`, `lease`.
+    /// Read requests: `clients`, `client`, `changes`, `leases`, `lease`.
     pub fn reads(&self) -> u64 {
-        self.clients + self.leases + self.lease
+        self.clients + self.client + self.changes + self.leases + self.lease
     }
 
     /// Write requests: every other operation.
     pub fn writes(&self) -> u64 {
         self.heartbeat
             + self.deregister
+            + self.mark_dead
+            + self.announce
             + self.create_if_absent
             + self.take
             + self.checkpoint
@@ -253,6 +263,10 @@ enum Method {
     Heartbeat,
     Clients,
     Deregister,
+    Client,
+    MarkDead,
+    Changes,
+    Announce,
     Leases,
     Lease,
     CreateIfAbsent,
@@ -267,7 +281,10 @@ enum Method {
 
 impl Method {
     fn is_write(self) -> bool {
-        !matches!(self, Method::Clients | Method::Leases | Method::Lease)
+        !matches!(
+            self,
+            Method::Clients | Method::Client | Method::Changes | Method::Leases | Method::Lease
+        )
     }
 
     fn name(self) -> &'static str {
@@ -275,6 +292,10 @@ impl Method {
             Method::Heartbeat => "heartbeat",
             Method::Clients => "clients",
             Method::Deregister => "deregister",
+            Method::Client => "client",
+            Method::MarkDead => "mark_dead",
+            Method::Changes => "changes",
+            Method::Announce => "announce",
             Method::Leases => "leases",
             Method::Lease => "lease",
             Method::CreateIfAbsent => "create_if_absent",
@@ -293,6 +314,10 @@ impl Method {
             Method::Heartbeat => &mut stats.heartbeat,
             Method::Clients => &mut stats.clients,
             Method::Deregister => &mut stats.deregister,
+            Method::Client => &mut stats.client,
+            Method::MarkDead => &mut stats.mark_dead,
+            Method::Changes => &mut stats.changes,
+            Method::Announce => &mut stats.announce,
             Method::Leases => &mut stats.leases,
             Method::Lease => &mut stats.lease,
             Method::CreateIfAbsent => &mut stats.create_if_absent,
@@ -324,6 +349,11 @@ struct Shared {
 #[derive(Debug)]
 struct StoreState {
     clients: BTreeMap<ClientId, u64>,
+    /// The heartbeat value each client was judged dead at ([`LeaseStore::mark_dead`]).
+    judged_dead: BTreeMap<ClientId, u64>,
+    /// The change counter; `None` while [`MemoryLeaseStore::corrupt_changes`] made it
+    /// unreadable.
+    changes: Option<u64>,
     /// stream → shard → row.
     leases: BTreeMap<String, BTreeMap<ShardId, Lease>>,
     /// Rows made unreadable by [`MemoryLeaseStore::corrupt_lease`]: (stream, shard) → why.
@@ -459,6 +489,8 @@ impl MemoryLeaseStore {
     pub fn with_clock(clock: EventClock) -> Self {
         let state = StoreState {
             clients: BTreeMap::new(),
+            judged_dead: BTreeMap::new(),
+            changes: Some(0),
             leases: BTreeMap::new(),
             corrupt_leases: BTreeMap::new(),
             corrupt_clients: BTreeMap::new(),
@@ -614,6 +646,12 @@ impl MemoryLeaseStore {
             .remove(&(stream.to_owned(), shard.clone()));
     }
 
+    /// Makes the change counter unreadable until the next [`LeaseStore::announce`] writes it
+    /// afresh.
+    pub fn corrupt_changes(&self) {
+        self.lock().changes = None;
+    }
+
     /// Makes `client`'s row unreadable until its next heartbeat rewrites it.
     pub fn corrupt_client(&self, client: &ClientId, reason: &str) {
         self.lock()
@@ -699,11 +737,23 @@ fn client_rows(state: &StoreState) -> Vec<ClientRow> {
         .clients
         .iter()
         .filter(|(id, _)| !state.corrupt_clients.contains_key(*id))
-        .map(|(id, counter)| ClientRow {
-            id: id.clone(),
-            counter: *counter,
-        })
+        .map(|(id, counter)| client_row(state, id, *counter))
         .collect()
+}
+
+fn client_row(state: &StoreState, id: &ClientId, counter: u64) -> ClientRow {
+    ClientRow {
+        judged_dead: state.judged_dead.get(id).copied(),
+        ..ClientRow::new(id.clone(), counter)
+    }
+}
+
+fn corrupt_client_row(id: &ClientId, reason: &str) -> CorruptRow {
+    CorruptRow {
+        key: format!("clients/{id}"),
+        id: Some(id.to_string()),
+        reason: reason.to_owned(),
+    }
 }
 
 fn corrupt_client_rows(state: &StoreState) -> Vec<CorruptRow> {
@@ -711,11 +761,7 @@ fn corrupt_client_rows(state: &StoreState) -> Vec<CorruptRow> {
         .corrupt_clients
         .iter()
         .filter(|(id, _)| state.clients.contains_key(*id))
-        .map(|(id, reason)| CorruptRow {
-            key: format!("clients/{id}"),
-            id: Some(id.to_string()),
-            reason: reason.clone(),
-        })
+        .map(|(id, reason)| corrupt_client_row(id, reason))
         .collect()
 }
 
@@ -743,10 +789,60 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         self.call(Method::Deregister, |txn| {
+            txn.state.judged_dead.remove(client);
             if txn.state.clients.remove(client).is_some() {
                 txn.record_client(client, ClientOp::Deregister);
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        self.call(Method::Client, |txn| {
+            let Some(&counter) = txn.state.clients.get(client) else {
+                return Ok(None);
+            };
+            if let Some(reason) = txn.state.corrupt_clients.get(client) {
+                return Err(corrupt_client_row(client, reason).into());
+            }
+            Ok(Some(client_row(txn.state, client, counter)))
+        })
+        .await
+    }
+
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        self.call(Method::MarkDead, |txn| {
+            let state = &mut *txn.state;
+            if state.clients.get(client) != Some(&counter)
+                || state.corrupt_clients.contains_key(client)
+            {
+                return Ok(false);
+            }
+            state.judged_dead.insert(client.clone(), counter);
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn changes(&self) -> Result<u64, StoreError> {
+        self.call(Method::Changes, |txn| {
+            txn.state.changes.ok_or_else(|| StoreError::Corrupt {
+                key: "changes".into(),
+                reason: "the change counter does not decode".into(),
+            })
+        })
+        .await
+    }
+
+    async fn announce(&self) -> Result<u64, StoreError> {
+        self.call(Method::Announce, |txn| {
+            let next = match txn.state.changes {
+                Some(n) if n < TOKEN_LIMIT => n + 1,
+                _ => 1,
+            };
+            txn.state.changes = Some(next);
+            Ok(next)
         })
         .await
     }

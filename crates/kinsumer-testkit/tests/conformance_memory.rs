@@ -89,6 +89,14 @@ impl Vandal for MemoryVandal {
             .corrupt_client(&ClientId::from(client), &hostile_text(rng));
     }
 
+    async fn spoil_changes(&self, _rng: &mut Rng) {
+        self.0.corrupt_changes();
+    }
+
+    async fn corrupt_changes(&self) {
+        self.0.corrupt_changes();
+    }
+
     async fn corrupt_lease(&self, stream: &str, shard: &ShardId) {
         self.0
             .corrupt_lease(stream, shard, "garbage written by the repair check");
@@ -112,11 +120,25 @@ async fn memory_lease_store_repairs_corrupt_rows() {
     conformance::repair_of_a_corrupt_row(&store, &MemoryVandal(store.clone())).await;
 }
 
-/// A store whose repair writes whatever row is there, healthy or not: the check must notice.
-struct CarelessRepair(MemoryLeaseStore);
+#[tokio::test(start_paused = true)]
+async fn memory_lease_store_writes_a_corrupt_change_counter_afresh() {
+    let store = MemoryLeaseStore::new();
+    conformance::corrupt_change_counter(&store, &MemoryVandal(store.clone())).await;
+}
+
+/// A memory store with one slip of the contract, which the checks must notice.
+struct Careless(MemoryLeaseStore, Slip);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slip {
+    /// Its repair writes whatever row is there, healthy or not.
+    Repair,
+    /// Its `mark_dead` marks a client at whatever value its row holds.
+    Mark,
+}
 
 #[async_trait]
-impl LeaseStore for CarelessRepair {
+impl LeaseStore for Careless {
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         self.0.heartbeat(client, beat).await
     }
@@ -125,6 +147,26 @@ impl LeaseStore for CarelessRepair {
     }
     async fn deregister(&self, client: &ClientId) -> Result<(), StoreError> {
         self.0.deregister(client).await
+    }
+    async fn client(&self, client: &ClientId) -> Result<Option<ClientRow>, StoreError> {
+        self.0.client(client).await
+    }
+    async fn mark_dead(&self, client: &ClientId, counter: u64) -> Result<bool, StoreError> {
+        if self.1 != Slip::Mark {
+            return self.0.mark_dead(client, counter).await;
+        }
+        // Marks the row at whatever value it holds now: a heartbeat that landed since the
+        // watcher's read no longer saves the client.
+        match self.0.client(client).await? {
+            Some(row) => self.0.mark_dead(client, row.counter).await,
+            None => Ok(false),
+        }
+    }
+    async fn changes(&self) -> Result<u64, StoreError> {
+        self.0.changes().await
+    }
+    async fn announce(&self) -> Result<u64, StoreError> {
+        self.0.announce().await
     }
     async fn leases(&self, stream: &str) -> Result<Rows<Lease>, StoreError> {
         self.0.leases(stream).await
@@ -184,6 +226,9 @@ impl LeaseStore for CarelessRepair {
             .await
     }
     async fn replace_corrupt(&self, stream: &str, lease: &Lease) -> Result<(), StoreError> {
+        if self.1 != Slip::Repair {
+            return self.0.replace_corrupt(stream, lease).await;
+        }
         self.0.repair_lease(stream, &lease.shard);
         self.0.put_lease(stream, lease.clone());
         Ok(())
@@ -194,6 +239,12 @@ impl LeaseStore for CarelessRepair {
 #[should_panic(expected = "lease_store conformance [repair_of_a_corrupt_row]")]
 async fn the_repair_check_catches_a_store_that_overwrites_healthy_rows() {
     let store = MemoryLeaseStore::new();
-    let careless = CarelessRepair(store.clone());
+    let careless = Careless(store.clone(), Slip::Repair);
     conformance::repair_of_a_corrupt_row(&careless, &MemoryVandal(store)).await;
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "lease_store conformance [mark_dead_holds_only_at_the_current_value]")]
+async fn the_contract_catches_a_store_that_marks_a_client_whose_heartbeat_landed() {
+    conformance::lease_store(|| async { Careless(MemoryLeaseStore::new(), Slip::Mark) }).await;
 }

@@ -42,7 +42,7 @@ pub mod vandal;
 
 pub use fleet::{FleetReport, consumer_fleet, consumer_fleet_with, fleet_config};
 pub use source::{StreamAdmin, shard_source};
-pub use store::{lease_store, repair_of_a_corrupt_row};
+pub use store::{corrupt_change_counter, lease_store, repair_of_a_corrupt_row};
 pub use unknown_outcome::unknown_outcomes;
 pub use vandal::{
     Vandal, VandalReport, fleet_under_vandal, hostile_number, hostile_text, lease_field,

@@ -33,6 +33,13 @@ pub trait Vandal: Send + Sync {
     async fn spoil_lease(&self, stream: &str, shard: &ShardId, rng: &mut Rng);
     /// The same for the client row of `client`.
     async fn spoil_client(&self, client: &str, rng: &mut Rng);
+    /// The same for the application's change counter.
+    async fn spoil_changes(&self, rng: &mut Rng);
+    /// Overwrites the change counter with one value that certainly does not decode and that
+    /// the server accepts (e.g. `"01"`, or a negative number in an integer column): the
+    /// counter [`corrupt_change_counter`](super::corrupt_change_counter) checks. Panics if the
+    /// write fails.
+    async fn corrupt_changes(&self);
     /// Overwrites the existing lease row of `shard` with one value that certainly does not
     /// decode and that the server accepts (e.g. a token written `"01"`), the same every time:
     /// the corrupt row [`repair_of_a_corrupt_row`](super::repair_of_a_corrupt_row) repairs.
@@ -186,6 +193,9 @@ pub async fn fleet_under_vandal<St: LeaseStore + Clone>(
             // A row of nobody's, and now and then a live client's (its heartbeat rewrites it).
             let client = if rng.chance(0.2) { "a" } else { "vandal" };
             vandal.spoil_client(client, &mut rng).await;
+        }
+        if rng.chance(0.1) {
+            vandal.spoil_changes(&mut rng).await;
         }
         spoiled += 1;
         match store.leases(stream.name()).await {

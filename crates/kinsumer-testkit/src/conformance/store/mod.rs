@@ -1,4 +1,5 @@
-//! The [`LeaseStore`] contract, one theme per file: client rows ([`clients`]), creating and
+//! The [`LeaseStore`] contract, one theme per file: client rows ([`clients`]), the change
+//! counter ([`changes`]), creating and
 //! taking leases ([`take`]), fencing of every write ([`fencing`]), release, finish, deletion and
 //! reset ([`lifecycle`]), what is read back ([`rows`]), and the repair of rows that do not
 //! decode ([`repair`]). [`lease_store`] runs them all, each on a fresh store; the helpers in [`support`]
@@ -7,6 +8,7 @@
 use kinsumer_core::store::LeaseStore;
 use std::future::Future;
 
+mod changes;
 mod clients;
 mod fencing;
 mod lifecycle;
@@ -15,6 +17,7 @@ mod rows;
 pub(super) mod support;
 mod take;
 
+pub use changes::corrupt_change_counter;
 pub use repair::repair_of_a_corrupt_row;
 
 /// Runs the [`LeaseStore`] contract. `new_store` must return a fresh, empty store on every
@@ -32,6 +35,9 @@ where
     clients::heartbeat_writes_the_value_and_creates_the_row(&new_store().await).await;
     clients::clients_lists_every_row(&new_store().await).await;
     clients::deregister_removes_and_is_idempotent(&new_store().await).await;
+    clients::client_reads_one_row(&new_store().await).await;
+    clients::mark_dead_holds_only_at_the_current_value(&new_store().await).await;
+    changes::every_announce_moves_the_change_counter(&new_store().await).await;
     take::create_if_absent_is_idempotent_and_preserves_the_row(&new_store().await).await;
     take::take_with_the_current_token_sets_owner_and_bumps_token(&new_store().await).await;
     take::take_with_a_stale_token_is_lease_lost(&new_store().await).await;
