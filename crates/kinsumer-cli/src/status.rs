@@ -396,6 +396,9 @@ struct JsonClient {
     watched_ms: u64,
     /// Leases held in the streams shown.
     leases: usize,
+    /// A watching client judged it dead at the value its row still holds (its leases are
+    /// taken over; its next heartbeat makes it alive again).
+    judged_dead: bool,
 }
 
 #[derive(Serialize)]
@@ -481,6 +484,7 @@ impl Context {
                     heartbeat_age_ms: age.map(ms),
                     watched_ms: ms(watched),
                     leases: held.get(row.id.as_str()).copied().unwrap_or(0),
+                    judged_dead: row.is_judged_dead(),
                 }
             })
             .collect();
@@ -710,13 +714,16 @@ fn render(report: &JsonReport) -> String {
             .clients
             .iter()
             .map(|c| {
-                let age = match c.heartbeat_age_ms {
+                let mut age = match c.heartbeat_age_ms {
                     Some(age) => format!("{:.1}s ago", age as f64 / 1000.0),
                     None => format!(
                         "> {:.1}s (not seen to change)",
                         c.watched_ms as f64 / 1000.0
                     ),
                 };
+                if c.judged_dead {
+                    age.push_str(" · judged dead");
+                }
                 let leases = if report.streams.is_empty() {
                     "?".to_owned()
                 } else {

@@ -82,6 +82,10 @@ pub struct EngineFaults {
     /// Release without naming the successor: a lease handed to a client that still plans it
     /// for someone else (a newcomer that counts a dead row alive) waits for views to agree.
     pub anonymous_release: bool,
+    /// Never mark a client judged dead: the fleet learns a death only by judging it itself,
+    /// so a newcomer counts a crashed client alive for its first TTL (what the named
+    /// successor of a release guards against).
+    pub never_mark: bool,
     /// Heartbeat whatever the supervisor does: a stuck supervisor keeps its leases.
     pub no_watchdog: bool,
     /// Dropping `Records` or the `Consumer` does nothing more than before stall handling: a

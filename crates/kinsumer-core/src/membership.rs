@@ -101,10 +101,42 @@ struct Seen {
     counter: u64,
     /// The arrival of the first reply that showed this counter.
     changed_at: Instant,
+    /// The sending of the latest read that showed this counter: it stood still at least
+    /// until then. Per client, because a watcher reads a few rows more often than all.
+    sent: Instant,
+    /// A watcher judged the client dead at this counter ([`ClientRow::is_judged_dead`]).
+    judged: bool,
     /// We have evidence the client lived while we watched: its row appeared after our first
     /// read (a registration), or its value changed. A row already there at our first read and
     /// never seen to change may belong to a client that died before we started.
     evidence: bool,
+}
+
+/// `row` seen again (or for the first time, `previous` being `None`) in a read `sent` and
+/// `arrived`; `evidence` says whether a row new to us proves a registration we watched.
+fn seen_again(
+    previous: Option<Seen>,
+    row: &ClientRow,
+    sent: Instant,
+    arrived: Instant,
+    evidence: bool,
+) -> Seen {
+    let judged = row.is_judged_dead();
+    match previous {
+        Some(s) if s.counter == row.counter => Seen {
+            // Reads are sequential; never let a reordered one move the evidence backwards.
+            sent: s.sent.max(sent),
+            judged,
+            ..s
+        },
+        previous => Seen {
+            counter: row.counter,
+            changed_at: arrived,
+            sent,
+            judged,
+            evidence: previous.is_some() || evidence,
+        },
+    }
 }
 
 /// Liveness of every client, as this observer sees it.
@@ -149,18 +181,65 @@ impl Membership {
         let mut next = BTreeMap::new();
         for row in rows {
             self.unseen.remove(&row.id);
-            let seen = match self.seen.remove(&row.id) {
-                Some(s) if s.counter == row.counter => s,
-                previous => Seen {
-                    counter: row.counter,
-                    changed_at: arrived,
-                    evidence: previous.is_some() || !first_read,
-                },
-            };
-            next.insert(row.id.clone(), seen);
+            let previous = self.seen.remove(&row.id);
+            next.insert(
+                row.id.clone(),
+                seen_again(previous, row, sent, arrived, !first_read),
+            );
         }
         self.seen = next;
         !self.seen.keys().eq(before.iter())
+    }
+
+    /// Records a read of one client's row (`None`: it has none), as [`Membership::observe`]
+    /// does for every row: what a watcher reads of the few clients it watches between reads
+    /// of all. Returns `true` if the set of clients changed (the row appeared or vanished).
+    pub fn observe_one(
+        &mut self,
+        client: &ClientId,
+        row: Option<&ClientRow>,
+        sent: Instant,
+        arrived: Instant,
+    ) -> bool {
+        let Some(row) = row else {
+            return self.seen.remove(client).is_some();
+        };
+        self.unseen.remove(client);
+        let previous = self.seen.remove(client);
+        let appeared = previous.is_none();
+        let seen = seen_again(previous, row, sent, arrived, self.reads > 0);
+        self.seen.insert(client.clone(), seen);
+        appeared
+    }
+
+    /// The clients this observer has proven dead — still for `ttl` — that no watcher has
+    /// marked yet, with the value they stood still at: what to [`mark`] so that the rest of
+    /// the fleet, which does not watch them, learns it.
+    ///
+    /// [`mark`]: crate::store::LeaseStore::mark_dead
+    pub fn to_mark(&self) -> Vec<(ClientId, u64)> {
+        self.seen
+            .iter()
+            .filter(|(_, s)| !s.judged && self.still_for(s) >= self.ttl)
+            .map(|(c, s)| (c.clone(), s.counter))
+            .collect()
+    }
+
+    /// Notes that `client` was marked judged dead at `counter` (our own mark landed).
+    pub fn marked(&mut self, client: &ClientId, counter: u64) {
+        if let Some(seen) = self.seen.get_mut(client).filter(|s| s.counter == counter) {
+            seen.judged = true;
+        }
+    }
+
+    /// When the latest read that showed `client`'s row was sent — or, for a client without
+    /// a row, the latest read of every row: a decision about a lease `client` owns may rest
+    /// on it only if the lease row was read before.
+    pub fn sent_for(&self, client: &ClientId) -> Option<Instant> {
+        match self.seen.get(client) {
+            Some(seen) => Some(seen.sent),
+            None => self.sent_at,
+        }
     }
 
     /// When the latest read was sent (`None` before the first): a decision about a lease row
@@ -169,19 +248,17 @@ impl Membership {
         self.sent_at
     }
 
-    /// How long `seen`'s counter is proven to have stood still, as of the latest read.
+    /// How long `seen`'s counter is proven to have stood still, as of the latest read of it.
     fn still_for(&self, seen: &Seen) -> Duration {
-        self.sent_at.map_or(Duration::ZERO, |at| {
-            at.saturating_duration_since(seen.changed_at)
-        })
+        seen.sent.saturating_duration_since(seen.changed_at)
     }
 
-    /// Whether `client` is alive: its row exists and its counter was not seen standing still for
-    /// `ttl`.
+    /// Whether `client` is alive: its row exists, no watcher judged it dead at its value, and
+    /// its counter was not seen standing still for `ttl`.
     pub fn is_alive(&self, client: &ClientId) -> bool {
         self.seen
             .get(client)
-            .is_some_and(|s| self.still_for(s) < self.ttl)
+            .is_some_and(|s| !s.judged && self.still_for(s) < self.ttl)
     }
 
     /// Whether `client` had a row at the last read (alive or not).
@@ -195,7 +272,7 @@ impl Membership {
     /// without a row starts its clock; asking again does not restart it.)
     pub fn owner_is_dead(&mut self, owner: &ClientId) -> bool {
         if let Some(seen) = self.seen.get(owner) {
-            return self.still_for(seen) >= self.ttl;
+            return seen.judged || self.still_for(seen) >= self.ttl;
         }
         let Some(arrived) = self.arrived_at else {
             return false;
@@ -203,6 +280,12 @@ impl Membership {
         let since = *self.unseen.entry(owner.clone()).or_insert(arrived);
         self.sent_at
             .is_some_and(|sent| sent.saturating_duration_since(since) >= self.ttl)
+    }
+
+    /// When the first row-less owner we were asked about has been unseen for `ttl` (a read
+    /// of every row sent after then decides it).
+    pub fn unseen_until(&self) -> Option<Instant> {
+        self.unseen.values().min().map(|since| *since + self.ttl)
     }
 
     /// Forgets the row-less owners not in `owners` (they own nothing any more), so the list

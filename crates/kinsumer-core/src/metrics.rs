@@ -23,6 +23,7 @@
 //! | `kinsumer_leases_held` | gauge | client | leases this client holds |
 //! | `kinsumer_live_clients` | gauge | client | clients this client sees alive |
 //! | `kinsumer_self_fenced_total` | counter | client | times this client fenced itself |
+//! | `kinsumer_changes_announced_total` | counter | client | times this client moved the change counter on (after a take, release, finish, join, leave, or a death it judged) |
 //! | `kinsumer_leases_vanished_total` | counter | client | lease rows this client held that the store lost (also an `ERROR` in the log) |
 //! | `kinsumer_stalls_total` | counter | client, `kind` = `record_not_acked` / `handler_hung` / `not_polled` / `supervisor_stuck` | stalls found (each also a `WARN`; see `kinsumer_core::stall`) |
 //! | `kinsumer_batches_skipped_total` | counter | client | batches the failure policy skipped (see `kinsumer_core::failure`) |
@@ -60,6 +61,7 @@ pub const HANDOFF_SECONDS: &str = "kinsumer_handoff_seconds";
 pub const LEASES_HELD: &str = "kinsumer_leases_held";
 pub const LIVE_CLIENTS: &str = "kinsumer_live_clients";
 pub const SELF_FENCED: &str = "kinsumer_self_fenced_total";
+pub const ANNOUNCED: &str = "kinsumer_changes_announced_total";
 pub const CORRUPT_ROWS: &str = "kinsumer_corrupt_rows";
 pub const LEASES_VANISHED: &str = "kinsumer_leases_vanished_total";
 pub const STALLS: &str = "kinsumer_stalls_total";

@@ -121,6 +121,11 @@ impl Quarantine {
                 .any(|r| r.id.as_deref() == Some(id))
     }
 
+    /// The ids of the rows set aside because they do not decode (those that name one).
+    pub fn undecodable_ids(&self) -> impl Iterator<Item = &str> {
+        self.undecodable.values().filter_map(|r| r.id.as_deref())
+    }
+
     /// How many rows are set aside.
     pub fn len(&self) -> usize {
         self.undecodable.len() + self.refused.len()

@@ -171,6 +171,9 @@ pub enum ClientOp {
     Heartbeat,
     /// The row was deleted (`deregister`, by the client itself or by a reaper).
     Deregister,
+    /// A watcher's mark landed: the client is judged dead at its current value
+    /// (`mark_dead`). Not evidence of life.
+    JudgedDead,
 }
 
 /// One applied write to a client row: the evidence of liveness an oracle judges takes by.
@@ -223,6 +226,9 @@ pub struct StoreStats {
     pub reset_checkpoint: u64,
     /// `replace_corrupt` calls.
     pub replace_corrupt: u64,
+    /// Rows returned by reads (a row that does not decode counts; an absent one does not,
+    /// but the change counter always does): what DynamoDB bills reads on, with their size.
+    pub items_read: u64,
     /// Calls failed by an injected error (not applied).
     pub injected_errors: u64,
     /// Writes reported as failed whatever their outcome.
@@ -779,10 +785,9 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn clients(&self) -> Result<Rows<ClientRow>, StoreError> {
         self.call(Method::Clients, |txn| {
-            Ok(Rows::new(
-                client_rows(txn.state),
-                corrupt_client_rows(txn.state),
-            ))
+            let read = Rows::new(client_rows(txn.state), corrupt_client_rows(txn.state));
+            txn.state.stats.items_read += (read.rows.len() + read.corrupt.len()) as u64;
+            Ok(read)
         })
         .await
     }
@@ -803,6 +808,7 @@ impl LeaseStore for MemoryLeaseStore {
             let Some(&counter) = txn.state.clients.get(client) else {
                 return Ok(None);
             };
+            txn.state.stats.items_read += 1;
             if let Some(reason) = txn.state.corrupt_clients.get(client) {
                 return Err(corrupt_client_row(client, reason).into());
             }
@@ -820,6 +826,7 @@ impl LeaseStore for MemoryLeaseStore {
                 return Ok(false);
             }
             state.judged_dead.insert(client.clone(), counter);
+            txn.record_client(client, ClientOp::JudgedDead);
             Ok(true)
         })
         .await
@@ -827,6 +834,7 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn changes(&self) -> Result<u64, StoreError> {
         self.call(Method::Changes, |txn| {
+            txn.state.stats.items_read += 1;
             txn.state.changes.ok_or_else(|| StoreError::Corrupt {
                 key: "changes".into(),
                 reason: "the change counter does not decode".into(),
@@ -876,7 +884,7 @@ impl LeaseStore for MemoryLeaseStore {
                     let Some(all) = txn.state.leases.get(stream) else {
                         return Ok(Vec::new());
                     };
-                    let from = match &after {
+                    let from: Vec<Lease> = match &after {
                         Some(last) => all
                             .range::<ShardId, _>((
                                 std::ops::Bound::Excluded(last),
@@ -887,6 +895,7 @@ impl LeaseStore for MemoryLeaseStore {
                             .collect(),
                         None => all.values().take(page).cloned().collect(),
                     };
+                    txn.state.stats.items_read += from.len() as u64;
                     Ok::<Vec<Lease>, StoreError>(from)
                 })
                 .await?;
@@ -900,6 +909,7 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn lease(&self, stream: &str, shard: &ShardId) -> Result<Option<Lease>, StoreError> {
         self.call(Method::Lease, |txn| {
+            txn.state.stats.items_read += 1;
             if let Some(reason) = txn
                 .state
                 .corrupt_leases

@@ -5,6 +5,8 @@
 //!   its last heartbeat (it deregistered, or was reaped as long dead), or X's heartbeats had
 //!   stopped landing in the store for at least the TTL the engine promises. (A release is not
 //!   a take from X: the row has no owner then.)
+//! - [`no_false_death`]: no client is marked judged dead (`mark_dead`) less than the TTL after
+//!   its last heartbeat landed;
 //! - [`no_hand_out_after_takeover`]: no record reaches the application from a tenure after
 //!   the store's token for that shard moved past it;
 //! - [`duplicates_bounded`]: every write of a tenure covers what its application had acked a
@@ -69,6 +71,8 @@ pub enum Invariant {
     Liveness,
     /// A lease was taken from a client whose heartbeats were still landing.
     NoTheft,
+    /// A client was marked judged dead while its heartbeats were still landing.
+    NoFalseDeath,
     /// A tenure handed out a record after the store's token moved past it.
     NoHandOutAfterTakeover,
     /// A tenure's write did not cover what its application had acked: duplicates beyond the
@@ -167,6 +171,41 @@ pub fn no_theft(leases: &[StoreEvent], clients: &[ClientEvent], ttl: Duration) -
                     before.token,
                 ),
             });
+        }
+    }
+    found
+}
+
+/// Every mark of a client judged dead ([`ClientOp::JudgedDead`]) less than `ttl` after its last
+/// heartbeat landed: a watcher must have seen the value stand still for the TTL, and the store
+/// writes the mark only while the row still holds that value. (What follows a false mark — a
+/// take of the client's leases — is [`no_theft`]'s; this catches the mark itself, taken or not.)
+pub fn no_false_death(clients: &[ClientEvent], ttl: Duration) -> Vec<Violation> {
+    let mut last_beat = BTreeMap::new();
+    let mut found = Vec::new();
+    for e in clients {
+        match e.op {
+            ClientOp::Heartbeat => {
+                last_beat.insert(&e.client, e.time);
+            }
+            ClientOp::Deregister => {
+                last_beat.remove(&e.client);
+            }
+            ClientOp::JudgedDead => {
+                let Some(beat) = last_beat.get(&e.client) else {
+                    continue;
+                };
+                let still = e.time.saturating_duration_since(*beat);
+                if still < ttl {
+                    found.push(Violation {
+                        invariant: Invariant::NoFalseDeath,
+                        detail: format!(
+                            "{} was marked judged dead {still:?} after its last heartbeat landed (less than {ttl:?})",
+                            e.client
+                        ),
+                    });
+                }
+            }
         }
     }
     found

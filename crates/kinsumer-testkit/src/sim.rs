@@ -22,7 +22,8 @@
 //! - no record of a child shard is delivered before its parents are finished;
 //! - no checkpoint, release or finish is written by anyone but the current owner and token;
 //! - no checkpoint moves backwards;
-//! - no lease is taken from a client whose heartbeats were still landing ([`oracle::no_theft`]);
+//! - no lease is taken from a client whose heartbeats were still landing ([`oracle::no_theft`]),
+//!   and no client is marked judged dead while they were ([`oracle::no_false_death`]);
 //! - no record is handed out by a tenure after the store's token moved past it
 //!   ([`oracle::no_hand_out_after_takeover`]);
 //! - every write of a tenure covers what its application had acked a call's time before, so
@@ -1415,6 +1416,10 @@ async fn run_async(scenario: Scenario) -> Report {
         .mul_f64(1.0 - scenario.max_clock_drift);
     violations.extend(oracle::no_theft(
         &history,
+        &store.client_history(),
+        shortest_ttl,
+    ));
+    violations.extend(oracle::no_false_death(
         &store.client_history(),
         shortest_ttl,
     ));

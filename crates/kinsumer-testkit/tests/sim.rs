@@ -312,6 +312,22 @@ fn catches_an_engine_that_takes_leases_from_live_clients() {
 }
 
 #[test]
+fn catches_an_engine_that_marks_live_clients_dead() {
+    // The same hasty judge: its watcher marks the paused client after half the TTL; the
+    // client comes back before the TTL. The mark alone is the violation.
+    let mut s = busy(7);
+    s.engine_faults = EngineFaults {
+        hasty_death: true,
+        ..EngineFaults::default()
+    };
+    s.events.push((
+        std::time::Duration::from_secs(10),
+        Event::Pause(std::time::Duration::from_secs(7)),
+    ));
+    assert_caught(s, Invariant::NoFalseDeath);
+}
+
+#[test]
 fn catches_an_engine_that_hands_out_records_after_a_takeover() {
     let mut s = busy(8);
     s.engine_faults = EngineFaults {
@@ -354,6 +370,7 @@ fn catches_an_engine_whose_handoffs_wait_for_a_joiner_to_judge_the_dead() {
     s.engine_faults = EngineFaults {
         single_plan: true,
         anonymous_release: true,
+        never_mark: true,
         ..EngineFaults::default()
     };
     assert_caught(s, Invariant::Liveness);
@@ -405,6 +422,7 @@ fn catches_an_engine_whose_releases_name_no_successor() {
     s.shards = 6;
     s.engine_faults = EngineFaults {
         anonymous_release: true,
+        never_mark: true,
         ..EngineFaults::default()
     };
     assert_caught(s, Invariant::Liveness);

@@ -16,11 +16,17 @@ use crate::store::{Lease, StoreError};
 use crate::tenure::Ask;
 
 impl Supervisor {
-    /// Removes our client row, with a few retries.
+    /// Removes our client row, with a few retries, and announces it so the fleet re-plans
+    /// without us at once.
     pub(super) async fn deregister(&self) {
         for attempt in 1..=3 {
             match self.store.deregister(&self.engine.me).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Err(e) = self.store.announce().await {
+                        debug!(error = %e, "announcing our leave failed");
+                    }
+                    return;
+                }
                 Err(e) => {
                     warn!(error = %e, "deregister failed");
                     sleep(self.engine.backoff(attempt)).await;
@@ -210,9 +216,13 @@ impl Supervisor {
             .status
             .left_fleet
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        if !come_back || !register(&self.engine, shutdown).await? {
+        let Some(announced) = (if come_back {
+            register(&self.engine, shutdown).await?
+        } else {
+            None
+        }) else {
             return Ok(false);
-        }
+        };
         info!(rejoin = ?rejoin, "rejoining the fleet");
         self.engine.watchdog.pet(); // waiting for a poll is not being stuck
         self.heartbeat = Some(Heartbeat::start(&self.engine));
@@ -226,6 +236,7 @@ impl Supervisor {
         self.urgent_full = true;
         self.need_sync = true;
         self.handed_to_others = false;
+        self.announce_due = !announced;
         Ok(true)
     }
 

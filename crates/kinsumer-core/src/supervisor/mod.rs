@@ -9,6 +9,8 @@
 //! - `heartbeat` — heartbeats, from a task of their own;
 //! - `sync` — reading the store and the stream: shards, lease rows, client rows, and the
 //!   pacing of full reads;
+//! - `watchers` — what an idle client reads instead of every row: the change counter and the
+//!   rows of the few clients it watches; marking the dead and announcing changes;
 //! - `plan` — acting on a read: the shared plan, what to take, hand off or wait for;
 //! - `tenures` — starting a tenure and learning how it ended;
 //! - `leave` — letting go: shutdown, leaving the fleet for a stall, abort.
@@ -18,6 +20,7 @@ mod leave;
 mod plan;
 mod sync;
 mod tenures;
+mod watchers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -107,6 +110,14 @@ struct Supervisor {
     bad_clients: Quarantine,
     /// A fatal error met inside a tick (a take the store refused for good): stops the consumer.
     fatal: Option<ConsumerError>,
+    /// The change counter at our last read of it (`None`: not read yet, or unreadable).
+    changes_seen: Option<u64>,
+    /// We changed something the fleet must see: announce it (see `watchers`).
+    announce_due: bool,
+    /// When we last read the rows of the clients we watch.
+    last_watch: Option<Instant>,
+    /// When we last announced that our plan and another's disagree.
+    announced_unclaimed: Option<Instant>,
     /// Our last plan gave free leases to other clients. They should take them within a poll;
     /// if a lease is still free two polls later, the plans disagree — two clients read the
     /// rows around one's takes, each planned the lease for the other — so we read again.
@@ -143,16 +154,18 @@ fn is_fatal(e: &ConsumerError) -> bool {
     )
 }
 
-/// Registers (a first heartbeat), retrying until it lands; `false` if asked to stop first.
-/// Before anything else, so others see us before we take a lease.
+/// Registers (a first heartbeat), retrying until it lands, and announces it so the fleet
+/// re-plans with us at once; `None` if asked to stop first, else whether the announce landed
+/// (if not, the first tick announces). Before anything else, so others see us before we take
+/// a lease.
 async fn register(
     engine: &Engine,
     shutdown: &mut watch::Receiver<Stop>,
-) -> Result<bool, ConsumerError> {
+) -> Result<Option<bool>, ConsumerError> {
     let mut attempt: u32 = 0;
     loop {
         if *shutdown.borrow() != Stop::Run {
-            return Ok(false);
+            return Ok(None);
         }
         match engine.heartbeat().await {
             Ok(()) => break,
@@ -165,7 +178,8 @@ async fn register(
         }
     }
     info!("registered");
-    Ok(true)
+    let announced = engine.store.announce().await.is_ok();
+    Ok(Some(announced))
 }
 
 /// The supervisor: register, then tick until shutdown or a fatal error.
@@ -174,9 +188,9 @@ pub(crate) async fn supervise(
     mut shutdown: watch::Receiver<Stop>,
 ) -> Result<(), ConsumerError> {
     let cfg = engine.config.clone();
-    if !register(&engine, &mut shutdown).await? {
+    let Some(announced) = register(&engine, &mut shutdown).await? else {
         return Ok(());
-    }
+    };
     // The supervisor's own calls tell the watchdog it waits for a call, not that it is stuck.
     let watched = Watched(engine.watchdog.clone());
     let mut sup = Supervisor {
@@ -211,6 +225,11 @@ pub(crate) async fn supervise(
         bad_clients: Quarantine::new("client"),
         fatal: None,
         handed_to_others: false,
+        changes_seen: None,
+        // A join is a change: the fleet re-plans with us.
+        announce_due: !announced,
+        last_watch: None,
+        announced_unclaimed: None,
         engine,
     };
     let mut tasks: Tenures = JoinSet::new();
@@ -317,6 +336,8 @@ impl Supervisor {
             }
             self.waiting.clear();
             self.epoch_seen = epoch;
+            // We dropped every lease, and may have been judged dead: the fleet must re-plan.
+            self.announce_due = true;
             // Back from a fence, what we knew is stale: read everything at once, not at the
             // pace of full reads (which may be slow after a read that hung in a partition).
             self.urgent_full = true;
@@ -351,6 +372,18 @@ impl Supervisor {
             }
             self.last_sync = Some(now);
             self.need_sync = false;
+            // A row created or deleted is read back by the next full read (and announced).
+            if self.announce_due {
+                self.need_full = true;
+            }
+        }
+        // What changed since we last looked: one small row. A move means a paced read of
+        // every row; a change of the live set (below) means one at once.
+        let moved = match self.changes_moved().await {
+            Ok(moved) => moved,
+            Err(e) => return self.tolerate(e, "reading the change counter"),
+        };
+        if moved {
             self.need_full = true;
         }
         let mut full = self.full_read_due(now);
@@ -365,10 +398,22 @@ impl Supervisor {
                 Err(e) => return self.tolerate(e, "polling a lease"),
             }
         }
-        let changed = match self.read_clients().await {
+        // Every client row when something moved, or when lease rows read this tick are to be
+        // acted on (only after a read of the clients sent after them); otherwise only the
+        // rows of the few clients we watch.
+        let every_row = full || moved || !polled.is_empty() || self.last_alive.is_empty();
+        let read = if every_row {
+            self.read_clients().await
+        } else if self.watch_due(now) {
+            self.watch_clients().await
+        } else {
+            Ok(false)
+        };
+        let mut changed = match read {
             Ok(changed) => changed,
             Err(e) => return self.tolerate(e, "reading clients"),
         };
+        changed |= self.mark_the_dead().await;
         if changed && !full {
             // A join, a leave or a death changes the plan: re-plan now, from rows read before
             // a second read of the clients.
@@ -389,6 +434,8 @@ impl Supervisor {
                 self.consider(lease, tasks).await;
             }
         }
+        self.announce_unclaimed(now);
+        self.announce_if_due().await;
         match self.fatal.take() {
             Some(e) => Err(e),
             None => Ok(()),

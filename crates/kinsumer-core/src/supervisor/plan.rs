@@ -202,7 +202,10 @@ impl Supervisor {
                 .release(&self.engine.stream, &tenure, None, to.as_ref())
                 .await
             {
-                Ok(()) => info!(tenure = %tenure, "released a lease no tenure of ours was running"),
+                Ok(()) => {
+                    info!(tenure = %tenure, "released a lease no tenure of ours was running");
+                    self.announce_due = true;
+                }
                 // Lost to another client: expected. Anything else is said.
                 Err(StoreError::LeaseLost { .. }) => {
                     debug!(tenure = %tenure, "a stale lease was taken meanwhile")
@@ -268,7 +271,7 @@ impl Supervisor {
     /// very row since.
     pub(super) fn owner_is_dead(&mut self, lease: &Lease, owner: &ClientId) -> bool {
         let row_read = self.row_read_at.get(&lease.shard).copied();
-        let fresh = match (row_read, self.membership.read_sent_at()) {
+        let fresh = match (row_read, self.membership.sent_for(owner)) {
             (Some(row), Some(clients)) => clients >= row,
             _ => false,
         };

@@ -9,6 +9,11 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{FULL_READ_PACE, FULL_READ_PACE_CAP, FULL_READ_SAMPLES, WAITING_POLL_LIMIT};
+
+/// The fleet's periodic safety-net reads of every lease stay under this many rows a second
+/// (live clients × rows / interval): 50 s between them at 1,000 shards × 10 clients, 83 min
+/// at 10,000 × 100 — every change is announced, so an idle fleet needs none at all.
+const SAFETY_ROWS_PER_SEC: u64 = 200;
 use super::{Supervisor, fingerprint};
 use crate::error::ConsumerError;
 use crate::metrics;
@@ -25,14 +30,19 @@ impl Supervisor {
         self.bad_clients.read(&read.corrupt, |_| None);
         self.set_corrupt_gauge();
         let joined_or_left = self.membership.observe(&read.rows, sent, arrived);
+        Ok(self.note_alive() || joined_or_left)
+    }
+
+    /// Notes the live set after a read; true if it changed.
+    pub(super) fn note_alive(&mut self) -> bool {
         let alive = self.membership.alive();
         self.engine
             .labels
             .client_gauge(metrics::LIVE_CLIENTS)
             .set(alive.len() as f64);
-        let changed = joined_or_left || alive != self.last_alive;
+        let changed = alive != self.last_alive;
         self.last_alive = alive;
-        Ok(changed)
+        changed
     }
 
     /// Whether to read every lease now. At once when the live set changed (the plan did too);
@@ -42,7 +52,12 @@ impl Supervisor {
     ///   than the next membership poll;
     /// - waiting for many handoffs at once (a fleet starting up), one read of every lease is
     ///   cheaper than one read per awaited lease: at the same pace, at most once a second;
-    /// - the periodic safety-net read every `rebalance_interval`, or at that pace if slower.
+    /// - when a decision waits for time to pass: a failed tenure's retry, a stalled shard's
+    ///   cool-down, an owner without a row unseen for `lease_ttl`;
+    /// - the periodic safety-net read: every `rebalance_interval` in a small fleet, less often
+    ///   in a large one, so the fleet's safety-net reads stay under `SAFETY_ROWS_PER_SEC`
+    ///   rows a second (every change is announced; this only bounds how long a bug or a lost
+    ///   announce could hide one), or at that pace if slower.
     pub(super) fn full_read_due(&self, now: Instant) -> bool {
         let Some(last) = self.last_full else {
             return true;
@@ -56,10 +71,25 @@ impl Supervisor {
         let since = now.duration_since(last);
         let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
         let unclaimed = self.handed_to_others && since >= cfg.membership_poll_interval * 2;
+        let rows = (self.leases.len() as u64).max(1);
+        let safety = cfg.rebalance_interval.max(Duration::from_secs(
+            u64::from(live) * rows / SAFETY_ROWS_PER_SEC,
+        ));
         (self.need_full && since >= pace.max(cfg.membership_poll_interval))
             || (unclaimed && since >= pace)
             || (many_waiting && since >= pace.max(Duration::from_secs(1)))
-            || since >= pace.max(cfg.rebalance_interval)
+            || (self.recheck_due(last, now) && since >= pace.max(cfg.membership_poll_interval))
+            || since >= pace.max(safety)
+    }
+
+    /// Whether a decision that waited for time to pass can be taken now, and no read since
+    /// then took it: a failed tenure's retry, a stalled shard's cool-down, an owner without a
+    /// row whose `lease_ttl` unseen ran out.
+    fn recheck_due(&self, last_full: Instant, now: Instant) -> bool {
+        let due = |at: Instant| last_full < at && at <= now;
+        self.retry.values().any(|(at, _)| due(*at))
+            || self.gave_up.values().any(|until| due(*until))
+            || self.membership.unseen_until().is_some_and(due)
     }
 
     /// The median duration of the last few full reads.
@@ -68,31 +98,47 @@ impl Supervisor {
     }
 
     /// Creates leases for new shards (parents first) and deletes finished leases of shards that
-    /// left the stream.
+    /// left the stream. Compares the listing with the rows of our last full read (its own read
+    /// only before the first): a row created since is created again harmlessly
+    /// (`create_if_absent`), and a finished row stays finished.
     pub(super) async fn sync_shards(&mut self) -> Result<(), ConsumerError> {
-        let store = &self.store;
-        let stream = &self.engine.stream;
+        let store = self.store.clone();
+        let stream = self.engine.stream.clone();
+        let stream = &*stream;
         // Leases first, then the listing: "gone from the stream" is judged from a listing made
         // after the row was read. The other way round, a slow read could return a child's
         // finished row while the listing predates the child — and delete it, so the child
         // would be created again and read again from its start.
-        let read = store.leases(stream).await?;
-        let existing: BTreeMap<ShardId, Lease> = read
-            .rows
-            .into_iter()
-            .map(|l| (l.shard.clone(), l))
-            .collect();
+        let (existing, corrupt_ids): (BTreeMap<ShardId, Lease>, Vec<ShardId>) =
+            if self.last_full.is_some() {
+                (
+                    self.leases.clone(),
+                    self.bad_leases
+                        .undecodable_ids()
+                        .map(ShardId::from)
+                        .collect(),
+                )
+            } else {
+                let read = store.leases(stream).await?;
+                let corrupt = read
+                    .corrupt
+                    .iter()
+                    .filter_map(|r| r.id.as_deref().map(ShardId::from))
+                    .collect();
+                let rows = read
+                    .rows
+                    .into_iter()
+                    .map(|l| (l.shard.clone(), l))
+                    .collect();
+                (rows, corrupt)
+            };
         let shards = self.source.list_shards().await?;
         let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
         self.listed = Some(shards.iter().map(|s| s.id.clone()).collect());
         // Parents before children, so a child's lease never exists without its parents'.
         // A row that does not decode exists all the same: never created again over it.
         let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
-        created.extend(
-            read.corrupt
-                .iter()
-                .filter_map(|r| r.id.as_deref().map(ShardId::from)),
-        );
+        created.extend(corrupt_ids);
         let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
         pending.sort_by(|a, b| a.id.cmp(&b.id));
         while !pending.is_empty() {
@@ -108,7 +154,10 @@ impl Supervisor {
                         .create_if_absent(stream, &shard.id, &shard.parents)
                         .await
                     {
-                        Ok(_) => debug!(shard = %shard.id, "lease created"),
+                        Ok(_) => {
+                            debug!(shard = %shard.id, "lease created");
+                            self.announce_due = true;
+                        }
                         // It exists (written since our read) but does not decode: set aside
                         // by the next read of the leases; the other shards go on.
                         Err(StoreError::Corrupt { key, reason }) => {
@@ -129,6 +178,7 @@ impl Supervisor {
         for lease in existing.values() {
             if lease.finished && !listed.contains(&lease.shard) {
                 store.delete_finished(stream, &lease.shard).await?;
+                self.announce_due = true;
                 debug!(shard = %lease.shard, "finished lease of a shard gone from the stream deleted");
             }
         }

@@ -43,6 +43,7 @@ impl Supervisor {
             .labels
             .client_counter(metrics::LEASES_TAKEN, &[("from", from)])
             .increment(1);
+        self.announce_due = true;
         let cfg = &self.engine.config;
         let tracker = Arc::new(AckTracker::with_metrics(
             cfg.max_unacked_records,
@@ -142,6 +143,8 @@ impl Supervisor {
         self.set_held_gauge();
         self.engine.status.remove(&shard);
         self.need_full = true;
+        // Released, finished, lost or failed: the fleet's view of this lease changed.
+        self.announce_due = true;
         match outcome {
             Outcome::Finished => {
                 self.count(metrics::LEASES_FINISHED);
