@@ -308,6 +308,7 @@ async fn execute(args: ResetArgs) -> Result<i32> {
 
     let me = ClientId::from(format!("kinsumer-cli-{}", std::process::id()));
     let mut failed = 0;
+    let total = work.len();
     for (row, action) in work {
         let outcome = match (row, action) {
             (_, Action::Repair(new)) => store
@@ -339,6 +340,16 @@ async fn execute(args: ResetArgs) -> Result<i32> {
                 say(&format!("{}: FAILED: {why}\n", escape(row.shard())));
             }
         }
+    }
+    // Running consumers read every row only when the change counter moves (or at their rare
+    // safety-net read): tell them.
+    if failed < total
+        && let Err(e) = store.announce().await
+    {
+        note!(
+            "kinsumer: could not announce the change ({e}); running consumers see it at their \
+             next safety-net read of every lease"
+        );
     }
     if failed > 0 {
         note!("kinsumer: {failed} shard(s) not reset (see above)");

@@ -837,7 +837,8 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
         ))
     };
 
-    // Unowned: reset_checkpoint, token unchanged.
+    // Unowned: reset_checkpoint, token unchanged; announced, so running consumers read it.
+    let changes = store.changes().await.expect("changes");
     let run = reset("--shard s-2 --to sequence:12345 --yes").await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("reset (unowned)"), "the plan: {run:?}");
@@ -845,6 +846,10 @@ async fn reset_moves_checkpoints_refuses_live_owners_and_takes_over_with_force()
     assert_eq!(
         (s2.checkpoint, s2.owner, s2.token),
         (Some(after("12345")), None, 0)
+    );
+    assert!(
+        store.changes().await.expect("changes") > changes,
+        "a reset moves the change counter on"
     );
 
     // Without --yes and without a terminal: refused, nothing changed.

@@ -236,6 +236,8 @@ impl Supervisor {
         self.urgent_full = true;
         self.need_sync = true;
         self.handed_to_others = false;
+        self.left_to_others.clear();
+        self.disagreed = false;
         self.announce_due = !announced;
         Ok(true)
     }

@@ -118,6 +118,11 @@ struct Supervisor {
     last_watch: Option<Instant>,
     /// When we last announced that our plan and another's disagree.
     announced_unclaimed: Option<Instant>,
+    /// The free leases our last plan left to other clients, since when (the first read that
+    /// did, of the reads since that all did).
+    left_to_others: BTreeMap<ShardId, Instant>,
+    /// Some of them were still free at our next full read: the plans disagree.
+    disagreed: bool,
     /// Our last plan gave free leases to other clients. They should take them within a poll;
     /// if a lease is still free two polls later, the plans disagree — two clients read the
     /// rows around one's takes, each planned the lease for the other — so we read again.
@@ -225,6 +230,8 @@ pub(crate) async fn supervise(
         bad_clients: Quarantine::new("client"),
         fatal: None,
         handed_to_others: false,
+        left_to_others: BTreeMap::new(),
+        disagreed: false,
         changes_seen: None,
         // A join is a change: the fleet re-plans with us.
         announce_due: !announced,

@@ -130,13 +130,31 @@ impl Supervisor {
                 .or_else(|| plan.get(shard))
                 .cloned()
         };
-        self.handed_to_others = eligible.iter().any(|s| {
-            !mine(s)
-                && self
-                    .leases
-                    .get(s)
-                    .is_some_and(|l| l.owner.is_none() && !l.finished)
-        });
+        let unclaimed: BTreeSet<ShardId> = eligible
+            .iter()
+            .filter(|s| {
+                !mine(s)
+                    && self
+                        .leases
+                        .get(*s)
+                        .is_some_and(|l| l.owner.is_none() && !l.finished)
+            })
+            .cloned()
+            .collect();
+        self.handed_to_others = !unclaimed.is_empty();
+        // Still free at this read, two polls or more after the read that first left them to
+        // others: the others do not plan them for themselves.
+        let now = Instant::now();
+        let patience = self.engine.config.membership_poll_interval * 2;
+        let since: BTreeMap<ShardId, Instant> = unclaimed
+            .into_iter()
+            .map(|s| {
+                let first = self.left_to_others.get(&s).copied().unwrap_or(now);
+                (s, first)
+            })
+            .collect();
+        self.disagreed = since.values().any(|t| now.duration_since(*t) >= patience);
+        self.left_to_others = since;
         // What to take (or wait for), in shard order.
         let wanted: Vec<ShardId> = eligible
             .iter()

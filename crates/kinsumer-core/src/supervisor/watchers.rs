@@ -136,18 +136,18 @@ impl Supervisor {
         }
     }
 
-    /// Our plan leaves free leases to others and they have not taken them two polls later:
-    /// the plans disagree (someone planned from rows older than ours). Announcing makes every
-    /// client read the rows again and plan alike — at most once a `rebalance_interval`.
+    /// Our plan left free leases to others, and a read of ours two polls or more later still
+    /// found them free: the plans disagree (someone planned from rows older than ours).
+    /// Announcing makes every client read the rows again and plan alike — at most once a
+    /// `rebalance_interval`. (Not on the first sight: a view of ours older than the others'
+    /// takes would make a fleet on a slow store announce to itself in a loop.)
     pub(super) fn announce_unclaimed(&mut self, now: Instant) {
         let cfg = &self.engine.config;
-        let waited = self
-            .last_full
-            .is_some_and(|t| now.duration_since(t) >= cfg.membership_poll_interval * 2);
         let quiet = self
             .announced_unclaimed
             .is_none_or(|t| now.duration_since(t) >= cfg.rebalance_interval);
-        if self.handed_to_others && waited && quiet {
+        if self.disagreed && quiet {
+            self.disagreed = false;
             self.announced_unclaimed = Some(now);
             self.announce_due = true;
         }
