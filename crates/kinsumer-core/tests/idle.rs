@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use kinsumer_core::store::ClientId;
 use kinsumer_core::{Config, Consumer};
+use kinsumer_testkit::conformance::fleet::start_acking;
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreOp};
 use tokio::time::{Instant, sleep};
 
@@ -20,14 +20,7 @@ fn config(client: &str) -> Config {
 }
 
 fn start(client: &str, stream: &MemoryStream, store: &MemoryLeaseStore) -> Consumer {
-    let mut c = Consumer::new(config(client), stream.clone(), store.clone()).expect("valid");
-    let mut records = c.records().expect("start");
-    tokio::spawn(async move {
-        while let Some(Ok(r)) = records.next().await {
-            r.ack();
-        }
-    });
-    c
+    start_acking(config(client), stream.clone(), store.clone()).0
 }
 
 const CLIENTS: [&str; 5] = ["a", "b", "c", "d", "e"];

@@ -296,35 +296,30 @@ fn a_correct_fleet_passes_the_same_scenarios() {
     assert!(report.violations.is_empty(), "{report}");
 }
 
-#[test]
-fn catches_an_engine_that_takes_leases_from_live_clients() {
+/// An engine that judges a client dead after half the TTL, and a client paused past half the
+/// TTL and short of it: alive, and it comes back.
+fn hasty_judge_of_a_paused_client() -> Scenario {
     let mut s = busy(7);
     s.engine_faults = EngineFaults {
         hasty_death: true,
         ..EngineFaults::default()
     };
-    // A pause past half the TTL and short of it: the client is alive, and comes back.
     s.events.push((
         std::time::Duration::from_secs(10),
         Event::Pause(std::time::Duration::from_secs(7)),
     ));
-    assert_caught(s, Invariant::NoTheft);
+    s
+}
+
+#[test]
+fn catches_an_engine_that_takes_leases_from_live_clients() {
+    assert_caught(hasty_judge_of_a_paused_client(), Invariant::NoTheft);
 }
 
 #[test]
 fn catches_an_engine_that_marks_live_clients_dead() {
-    // The same hasty judge: its watcher marks the paused client after half the TTL; the
-    // client comes back before the TTL. The mark alone is the violation.
-    let mut s = busy(7);
-    s.engine_faults = EngineFaults {
-        hasty_death: true,
-        ..EngineFaults::default()
-    };
-    s.events.push((
-        std::time::Duration::from_secs(10),
-        Event::Pause(std::time::Duration::from_secs(7)),
-    ));
-    assert_caught(s, Invariant::NoFalseDeath);
+    // Its watcher marks the paused client: the mark alone is the violation.
+    assert_caught(hasty_judge_of_a_paused_client(), Invariant::NoFalseDeath);
 }
 
 #[test]
