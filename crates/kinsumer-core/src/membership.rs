@@ -242,12 +242,6 @@ impl Membership {
         }
     }
 
-    /// When the latest read was sent (`None` before the first): a decision about a lease row
-    /// may rest on this read only if the row was read before it.
-    pub fn read_sent_at(&self) -> Option<Instant> {
-        self.sent_at
-    }
-
     /// How long `seen`'s counter is proven to have stood still, as of the latest read of it.
     fn still_for(&self, seen: &Seen) -> Duration {
         seen.sent.saturating_duration_since(seen.changed_at)

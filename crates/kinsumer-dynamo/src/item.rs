@@ -50,9 +50,18 @@ pub(crate) fn clients_pk(application: &str) -> String {
     format!("clients#{application}")
 }
 
-/// The key of `application`'s change counter: an item of its own, in a partition of its own.
+/// The partition key of `application`'s change counter: an item of its own, in a partition
+/// of its own (its sort key is [`CHANGES_SK`]).
+pub(crate) fn changes_pk(application: &str) -> String {
+    format!("changes#{application}")
+}
+
+/// The sort key of the change counter item.
+pub(crate) const CHANGES_SK: &str = "changes";
+
+/// The key of `application`'s change counter item.
 pub(crate) fn changes_key(application: &str) -> Item {
-    key(format!("changes#{application}"), "changes")
+    key(changes_pk(application), CHANGES_SK)
 }
 
 /// The partition key of `application`'s lease rows of `stream`.

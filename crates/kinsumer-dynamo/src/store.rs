@@ -432,12 +432,7 @@ impl DynamoLeaseStore {
 
     /// How the change counter item is named in errors.
     fn changes_name(&self) -> String {
-        let key = item::changes_key(&self.application);
-        let part = |k: &str| match key.get(k) {
-            Some(AttributeValue::S(v)) => v.clone(),
-            _ => String::new(),
-        };
-        self.key_name(&part(item::PK), &part(item::SK))
+        self.key_name(&item::changes_pk(&self.application), item::CHANGES_SK)
     }
 
     /// Every item of one partition, strongly consistent, all pages.

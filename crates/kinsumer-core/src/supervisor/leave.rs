@@ -235,7 +235,6 @@ impl Supervisor {
         self.need_full = true;
         self.urgent_full = true;
         self.need_sync = true;
-        self.handed_to_others = false;
         self.left_to_others.clear();
         self.disagreed = false;
         self.announce_due = !announced;

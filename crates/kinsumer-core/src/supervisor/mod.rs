@@ -119,14 +119,12 @@ struct Supervisor {
     /// When we last announced that our plan and another's disagree.
     announced_unclaimed: Option<Instant>,
     /// The free leases our last plan left to other clients, since when (the first read that
-    /// did, of the reads since that all did).
+    /// did, of the reads since that all did). They should take them within a poll; if one is
+    /// still free two polls later, the plans disagree — two clients read the rows around one's
+    /// takes, each planned the lease for the other — so we read again.
     left_to_others: BTreeMap<ShardId, Instant>,
     /// Some of them were still free at our next full read: the plans disagree.
     disagreed: bool,
-    /// Our last plan gave free leases to other clients. They should take them within a poll;
-    /// if a lease is still free two polls later, the plans disagree — two clients read the
-    /// rows around one's takes, each planned the lease for the other — so we read again.
-    handed_to_others: bool,
 }
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
@@ -229,7 +227,6 @@ pub(crate) async fn supervise(
         bad_leases: Quarantine::new("lease"),
         bad_clients: Quarantine::new("client"),
         fatal: None,
-        handed_to_others: false,
         left_to_others: BTreeMap::new(),
         disagreed: false,
         changes_seen: None,
@@ -374,15 +371,13 @@ impl Supervisor {
                 .last_sync
                 .is_none_or(|t| now.duration_since(t) >= cfg.shard_sync_interval)
         {
-            if let Err(e) = self.sync_shards().await {
-                return self.tolerate(e, "syncing shards");
+            match self.sync_shards().await {
+                // A row created or deleted is read back by the next full read.
+                Ok(changed) => self.need_full |= changed,
+                Err(e) => return self.tolerate(e, "syncing shards"),
             }
             self.last_sync = Some(now);
             self.need_sync = false;
-            // A row created or deleted is read back by the next full read (and announced).
-            if self.announce_due {
-                self.need_full = true;
-            }
         }
         // What changed since we last looked: one small row. A move means a paced read of
         // every row; a change of the live set (below) means one at once.

@@ -141,7 +141,6 @@ impl Supervisor {
             })
             .cloned()
             .collect();
-        self.handed_to_others = !unclaimed.is_empty();
         // Still free at this read, two polls or more after the read that first left them to
         // others: the others do not plan them for themselves.
         let now = Instant::now();

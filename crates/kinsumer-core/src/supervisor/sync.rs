@@ -70,7 +70,8 @@ impl Supervisor {
         let pace = full_read_pace(self.typical_full_read(), live, cfg.rebalance_interval);
         let since = now.duration_since(last);
         let many_waiting = self.waiting.len() > WAITING_POLL_LIMIT;
-        let unclaimed = self.handed_to_others && since >= cfg.membership_poll_interval * 2;
+        let unclaimed =
+            !self.left_to_others.is_empty() && since >= cfg.membership_poll_interval * 2;
         let rows = (self.leases.len() as u64).max(1);
         let safety = cfg.rebalance_interval.max(Duration::from_secs(
             u64::from(live) * rows / SAFETY_ROWS_PER_SEC,
@@ -100,8 +101,9 @@ impl Supervisor {
     /// Creates leases for new shards (parents first) and deletes finished leases of shards that
     /// left the stream. Compares the listing with the rows of our last full read (its own read
     /// only before the first): a row created since is created again harmlessly
-    /// (`create_if_absent`), and a finished row stays finished.
-    pub(super) async fn sync_shards(&mut self) -> Result<(), ConsumerError> {
+    /// (`create_if_absent`), and a finished row stays finished. Whether it created or deleted
+    /// a row (then it is announced, and read back by the next full read).
+    pub(super) async fn sync_shards(&mut self) -> Result<bool, ConsumerError> {
         let store = self.store.clone();
         let stream = self.engine.stream.clone();
         let stream = &*stream;
@@ -139,6 +141,7 @@ impl Supervisor {
         // A row that does not decode exists all the same: never created again over it.
         let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
         created.extend(corrupt_ids);
+        let mut changed = false;
         let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
         pending.sort_by(|a, b| a.id.cmp(&b.id));
         while !pending.is_empty() {
@@ -156,7 +159,7 @@ impl Supervisor {
                     {
                         Ok(_) => {
                             debug!(shard = %shard.id, "lease created");
-                            self.announce_due = true;
+                            changed = true;
                         }
                         // It exists (written since our read) but does not decode: set aside
                         // by the next read of the leases; the other shards go on.
@@ -178,11 +181,12 @@ impl Supervisor {
         for lease in existing.values() {
             if lease.finished && !listed.contains(&lease.shard) {
                 store.delete_finished(stream, &lease.shard).await?;
-                self.announce_due = true;
+                changed = true;
                 debug!(shard = %lease.shard, "finished lease of a shard gone from the stream deleted");
             }
         }
-        Ok(())
+        self.announce_due |= changed;
+        Ok(changed)
     }
 
     /// Reads every lease row.
