@@ -1,4 +1,4 @@
-//! `kinsumer-bench`: the performance scenarios of the project (P1–P7), side by side with their
+//! `kinsumer-bench`: the performance scenarios of the project (P1–P8), side by side with their
 //! goals, written to `BENCHMARKS.md`. Not published: it exists to measure this repository.
 //!
 //! ```sh
@@ -22,6 +22,7 @@
 //! | P5 | idle store requests at 1,000 shards × 10 clients, per store | [`idle`] |
 //! | P6 | leases moved by one join or leave, and the balance | [`moves`] |
 //! | P7 | peak RSS while a handler stalls, vs the byte bound | [`memory`] |
+//! | P8 | 10,000 shards × 100 clients: cold start, idle cost, rolling restart (virtual time) | [`scale`] |
 
 use clap::Parser;
 
@@ -45,6 +46,7 @@ mod memory;
 mod moves;
 mod pipeline;
 mod report;
+mod scale;
 mod services;
 
 use std::path::PathBuf;
@@ -53,7 +55,7 @@ use std::time::Duration;
 pub(crate) use report::{Row, Verdict};
 
 /// Every scenario, in order.
-const ALL: [&str; 7] = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"];
+const ALL: [&str; 8] = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"];
 
 /// Flags of `kinsumer-bench`.
 #[derive(Parser, Debug, Clone)]
@@ -64,7 +66,7 @@ const ALL: [&str; 7] = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"];
     after_help = "Examples:\n  kinsumer-bench --quick\n  kinsumer-bench --scenario P1,P6 --out /tmp/bench.md\n  kinsumer-bench --scenario P5 --redis redis://10.0.0.5:6379\n\nBuild it with --release (cargo run --release -p kinsumer-bench -- …). Start the services first (bash scripts/services.sh): one that is not reachable gives a \"not measured\" row, never a number. Exit 0 when every measured row meets its goal, 1 when one misses, 2 on bad usage."
 )]
 pub struct BenchArgs {
-    /// Scenarios to run, comma-separated (default: all of P1–P7).
+    /// Scenarios to run, comma-separated (default: all of P1–P8).
     #[arg(long, value_delimiter = ',', value_name = "P1,P3,...")]
     pub scenario: Vec<String>,
     /// Smaller sizes and fewer samples (minutes → seconds); skips the slow DynamoDB idle fleet.
@@ -207,6 +209,7 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
             "P5" => idle::p5(&args).await,
             "P6" => moves::p6(&args),
             "P7" => memory::p7(&args).await,
+            "P8" => scale::p8(&args).await,
             _ => Vec::new(),
         };
         note!(

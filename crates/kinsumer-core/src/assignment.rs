@@ -81,7 +81,9 @@ pub fn assign(
     // Keep current shards up to quota, preferring those the client ranks highest.
     let mut orphans: Vec<&ShardId> = Vec::new();
     for (client, list) in held.iter_mut() {
-        list.sort_by_key(|s| std::cmp::Reverse((rank(s, client), (*s).clone())));
+        // One hash per shard, not one per comparison: a client holding hundreds of shards of
+        // ten thousand plans at every full read.
+        list.sort_by_cached_key(|s| std::cmp::Reverse((rank(s, client), *s)));
         let quota = room[client];
         for (i, shard) in list.iter().enumerate() {
             if i < quota {
@@ -107,8 +109,9 @@ pub fn assign(
         let best = room
             .iter()
             .filter(|(_, r)| **r > 0)
-            .max_by_key(|(c, _)| (rank(shard, c), (**c).clone()))
-            .map(|(c, _)| *c);
+            .map(|(c, _)| (rank(shard, c), *c))
+            .max()
+            .map(|(_, c)| c);
         if let Some(client) = best {
             plan.insert(shard.clone(), client.clone());
             if let Some(r) = room.get_mut(client) {

@@ -114,12 +114,20 @@ fn wall_nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// A moment on the wall clock, and on the real (std) monotonic clock: how long the host was
+/// suspended since is how much further the wall clock ran than the real monotonic one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WallMark {
+    wall: SystemTime,
+    real: std::time::Instant,
+}
+
 #[derive(Debug, Default)]
 struct HealthState {
     /// When the last successful heartbeat was *sent* (the earliest it could have been applied).
     last_ok: Option<Instant>,
-    /// The same moment on the wall clock.
-    last_ok_wall: Option<SystemTime>,
+    /// The same moment on the wall clock and on the real monotonic clock.
+    last_ok_wall: Option<WallMark>,
     epoch: u64,
     /// Fencing was observed and the epoch advanced for it; cleared by a fresh heartbeat.
     fenced: bool,
@@ -151,7 +159,7 @@ impl Health {
             (Some(_), _) if self.never_fence => (u64::MAX, u64::MAX),
             (Some(ok), Some(ok_wall)) if !self.ttl_minus_margin.is_zero() => (
                 nanos((ok + self.ttl_minus_margin).saturating_duration_since(self.fast.base)),
-                wall_nanos(ok_wall + self.ttl_minus_margin),
+                wall_nanos(ok_wall.wall + self.ttl_minus_margin),
             ),
             _ => (0, 0),
         };
@@ -224,11 +232,17 @@ impl Health {
         let Some(ok) = s.last_ok else {
             return true;
         };
-        let wall_elapsed = s
+        // Time the host was suspended since: the wall clock ran on, the real monotonic clock
+        // did not. (Against std's clock, not tokio's: on tokio's paused clock a run is judged
+        // on virtual time alone, however long it takes in real time.)
+        let suspended = s
             .last_ok_wall
-            .and_then(|w| (self.wall)().duration_since(w).ok())
+            .and_then(|m| {
+                let wall = (self.wall)().duration_since(m.wall).ok()?;
+                Some(wall.saturating_sub(m.real.elapsed()))
+            })
             .unwrap_or_default();
-        now.saturating_duration_since(ok).max(wall_elapsed) >= self.ttl_minus_margin
+        now.saturating_duration_since(ok) + suspended >= self.ttl_minus_margin
     }
 
     /// Checks for fencing at `now`, advancing the epoch the first time it is seen.
@@ -249,12 +263,15 @@ impl Health {
     }
 
     /// The wall clock now (see `wall`).
-    pub(crate) fn wall_now(&self) -> SystemTime {
-        (self.wall)()
+    pub(crate) fn wall_now(&self) -> WallMark {
+        WallMark {
+            wall: (self.wall)(),
+            real: std::time::Instant::now(),
+        }
     }
 
     /// Records a heartbeat that succeeded and was sent at `sent` (`sent_wall` on the wall clock).
-    pub(crate) fn heartbeat_ok(&self, sent: Instant, sent_wall: SystemTime) {
+    pub(crate) fn heartbeat_ok(&self, sent: Instant, sent_wall: WallMark) {
         let mut s = self.lock();
         // A success learned after a gap long enough to have fenced us counts as fencing too:
         // judged now, when we learn of it, not at its sending — heartbeats overlap, so one sent
@@ -413,7 +430,7 @@ mod tests {
             ..Health::new(&Config::new("app"))
         };
         let now = Instant::now();
-        health.heartbeat_ok(now, fake_wall());
+        health.heartbeat_ok(now, health.wall_now());
         let epoch = health.epoch();
         assert!(!health.is_fenced(now), "a fresh heartbeat: not fenced");
         assert!(health.may_hand_out_at(epoch, now));
@@ -427,7 +444,7 @@ mod tests {
         assert_ne!(health.epoch(), epoch);
 
         // The next heartbeat that lands ends the fence, in a new epoch.
-        health.heartbeat_ok(now, fake_wall());
+        health.heartbeat_ok(now, health.wall_now());
         assert!(!health.is_fenced(now));
         assert!(health.may_hand_out_at(health.epoch(), now));
     }

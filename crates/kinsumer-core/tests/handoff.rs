@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kinsumer_core::store::ClientId;
 use kinsumer_core::{Config, Consumer};
-use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreOp};
+use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreFaults, StoreOp};
 use tokio::time::sleep;
 
 fn config(client: &str) -> Config {
@@ -161,8 +161,8 @@ async fn a_client_that_joins_within_a_ttl_of_a_crash_takes_what_it_is_handed_at_
     }
 }
 
-/// The race the chaos test found on PostgreSQL: d's start is slow (its first listing of the
-/// stream takes 600 ms, as a real ListShards can), so a and b see d's row, re-plan and release
+/// The race the chaos test found on PostgreSQL: d's start is slow (its first read of the
+/// leases takes 600 ms, as a real read of many rows can), so a and b see d's row, re-plan and release
 /// leases to d *before d's first read of the leases*. d never saw those leases owned, and its
 /// own plan — which still counts the crashed c alive — gives some of them to c. Only the
 /// successor named in the row tells d they are its own. Returns, for each release after d
@@ -175,13 +175,14 @@ async fn handoff_to_a_joiner_slow_to_start(
 
     let stream = MemoryStream::new("s", 6);
     let store = MemoryLeaseStore::new();
-    let start_with = |client: &str, source: Layered<Latency, MemoryStream>| {
+    let start_with = |client: &str, latency: Latency| {
         let mut config = config(client);
         config.faults.anonymous_release = anonymous_release;
         // The race needs a joiner that counts the crashed client alive: a mark of c's row
         // would tell d at its first read.
         config.faults.never_mark = true;
-        let mut c = Consumer::new(config, source, store.clone()).expect("valid");
+        let store = Layered::new(store.clone(), latency);
+        let mut c = Consumer::new(config, stream.clone(), store).expect("valid");
         let mut records = c.records().expect("start");
         tokio::spawn(async move {
             while let Some(Ok(r)) = records.next().await {
@@ -190,7 +191,7 @@ async fn handoff_to_a_joiner_slow_to_start(
         });
         c
     };
-    let plain = || Layered::new(stream.clone(), Latency::new(0));
+    let plain = || Latency::new(0);
     let a = start_with("a", plain());
     let b = start_with("b", plain());
     let c = start_with("c", plain());
@@ -205,8 +206,8 @@ async fn handoff_to_a_joiner_slow_to_start(
 
     let from = store.history().len();
     let slow = Latency::new(0);
-    slow.delay_next_request("list_shards", Duration::from_millis(600));
-    let d = start_with("d", Layered::new(stream.clone(), slow));
+    slow.delay_next_request("leases", Duration::from_millis(600));
+    let d = start_with("d", slow);
     sleep(Duration::from_secs(8)).await;
     let handed = release_to_take(&store, from);
     let first_release = store.history()[from..]
@@ -250,4 +251,36 @@ async fn without_a_named_successor_the_joiner_leaves_such_a_lease_free_for_secon
             .any(|(_, d)| d.is_none_or(|d| d >= Duration::from_secs(5))),
         "some lease waited for d's view to catch up: {handed:?}"
     );
+}
+
+/// Found by the simulation at 100 clients × 10,000 shards: a joiner waits for its whole share
+/// (more leases than it polls one by one every tick), so it learned of their releases only
+/// from a read of every lease — paced by the fleet's size and the store's speed (2 × live
+/// clients × a read's duration: 20 s at 100 clients reading in 100 ms). Now, when the change
+/// counter moves (a release is announced), it reads every lease it waits for. Here the pace is
+/// 8 s (four clients, reads of every lease taking 1 s); the joiner waits for 12 leases.
+#[tokio::test(start_paused = true)]
+async fn a_joiner_waiting_for_many_leases_takes_each_within_a_second_of_its_release() {
+    let stream = MemoryStream::new("s", 60);
+    let store = MemoryLeaseStore::new();
+    store.set_faults(StoreFaults {
+        full_read_latency: Duration::from_secs(1),
+        ..StoreFaults::default()
+    });
+    let fleet: Vec<Consumer> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|c| start(c, &stream, &store))
+        .collect();
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(owned(&store, "a"), 15, "settled");
+    let from = store.history().len();
+    let e = start("e", &stream, &store);
+    sleep(Duration::from_secs(20)).await;
+    assert_eq!(owned(&store, "e"), 12, "e took its share");
+    let handed = release_to_take(&store, from);
+    assert_eq!(handed.len(), 12, "handed to e: {handed:?}");
+    assert_taken_within_a_second(&handed);
+    for consumer in fleet.into_iter().chain([e]) {
+        consumer.shutdown().await.expect("shutdown");
+    }
 }

@@ -83,6 +83,7 @@
 //! `leases()` Query per client per full lease read, about 52 reads/s for this fleet; on moto
 //! (about 0.4 s per 1,000-item Query) we counted 15–44 reads/s, bounded by moto's speed.
 
+pub mod billing;
 mod errors;
 mod item;
 mod stats;

@@ -32,6 +32,7 @@ const OPS: usize = 19;
 pub(crate) struct Counters {
     requests: [AtomicU64; OPS],
     items_read: AtomicU64,
+    read_units: AtomicU64,
 }
 
 impl Counters {
@@ -41,6 +42,10 @@ impl Counters {
 
     pub(crate) fn items(&self, n: usize) {
         self.items_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read_units(&self, units: u64) {
+        self.read_units.fetch_add(units, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> DynamoStats {
@@ -66,6 +71,7 @@ impl Counters {
             rereads: get(Op::Reread),
             admin: get(Op::Admin),
             items_read: self.items_read.load(Ordering::Relaxed),
+            read_units: self.read_units.load(Ordering::Relaxed),
         }
     }
 }
@@ -115,6 +121,9 @@ pub struct DynamoStats {
     pub admin: u64,
     /// Items returned by all reads (what read capacity is billed on, with their size).
     pub items_read: u64,
+    /// Read units the reads cost: per `GetItem` or `Query` page (all strongly consistent), the
+    /// items' size by DynamoDB's rules rounded up to 4 KB, at least 1 ([`crate::billing`]).
+    pub read_units: u64,
 }
 
 impl DynamoStats {
@@ -171,6 +180,7 @@ impl DynamoStats {
             rereads: self.rereads.saturating_sub(earlier.rereads),
             admin: self.admin.saturating_sub(earlier.admin),
             items_read: self.items_read.saturating_sub(earlier.items_read),
+            read_units: self.read_units.saturating_sub(earlier.read_units),
         }
     }
 
@@ -197,6 +207,7 @@ impl DynamoStats {
             rereads: self.rereads + other.rereads,
             admin: self.admin + other.admin,
             items_read: self.items_read + other.items_read,
+            read_units: self.read_units + other.read_units,
         }
     }
 }

@@ -27,6 +27,7 @@ use kinsumer_core::store::{
     ClientId, ClientRow, CorruptRow, Lease, LeaseStore, Rows, StoreError, Tenure,
 };
 
+use crate::billing;
 use crate::errors::{ConditionItem, Failure, classify};
 use crate::item::{self, Item, n, s};
 use crate::stats::{Counters, DynamoStats, Op};
@@ -427,6 +428,9 @@ impl DynamoLeaseStore {
             .await?;
         let item = out.item().cloned();
         self.counters.items(usize::from(item.is_some()));
+        self.counters.read_units(billing::request_read_units(
+            item.iter().map(billing::item_size),
+        ));
         Ok(item)
     }
 
@@ -454,6 +458,9 @@ impl DynamoLeaseStore {
                 })
                 .await?;
             self.counters.items(page.items().len());
+            self.counters.read_units(billing::request_read_units(
+                page.items().iter().map(billing::item_size),
+            ));
             items.extend(page.items().iter().cloned());
             match page.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),

@@ -131,6 +131,12 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
         per_s(d.lease + d.rereads)
     );
     println!("  items read/s      {:8.0}", per_s(d.items_read));
+    println!(
+        "  read units/s      {:8.1}   (strongly consistent: 4 KB a unit per request or page, at \
+         least 1; ${:.2} a month at $0.125 per million)",
+        per_s(d.read_units),
+        per_s(d.read_units) * 30.0 * 86_400.0 * 0.125 / 1e6
+    );
     println!("  window counters: {d:?}");
 
     // Idle writes are the heartbeats and nothing else: one per client per interval.
@@ -141,6 +147,13 @@ async fn idle_store_cost_of_10_clients_and_1000_leases() {
         "heartbeats {rate:.2}/s, expected {expected_writes:.2}/s"
     );
     assert!(per_s(d.writes()) <= 5.0 * 1.2, "goal: ≤ 5 writes/s total");
+    // Every read request is billed at least one unit, and the store counted them.
+    assert!(
+        d.read_units >= d.reads(),
+        "read units {} for {} reads",
+        d.read_units,
+        d.reads()
+    );
 
     for (consumer, reader) in fleet {
         consumer.shutdown().await.expect("clean shutdown");

@@ -73,7 +73,7 @@ pub use memory_store::{
     StoreSnapshot, StoreStats,
 };
 pub use memory_stream::{
-    MemoryShardReader, MemoryStream, MemoryStreamConfig, MemoryStreamError, SourceFaults,
-    SourceStats,
+    MemoryShardReader, MemoryStream, MemoryStreamConfig, MemoryStreamError, ReadLimits,
+    SourceFaults, SourceStats,
 };
 pub use proxy::{FaultProxy, ProxyControl, ProxyMode, ProxyStats, UnknownProxyMode};

@@ -11,6 +11,10 @@
 //! - reads are capped at 10,000 records and 10 MiB, report `millis_behind_latest`, and ride on
 //!   an iterator that expires after 5 minutes unused (the reader re-opens right after the last
 //!   record it returned, as a real reader must);
+//! - each shard serves 5 reads and 2 MiB a second to all its readers together — every
+//!   application on the stream — and refuses more with [`SourceError::Throttled`], as Kinesis
+//!   does ([`ReadLimits`]; off with `read_limits: None`, for a benchmark of the pipeline's own
+//!   speed or a test that reads in a tight loop);
 //! - faults (throttling, errors, latency, expired iterators) are drawn from a seeded
 //!   [`Rng`], so a run replays exactly.
 //!
@@ -41,7 +45,7 @@
 //! # }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -93,6 +97,29 @@ pub struct MemoryStreamConfig {
     /// The arrival time, in ms since the Unix epoch, of a record put at the stream's creation;
     /// later records add the `tokio::time` elapsed since then.
     pub base_epoch_ms: u64,
+    /// The read limits each shard enforces over all its readers (default: Kinesis'); `None`
+    /// reads without limits.
+    pub read_limits: Option<ReadLimits>,
+}
+
+/// The read limits of one shard, over every reader of it (every application on the stream).
+/// A read past them fails with [`SourceError::Throttled`] and is not served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// `GetRecords` calls served in any one second (Kinesis: 5).
+    pub reads_per_sec: usize,
+    /// Bytes of data served a second (Kinesis: 2 MiB). A read is refused while the bytes served
+    /// before it would take more than another second at this rate: a 10 MiB read leaves the
+    /// shard refusing reads for about four seconds (Kinesis says five).
+    pub bytes_per_sec: u64,
+}
+
+impl ReadLimits {
+    /// Kinesis' limits: 5 reads and 2 MiB a second per shard.
+    pub const KINESIS: Self = Self {
+        reads_per_sec: 5,
+        bytes_per_sec: 2 * 1024 * 1024,
+    };
 }
 
 impl Default for MemoryStreamConfig {
@@ -103,6 +130,7 @@ impl Default for MemoryStreamConfig {
             iterator_ttl: Duration::from_secs(5 * 60),
             // 2023-11-14T22:13:20Z: a fixed epoch keeps runs identical.
             base_epoch_ms: 1_700_000_000_000,
+            read_limits: Some(ReadLimits::KINESIS),
         }
     }
 }
@@ -217,6 +245,10 @@ struct ShardLog {
     closed_at_ms: Option<u64>,
     /// Every record ever written, trimmed or not; arrival times never decrease.
     records: Vec<SourceRecord>,
+    /// When the reads of the last second were served (for [`ReadLimits::reads_per_sec`]).
+    recent_reads: VecDeque<Instant>,
+    /// Until when the bytes served so far keep the shard busy at [`ReadLimits::bytes_per_sec`].
+    busy_until: Option<Instant>,
 }
 
 impl ShardLog {
@@ -332,6 +364,8 @@ impl ShardLog {
             children: Vec::new(),
             closed_at_ms: None,
             records: Vec::new(),
+            recent_reads: VecDeque::new(),
+            busy_until: None,
         }
     }
 }
@@ -369,6 +403,16 @@ impl MemoryStream {
     /// [`MemoryStreamConfig`].
     pub fn new(name: impl Into<String>, shard_count: usize) -> Self {
         Self::with_config(name, shard_count, MemoryStreamConfig::default())
+    }
+
+    /// [`MemoryStream::new`] without read limits: for a benchmark of the pipeline's own speed,
+    /// or a test that reads in a tight loop.
+    pub fn without_read_limits(name: impl Into<String>, shard_count: usize) -> Self {
+        let config = MemoryStreamConfig {
+            read_limits: None,
+            ..MemoryStreamConfig::default()
+        };
+        Self::with_config(name, shard_count, config)
     }
 
     /// A stream of `shard_count` open shards (at least one) behaving as `config` says.
@@ -681,6 +725,29 @@ impl MemoryStream {
     ) -> Result<(Batch, Cursor), SourceError> {
         let mut state = self.lock();
         let horizon_ms = self.horizon_ms(&state);
+        let limits = self.shared.config.read_limits;
+        let now = Instant::now();
+        if let (Some(limits), Some(log)) = (limits, state.shards.get_mut(shard)) {
+            let second = Duration::from_secs(1);
+            while log
+                .recent_reads
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= second)
+            {
+                log.recent_reads.pop_front();
+            }
+            let too_many = log.recent_reads.len() >= limits.reads_per_sec;
+            let too_much = log.busy_until.is_some_and(|until| until > now + second);
+            if too_many || too_much {
+                state.stats.throttled += 1;
+                return Err(SourceError::Throttled(format!(
+                    "shard {shard} is over its read limit ({} reads, {} bytes a second, over \
+                     every reader of the shard)",
+                    limits.reads_per_sec, limits.bytes_per_sec
+                )));
+            }
+            log.recent_reads.push_back(now);
+        }
         let log = match state.shards.get(shard) {
             Some(log) if !log.is_gone(horizon_ms) => log,
             _ => return Err(SourceError::ShardGone(shard.clone())),
@@ -738,6 +805,11 @@ impl MemoryStream {
             Cursor::Index(next)
         };
         state.stats.records_returned += records.len() as u64;
+        if let (Some(limits), Some(log)) = (limits, state.shards.get_mut(shard)) {
+            let serving =
+                Duration::from_secs_f64(bytes as f64 / limits.bytes_per_sec.max(1) as f64);
+            log.busy_until = Some(log.busy_until.map_or(now, |u| u.max(now)) + serving);
+        }
         let batch = Batch {
             records,
             millis_behind_latest: Some(millis_behind_latest),

@@ -599,7 +599,7 @@ struct Member {
     stuck: FaultSwitch,
     /// Its consumer's status: whether it left the fleet because it was not polled.
     status: StatusHandle,
-    /// The network delays of its store and source calls.
+    /// The network delays of its source calls (0) and store calls (1).
     network: [Latency; 2],
     consumer: Option<Consumer>,
     shutdown: Option<ShutdownHandle>,
@@ -1323,13 +1323,13 @@ async fn run_async(scenario: Scenario) -> Report {
     world.crash();
     world.pass(Duration::from_secs(12)).await;
     world.join();
-    // ... and slow to start (its first listing of the stream takes up to 700 ms, as a real
-    // ListShards can): the others may release leases to it before its first read of the
-    // leases, which it must take at once all the same. Drawn from the seed alone, so the rest
-    // of the run's randomness is what it was without it.
+    // ... and slow to start (its first read of the leases takes up to 700 ms, as a real read
+    // of many rows can): the others may release leases to it before that read ends, which it
+    // must take at once all the same. Drawn from the seed alone, so the rest of the run's
+    // randomness is what it was without it.
     let slow_start = stable_hash(&[b"slow start", &scenario.seed.to_le_bytes()]) % 700;
     if let Some(joiner) = world.members.last() {
-        joiner.network[0].delay_next_request("list_shards", Duration::from_millis(slow_start));
+        joiner.network[1].delay_next_request("leases", Duration::from_millis(slow_start));
     }
     world.pass(Duration::from_secs(15)).await;
     // The last one leaves — shut down, or its consumer or record stream dropped (drawn from the
@@ -1430,13 +1430,13 @@ async fn run_async(scenario: Scenario) -> Report {
         &ack_log,
         scenario.call_timeout,
     ));
-    let longest_free = longest_free_after(&history, probe_from, checked_until);
+    let (longest_free, which) = longest_free_after(&history, probe_from, checked_until);
     let free_bound = free_lease_bound(&scenario);
     if longest_free > free_bound {
         violations.push(Violation {
             invariant: Invariant::Liveness,
             detail: format!(
-                "after the faults healed a released lease stayed free for {longest_free:?} (bound {free_bound:?})"
+                "after the faults healed a released lease stayed free for {longest_free:?} (bound {free_bound:?}): {which}"
             ),
         });
     }
@@ -1492,18 +1492,35 @@ pub fn free_lease_bound(_scenario: &Scenario) -> Duration {
 }
 
 /// The longest time from a release in `from..until` to the next take of the same lease (a
-/// release still without a take at `until` counts until then).
-fn longest_free_after(history: &[StoreEvent], from: Instant, until: Instant) -> Duration {
-    let mut longest = Duration::ZERO;
+/// release still without a take at `until` counts until then), and which release that was.
+fn longest_free_after(history: &[StoreEvent], from: Instant, until: Instant) -> (Duration, String) {
+    let mut longest = (Duration::ZERO, String::new());
     for (i, e) in history.iter().enumerate() {
         if e.op != StoreOp::Release || e.time < from || e.time > until {
             continue;
         }
-        let taken = history[i + 1..]
+        let next = history[i + 1..]
             .iter()
-            .find(|t| t.shard == e.shard && matches!(t.op, StoreOp::Take | StoreOp::Delete))
-            .map_or(until, |t| t.time.min(until));
-        longest = longest.max(taken.saturating_duration_since(e.time));
+            .find(|t| t.shard == e.shard && matches!(t.op, StoreOp::Take | StoreOp::Delete));
+        let taken = next.map_or(until, |t| t.time.min(until));
+        let free = taken.saturating_duration_since(e.time);
+        if free > longest.0 {
+            let successor = e.after.as_ref().and_then(|l| l.successor.clone());
+            let by = next.and_then(|t| t.after.as_ref().and_then(|l| l.owner.clone()));
+            longest = (
+                free,
+                format!(
+                    "{} released {:?} after the probes began by {:?} to {successor:?}, then {}",
+                    e.shard,
+                    e.time.saturating_duration_since(from),
+                    e.claimed.as_ref().map(|t| t.owner.clone()),
+                    match by {
+                        Some(owner) => format!("taken by {owner}"),
+                        None => "not taken".to_owned(),
+                    }
+                ),
+            );
+        }
     }
     longest
 }

@@ -10,7 +10,9 @@ use kinsumer_core::source::{Batch, ShardId, ShardReader, ShardSource, SourceErro
 use kinsumer_testkit::memory_stream::{
     FIRST_SEQUENCE_NUMBER, MAX_BYTES_PER_READ, MAX_RECORDS_PER_READ, partition_hash_key,
 };
-use kinsumer_testkit::{MemoryStream, MemoryStreamConfig, MemoryStreamError, SourceFaults};
+use kinsumer_testkit::{
+    MemoryStream, MemoryStreamConfig, MemoryStreamError, ReadLimits, SourceFaults,
+};
 use md5::{Digest, Md5};
 
 async fn read_all(reader: &mut dyn ShardReader) -> Vec<Batch> {
@@ -164,7 +166,7 @@ async fn reads_are_capped_at_ten_thousand_records() {
 
 #[tokio::test(start_paused = true)]
 async fn reads_are_capped_at_ten_mebibytes_and_at_max_records() {
-    let stream = MemoryStream::new("bytes", 1);
+    let stream = MemoryStream::without_read_limits("bytes", 1);
     let big = Bytes::from(vec![7u8; 1024 * 1024 - 100]);
     for _ in 0..12 {
         stream.put("k", big.clone()).unwrap();
@@ -199,7 +201,7 @@ async fn millis_behind_latest_measures_to_the_tip() {
 
 #[tokio::test(start_paused = true)]
 async fn start_positions() {
-    let stream = MemoryStream::new("starts", 1);
+    let stream = MemoryStream::without_read_limits("starts", 1);
     let shard = stream.shards()[0].id.clone();
     let mut positions = Vec::new();
     for i in 0..5 {
@@ -471,4 +473,73 @@ async fn faults_replay_exactly_for_the_same_seed() {
     assert_ne!(a, c);
     assert!(a.iter().any(|l| l.contains("throttled")));
     assert!(a.iter().any(|l| l.contains("transient")));
+}
+
+/// Five reads a second per shard, over every reader of it: two readers (two applications)
+/// share the budget, and a sixth read within the second is refused without being served.
+#[tokio::test(start_paused = true)]
+async fn a_shard_serves_five_reads_a_second_to_all_its_readers() {
+    let stream = MemoryStream::new("limits", 2);
+    let shard = stream.shards()[0].id.clone();
+    let other = stream.shards()[1].id.clone();
+    let mut a = stream.open(&shard, &Checkpoint::TrimHorizon).await.unwrap();
+    let mut b = stream.open(&shard, &Checkpoint::TrimHorizon).await.unwrap();
+    for _ in 0..3 {
+        a.next_batch(10).await.unwrap();
+    }
+    for _ in 0..2 {
+        b.next_batch(10).await.unwrap();
+    }
+    let refused = a.next_batch(10).await;
+    assert!(
+        matches!(refused, Err(SourceError::Throttled(_))),
+        "the sixth read within a second: {refused:?}"
+    );
+    assert_eq!(stream.stats().throttled, 1);
+    // Another shard has its own budget.
+    let mut c = stream.open(&other, &Checkpoint::TrimHorizon).await.unwrap();
+    c.next_batch(10).await.unwrap();
+    // A second after the first read, the budget is back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.next_batch(10).await.unwrap();
+}
+
+/// 2 MiB a second per shard: after a 10 MiB read the shard refuses reads until the bytes are
+/// served but a second's worth, about four seconds.
+#[tokio::test(start_paused = true)]
+async fn a_large_read_leaves_its_shard_refusing_reads_for_seconds() {
+    let stream = MemoryStream::new("bytes", 1);
+    let shard = stream.shards()[0].id.clone();
+    for _ in 0..11 {
+        stream.put("k", vec![7u8; 1_000_000]).unwrap();
+    }
+    let mut reader = stream.open(&shard, &Checkpoint::TrimHorizon).await.unwrap();
+    let batch = reader.next_batch(MAX_RECORDS_PER_READ).await.unwrap();
+    assert_eq!(batch.records.len(), 10, "10 MiB at most per read");
+    let mut refused_for = Duration::ZERO;
+    while matches!(reader.next_batch(10).await, Err(SourceError::Throttled(_))) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        refused_for += Duration::from_millis(100);
+    }
+    assert!(
+        (Duration::from_millis(3_500)..=Duration::from_millis(4_100)).contains(&refused_for),
+        "refused for {refused_for:?}"
+    );
+}
+
+/// Without limits (a benchmark of the pipeline's own speed), reads are never refused.
+#[tokio::test(start_paused = true)]
+async fn a_stream_without_read_limits_serves_every_read() {
+    let stream = MemoryStream::without_read_limits("fast", 1);
+    assert_eq!(stream.config().read_limits, None);
+    assert_eq!(
+        MemoryStream::new("x", 1).config().read_limits,
+        Some(ReadLimits::KINESIS)
+    );
+    let shard = stream.shards()[0].id.clone();
+    let mut reader = stream.open(&shard, &Checkpoint::TrimHorizon).await.unwrap();
+    for _ in 0..100 {
+        reader.next_batch(10).await.unwrap();
+    }
+    assert_eq!(stream.stats().throttled, 0);
 }

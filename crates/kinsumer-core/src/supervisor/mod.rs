@@ -7,8 +7,9 @@
 //! Its methods are split by concern:
 //! - this file: the loop, registering, and one tick (`step`);
 //! - `heartbeat` — heartbeats, from a task of their own;
-//! - `sync` — reading the store and the stream: shards, lease rows, client rows, and the
-//!   pacing of full reads;
+//! - `sync` — reading the store: lease rows, client rows, and the pacing of full reads;
+//! - `shards` — the stream's shards against the lease rows: which rows to create or delete,
+//!   and which client writes each;
 //! - `watchers` — what an idle client reads instead of every row: the change counter and the
 //!   rows of the few clients it watches; marking the dead and announcing changes;
 //! - `plan` — acting on a read: the shared plan, what to take, hand off or wait for;
@@ -18,6 +19,7 @@
 mod heartbeat;
 mod leave;
 mod plan;
+mod shards;
 mod sync;
 mod tenures;
 mod watchers;
@@ -89,6 +91,9 @@ struct Supervisor {
     /// A full read is needed at once: the live set changed, so the plan did.
     urgent_full: bool,
     need_sync: bool,
+    /// Rows the sync found due (a listed shard without a row, a gone shard's finished row) and
+    /// left to the client that ranks highest for them, since when (see `shards`).
+    rows_due: BTreeMap<ShardId, Instant>,
     /// The rest of the last plan's takes, carried out a burst per tick between full reads.
     backlog: Vec<ShardId>,
     epoch_seen: u64,
@@ -129,8 +134,14 @@ struct Supervisor {
 
 type Tenures = JoinSet<(ShardId, Outcome)>;
 
-/// Up to this many awaited leases are polled one by one between full reads.
+/// Up to this many awaited leases are polled one by one every tick between full reads; more
+/// (a client joining a large fleet waits for its whole share) only when the change counter
+/// moved — someone released something — so a handoff never waits for a full read, whose pace
+/// grows with the fleet (20 s at 100 clients reading in 100 ms).
 const WAITING_POLL_LIMIT: usize = 8;
+
+/// At most this many awaited leases are read at once.
+const WAITING_POLL_CONCURRENCY: usize = 16;
 
 /// At most this many takes per tick; the rest of the plan waits for the next tick.
 const TAKES_PER_TICK: usize = 64;
@@ -218,6 +229,7 @@ pub(crate) async fn supervise(
         need_full: true,
         urgent_full: true,
         need_sync: true,
+        rows_due: BTreeMap::new(),
         backlog: Vec::new(),
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
@@ -350,7 +362,7 @@ impl Supervisor {
     }
 
     /// One tick: check our own health, read the lease rows we need, then the client rows,
-    /// then act.
+    /// then compare the stream's shards with the rows, then act.
     ///
     /// The order is the protocol's: a lease row is acted on only after a read of the clients
     /// *sent after* that row was read (DESIGN §4.1). Judging an owner dead from an older read
@@ -364,21 +376,7 @@ impl Supervisor {
         if self.fenced() {
             return Ok(());
         }
-        let cfg = self.engine.config.clone();
         let now = Instant::now();
-        if self.need_sync
-            || self
-                .last_sync
-                .is_none_or(|t| now.duration_since(t) >= cfg.shard_sync_interval)
-        {
-            match self.sync_shards().await {
-                // A row created or deleted is read back by the next full read.
-                Ok(changed) => self.need_full |= changed,
-                Err(e) => return self.tolerate(e, "syncing shards"),
-            }
-            self.last_sync = Some(now);
-            self.need_sync = false;
-        }
         // What changed since we last looked: one small row. A move means a paced read of
         // every row; a change of the live set (below) means one at once.
         let moved = match self.changes_moved().await {
@@ -394,7 +392,7 @@ impl Supervisor {
             if let Err(e) = self.read_leases().await {
                 return self.tolerate(e, "reading leases");
             }
-        } else if !self.waiting.is_empty() && self.waiting.len() <= WAITING_POLL_LIMIT {
+        } else if !self.waiting.is_empty() && (self.waiting.len() <= WAITING_POLL_LIMIT || moved) {
             match self.poll_waiting().await {
                 Ok(rows) => polled = rows,
                 Err(e) => return self.tolerate(e, "polling a lease"),
@@ -429,6 +427,21 @@ impl Supervisor {
         }
         if full {
             self.last_full = Some(now);
+        }
+        // The stream's shards against the rows just read, with the live set just read: rows
+        // created now are planned at once.
+        if self.sync_due(now, full) {
+            match self.sync_shards(now).await {
+                Ok(()) => {
+                    self.last_sync = Some(now);
+                    self.need_sync = false;
+                }
+                Err(e) if is_fatal(&e) => return Err(e),
+                // Retried at the next tick; what was read is acted on all the same.
+                Err(e) => warn!(error = %e, "syncing shards failed; retrying on the next tick"),
+            }
+        }
+        if full {
             self.rebalance(tasks).await;
         } else {
             self.take_backlog(tasks).await;

@@ -1,24 +1,29 @@
-//! Reading the world: the stream's shards (creating leases for new ones), every lease row or only
-//! the few awaited in a handoff, and the client rows — with full reads of the leases paced by
-//! how long they take, so a fleet on a slow store backs off instead of queueing behind itself.
+//! Reading the store: every lease row or only the few awaited in a handoff, and the client
+//! rows — with full reads of the leases paced by how long they take, so a fleet on a slow store
+//! backs off instead of queueing behind itself.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
 
-use super::{FULL_READ_PACE, FULL_READ_PACE_CAP, FULL_READ_SAMPLES, WAITING_POLL_LIMIT};
+use futures::StreamExt;
 
-/// The fleet's periodic safety-net reads of every lease stay under this many rows a second
-/// (live clients × rows / interval): 50 s between them at 1,000 shards × 10 clients, 83 min
-/// at 10,000 × 100 — every change is announced, so an idle fleet needs none at all.
-const SAFETY_ROWS_PER_SEC: u64 = 200;
+use super::{
+    FULL_READ_PACE, FULL_READ_PACE_CAP, FULL_READ_SAMPLES, WAITING_POLL_CONCURRENCY,
+    WAITING_POLL_LIMIT,
+};
+
 use super::{Supervisor, fingerprint};
 use crate::error::ConsumerError;
 use crate::metrics;
 use crate::source::ShardId;
 use crate::store::{ClientId, CorruptRow, Lease, StoreError};
+
+/// The fleet's periodic safety-net reads of every lease stay under this many rows a second
+/// (live clients × rows / interval): 50 s between them at 1,000 shards × 10 clients, 83 min
+/// at 10,000 × 100 — every change is announced, so an idle fleet needs none at all.
+const SAFETY_ROWS_PER_SEC: u64 = 200;
 
 impl Supervisor {
     /// Reads every client row (dated by when the read was sent and when it came back).
@@ -98,97 +103,6 @@ impl Supervisor {
         median(self.full_read_took.iter().copied())
     }
 
-    /// Creates leases for new shards (parents first) and deletes finished leases of shards that
-    /// left the stream. Compares the listing with the rows of our last full read (its own read
-    /// only before the first): a row created since is created again harmlessly
-    /// (`create_if_absent`), and a finished row stays finished. Whether it created or deleted
-    /// a row (then it is announced, and read back by the next full read).
-    pub(super) async fn sync_shards(&mut self) -> Result<bool, ConsumerError> {
-        let store = self.store.clone();
-        let stream = self.engine.stream.clone();
-        let stream = &*stream;
-        // Leases first, then the listing: "gone from the stream" is judged from a listing made
-        // after the row was read. The other way round, a slow read could return a child's
-        // finished row while the listing predates the child — and delete it, so the child
-        // would be created again and read again from its start.
-        let (existing, corrupt_ids): (BTreeMap<ShardId, Lease>, Vec<ShardId>) =
-            if self.last_full.is_some() {
-                (
-                    self.leases.clone(),
-                    self.bad_leases
-                        .undecodable_ids()
-                        .map(ShardId::from)
-                        .collect(),
-                )
-            } else {
-                let read = store.leases(stream).await?;
-                let corrupt = read
-                    .corrupt
-                    .iter()
-                    .filter_map(|r| r.id.as_deref().map(ShardId::from))
-                    .collect();
-                let rows = read
-                    .rows
-                    .into_iter()
-                    .map(|l| (l.shard.clone(), l))
-                    .collect();
-                (rows, corrupt)
-            };
-        let shards = self.source.list_shards().await?;
-        let listed: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
-        self.listed = Some(shards.iter().map(|s| s.id.clone()).collect());
-        // Parents before children, so a child's lease never exists without its parents'.
-        // A row that does not decode exists all the same: never created again over it.
-        let mut created: BTreeSet<ShardId> = existing.keys().cloned().collect();
-        created.extend(corrupt_ids);
-        let mut changed = false;
-        let mut pending: Vec<_> = shards.iter().filter(|s| !created.contains(&s.id)).collect();
-        pending.sort_by(|a, b| a.id.cmp(&b.id));
-        while !pending.is_empty() {
-            let before = pending.len();
-            let mut rest = Vec::new();
-            for shard in pending {
-                let parents_ready = shard
-                    .parents
-                    .iter()
-                    .all(|p| created.contains(p) || !listed.contains(p));
-                if parents_ready {
-                    match store
-                        .create_if_absent(stream, &shard.id, &shard.parents)
-                        .await
-                    {
-                        Ok(_) => {
-                            debug!(shard = %shard.id, "lease created");
-                            changed = true;
-                        }
-                        // It exists (written since our read) but does not decode: set aside
-                        // by the next read of the leases; the other shards go on.
-                        Err(StoreError::Corrupt { key, reason }) => {
-                            warn!(shard = %shard.id, key = %key, reason = %reason, "a new shard's lease row exists but does not decode");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    created.insert(shard.id.clone());
-                } else {
-                    rest.push(shard);
-                }
-            }
-            if rest.len() == before {
-                break; // a parent cycle cannot happen in Kinesis; never loop forever on it
-            }
-            pending = rest;
-        }
-        for lease in existing.values() {
-            if lease.finished && !listed.contains(&lease.shard) {
-                store.delete_finished(stream, &lease.shard).await?;
-                changed = true;
-                debug!(shard = %lease.shard, "finished lease of a shard gone from the stream deleted");
-            }
-        }
-        self.announce_due |= changed;
-        Ok(changed)
-    }
-
     /// Reads every lease row.
     pub(super) async fn read_leases(&mut self) -> Result<(), ConsumerError> {
         let started = Instant::now();
@@ -218,13 +132,26 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Between full reads, reads only the leases we wait for in a handoff, so a graceful
-    /// handoff completes within a few `membership_poll_interval`s. Returns the rows read; they
-    /// are acted on after the next read of the clients.
+    /// Between full reads, reads only the leases we wait for in a handoff (a few at a time),
+    /// so a graceful handoff completes within a few `membership_poll_interval`s. Returns the
+    /// rows read; they are acted on after the next read of the clients.
     pub(super) async fn poll_waiting(&mut self) -> Result<Vec<Lease>, ConsumerError> {
+        let (store, stream) = (self.store.clone(), self.engine.stream.clone());
+        let reads: Vec<(ShardId, Result<Option<Lease>, StoreError>)> =
+            futures::stream::iter(self.waiting.clone())
+                .map(|shard| {
+                    let (store, stream) = (store.clone(), stream.clone());
+                    async move {
+                        let read = store.lease(&stream, &shard).await;
+                        (shard, read)
+                    }
+                })
+                .buffered(WAITING_POLL_CONCURRENCY)
+                .collect()
+                .await;
         let mut rows = Vec::new();
-        for shard in self.waiting.clone() {
-            match self.store.lease(&self.engine.stream, &shard).await {
+        for (shard, read) in reads {
+            match read {
                 Ok(Some(lease)) => {
                     self.leases.insert(shard.clone(), lease.clone());
                     self.row_read_at.insert(shard, Instant::now());
