@@ -22,9 +22,11 @@ const SHARDS: usize = 1_000;
 const GOAL: &str = "≤ 5 writes/s total";
 
 /// The store calls that write.
-const WRITES: [&str; 10] = [
+pub(crate) const WRITES: [&str; 12] = [
     "heartbeat",
     "deregister",
+    "mark_dead",
+    "announce",
     "create_if_absent",
     "take",
     "checkpoint",

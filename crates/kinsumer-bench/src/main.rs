@@ -209,7 +209,11 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
             "P5" => idle::p5(&args).await,
             "P6" => moves::p6(&args),
             "P7" => memory::p7(&args).await,
-            "P8" => scale::p8(&args).await,
+            "P8" => {
+                let mut rows = scale::p8(&args).await;
+                rows.extend(scale::p8_real(&args).await);
+                rows
+            }
             _ => Vec::new(),
         };
         note!(

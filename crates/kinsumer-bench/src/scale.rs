@@ -8,6 +8,10 @@
 //!   moved against the fewest any balanced handoff could move, and records delivered twice.
 //!
 //! Counted by the memory store and the memory stream; nothing is timed on the wall clock.
+//!
+//! On Redis and PostgreSQL (real time) the same fleet gives the cold start and the idle cost:
+//! every call counted at the `LeaseStore` seam, and items read computed from the calls (a read
+//! of every lease returns every lease row, of every client every client row, the others one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +24,9 @@ use kinsumer::{Config, Consumer};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
-use super::{BenchArgs, Row, on_own_runtime};
+use super::idle::{Counting, WRITES};
+use super::services::{self, Backend};
+use super::{BenchArgs, Row, on_own_runtime, unique};
 use crate::Result;
 
 const SHARDS: usize = 10_000;
@@ -518,4 +524,182 @@ pub(crate) async fn p8(args: &BenchArgs) -> Vec<Row> {
             scale.delivered, scale.produced
         )),
     ]
+}
+
+/// The cold start and idle figures of the fleet on a real store, in real time.
+struct RealScale {
+    creates: u64,
+    first_owned: Duration,
+    balanced_in: Duration,
+    window: Duration,
+    calls: std::collections::BTreeMap<&'static str, u64>,
+    client_rows: u64,
+}
+
+async fn real(backend: Backend, args: BenchArgs, quick: bool) -> Result<RealScale> {
+    let app = unique("bench-scale");
+    let store = services::open(backend, &args, &app, "", &MemoryLeaseStore::new()).await?;
+    let counting = Counting::default();
+    let store: Arc<dyn kinsumer::LeaseStore> =
+        Arc::new(kinsumer::layer::Layered::new(store, counting.clone()));
+    let stream: Arc<dyn kinsumer::ShardSource> = Arc::new(MemoryStream::new(STREAM, SHARDS));
+    let mut members = Vec::new();
+    let started = Instant::now();
+    for n in 0..CLIENTS {
+        let mut config = Config::new(app.clone()).with_client_id(format!("c{n:03}"));
+        config.rng_seed = Some(n as u64 + 1);
+        let mut consumer = Consumer::from_shared(config, stream.clone(), store.clone())?;
+        let mut records = consumer.records()?;
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(r)) = records.next().await {
+                r.ack();
+            }
+        });
+        members.push((consumer, reader));
+    }
+    let result = async {
+        let held = |members: &[(Consumer, JoinHandle<()>)]| -> Vec<usize> {
+            members
+                .iter()
+                .map(|(c, _)| c.status().shards().len())
+                .collect()
+        };
+        let mut first_owned = None;
+        let balanced_in = loop {
+            let h = held(&members);
+            if first_owned.is_none() && h.iter().any(|&n| n > 0) {
+                first_owned = Some(started.elapsed());
+            }
+            let (min, max) = (h.iter().min().copied(), h.iter().max().copied());
+            if h.iter().sum::<usize>() == SHARDS
+                && matches!((min, max), (Some(a), Some(b)) if b - a <= 1)
+            {
+                break started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err(format!("not balanced within 300 s (min {min:?}, max {max:?})").into());
+            }
+            sleep(MS * 250).await;
+        };
+        progress(&format!("{}: balanced at {balanced_in:?}", backend.name()));
+        let creates = counting
+            .snapshot()
+            .get("create_if_absent")
+            .copied()
+            .unwrap_or(0);
+        sleep(Duration::from_secs(40)).await;
+        let window = Duration::from_secs(if quick { 30 } else { 60 });
+        let before = counting.snapshot();
+        let t = Instant::now();
+        sleep(window).await;
+        let after = counting.snapshot();
+        let calls = after
+            .iter()
+            .map(|(k, v)| (*k, v - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(RealScale {
+            creates,
+            first_owned: first_owned.unwrap_or_default(),
+            balanced_in,
+            window: t.elapsed(),
+            calls,
+            client_rows: CLIENTS as u64,
+        })
+    }
+    .await;
+    for (consumer, reader) in members {
+        let _ = tokio::time::timeout(Duration::from_secs(30), consumer.shutdown()).await;
+        reader.abort();
+    }
+    result
+}
+
+/// P8's rows on Redis and PostgreSQL.
+pub(crate) async fn p8_real(args: &BenchArgs) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for backend in [Backend::Redis, Backend::Postgres] {
+        let row = |measure: &str, goal: &str| {
+            Row::new(
+                "P8",
+                format!(
+                    "{measure}, {SHARDS} shards × {CLIENTS} clients, {} (real time)",
+                    backend.name()
+                ),
+                goal,
+            )
+            .with_command(args.command("P8"))
+        };
+        if let Some(why) = backend.unreachable(args).await {
+            rows.push(
+                row("idle store cost", "≤ 60 writes/s; ≤ 2,000 items read/s").not_measured(why),
+            );
+            continue;
+        }
+        let r = match real(backend, args.clone(), args.quick).await {
+            Ok(r) => r,
+            Err(e) => {
+                rows.push(
+                    row("idle store cost", "≤ 60 writes/s; ≤ 2,000 items read/s")
+                        .not_measured(format!("the run failed: {e}")),
+                );
+                continue;
+            }
+        };
+        let secs = r.window.as_secs_f64();
+        let get = |k: &str| r.calls.get(k).copied().unwrap_or(0);
+        let writes: u64 = r
+            .calls
+            .iter()
+            .filter(|(k, _)| WRITES.contains(k))
+            .map(|(_, v)| v)
+            .sum();
+        let items = get("changes")
+            + get("client")
+            + get("lease")
+            + get("clients") * r.client_rows
+            + get("leases") * SHARDS as u64;
+        let per_s = |n: u64| n as f64 / secs;
+        rows.push(
+            row(
+                "cold start on no rows",
+                "≈ 1 create per row; balanced ≤ 30 s",
+            )
+            .judged(
+                format!(
+                    "{} creates ({:.2} per row); first lease owned at {:.1} s; balanced at {:.1} s",
+                    r.creates,
+                    r.creates as f64 / SHARDS as f64,
+                    r.first_owned.as_secs_f64(),
+                    r.balanced_in.as_secs_f64()
+                ),
+                r.creates as f64 <= SHARDS as f64 * 1.1 && r.balanced_in <= Duration::from_secs(30),
+                "more than 1.1 creates per row, or balanced after 30 s",
+            ),
+        );
+        rows.push(
+            row("idle store cost", "≤ 60 writes/s; ≤ 2,000 items read/s")
+                .judged(
+                    format!(
+                        "{:.1} writes/s ({:.1} heartbeats/s); {:.0} items read/s",
+                        per_s(writes),
+                        per_s(get("heartbeat")),
+                        per_s(items)
+                    ),
+                    per_s(writes) <= 60.0 && per_s(items) <= 2_000.0,
+                    "above 60 writes/s or 2,000 items read/s",
+                )
+                .detail(format!(
+                    "{CLIENTS} consumers sharing one store client, 40 s after balance, every call \
+                     on the `LeaseStore` seam counted over {secs:.0} s; items read = the calls × \
+                     the rows each returns. Calls: {}",
+                    r.calls
+                        .iter()
+                        .map(|(k, v)| format!("{k} {:.2}/s", per_s(*v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+        );
+    }
+    rows
 }

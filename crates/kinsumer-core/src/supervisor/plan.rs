@@ -256,9 +256,14 @@ impl Supervisor {
             let Some(lease) = self.leases.get(&shard).cloned() else {
                 continue;
             };
-            done += 1;
             if !self.consider(lease, tasks).await {
                 self.backlog.clear();
+            }
+            // Only takes count: a lease still held by its owner is merely awaited (no call), and
+            // counting those would leave a joiner awaiting its whole share (in shard order)
+            // without reaching the leases already released to it.
+            if !self.waiting.contains(&shard) {
+                done += 1;
             }
             if done >= TAKES_PER_TICK || started.elapsed() >= budget {
                 break;
