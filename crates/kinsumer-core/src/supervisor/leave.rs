@@ -232,7 +232,6 @@ impl Supervisor {
         self.backlog.clear();
         self.retry.clear();
         self.last_full = None;
-        self.joined_at = Instant::now();
         self.need_full = true;
         self.urgent_full = true;
         self.need_sync = true;

@@ -76,8 +76,6 @@ struct Supervisor {
     /// Shards whose tenure failed: not before this instant, after this many failures.
     retry: BTreeMap<ShardId, (Instant, u32)>,
     last_full: Option<Instant>,
-    /// When we (re)joined the fleet: for `lease_ttl` after, our view may lag the fleet's.
-    joined_at: Instant,
     /// How long the last few full reads took: the store's own report of how busy it is.
     full_read_took: std::collections::VecDeque<Duration>,
     /// When the read that gave each row of `leases` arrived. A takeover rests on a read of the
@@ -224,7 +222,6 @@ pub(crate) async fn supervise(
         waiting: BTreeSet::new(),
         retry: BTreeMap::new(),
         last_full: None,
-        joined_at: Instant::now(),
         full_read_took: std::collections::VecDeque::new(),
         row_read_at: BTreeMap::new(),
         listed: None,

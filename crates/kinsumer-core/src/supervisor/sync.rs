@@ -57,13 +57,6 @@ impl Supervisor {
     ///   than the next membership poll;
     /// - waiting for many handoffs at once (a fleet starting up), one read of every lease is
     ///   cheaper than one read per awaited lease: at the same pace, at most once a second;
-    /// - in our first `lease_ttl` in the fleet, a wanted read at the next poll: our plan may
-    ///   still differ from the fleet's (we planned from rows read before the others released
-    ///   to us, or count a row alive that they judged dead), so a lease released to us by name
-    ///   that we did not plan is seen only in a read of every lease — which must not wait for
-    ///   a pace that grows with the fleet (20 s at 100 clients reading in 100 ms). A joiner's
-    ///   reads, for its first 10 s, are the price of handoffs that do not wait for views to
-    ///   agree;
     /// - when a decision waits for time to pass: a failed tenure's retry, a stalled shard's
     ///   cool-down, an owner without a row unseen for `lease_ttl`;
     /// - the periodic safety-net read: every `rebalance_interval` in a small fleet, less often
@@ -88,9 +81,7 @@ impl Supervisor {
         let safety = cfg.rebalance_interval.max(Duration::from_secs(
             u64::from(live) * rows / SAFETY_ROWS_PER_SEC,
         ));
-        let young = now.duration_since(self.joined_at) < cfg.lease_ttl;
         (self.need_full && since >= pace.max(cfg.membership_poll_interval))
-            || (young && self.need_full && since >= cfg.membership_poll_interval)
             || (unclaimed && since >= pace)
             || (many_waiting && since >= pace.max(Duration::from_secs(1)))
             || (self.recheck_due(last, now) && since >= pace.max(cfg.membership_poll_interval))
