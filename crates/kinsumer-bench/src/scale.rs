@@ -675,7 +675,13 @@ pub(crate) async fn p8_real(args: &BenchArgs) -> Vec<Row> {
                 ),
                 r.creates as f64 <= SHARDS as f64 * 1.1 && r.balanced_in <= Duration::from_secs(30),
                 "more than 1.1 creates per row, or balanced after 30 s",
-            ),
+            )
+            .detail(format!(
+                "{CLIENTS} consumers started at once in this one process (on this machine's \
+                 cores), sharing one store client, on a `MemoryStream` of {SHARDS} shards and \
+                 an application without rows: the fleet's CPU — each client plans over every \
+                 lease at each full read — bounds how fast it balances here, as much as the store"
+            )),
         );
         rows.push(
             row("idle store cost", "≤ 60 writes/s; ≤ 2,000 items read/s")
