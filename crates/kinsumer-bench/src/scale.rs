@@ -12,6 +12,8 @@
 //! On Redis and PostgreSQL (real time) the same fleet gives the cold start and the idle cost:
 //! every call counted at the `LeaseStore` seam, and items read computed from the calls (a read
 //! of every lease returns every lease row, of every client every client row, the others one).
+//! With `KINSUMER_BENCH_TRACE` set, their cold start prints the leases owned and the calls
+//! made every 2 s, to see where a slow start spends its time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -213,6 +215,8 @@ struct Scale {
     moves: usize,
     fewest_moves: usize,
     restart_took: Duration,
+    /// The store calls during the restarts.
+    restart_calls: StoreStats,
     produced: u64,
     delivered: usize,
     duplicates: u64,
@@ -319,6 +323,7 @@ async fn measure(fleet: &mut Fleet, quick: bool) -> Result<Scale> {
         })
     };
     let history_from = fleet.store.history().len();
+    let calls_before_restarts = fleet.store.stats();
     let restart_started = Instant::now();
     let mut fewest_moves = 0;
     for n in 0..restarts {
@@ -349,6 +354,7 @@ async fn measure(fleet: &mut Fleet, quick: bool) -> Result<Scale> {
         fewest_moves += held + joined_holds;
     }
     let restart_took = restart_started.elapsed();
+    let restart_calls = delta(fleet.store.stats(), calls_before_restarts);
     producing.store(false, std::sync::atomic::Ordering::Relaxed);
     let produced = producer
         .await
@@ -379,6 +385,7 @@ async fn measure(fleet: &mut Fleet, quick: bool) -> Result<Scale> {
         moves,
         fewest_moves,
         restart_took,
+        restart_calls,
         produced,
         delivered,
         duplicates,
@@ -422,6 +429,17 @@ pub(crate) async fn p8(args: &BenchArgs) -> Vec<Row> {
     let items = per_s(idle.items_read);
     let get_records = per_s(scale.idle_get_records) / SHARDS as f64;
     let model = "every store call 5 ms; a read of every lease paged 1,000 rows a page";
+    // What one membership change costs in reads: every client reads every lease about once.
+    let restarts = scale.restarts.max(1) as f64;
+    let restart_items = scale.restart_calls.items_read as f64 / restarts;
+    let restart_full_reads =
+        scale.restart_calls.leases as f64 / (SHARDS / PAGE + 1) as f64 / restarts / CLIENTS as f64;
+    let restart_units = scale
+        .dynamo
+        .units(&scale.restart_calls, 1.0)
+        .iter()
+        .sum::<f64>()
+        / restarts;
     vec![
         cold_start(
             row("cold start on no rows".into(), COLD_START_GOAL),
@@ -527,10 +545,25 @@ pub(crate) async fn p8(args: &BenchArgs) -> Vec<Row> {
              Fewest moves for a stop-then-start restart: the leaver's leases out (each must \
              be taken by someone while it is away, or its shard stalls) plus the newcomer's \
              share in; fewer happen when the newcomer takes a released lease before its \
-             successor does. {} distinct records delivered of {} produced",
-            scale.delivered, scale.produced
+             successor does. {} distinct records delivered of {} produced. Store reads \
+             per restart: {:.0} items ({:.1} reads of every lease per client), {:.0} DynamoDB \
+             read units (model as above)",
+            scale.delivered, scale.produced, restart_items, restart_full_reads, restart_units
         )),
     ]
+}
+
+/// CPU time this process has used, user and system, every thread (`/proc/self/stat`; Linux
+/// only, `None` elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces, so split after its `)`): utime and
+    // stime are the 12th and 13th, in clock ticks of 1/100 s (USER_HZ, fixed at 100 on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// The cold start and idle figures of the fleet on a real store, in real time.
@@ -538,6 +571,8 @@ struct RealScale {
     creates: u64,
     first_owned: Duration,
     balanced_in: Duration,
+    /// CPU time this process spent from the start to balance (every thread).
+    start_cpu: Option<Duration>,
     window: Duration,
     calls: std::collections::BTreeMap<&'static str, u64>,
     client_rows: u64,
@@ -552,6 +587,7 @@ async fn real(backend: Backend, args: BenchArgs, quick: bool) -> Result<RealScal
     let stream: Arc<dyn kinsumer::ShardSource> = Arc::new(MemoryStream::new(STREAM, SHARDS));
     let mut members = Vec::new();
     let started = Instant::now();
+    let cpu_at_start = process_cpu();
     for n in 0..CLIENTS {
         let mut config = Config::new(app.clone()).with_client_id(format!("c{n:03}"));
         config.rng_seed = Some(n as u64 + 1);
@@ -572,8 +608,20 @@ async fn real(backend: Backend, args: BenchArgs, quick: bool) -> Result<RealScal
                 .collect()
         };
         let mut first_owned = None;
+        let mut told = Duration::ZERO;
         let balanced_in = loop {
             let h = held(&members);
+            if std::env::var_os("KINSUMER_BENCH_TRACE").is_some() && started.elapsed() > told {
+                told += Duration::from_secs(2);
+                progress(&format!(
+                    "{:?}: owned {}, min {:?}, max {:?}, calls {:?}",
+                    started.elapsed(),
+                    h.iter().sum::<usize>(),
+                    h.iter().min(),
+                    h.iter().max(),
+                    counting.snapshot()
+                ));
+            }
             if first_owned.is_none() && h.iter().any(|&n| n > 0) {
                 first_owned = Some(started.elapsed());
             }
@@ -588,7 +636,13 @@ async fn real(backend: Backend, args: BenchArgs, quick: bool) -> Result<RealScal
             }
             sleep(MS * 250).await;
         };
-        progress(&format!("{}: balanced at {balanced_in:?}", backend.name()));
+        let start_cpu = process_cpu()
+            .zip(cpu_at_start)
+            .map(|(now, then)| now.saturating_sub(then));
+        progress(&format!(
+            "{}: balanced at {balanced_in:?} ({start_cpu:?} of CPU)",
+            backend.name()
+        ));
         let creates = counting
             .snapshot()
             .get("create_if_absent")
@@ -609,6 +663,7 @@ async fn real(backend: Backend, args: BenchArgs, quick: bool) -> Result<RealScal
             creates,
             first_owned: first_owned.unwrap_or_default(),
             balanced_in,
+            start_cpu,
             window: t.elapsed(),
             calls,
             client_rows: CLIENTS as u64,
@@ -674,8 +729,15 @@ pub(crate) async fn p8_real(args: &BenchArgs) -> Vec<Row> {
             .detail(format!(
                 "{CLIENTS} consumers started at once in this one process (on this machine's \
                  cores), sharing one store client, on a `MemoryStream` of {SHARDS} shards and \
-                 an application without rows: the fleet's CPU — each client plans over every \
-                 lease at each full read — bounds how fast it balances here, as much as the store"
+                 an application without rows; the process used {} of CPU from the start to \
+                 balance ({} of {} cores busy on average)",
+                r.start_cpu
+                    .map_or("?".into(), |c| format!("{:.1} s", c.as_secs_f64())),
+                r.start_cpu.map_or("?".into(), |c| format!(
+                    "{:.2}",
+                    c.as_secs_f64() / r.balanced_in.as_secs_f64()
+                )),
+                std::thread::available_parallelism().map_or(1, |n| n.get())
             )),
         );
         rows.push(

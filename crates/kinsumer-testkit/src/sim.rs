@@ -225,6 +225,8 @@ pub struct Scenario {
     pub network: Option<LatencyProfile>,
     /// The store reads every lease in pages of this many rows, not as one snapshot (0: one).
     pub leases_page: usize,
+    /// A read of every lease takes this much longer than another call (a large table).
+    pub full_read_latency: Duration,
     /// The clients' `stall_timeout` (scaled by each client's clock drift, as its other
     /// intervals): a record not acked, a handler call not returned or a record stream not polled
     /// for this long gives the work up to another client. 30 s in [`Scenario::calm`] — above
@@ -233,6 +235,11 @@ pub struct Scenario {
     pub stall_timeout: Option<Duration>,
     /// How the calm phase's last probe takes a client out of the fleet.
     pub last_departure: Departure,
+    /// The fleet, started together on a store without rows, must be balanced this long after
+    /// the start: every shard's row created, every eligible lease owned by a live client,
+    /// within one of each other ([`Invariant::Balanced`]). Judged before the first event that
+    /// comes later; `None`: not judged (faults from the start may legitimately delay it).
+    pub balanced_by: Option<Duration>,
 }
 
 impl Scenario {
@@ -255,8 +262,10 @@ impl Scenario {
             store_ignores_fencing: false,
             network: None,
             leases_page: 0,
+            full_read_latency: Duration::ZERO,
             stall_timeout: Some(Duration::from_secs(30)),
             last_departure: Departure::Shutdown,
+            balanced_by: None,
         }
     }
 
@@ -1207,6 +1216,7 @@ async fn run_async(scenario: Scenario) -> Report {
     let calm_store = StoreFaults {
         ignore_fencing: scenario.store_ignores_fencing,
         leases_page: scenario.leases_page,
+        full_read_latency: scenario.full_read_latency,
         ..StoreFaults::default()
     };
     store.set_faults(calm_store.clone());
@@ -1253,9 +1263,20 @@ async fn run_async(scenario: Scenario) -> Report {
         })
     };
 
+    let mut start_judged = scenario.balanced_by.is_none();
+    let mut violations_at_start = Vec::new();
     for (at, event) in scenario.events.clone() {
+        if let Some(by) = scenario.balanced_by.filter(|by| !start_judged && *by <= at) {
+            world.pass_until(start + by).await;
+            judge_start(&world, by, &mut violations_at_start);
+            start_judged = true;
+        }
         world.pass_until(start + at).await;
         world.apply(&event);
+    }
+    if let Some(by) = scenario.balanced_by.filter(|_| !start_judged) {
+        world.pass_until(start + by).await;
+        judge_start(&world, by, &mut violations_at_start);
     }
     let _ = producer.await;
     // Calm: no more faults, everyone awake, and at least one member.
@@ -1284,7 +1305,7 @@ async fn run_async(scenario: Scenario) -> Report {
                 .filter_map(move |r| Some((record_id(&r)?, (shard.clone(), r.position))))
         })
         .collect();
-    let mut violations = Vec::new();
+    let mut violations = violations_at_start;
     // Healed: faults are over and no handler is stalled any more (a stall for good never heals:
     // the engine must have moved the work away from it).
     world.pass_until(world.stalled_until).await;
@@ -1735,6 +1756,29 @@ fn check_departures(
 }
 
 /// Every eligible lease owned by a live client, and the counts within one of each other.
+/// [`Scenario::balanced_by`]: every row of the stream's first shards created, and balanced.
+fn judge_start(world: &World, by: Duration, violations: &mut Vec<Violation>) {
+    let leases = world.store.peek_leases(world.stream.name());
+    let live: Vec<ClientId> = world
+        .members
+        .iter()
+        .filter(|m| m.in_fleet && !m.status.has_left_fleet())
+        .map(|m| ClientId::from(m.id.as_str()))
+        .collect();
+    let mut found = Vec::new();
+    if leases.len() < world.scenario.shards {
+        found.push(Violation {
+            invariant: Invariant::Balanced,
+            detail: format!("{} rows of {}", leases.len(), world.scenario.shards),
+        });
+    }
+    check_balance(&leases, &live, &mut found);
+    violations.extend(found.into_iter().map(|v| Violation {
+        detail: format!("{by:?} after a start on no rows: {}", v.detail),
+        ..v
+    }));
+}
+
 fn check_balance(leases: &[Lease], live: &[ClientId], violations: &mut Vec<Violation>) {
     let by_shard: BTreeMap<&ShardId, &Lease> = leases.iter().map(|l| (&l.shard, l)).collect();
     let eligible: Vec<&Lease> = leases

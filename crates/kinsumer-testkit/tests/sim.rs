@@ -544,3 +544,28 @@ fn catches_an_engine_that_ignores_dropped_records_or_consumers() {
         assert_caught(s, Invariant::Liveness);
     }
 }
+
+#[test]
+fn a_fleet_starting_on_no_rows_is_balanced_between_slow_full_reads() {
+    // 20 clients start together on 400 shards without rows, every call 5–10 ms each way and
+    // a read of every lease 500 ms more, so full reads are paced about 20 s apart (2 × live ×
+    // the read's duration). Each row is created by
+    // one client; the others must learn of the rows planned for them between full reads. Before
+    // a client planned over the whole stream (the rows another client is to create included)
+    // and read those rows when the change counter moved, it planned over the rows it had seen
+    // and found the rest at its next full read: not balanced at 5 s.
+    let ms = std::time::Duration::from_millis;
+    for seed in 1..=3 {
+        let mut s = Scenario::calm(seed, 400, 20, 200);
+        s.full_read_latency = ms(500);
+        s.network = Some(kinsumer_testkit::LatencyProfile {
+            request: (ms(5), ms(10)),
+            reply: (ms(5), ms(10)),
+            tail_rate: 0.0,
+            tail: (ms(0), ms(0)),
+        });
+        s.balanced_by = Some(ms(5_000));
+        let report = run(&s);
+        assert!(report.violations.is_empty(), "seed {seed}: {report}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The simulation at scale: a fleet of 100 clients on 10,000 shards, on the memory store in
-//! virtual time, through a join, a leave and a crash while records flow — then the calm
+//! virtual time, started together on a store without rows (balanced within 8 s), through a
+//! join, a leave and a crash while records flow — then the calm
 //! phase's own probes (a join, a crash, a join, a departure) — judged by every oracle of the
 //! simulation, as the sweep judges its small fleets.
 //!
@@ -15,6 +16,8 @@ fn a_fleet_of_100_clients_on_10000_shards_through_a_join_a_leave_and_a_crash() {
     let secs = Duration::from_secs;
     let mut scenario = Scenario::calm(1, 10_000, 100, 3_000);
     scenario.produce_for = secs(45);
+    // Started together on a store without rows: balanced before the join.
+    scenario.balanced_by = Some(secs(8));
     scenario.events = vec![
         (secs(10), Event::Join),
         (secs(25), Event::Leave),

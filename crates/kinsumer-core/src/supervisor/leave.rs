@@ -229,6 +229,7 @@ impl Supervisor {
         self.leases.clear();
         self.row_read_at.clear();
         self.waiting.clear();
+        self.expecting.clear();
         self.backlog.clear();
         self.retry.clear();
         self.last_full = None;

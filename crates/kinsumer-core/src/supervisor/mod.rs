@@ -94,6 +94,13 @@ struct Supervisor {
     /// Rows the sync found due (a listed shard without a row, a gone shard's finished row) and
     /// left to the client that ranks highest for them, since when (see `shards`).
     rows_due: BTreeMap<ShardId, Instant>,
+    /// Listed shards without a row that another client is to create, with their parents: the
+    /// plan counts them (see `eligible`), so quotas are those of the whole stream from the
+    /// first sync, not of the few rows a client has seen.
+    expected: BTreeMap<ShardId, Vec<ShardId>>,
+    /// Of those, the ones our plan gives us: read one by one when the change counter moves
+    /// (their writer announces), and taken as soon as they exist.
+    expecting: BTreeSet<ShardId>,
     /// The rest of the last plan's takes, carried out a burst per tick between full reads.
     backlog: Vec<ShardId>,
     epoch_seen: u64,
@@ -230,6 +237,8 @@ pub(crate) async fn supervise(
         urgent_full: true,
         need_sync: true,
         rows_due: BTreeMap::new(),
+        expected: BTreeMap::new(),
+        expecting: BTreeSet::new(),
         backlog: Vec::new(),
         epoch_seen: engine.health.epoch(),
         last_alive: Vec::new(),
@@ -351,6 +360,7 @@ impl Supervisor {
                 }
             }
             self.waiting.clear();
+            self.expecting.clear();
             self.epoch_seen = epoch;
             // We dropped every lease, and may have been judged dead: the fleet must re-plan.
             self.announce_due = true;
@@ -392,7 +402,7 @@ impl Supervisor {
             if let Err(e) = self.read_leases().await {
                 return self.tolerate(e, "reading leases");
             }
-        } else if !self.waiting.is_empty() && (self.waiting.len() <= WAITING_POLL_LIMIT || moved) {
+        } else if self.awaited() > 0 && (self.awaited() <= WAITING_POLL_LIMIT || moved) {
             match self.poll_waiting().await {
                 Ok(rows) => polled = rows,
                 Err(e) => return self.tolerate(e, "polling a lease"),

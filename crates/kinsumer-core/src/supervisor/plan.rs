@@ -72,15 +72,33 @@ impl Supervisor {
     }
 
     /// The shards that may be read now, from the rows of the last full read: unfinished, and
-    /// every parent finished (or gone from the stream).
+    /// every parent finished (or gone from the stream). With them, the rows another client is
+    /// to create (`expected`): a fleet starting on a new table plans over the whole stream
+    /// from its first sync, so each client's quota is its share of the stream, not of the
+    /// rows it happens to have seen — and the rows planned for it are taken as they appear.
     pub(super) fn eligible(&self) -> Vec<ShardId> {
         let faults = &self.engine.config.faults;
-        self.leases
+        let ready = |parents: &[ShardId]| {
+            faults.ignore_parents || !parents.iter().any(|p| self.parent_pending(p))
+        };
+        let rows = self
+            .leases
             .values()
             .filter(|l| !l.finished && !self.bad_leases.holds(l.shard.as_str()))
-            .filter(|l| faults.ignore_parents || !l.parents.iter().any(|p| self.parent_pending(p)))
-            .map(|l| l.shard.clone())
-            .collect()
+            .filter(|l| ready(&l.parents))
+            .map(|l| l.shard.clone());
+        let expected = self
+            .expected
+            .iter()
+            .filter(|(s, parents)| {
+                !self.leases.contains_key(*s)
+                    && !self.bad_leases.holds(s.as_str())
+                    && ready(parents)
+            })
+            .map(|(s, _)| s.clone());
+        let mut all: Vec<ShardId> = rows.chain(expected).collect();
+        all.sort();
+        all
     }
 
     /// Computes the shared assignment from the rows of the last full read and acts on it.
@@ -230,8 +248,14 @@ impl Supervisor {
                 Err(e) => warn!(tenure = %tenure, error = %e, "releasing a stale lease failed"),
             }
         }
-        // Take what is ours, a burst per tick (see `take_backlog`).
+        // Take what is ours, a burst per tick (see `take_backlog`); what has no row yet, as
+        // soon as its writer creates it.
         self.waiting.clear();
+        self.expecting = wanted
+            .iter()
+            .filter(|s| !self.leases.contains_key(*s))
+            .cloned()
+            .collect();
         self.backlog = wanted
             .into_iter()
             .filter(|s| !self.held.contains_key(s))

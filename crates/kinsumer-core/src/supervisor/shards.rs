@@ -8,8 +8,12 @@
 //! against a new DynamoDB table's 4,000) and take its first lease only once one client got
 //! through all of them. So when more than a few rows are due, each is written by the live
 //! client that ranks highest for it (`rank(shard, client)`, the assignment's own hash, over the
-//! live set with us in it): each client writes its share, announces, and the others learn of
-//! the rows at their next full read. A row nobody wrote — its writer died, or two clients saw
+//! live set with us in it): each client writes its share and announces. Meanwhile every client
+//! plans over the whole listing — the rows due included (`expected`) — so its quota is its
+//! share of the stream from the first sync, and it reads the due rows its plan gives it one by
+//! one whenever the change counter moves, taking each as soon as it exists: a fleet balances
+//! within a few polls, not at the pace of full reads (20 s and more on a slow store). A row
+//! nobody wrote — its writer died, or two clients saw
 //! different live sets — is written by any client that saw it due for two `rebalance_interval`s.
 //! A few rows (a split, a merge) are written by whoever sees them first, as quickly as before.
 //!
@@ -92,6 +96,7 @@ impl Supervisor {
                     .is_some_and(|since| now.duration_since(*since) >= grace)
         };
         let mut changed = false;
+        let mut expected = BTreeMap::new();
         // Parents before children, so a child's lease never exists without its parents'.
         let mut pending: Vec<_> = shards.iter().filter(|s| !exists.contains(&s.id)).collect();
         pending.sort_by(|a, b| a.id.cmp(&b.id));
@@ -108,7 +113,9 @@ impl Supervisor {
                     continue;
                 }
                 if !ours(&shard.id, &self.rows_due) {
-                    continue; // another client's to write; its children wait for it
+                    // Another client's to write (its children wait for it); planned meanwhile.
+                    expected.insert(shard.id.clone(), shard.parents.clone());
+                    continue;
                 }
                 match store
                     .create_if_absent(stream, &shard.id, &shard.parents)
@@ -152,6 +159,7 @@ impl Supervisor {
             .filter(|s| listed.contains(*s) != exists.contains(*s))
             .collect();
         self.rows_due.retain(|s, _| still_due.contains(s));
+        self.expected = expected;
         for shard in still_due {
             self.rows_due.entry(shard.clone()).or_insert(now);
         }

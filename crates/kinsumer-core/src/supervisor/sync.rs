@@ -132,13 +132,20 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Between full reads, reads only the leases we wait for in a handoff (a few at a time),
-    /// so a graceful handoff completes within a few `membership_poll_interval`s. Returns the
-    /// rows read; they are acted on after the next read of the clients.
+    /// How many rows we await between full reads: leases in a handoff, rows to be created.
+    pub(super) fn awaited(&self) -> usize {
+        self.waiting.len() + self.expecting.len()
+    }
+
+    /// Between full reads, reads only the leases we wait for in a handoff and the rows planned
+    /// for us that another client is to create (16 at a time), so a graceful handoff completes
+    /// within a few `membership_poll_interval`s and a new row is taken as soon as it exists.
+    /// Returns the rows read; they are acted on after the next read of the clients.
     pub(super) async fn poll_waiting(&mut self) -> Result<Vec<Lease>, ConsumerError> {
         let (store, stream) = (self.store.clone(), self.engine.stream.clone());
+        let awaited: Vec<ShardId> = self.waiting.union(&self.expecting).cloned().collect();
         let reads: Vec<(ShardId, Result<Option<Lease>, StoreError>)> =
-            futures::stream::iter(self.waiting.clone())
+            futures::stream::iter(awaited)
                 .map(|shard| {
                     let (store, stream) = (store.clone(), stream.clone());
                     async move {
@@ -153,10 +160,16 @@ impl Supervisor {
         for (shard, read) in reads {
             match read {
                 Ok(Some(lease)) => {
+                    if self.expecting.remove(&shard) {
+                        self.expected.remove(&shard);
+                        self.rows_due.remove(&shard);
+                    }
                     self.leases.insert(shard.clone(), lease.clone());
                     self.row_read_at.insert(shard, Instant::now());
                     rows.push(lease);
                 }
+                // Not created yet: its writer has not got to it.
+                Ok(None) if self.expecting.contains(&shard) => {}
                 Ok(None) => {
                     self.waiting.remove(&shard);
                     self.need_sync = true;
@@ -164,6 +177,8 @@ impl Supervisor {
                 // One bad row: set aside, and the others polled as usual.
                 Err(StoreError::Corrupt { key, reason }) => {
                     self.waiting.remove(&shard);
+                    self.expecting.remove(&shard);
+                    self.expected.remove(&shard);
                     self.leases.remove(&shard);
                     self.bad_leases.undecodable(CorruptRow {
                         key,
