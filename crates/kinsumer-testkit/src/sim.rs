@@ -656,6 +656,16 @@ struct World {
 }
 
 impl World {
+    /// The clients in the fleet now: a client out of it because it is not polled counts as
+    /// gone (it holds nothing, and is planned nothing).
+    fn live(&self) -> Vec<ClientId> {
+        self.members
+            .iter()
+            .filter(|m| m.in_fleet && !m.status.has_left_fleet())
+            .map(|m| ClientId::from(m.id.as_str()))
+            .collect()
+    }
+
     fn config(&mut self, id: &str) -> Config {
         let mut c = Config::new("sim").with_client_id(id);
         let drift = 1.0 + self.scenario.max_clock_drift * (2.0 * self.rng.unit() - 1.0);
@@ -1362,12 +1372,7 @@ async fn run_async(scenario: Scenario) -> Report {
     // The same moment on the store's clock: the run's own shutdown writes at this instant too.
     let checked_at = world.clock.now();
     // A client out of the fleet because it is not polled holds nothing, and is planned nothing.
-    let live: Vec<ClientId> = world
-        .members
-        .iter()
-        .filter(|m| m.in_fleet && !m.status.has_left_fleet())
-        .map(|m| ClientId::from(m.id.as_str()))
-        .collect();
+    let live = world.live();
     let final_leases = store.peek_leases(stream.name());
     check_balance(&final_leases, &live, &mut violations);
     // ... but only a client whose application stopped polling may be out for that reason: one
@@ -1755,16 +1760,10 @@ fn check_departures(
     }
 }
 
-/// Every eligible lease owned by a live client, and the counts within one of each other.
 /// [`Scenario::balanced_by`]: every row of the stream's first shards created, and balanced.
 fn judge_start(world: &World, by: Duration, violations: &mut Vec<Violation>) {
     let leases = world.store.peek_leases(world.stream.name());
-    let live: Vec<ClientId> = world
-        .members
-        .iter()
-        .filter(|m| m.in_fleet && !m.status.has_left_fleet())
-        .map(|m| ClientId::from(m.id.as_str()))
-        .collect();
+    let live = world.live();
     let mut found = Vec::new();
     if leases.len() < world.scenario.shards {
         found.push(Violation {
@@ -1779,6 +1778,7 @@ fn judge_start(world: &World, by: Duration, violations: &mut Vec<Violation>) {
     }));
 }
 
+/// Every eligible lease owned by a live client, and the counts within one of each other.
 fn check_balance(leases: &[Lease], live: &[ClientId], violations: &mut Vec<Violation>) {
     let by_shard: BTreeMap<&ShardId, &Lease> = leases.iter().map(|l| (&l.shard, l)).collect();
     let eligible: Vec<&Lease> = leases
