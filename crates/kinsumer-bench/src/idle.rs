@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kinsumer::layer::{Layer, Layered};
+use kinsumer::testkit::conformance::fleet::start_acking;
 use kinsumer::testkit::{MemoryLeaseStore, MemoryStream};
 use kinsumer::{Config, Consumer, LeaseStore, ShardSource, SourceError, StoreError};
 use tokio::task::JoinHandle;
@@ -130,14 +131,7 @@ async fn fleet(
     for n in 0..CLIENTS {
         let store = services::open(backend, &args, &app, &table, &memory).await?;
         let store: Arc<dyn LeaseStore> = Arc::new(Layered::new(store, counting.clone()));
-        let mut consumer = Consumer::from_shared(config(&app, n), Arc::new(stream.clone()), store)?;
-        let mut records = consumer.records()?;
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(r)) = records.next().await {
-                r.ack();
-            }
-        });
-        members.push((consumer, reader));
+        members.push(start_acking(config(&app, n), stream.clone(), store));
     }
     let result = async {
         let started = Instant::now();

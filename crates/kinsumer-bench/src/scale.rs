@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kinsumer::dynamo::billing;
+use kinsumer::testkit::conformance::fleet::start_acking;
 use kinsumer::testkit::{MemoryLeaseStore, MemoryStream, StoreFaults, StoreOp, StoreStats};
 use kinsumer::{Config, Consumer};
 use tokio::task::JoinHandle;
@@ -591,14 +592,7 @@ async fn real(backend: Backend, args: BenchArgs, quick: bool) -> Result<RealScal
     for n in 0..CLIENTS {
         let mut config = Config::new(app.clone()).with_client_id(format!("c{n:03}"));
         config.rng_seed = Some(n as u64 + 1);
-        let mut consumer = Consumer::from_shared(config, stream.clone(), store.clone())?;
-        let mut records = consumer.records()?;
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(r)) = records.next().await {
-                r.ack();
-            }
-        });
-        members.push((consumer, reader));
+        members.push(start_acking(config, stream.clone(), store.clone()));
     }
     let result = async {
         let held = |members: &[(Consumer, JoinHandle<()>)]| -> Vec<usize> {
