@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kinsumer::layer::{Layer, Layered};
+use kinsumer::layer::{Layer, Layered, Op};
 use kinsumer::testkit::conformance::fleet::start_acking;
 use kinsumer::testkit::{MemoryLeaseStore, MemoryStream};
 use kinsumer::{Config, Consumer, LeaseStore, ShardSource, SourceError, StoreError};
@@ -52,21 +52,21 @@ impl Counting {
 impl Layer for Counting {
     fn store_call<'a, T: Send + 'a>(
         &'a self,
-        op: &'static str,
+        op: &'a Op,
         call: impl Future<Output = std::result::Result<T, StoreError>> + Send + 'a,
     ) -> impl Future<Output = std::result::Result<T, StoreError>> + Send + 'a {
         *self
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(op)
+            .entry(op.name)
             .or_default() += 1;
         call
     }
 
     fn source_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        _op: &'a Op,
         call: impl Future<Output = std::result::Result<T, SourceError>> + Send + 'a,
     ) -> impl Future<Output = std::result::Result<T, SourceError>> + Send + 'a {
         call

@@ -200,6 +200,19 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// The variant, as a short name for logs and metrics: `throttled`, `transient`,
+    /// `shard_gone`, `trimmed`, `bad_position` or `fatal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Throttled(_) => "throttled",
+            SourceError::Transient(_) => "transient",
+            SourceError::ShardGone(_) => "shard_gone",
+            SourceError::Trimmed { .. } => "trimmed",
+            SourceError::BadPosition { .. } => "bad_position",
+            SourceError::Fatal(_) => "fatal",
+        }
+    }
+
     /// Whether retrying the same call may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, SourceError::Throttled(_) | SourceError::Transient(_))

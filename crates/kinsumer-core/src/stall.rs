@@ -266,7 +266,7 @@ pub(crate) struct Watched(pub(crate) std::sync::Arc<Watchdog>);
 impl crate::layer::Layer for Watched {
     async fn store_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        _op: &'a crate::layer::Op,
         call: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'a,
     ) -> Result<T, crate::store::StoreError> {
         let _in_call = self.0.call();
@@ -275,7 +275,7 @@ impl crate::layer::Layer for Watched {
 
     async fn source_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        _op: &'a crate::layer::Op,
         call: impl std::future::Future<Output = Result<T, crate::source::SourceError>> + Send + 'a,
     ) -> Result<T, crate::source::SourceError> {
         let _in_call = self.0.call();

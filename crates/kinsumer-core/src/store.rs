@@ -340,6 +340,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The variant, as a short name for logs and metrics: `lease_lost`, `not_found`,
+    /// `throttled`, `transient`, `corrupt` or `fatal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::LeaseLost { .. } => "lease_lost",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::Throttled(_) => "throttled",
+            StoreError::Transient(_) => "transient",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Fatal(_) => "fatal",
+        }
+    }
+
     /// Whether retrying the same call may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Throttled(_) | StoreError::Transient(_))

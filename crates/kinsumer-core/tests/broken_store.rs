@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kinsumer_core::layer::{Layer, Layered};
+use kinsumer_core::layer::{Layer, Layered, Op};
 use kinsumer_core::source::SourceError;
 use kinsumer_core::store::StoreError;
 use kinsumer_core::{Config, Consumer, ConsumerError};
@@ -28,7 +28,7 @@ struct Outage(Arc<AtomicU8>);
 impl Layer for Outage {
     async fn store_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        _op: &'a Op,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> Result<T, StoreError> {
         match self.0.load(Ordering::SeqCst) {
@@ -46,7 +46,7 @@ impl Layer for Outage {
 
     async fn source_call<'a, T: Send + 'a>(
         &'a self,
-        _op: &'static str,
+        _op: &'a Op,
         call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
     ) -> Result<T, SourceError> {
         call.await

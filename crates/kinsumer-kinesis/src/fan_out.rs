@@ -20,7 +20,7 @@ use aws_sdk_kinesis::types::{
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use kinsumer_core::backoff::{Backoff, BackoffPolicy};
 use kinsumer_core::position::Checkpoint;
@@ -184,7 +184,8 @@ impl FanOut {
             ),
             tx,
         };
-        let task = tokio::spawn(pump.run(start));
+        // In the caller's span (the tenure's): its log lines name the shard and token.
+        let task = tokio::spawn(pump.run(start).in_current_span());
         Ok(Box::new(FanOutReader {
             cursor,
             events,

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kinsumer_core::layer::{Layer, Layered};
+use kinsumer_core::layer::{Layer, Layered, Op};
 use kinsumer_core::source::SourceError;
 use kinsumer_core::store::StoreError;
 use tokio::sync::Notify;
@@ -122,10 +122,10 @@ impl Gate {
 impl Layer for Gate {
     async fn store_call<'a, T: Send + 'a>(
         &'a self,
-        op: &'static str,
+        op: &'a Op,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> Result<T, StoreError> {
-        self.around(op, call).await
+        self.around(op.name, call).await
     }
 
     /// A source call waits only before it is sent. Reading a stream changes nothing on the
@@ -135,10 +135,10 @@ impl Layer for Gate {
     /// a timeout there would drop a batch the reader had already passed.
     async fn source_call<'a, T: Send + 'a>(
         &'a self,
-        op: &'static str,
+        op: &'a Op,
         call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
     ) -> Result<T, SourceError> {
-        if self.only.is_none_or(|only| only.contains(&op)) {
+        if self.only.is_none_or(|only| only.contains(&op.name)) {
             self.wait_open().await;
         }
         call.await

@@ -41,7 +41,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use kinsumer_core::layer::Layer;
+use kinsumer_core::layer::{Layer, Op};
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::SourceError;
 use kinsumer_core::store::StoreError;
@@ -178,10 +178,10 @@ pub(crate) fn uniform(rng: &mut Rng, (a, b): (Duration, Duration)) -> Duration {
 impl Layer for Latency {
     async fn store_call<'a, T: Send + 'a>(
         &'a self,
-        op: &'static str,
+        op: &'a Op,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> Result<T, StoreError> {
-        self.around(op, call).await
+        self.around(op.name, call).await
     }
 
     /// Both delays come before a source call: reading a stream changes nothing on the server,
@@ -190,10 +190,10 @@ impl Layer for Latency {
     /// in-memory reader moved would break.
     async fn source_call<'a, T: Send + 'a>(
         &'a self,
-        op: &'static str,
+        op: &'a Op,
         call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
     ) -> Result<T, SourceError> {
-        let delay = self.draw(op, Way::Request) + self.draw(op, Way::Reply);
+        let delay = self.draw(op.name, Way::Request) + self.draw(op.name, Way::Reply);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

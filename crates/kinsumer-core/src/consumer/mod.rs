@@ -65,7 +65,7 @@ use crate::engine::{Delivery, Engine, StoppedBy};
 use crate::error::ConsumerError;
 use crate::failure::FailurePolicy;
 use crate::health::Health;
-use crate::layer::{Layered, Timeout};
+use crate::layer::{Layered, Timeout, Traced};
 use crate::lifecycle::ShardLifecycle;
 use crate::membership::Beats;
 use crate::metrics::Labels;
@@ -183,11 +183,11 @@ impl Consumer {
             config: self.config.clone(),
             source: Arc::new(Layered::new(
                 self.source.clone(),
-                Timeout(self.config.call_timeout),
+                Traced(Timeout(self.config.call_timeout)),
             )),
             store: Arc::new(Layered::new(
                 self.store.clone(),
-                Timeout(self.config.call_timeout),
+                Traced(Timeout(self.config.call_timeout)),
             )),
             stream: self.source.stream_name().into(),
             me: ClientId::from(self.config.client_id.as_str()),

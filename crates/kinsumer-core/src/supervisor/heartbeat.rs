@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use crate::engine::Engine;
 use crate::stall::{Stall, StallKind};
@@ -16,9 +16,10 @@ pub(super) struct Heartbeat(AbortOnDropHandle<()>);
 
 impl Heartbeat {
     pub(super) fn start(engine: &Arc<Engine>) -> Self {
-        Self(AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
-            engine.clone(),
-        ))))
+        // In the consumer's span, like everything it spawns: its log lines say whose they are.
+        Self(AbortOnDropHandle::new(tokio::spawn(
+            heartbeat_loop(engine.clone()).in_current_span(),
+        )))
     }
 
     /// Stops it, and waits until it stopped (so no later heartbeat re-creates our row).
@@ -75,11 +76,14 @@ async fn heartbeat_loop(engine: Arc<Engine>) {
                     }
                 } else {
                     let engine = engine.clone();
-                    in_flight.spawn(async move {
-                        if let Err(e) = engine.heartbeat().await {
-                            warn!(error = %e, "heartbeat failed");
+                    in_flight.spawn(
+                        async move {
+                            if let Err(e) = engine.heartbeat().await {
+                                warn!(error = %e, "heartbeat failed");
+                            }
                         }
-                    });
+                        .in_current_span(),
+                    );
                 }
             }
         }

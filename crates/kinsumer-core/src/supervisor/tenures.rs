@@ -88,12 +88,17 @@ impl Supervisor {
                 // Told from a task of its own: the supervisor does not wait for the application.
                 let engine = self.engine.clone();
                 let limit = engine.config.drain_timeout;
-                tokio::spawn(async move {
-                    let (tenure, tracker) = (held.tenure, held.tracker);
-                    engine
-                        .hook_ending(&tenure, &tracker, EndReason::Lost, limit)
-                        .await;
-                });
+                let span =
+                    info_span!("tenure", shard = %held.tenure.shard, token = held.tenure.token);
+                tokio::spawn(
+                    async move {
+                        let (tenure, tracker) = (held.tenure, held.tracker);
+                        engine
+                            .hook_ending(&tenure, &tracker, EndReason::Lost, limit)
+                            .await;
+                    }
+                    .instrument(span),
+                );
             }
         }
         self.set_held_gauge();

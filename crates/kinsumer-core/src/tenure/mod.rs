@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 // Abort-on-drop guards: no task outlives the tenure that started it.
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::task::AbortOnDrop;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use self::deliver::Sink;
 use self::fetch::{FetchEnd, fetch_loop};
@@ -123,25 +123,26 @@ pub(crate) async fn run_tenure(
         Delivery::Stream(tx) => (Sink::Stream(tx.clone()), None),
         Delivery::Handler(handler) => {
             let (tx, rx) = mpsc::channel(1);
-            let worker = tokio::spawn(handler_worker(
-                engine.clone(),
-                handler.clone(),
-                tracker.clone(),
-                epoch,
-                rx,
-            ));
+            // In the tenure's span: the application's handler logs with its shard and token.
+            let worker = tokio::spawn(
+                handler_worker(engine.clone(), handler.clone(), tracker.clone(), epoch, rx)
+                    .in_current_span(),
+            );
             (Sink::Handler(tx), Some(worker))
         }
     };
     let _worker_guard = worker.as_ref().map(|w| AbortOnDrop::new(w.abort_handle()));
-    let mut fetcher = tokio::spawn(fetch_loop(
-        engine.clone(),
-        tenure.clone(),
-        start,
-        tracker.clone(),
-        epoch,
-        delivery,
-    ));
+    let mut fetcher = tokio::spawn(
+        fetch_loop(
+            engine.clone(),
+            tenure.clone(),
+            start,
+            tracker.clone(),
+            epoch,
+            delivery,
+        )
+        .in_current_span(),
+    );
     let fetcher_guard = AbortOnDrop::new(fetcher.abort_handle());
 
     let mut tick =
