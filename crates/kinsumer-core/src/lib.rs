@@ -34,7 +34,9 @@
 //!   every backend;
 //! - [`outcome`] — "did my write land?": the one decision every store uses to settle a write
 //!   whose reply was lost, from a re-read of the row;
-//! - [`config`], [`error`], [`rng`].
+//! - [`config`], [`error`]; and, hidden from the docs, `rng` (the seeded RNG and stable hash
+//!   shared with the sibling crates) and `faults` (knobs that break the engine, for kinsumer's
+//!   own tests, public only with the `engine-faults` feature).
 
 pub mod assignment;
 pub mod backoff;
@@ -43,6 +45,14 @@ pub mod consumer;
 mod engine;
 pub mod error;
 pub mod failure;
+// Public only for kinsumer's own tests (see its docs).
+#[cfg(feature = "engine-faults")]
+#[doc(hidden)]
+pub mod faults;
+// Without the feature nothing sets them (the switches' setters are unused): always off.
+#[cfg(not(feature = "engine-faults"))]
+#[allow(dead_code)]
+mod faults;
 mod handler;
 mod health;
 pub mod layer;
@@ -53,6 +63,10 @@ pub mod outcome;
 pub mod position;
 pub mod quarantine;
 pub mod record;
+// Shared with the sibling crates (the seeded RNG of simulations and back-off jitter, the
+// stable hash of rendezvous ranks and KPL), not with applications: hidden, and free to change
+// in any release.
+#[doc(hidden)]
 pub mod rng;
 mod shutdown;
 pub mod source;

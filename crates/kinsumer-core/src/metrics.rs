@@ -171,7 +171,8 @@ pub(crate) struct ShardMetrics {
 }
 
 impl ShardMetrics {
-    /// Handles that record nothing (for trackers made outside a consumer).
+    /// Handles that record nothing (for trackers made outside a consumer: unit tests).
+    #[cfg(test)]
     pub(crate) fn noop() -> Self {
         Self {
             fetched: Counter::noop(),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use kinsumer_core::config::FaultSwitch;
+use kinsumer_core::faults::FaultSwitch;
 use kinsumer_core::{Config, Consumer};
 use kinsumer_testkit::conformance::fleet::start_acking;
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream, StoreFaults};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kinsumer_core::config::FaultSwitch;
+use kinsumer_core::faults::FaultSwitch;
 use kinsumer_core::{
     Config, Consumer, HandlerError, Records, ShardBatch, ShardId, StallKind, StatusHandle,
 };

@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kinsumer_core::config::{EngineFaults, FaultSwitch};
+use kinsumer_core::faults::{EngineFaults, FaultSwitch};
 use kinsumer_core::layer::Layered;
 use kinsumer_core::position::{Checkpoint, Position};
 use kinsumer_core::rng::{Rng, stable_hash};

@@ -2,7 +2,7 @@
 //! catch a broken store.
 
 use async_trait::async_trait;
-use kinsumer_core::config::EngineFaults;
+use kinsumer_core::faults::EngineFaults;
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::rng::Rng;
 use kinsumer_core::source::ShardId;

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use kinsumer_core::config::EngineFaults;
+use kinsumer_core::faults::EngineFaults;
 use kinsumer_testkit::sim::{Departure, Event, Invariant, Report, Scenario, run};
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -1,18 +1,18 @@
 //! Records handed to the caller and the handles that acknowledge them: [`Record`] and
 //! [`RecordRun`] (the record stream, one record or a stretch of one fetched batch at a time)
-//! and [`ShardBatch`] (a batch handler). An ack goes to the tenure's [`AckTracker`]
+//! and [`ShardBatch`] (a batch handler). An ack goes to the tenure's `AckTracker`
 //! (in `tracker.rs`), the book that makes the watermark — for a [`Record`] through the *run*
 //! it came in (`run.rs`): the fetched batch, shared by its records' handles, whose counters
 //! say how far it is handed out and acked, so neither takes a lock.
 //!
-//! The tracker is re-exported here (`kinsumer_core::record::AckTracker`); this file imports it
+//! The tracker is private to the crate (the engine's book, free to change); this file imports it
 //! and the run, never the other way round (the tracker imports the run).
 
 mod run;
 mod tracker;
 
 pub(crate) use self::run::Run;
-pub use self::tracker::AckTracker;
+pub(crate) use self::tracker::AckTracker;
 
 use std::fmt;
 use std::sync::Arc;

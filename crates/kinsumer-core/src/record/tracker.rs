@@ -13,20 +13,9 @@
 //! next owner will deliver them. Kept apart from [`Record`](super::Record) (the handle the
 //! application acks with), which only calls into it: this file imports nothing of `record`.
 //!
-//! ```
-//! use kinsumer_core::record::AckTracker;
-//! use kinsumer_core::position::{Position, SequenceNumber};
+//! The crate's own (it is the engine's book, free to change): `the_watermark_is_the_acked_prefix`
+//! below shows it at work.
 //!
-//! let t = AckTracker::new(100, 1 << 20);
-//! let pos = |n| Position::new(SequenceNumber::from_u128(n), 0);
-//! let a = t.register(pos(1), 10);
-//! let b = t.register(pos(2), 10);
-//! assert!(t.hand_out(a) && t.hand_out(b));
-//! t.ack(b);
-//! assert_eq!(t.watermark(), None); // 1 is not acked yet: the watermark cannot pass it
-//! t.ack(a);
-//! assert_eq!(t.watermark(), Some(pos(2)));
-//! ```
 //!
 //! (Over 500 lines because a third of it is the unit tests of the book's private state, which
 //! belong next to it; the book itself is one concept.)
@@ -128,6 +117,7 @@ pub struct AckTracker {
 
 impl AckTracker {
     /// A tracker that counts as full at `max_records` un-acked records or `max_bytes` bytes.
+    #[cfg(test)]
     pub fn new(max_records: usize, max_bytes: usize) -> Self {
         Self::with_metrics(max_records, max_bytes, ShardMetrics::noop())
     }
@@ -187,12 +177,14 @@ impl AckTracker {
     }
 
     /// Adds a fetched record; returns its index.
+    #[cfg(test)]
     pub fn register(&self, position: Position, bytes: usize) -> u64 {
         self.register_all([(position, bytes)])
     }
 
     /// Adds fetched records, in order, under one lock; returns the index of the first (the
     /// others follow it). Returns the next index unused when `records` is empty.
+    #[cfg(test)]
     pub fn register_all(&self, records: impl IntoIterator<Item = (Position, usize)>) -> u64 {
         let mut s = self.lock();
         let first = s.base + s.pending.len() as u64;
@@ -490,13 +482,6 @@ impl AckTracker {
         self.shared.wake();
     }
 
-    /// Waits for the next ack (or revoke). Callers re-check their condition in a loop; prefer
-    /// [`Self::wait_until`], which cannot miss an ack between the check and the wait.
-    pub async fn changed(&self) {
-        let _watching = Watching::new(&self.shared);
-        self.shared.changed.notified().await;
-    }
-
     /// Waits until `done` holds, re-checking it after every ack and revoke. A waiter counts as
     /// one before each check, so an ack between the check and the wait still wakes it.
     pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
@@ -579,6 +564,23 @@ pub(crate) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watermark_is_the_acked_prefix() {
+        let t = AckTracker::new(100, 1 << 20);
+        let pos = |n| Position::new(crate::position::SequenceNumber::from_u128(n), 0);
+        let a = t.register(pos(1), 10);
+        let b = t.register(pos(2), 10);
+        assert!(t.hand_out(a) && t.hand_out(b));
+        t.ack(b);
+        assert_eq!(
+            t.watermark(),
+            None,
+            "1 is not acked yet: the watermark cannot pass it"
+        );
+        t.ack(a);
+        assert_eq!(t.watermark(), Some(pos(2)));
+    }
     use crate::position::SequenceNumber;
 
     fn pos(n: u128) -> Position {
