@@ -37,6 +37,7 @@
 //! - [`config`], [`error`]; and, hidden from the docs, `rng` (the seeded RNG and stable hash
 //!   shared with the sibling crates) and `faults` (knobs that break the engine, for kinsumer's
 //!   own tests, public only with the `engine-faults` feature).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod assignment;
 pub mod backoff;

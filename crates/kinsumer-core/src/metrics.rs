@@ -45,27 +45,74 @@ use metrics::{Counter, Gauge, Histogram, Label, counter, gauge, histogram};
 
 use crate::source::ShardId;
 
+/// Counter, per shard: records read from the source.
 pub const RECORDS_FETCHED: &str = "kinsumer_records_fetched_total";
+/// Counter, per shard: payload bytes read from the source.
 pub const BYTES_FETCHED: &str = "kinsumer_bytes_fetched_total";
+/// Counter, per shard: records handed to the application.
 pub const RECORDS_DELIVERED: &str = "kinsumer_records_delivered_total";
+/// Counter, per shard: records the application acked.
 pub const RECORDS_ACKED: &str = "kinsumer_records_acked_total";
+/// Histogram, per shard: hand-out → ack, one sample per fetched batch (its first ack).
 pub const ACK_LATENCY: &str = "kinsumer_ack_latency_seconds";
+/// Gauge, per shard: how far the reader is behind the tip of the shard.
 pub const MILLIS_BEHIND_LATEST: &str = "kinsumer_millis_behind_latest";
+/// Gauge, per shard: records fetched since the watermark.
 pub const WATERMARK_LAG: &str = "kinsumer_watermark_lag_records";
+/// Counter, per shard and `outcome` (`ok` / `failed` / `lost`): checkpoint writes.
 pub const CHECKPOINTS: &str = "kinsumer_checkpoints_total";
+/// Counter, per client and `from` (`free` / `expired` / `self`): leases taken.
 pub const LEASES_TAKEN: &str = "kinsumer_leases_taken_total";
+/// Counter, per client: graceful handoffs and shutdown releases.
 pub const LEASES_RELEASED: &str = "kinsumer_leases_released_total";
+/// Counter, per client: tenures ended because another client holds the lease.
 pub const LEASES_LOST: &str = "kinsumer_leases_lost_total";
+/// Counter, per client: shards read to their end.
 pub const LEASES_FINISHED: &str = "kinsumer_leases_finished_total";
+/// Histogram, per client: a release, stop → drained → released.
 pub const HANDOFF_SECONDS: &str = "kinsumer_handoff_seconds";
+/// Gauge, per client: leases this client holds.
 pub const LEASES_HELD: &str = "kinsumer_leases_held";
+/// Gauge, per client: clients this client sees alive.
 pub const LIVE_CLIENTS: &str = "kinsumer_live_clients";
+/// Counter, per client: times this client fenced itself.
 pub const SELF_FENCED: &str = "kinsumer_self_fenced_total";
+/// Counter, per client: times this client moved the change counter on.
 pub const ANNOUNCED: &str = "kinsumer_changes_announced_total";
+/// Gauge, per client and `kind` (`lease` / `client`): rows set aside as corrupt.
 pub const CORRUPT_ROWS: &str = "kinsumer_corrupt_rows";
+/// Counter, per client: lease rows this client held that the store lost.
 pub const LEASES_VANISHED: &str = "kinsumer_leases_vanished_total";
+/// Counter, per client and `kind`: stalls found (see [`crate::stall`]).
 pub const STALLS: &str = "kinsumer_stalls_total";
+/// Counter, per client: batches the failure policy skipped.
 pub const BATCHES_SKIPPED: &str = "kinsumer_batches_skipped_total";
+
+/// Every metric above, for a dashboard or an exporter's descriptions (the repository's Grafana
+/// dashboard is checked against it).
+pub const ALL: &[&str] = &[
+    RECORDS_FETCHED,
+    BYTES_FETCHED,
+    RECORDS_DELIVERED,
+    RECORDS_ACKED,
+    ACK_LATENCY,
+    MILLIS_BEHIND_LATEST,
+    WATERMARK_LAG,
+    CHECKPOINTS,
+    LEASES_TAKEN,
+    LEASES_RELEASED,
+    LEASES_LOST,
+    LEASES_FINISHED,
+    HANDOFF_SECONDS,
+    LEASES_HELD,
+    LIVE_CLIENTS,
+    SELF_FENCED,
+    ANNOUNCED,
+    CORRUPT_ROWS,
+    LEASES_VANISHED,
+    STALLS,
+    BATCHES_SKIPPED,
+];
 
 /// The labels every metric of one consumer carries.
 #[derive(Clone, Debug)]
@@ -192,5 +239,28 @@ impl ShardMetrics {
 impl std::fmt::Debug for ShardMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ShardMetrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `ALL` lists every metric name this file declares, and the module docs' table names each.
+    #[test]
+    fn all_lists_every_metric() {
+        let source = include_str!("metrics.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter(|l| l.contains(": &str = \""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(declared.len(), super::ALL.len(), "{declared:?}");
+        for name in declared {
+            assert!(super::ALL.contains(&name), "{name} is not in ALL");
+            assert!(
+                source.contains(&format!("//! | `{name}` |")),
+                "{name} is not in the table of the module docs"
+            );
+        }
     }
 }

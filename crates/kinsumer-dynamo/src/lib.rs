@@ -82,6 +82,7 @@
 //! Reads: the engine asks for one `clients()` Query per client per membership poll and one
 //! `leases()` Query per client per full lease read, about 52 reads/s for this fleet; on moto
 //! (about 0.4 s per 1,000-item Query) we counted 15–44 reads/s, bounded by moto's speed.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod billing;
 mod errors;

@@ -56,6 +56,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cursor;
 mod errors;
@@ -68,4 +69,7 @@ mod stream;
 pub use errors::KinesisError;
 pub use fan_out::FanOutOptions;
 pub use source::KinesisSource;
-pub use stats::{EXPIRED, GET_RECORDS, KinesisStats, MALFORMED, SUBSCRIPTIONS, THROTTLED, TRIMMED};
+pub use stats::{
+    ALL as METRICS, EXPIRED, GET_RECORDS, KinesisStats, MALFORMED, SUBSCRIPTIONS, THROTTLED,
+    TRIMMED,
+};

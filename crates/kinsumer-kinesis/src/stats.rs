@@ -18,6 +18,16 @@ pub const MALFORMED: &str = "kinsumer_kinesis_malformed_aggregates_total";
 pub const TRIMMED: &str = "kinsumer_kinesis_trimmed_checkpoints_total";
 /// SubscribeToShard calls (fan-out).
 pub const SUBSCRIPTIONS: &str = "kinsumer_kinesis_subscriptions_total";
+/// Every metric above (labels `stream` and `shard`; not `application`: a source does not know
+/// which application reads it).
+pub const ALL: &[&str] = &[
+    GET_RECORDS,
+    THROTTLED,
+    EXPIRED,
+    MALFORMED,
+    TRIMMED,
+    SUBSCRIPTIONS,
+];
 
 /// Counts one event in `stats` (its `counter`) and in the `metrics` facade.
 pub(crate) fn bump(

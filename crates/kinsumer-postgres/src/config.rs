@@ -69,7 +69,7 @@ pub struct PgStoreConfig {
     /// (default true).
     pub migrate_on_connect: bool,
     /// TLS mode; `None` keeps the URL's `sslmode` (default `prefer`). Modes that require TLS
-    /// (`Require`, `VerifyCa`, `VerifyFull`) need the crate feature `tls-rustls`.
+    /// (`Require`, `VerifyCa`, `VerifyFull`) need the crate feature `tls`.
     pub ssl_mode: Option<PgSslMode>,
     /// A PEM file of root certificates to verify the server with (`VerifyCa`/`VerifyFull`).
     pub ssl_root_cert: Option<PathBuf>,
@@ -137,10 +137,10 @@ impl PgStoreConfig {
             options.get_ssl_mode(),
             PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
         );
-        if needs_tls && !cfg!(feature = "tls-rustls") {
+        if needs_tls && !cfg!(feature = "tls") {
             return Err(StoreError::Fatal(
                 "PgStoreConfig: sslmode requires TLS, but kinsumer-postgres was built without \
-                 its `tls-rustls` feature"
+                 its `tls` feature (`postgres-tls` in the kinsumer crate)"
                     .to_owned(),
             ));
         }

@@ -195,7 +195,7 @@
 //! again; every conditional write on a lease row re-reads the row and lets the core decide
 //! ([`kinsumer_core::outcome`]): landed → its answer, refused → `LeaseLost`/`NotFound`, not
 //! landed → sent again. TLS uses rustls (ring, webpki
-//! roots) behind the crate feature `tls-rustls`: set `sslmode` in the URL or
+//! roots) behind the crate feature `tls`: set `sslmode` in the URL or
 //! [`PgStoreConfig::ssl_mode`] / [`PgStoreConfig::ssl_root_cert`]. The URL's password never
 //! appears in `Debug` output, errors or logs ([`redact_url`]).
 //!
@@ -204,6 +204,7 @@
 //! Idle, a fleet costs one write per client per `heartbeat_interval` (no per-lease renewal),
 //! plus the engine's reads (`clients` every `membership_poll_interval`, `leases` every
 //! `rebalance_interval`). [`PgLeaseStore::stats`] counts the statements sent.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod error;

@@ -135,9 +135,10 @@
 //!
 //! ## TLS
 //!
-//! `rediss://` URLs need the `tls-rustls` feature (rustls with the *ring* provider; the
+//! `rediss://` URLs need the `tls` feature (rustls with the *ring* provider; the
 //! system's root certificates). Without it, no TLS stack is built, and a `rediss://` URL is a
 //! [`StoreError::Fatal`] saying which feature to enable.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod errors;
 mod row;
@@ -207,7 +208,7 @@ impl RedisLeaseStore {
     }
 
     /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` with the
-    /// `tls-rustls` feature) and returns a store for `application`.
+    /// `tls` feature) and returns a store for `application`.
     ///
     /// The connection reconnects on its own: each attempt times out after 2 s, retries back off
     /// up to 1 s apart, and a command without a reply for 5 s fails as transient (the engine's
@@ -216,8 +217,8 @@ impl RedisLeaseStore {
     /// URL is never included in an error or in `Debug` output.
     pub async fn connect(url: &str, application: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| {
-            let hint = if url.starts_with("rediss:") && cfg!(not(feature = "tls-rustls")) {
-                " (rediss:// needs kinsumer-redis's `tls-rustls` feature)"
+            let hint = if url.starts_with("rediss:") && cfg!(not(feature = "tls")) {
+                " (rediss:// needs kinsumer-redis's `tls` feature: `redis-tls` in the kinsumer crate)"
             } else {
                 ""
             };

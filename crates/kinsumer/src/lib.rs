@@ -10,8 +10,29 @@
 //! turns on tokio's `test-util`), `kinesis`, `dynamo`, `redis`, `postgres` (and `redis-tls`,
 //! `postgres-tls` for TLS to the store).
 //!
-//! The README follows (its examples are compiled as doctests with the `testkit` feature).
-#![cfg_attr(feature = "testkit", doc = include_str!("../../../README.md"))]
+//! Start with the repository's README (on crates.io, this crate's page): it walks from an
+//! in-memory demo to a fleet on Kinesis with each store, and its examples are compiled and run
+//! as this crate's doctests. The [`Consumer`] docs show both ways to take records.
+//!
+//! ```
+//! use futures::StreamExt;
+//! use kinsumer::{Config, Consumer};
+//! use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stream = MemoryStream::new("orders", 2);
+//! stream.put("customer-1", &b"hello"[..])?;
+//! let mut consumer = Consumer::new(Config::new("billing"), stream, MemoryLeaseStore::new())?;
+//! let mut records = consumer.records()?;
+//! let record = records.next().await.expect("a record")?;
+//! assert_eq!(&record.data()[..], b"hello");
+//! record.ack(); // the checkpoint may pass it now
+//! consumer.shutdown().await?; // the last checkpoint written, the leases released
+//! # Ok(())
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use kinsumer_core::*;
 
@@ -35,3 +56,9 @@ pub use kinsumer_redis as redis;
 /// PostgreSQL lease store, with checkpoints inside your own transaction.
 #[cfg(feature = "postgres")]
 pub use kinsumer_postgres as postgres;
+
+/// The README's examples, compiled and run as doctests (they use the `testkit` feature). Only
+/// under `cfg(doctest)`: the README sits outside the packaged crate.
+#[cfg(all(doctest, feature = "testkit"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
