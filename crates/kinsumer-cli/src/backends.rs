@@ -15,7 +15,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use kinsumer::dynamo::{DynamoConfig, DynamoLeaseStore};
 use kinsumer::kinesis::KinesisSource;
 use kinsumer::layer::{Layered, Timeout};
@@ -380,21 +379,14 @@ impl fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
-/// The binary's one HTTP client for AWS: rustls with ring; it also speaks plain http:// to
-/// emulators.
-pub fn http_client() -> aws_sdk_kinesis::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
 /// The shared AWS configuration for `aws`: the standard chain, then the URL's overrides.
-pub async fn aws_config(aws: &AwsTarget) -> Result<aws_config::SdkConfig, OpenError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+pub async fn aws_config(
+    aws: &AwsTarget,
+) -> Result<kinsumer::aws::aws_config::SdkConfig, OpenError> {
+    // The library's loader: the standard chain over its one rustls (ring) HTTP client.
+    let mut loader = kinsumer::aws::loader();
     if let Some(region) = &aws.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
+        loader = loader.region(kinsumer::aws::aws_config::Region::new(region.clone()));
     }
     if let Some(endpoint) = &aws.endpoint {
         loader = loader.endpoint_url(endpoint);

@@ -208,6 +208,9 @@ impl<L, S> Layered<L, S> {
 
 #[async_trait]
 impl<L: Layer, S: LeaseStore> LeaseStore for Layered<L, S> {
+    fn application(&self) -> Option<&str> {
+        self.inner.application()
+    }
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         let call = self.inner.heartbeat(client, beat);
         self.layer.store_call(&Op::new("heartbeat"), call).await

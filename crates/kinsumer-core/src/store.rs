@@ -363,6 +363,14 @@ impl StoreError {
 /// contract; every method is one atomic operation on one row.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
+    /// The application whose rows this store holds, when it is bound to one (every server
+    /// store is: it is given the name when opened). [`Consumer::new`](crate::Consumer::new)
+    /// refuses a store bound to another application than its `Config`'s, so the name is
+    /// checked where it is given twice. `None` (the default): not bound to one.
+    fn application(&self) -> Option<&str> {
+        None
+    }
+
     /// Writes `beat` as `client`'s heartbeat value, creating its row. Unconditional: the
     /// client chooses values it never used before, so writing one again (a retry) is harmless.
     /// `beat` is in `1..=i64::MAX`, so a store of signed 64-bit integers keeps it as it is, and
@@ -475,6 +483,9 @@ pub trait LeaseStore: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
+    fn application(&self) -> Option<&str> {
+        (**self).application()
+    }
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         (**self).heartbeat(client, beat).await
     }

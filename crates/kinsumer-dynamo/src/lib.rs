@@ -90,6 +90,7 @@ mod item;
 mod stats;
 mod store;
 
+/// The AWS SDK this store takes a client of (`aws_sdk_dynamodb::Client`).
 pub use aws_sdk_dynamodb;
 pub use stats::DynamoStats;
 pub use store::{DynamoConfig, DynamoLeaseStore};

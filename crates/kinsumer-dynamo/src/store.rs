@@ -626,6 +626,9 @@ fn store_client(client: &Client, attempt_timeout: Duration) -> Client {
 
 #[async_trait]
 impl LeaseStore for DynamoLeaseStore {
+    fn application(&self) -> Option<&str> {
+        Some(&self.application)
+    }
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         let name = self.key_name(&self.clients_pk(), client.as_str());
         // A DynamoDB number holds 38 digits: the whole u64 range, written as its decimal text.

@@ -66,6 +66,8 @@ mod source;
 mod stats;
 mod stream;
 
+/// The AWS SDK this source takes a client of (`aws_sdk_kinesis::Client`).
+pub use aws_sdk_kinesis;
 pub use errors::KinesisError;
 pub use fan_out::FanOutOptions;
 pub use source::KinesisSource;

@@ -658,6 +658,9 @@ impl PgLeaseStore {
 
 #[async_trait]
 impl LeaseStore for PgLeaseStore {
+    fn application(&self) -> Option<&str> {
+        Some(&self.inner.application)
+    }
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         // An unconditional upsert of the value: idempotent, so an ambiguous one is simply sent
         // again.

@@ -436,6 +436,9 @@ fn judged_at(raw: Option<&[u8]>) -> Option<u64> {
 
 #[async_trait]
 impl LeaseStore for RedisLeaseStore {
+    fn application(&self) -> Option<&str> {
+        Some(&self.application)
+    }
     async fn heartbeat(&self, client: &ClientId, beat: u64) -> Result<(), StoreError> {
         let key = self.clients_key();
         let mut conn = self.conn.clone();

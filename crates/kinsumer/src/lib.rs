@@ -41,6 +41,9 @@ pub use kinsumer_core::*;
 #[cfg(feature = "testkit")]
 pub use kinsumer_testkit as testkit;
 
+#[cfg(feature = "aws")]
+pub mod aws;
+
 /// Amazon Kinesis as a source: polling or enhanced fan-out, KPL de-aggregation.
 #[cfg(feature = "kinesis")]
 pub use kinsumer_kinesis as kinesis;
@@ -57,8 +60,16 @@ pub use kinsumer_redis as redis;
 #[cfg(feature = "postgres")]
 pub use kinsumer_postgres as postgres;
 
-/// The README's examples, compiled and run as doctests (they use the `testkit` feature). Only
-/// under `cfg(doctest)`: the README sits outside the packaged crate.
-#[cfg(all(doctest, feature = "testkit"))]
+/// The README's examples, compiled (and those that need no server, run) as doctests; they use
+/// every backend and the testkit. Only under `cfg(doctest)`: the README sits outside the
+/// packaged crate.
+#[cfg(all(
+    doctest,
+    feature = "testkit",
+    feature = "kinesis",
+    feature = "dynamo",
+    feature = "redis",
+    feature = "postgres"
+))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;

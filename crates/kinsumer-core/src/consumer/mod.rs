@@ -60,7 +60,7 @@ pub use crate::shutdown::ShutdownHandle;
 pub use crate::status::{ShardStatus, StatusHandle};
 pub use records::Records;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::engine::{Delivery, Engine, StoppedBy};
 use crate::error::ConsumerError;
 use crate::failure::FailurePolicy;
@@ -125,6 +125,20 @@ impl Consumer {
         store: Arc<dyn LeaseStore>,
     ) -> Result<Self, ConsumerError> {
         config.validate()?;
+        // The application is named twice (here and when the store was opened): they must agree,
+        // or this client would work in another application's rows.
+        if let Some(bound) = store.application()
+            && bound != config.application
+        {
+            return Err(ConfigError::Invalid {
+                field: "application",
+                rule: format!(
+                    "must be the application the store was opened for: the config says {:?}, the store {bound:?}",
+                    config.application
+                ),
+            }
+            .into());
+        }
         Ok(Self {
             config,
             source,
@@ -253,6 +267,12 @@ impl Consumer {
     /// did.
     ///
     /// Bounded by `shutdown_timeout` (25 s by default) whatever the store does.
+    ///
+    /// You need not poll the record stream while it runs: no record is handed out once
+    /// shutdown starts (the next owner delivers what was not), and the stream ends. Do ack the
+    /// records you hold — from another task if this one awaits `shutdown` — or they are
+    /// delivered again by the next owner after `drain_timeout`. Dropping `Records` during
+    /// shutdown is fine.
     pub async fn shutdown(mut self) -> Result<(), ConsumerError> {
         self.shutdown_handle().shutdown();
         self.join().await

@@ -53,6 +53,7 @@ where
     rows::checkpoints_round_trip_exactly(&new_store().await).await;
     rows::streams_are_isolated(&new_store().await).await;
     rows::lease_of_a_missing_row_is_none(&new_store().await).await;
+    rows::a_consumer_refuses_a_store_of_another_application(new_store().await).await;
     take::concurrent_takes_have_exactly_one_winner(&new_store().await).await;
     repair::replace_corrupt_never_touches_a_healthy_or_missing_row(&new_store().await).await;
 }

@@ -1,5 +1,6 @@
 //! The [`LeaseStore`] contract, what is read back: checkpoints round trip exactly, streams do
-//! not see each other, a missing row reads as none.
+//! not see each other, a missing row reads as none; and a store bound to an application is
+//! used by no consumer of another.
 
 use kinsumer_core::position::Checkpoint;
 use kinsumer_core::store::{Lease, LeaseStore};
@@ -94,4 +95,30 @@ pub(super) async fn lease_of_a_missing_row_is_none<S: LeaseStore>(store: &S) {
         rows.is_empty(),
         "lease_store conformance [{CHECK}]: an unknown stream has no rows, got {rows:?}"
     );
+}
+
+/// A store opened for one application says so, and a consumer configured for another refuses
+/// it (naming both) instead of working in the other application's rows.
+pub(super) async fn a_consumer_refuses_a_store_of_another_application<S: LeaseStore>(store: S) {
+    const CHECK: &str = "a_consumer_refuses_a_store_of_another_application";
+    let Some(bound) = store.application().map(str::to_owned) else {
+        return; // not bound to an application (the in-memory store): nothing to check
+    };
+    let store: std::sync::Arc<dyn LeaseStore> = std::sync::Arc::new(store);
+    let source = std::sync::Arc::new(crate::MemoryStream::new("conformance-application", 1));
+    let same = kinsumer_core::Config::new(&bound);
+    if let Err(e) = kinsumer_core::Consumer::from_shared(same, source.clone(), store.clone()) {
+        panic!("{CHECK}: a consumer of {bound:?} refused its own store: {e}");
+    }
+    let other = format!("{bound}-other");
+    match kinsumer_core::Consumer::from_shared(kinsumer_core::Config::new(&other), source, store) {
+        Ok(_) => panic!("{CHECK}: a consumer of {other:?} took the store of {bound:?}"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("application") && text.contains(&bound) && text.contains(&other),
+                "{CHECK}: the error must name both applications: {text}"
+            );
+        }
+    }
 }
