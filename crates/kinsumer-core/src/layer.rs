@@ -96,19 +96,27 @@ pub trait Layer: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Traced<L>(pub L);
 
+/// The `DEBUG` span of one call, named `$name` (a span's name is a literal): its `shard`,
+/// `outcome` and `millis` are recorded by [`traced`].
+macro_rules! call_span {
+    ($name:literal, $op:expr) => {
+        debug_span!(
+            $name,
+            op = $op.name,
+            shard = field::Empty,
+            outcome = field::Empty,
+            millis = field::Empty
+        )
+    };
+}
+
 impl<L: Layer> Layer for Traced<L> {
     fn store_call<'a, T: Send + 'a>(
         &'a self,
         op: &'a Op,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'a {
-        let span = debug_span!(
-            "store_call",
-            op = op.name,
-            shard = field::Empty,
-            outcome = field::Empty,
-            millis = field::Empty
-        );
+        let span = call_span!("store_call", op);
         traced(span, op, self.0.store_call(op, call), StoreError::kind)
     }
 
@@ -117,13 +125,7 @@ impl<L: Layer> Layer for Traced<L> {
         op: &'a Op,
         call: impl Future<Output = Result<T, SourceError>> + Send + 'a,
     ) -> impl Future<Output = Result<T, SourceError>> + Send + 'a {
-        let span = debug_span!(
-            "source_call",
-            op = op.name,
-            shard = field::Empty,
-            outcome = field::Empty,
-            millis = field::Empty
-        );
+        let span = call_span!("source_call", op);
         traced(span, op, self.0.source_call(op, call), SourceError::kind)
     }
 }

@@ -2,6 +2,8 @@
 //! had fenced itself during the outage (before, a fenced consumer never looked at what its
 //! heartbeats failed with, sat idle forever, and `shutdown` returned `Ok`).
 
+mod common;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,6 +16,7 @@ use kinsumer_core::store::StoreError;
 use kinsumer_core::{Config, Consumer, ConsumerError};
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
 use tokio::time::sleep;
+use tracing_subscriber::fmt::format::FmtSpan;
 
 const UP: u8 = 0;
 const DOWN: u8 = 1;
@@ -93,20 +96,6 @@ async fn a_store_that_comes_back_broken_after_an_outage_stops_the_consumer_with_
     }
 }
 
-/// A log sink for one test: every event, as text.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A store that restarts empty (Redis without persistence): every lease row is gone. Nothing
 /// can bring back the checkpoints, but it must not pass in silence — with `Latest`, the shards
 /// start again at the tip and what arrived since the last commit is skipped. The client whose
@@ -114,13 +103,7 @@ impl std::io::Write for Captured {
 #[tokio::test(start_paused = true)]
 async fn a_store_that_lost_its_leases_is_reported_loudly() {
     use kinsumer_core::InitialPosition;
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::capture_logs(tracing::Level::INFO, FmtSpan::NONE);
 
     let stream = MemoryStream::new("s", 2);
     let store = MemoryLeaseStore::new();
@@ -139,7 +122,7 @@ async fn a_store_that_lost_its_leases_is_reported_loudly() {
     assert_eq!(store.peek_leases("s").len(), 2);
     store.lose_writes_since(&empty); // restarted empty
     sleep(Duration::from_secs(10)).await;
-    let log = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    let log = captured.text();
     assert!(
         log.contains("ERROR") && log.contains("vanished") && log.contains("with Latest"),
         "the loss is said at ERROR: {log}"

@@ -2,55 +2,31 @@
 //! stream) and a tenure's in the tenure's (shard, token), spawned tasks included — so the
 //! lines an application's handler writes carry the shard and token of the batch it handles.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kinsumer_core::{Config, Consumer, ShardBatch};
 use kinsumer_testkit::{MemoryLeaseStore, MemoryStream};
 use tokio::time::sleep;
+use tracing_subscriber::fmt::format::FmtSpan;
 
-/// What the fmt subscriber wrote.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
+/// Stream `s` with `shards` shards and `records` records on them.
+fn stream_of(shards: usize, records: u64) -> MemoryStream {
+    let stream = MemoryStream::new("s", shards);
+    for i in 0..records {
+        let data = bytes::Bytes::from(i.to_be_bytes().to_vec());
+        stream.put(&format!("k{i}"), data).expect("put");
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().expect("lock"))
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
+    stream
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_handlers_log_lines_carry_its_shard_and_token() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::capture_logs(tracing::Level::INFO, FmtSpan::NONE);
 
-    let stream = MemoryStream::new("s", 3);
-    for i in 0..30u64 {
-        stream
-            .put(
-                &format!("k{i}"),
-                bytes::Bytes::from(i.to_be_bytes().to_vec()),
-            )
-            .expect("put");
-    }
+    let stream = stream_of(3, 30);
     let mut config = Config::new("app").with_client_id("a");
     config.rng_seed = Some(1);
     let consumer = Consumer::new(config, stream, MemoryLeaseStore::new()).expect("valid");
@@ -127,27 +103,10 @@ async fn a_handlers_log_lines_carry_its_shard_and_token() {
 async fn every_store_and_source_call_is_a_span_with_its_shard_and_outcome() {
     use futures::StreamExt;
     use kinsumer_testkit::StoreFaults;
-    use tracing_subscriber::fmt::format::FmtSpan;
 
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(FmtSpan::CLOSE)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::capture_logs(tracing::Level::DEBUG, FmtSpan::CLOSE);
 
-    let stream = MemoryStream::new("s", 2);
-    for i in 0..20u64 {
-        stream
-            .put(
-                &format!("k{i}"),
-                bytes::Bytes::from(i.to_be_bytes().to_vec()),
-            )
-            .expect("put");
-    }
+    let stream = stream_of(2, 20);
     let store = MemoryLeaseStore::new();
     // Some calls fail, so some spans end with an error's kind.
     store.set_faults(StoreFaults {
